@@ -1,0 +1,276 @@
+"""Read robomimic HDF5 files (layout in robomimic's docs; see reference §4) into one contiguous episode store.
+
+Every float entry of every step (observations, next observations, the action vector, reward, done) becomes a column
+range of one ``[N, D]`` float32 buffer, demos back to back in robomimic's order (``demo_<int>`` sorted by the
+integer). uint8 observations (images) keep their dtype in their own ``[N, ...]`` tensors. The buffer lives in RAM or,
+given ``memmap_dir``, in a memory-mapped file filled demo by demo (for data larger than RAM).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+import torch
+
+from modmimic import keys as K
+from modmimic.data import stats as S
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, corrupt, or lacks what the configuration asks of it."""
+
+
+def open_hdf5(path: str) -> h5py.File:
+    if not os.path.exists(path):
+        raise DatasetError(f"dataset file not found: {path}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"cannot read {path} as HDF5 (corrupt or not an HDF5 file): {e}") from None
+
+
+def _demo_sort_key(name: str) -> int:
+    try:
+        return int(name[5:])
+    except ValueError:
+        raise DatasetError(f"demo group {name!r} is not named demo_<int> as robomimic requires") from None
+
+
+def list_demos(f: h5py.File, filter_key: str | None = None, path: str = "") -> list[str]:
+    """Demo names in robomimic's order, optionally restricted to ``mask/<filter_key>``."""
+    if "data" not in f:
+        raise DatasetError(f"{path}: no 'data' group; not a robomimic dataset")
+    if filter_key is not None:
+        if "mask" not in f or filter_key not in f["mask"]:
+            have = sorted(f["mask"].keys()) if "mask" in f else []
+            raise DatasetError(f"{path}: filter key {filter_key!r} not found in mask/ (available: {have})")
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(f["mask"][filter_key])]
+        missing = [n for n in names if n not in f["data"]]
+        if missing:
+            raise DatasetError(f"{path}: mask/{filter_key} names demos that do not exist: {missing[:5]}")
+    else:
+        names = [n for n in f["data"].keys() if n.startswith("demo")]
+    return sorted(names, key=_demo_sort_key)
+
+
+def read_env_meta(path: str) -> dict:
+    with open_hdf5(path) as f:
+        if "data" not in f:
+            raise DatasetError(f"{path}: no 'data' group; not a robomimic dataset")
+        raw = f["data"].attrs.get("env_args")
+        if raw is None:
+            return {}
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}: data.attrs['env_args'] is not valid JSON: {e}") from None
+
+
+def _dataset_in_demo(demo: h5py.Group, name: str):
+    """Resolve ``actions``, ``rewards``, ``action_dict/abs_pos`` ... inside one demo group."""
+    try:
+        return demo[name]
+    except KeyError:
+        return None
+
+
+@dataclass
+class EpisodeStore:
+    """All loaded demos of one split, contiguous.
+
+    ``columns`` maps each batch key (``keys.py``) to ``(start, stop, shape)`` inside ``flat``; ``uint8`` maps image
+    keys to their own tensors. ``offsets[e]``/``lengths[e]`` locate demo ``e``'s rows.
+    """
+
+    path: str
+    demos: list[str]
+    lengths: torch.Tensor
+    offsets: torch.Tensor
+    flat: torch.Tensor
+    columns: dict
+    uint8: dict
+    obs_keys: list[str]
+    action_keys: list[str]
+    env_meta: dict = field(default_factory=dict)
+    obs_moments: dict = field(default_factory=dict)
+    action_moments: dict = field(default_factory=dict)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.lengths.sum())
+
+    @property
+    def ac_dim(self) -> int:
+        start, stop, _ = self.columns[K.ACTION]
+        return stop - start
+
+    def obs_shapes(self) -> dict:
+        """``{obs key: shape}`` (raw shapes, as stored)."""
+        out = {}
+        for k in self.obs_keys:
+            if K.obs(k) in self.columns:
+                out[k] = tuple(self.columns[K.obs(k)][2])
+            else:
+                out[k] = tuple(self.uint8[K.obs(k)].shape[1:])
+        return out
+
+    def has(self, key) -> bool:
+        return key in self.columns or key in self.uint8
+
+    def obs_normalization_stats(self) -> dict:
+        return {k: S.obs_stats_from_moments(m) for k, m in self.obs_moments.items()}
+
+    def action_normalization_stats(self, action_config: dict | None = None) -> dict:
+        action_config = action_config or {}
+        out = {}
+        for k, m in self.action_moments.items():
+            norm = (action_config.get(k) or {}).get("normalization")
+            out[k] = S.action_stats_from_moments(m, norm)
+        return out
+
+
+def load_episode_store(
+    path: str,
+    obs_keys: list[str],
+    action_keys: list[str] = ("actions",),
+    filter_key: str | None = None,
+    load_next_obs: bool = True,
+    load_rewards: bool | None = None,
+    memmap_dir: str | None = None,
+    demo_limit: int | None = None,
+) -> EpisodeStore:
+    """Load ``obs_keys`` (+ next obs), the concatenated ``action_keys``, rewards and dones of one split.
+
+    ``load_rewards``: True requires rewards/dones, None loads them when every demo has them, False skips them.
+    Raises :class:`DatasetError` naming the file, demo and key for anything missing, mis-shaped or non-finite.
+    """
+    obs_keys = list(obs_keys)
+    action_keys = list(action_keys)
+    if not action_keys:
+        raise DatasetError("train.action_keys is empty")
+    with open_hdf5(path) as f:
+        demos = list_demos(f, filter_key, path)
+        if demo_limit is not None:
+            demos = demos[:demo_limit]
+        if not demos:
+            raise DatasetError(f"{path}: no demos" + (f" in mask/{filter_key}" if filter_key else ""))
+        data = f["data"]
+        lengths = []
+        for d in demos:
+            if "num_samples" not in data[d].attrs:
+                raise DatasetError(f"{path}: data/{d} has no 'num_samples' attribute")
+            lengths.append(int(data[d].attrs["num_samples"]))
+        first = data[demos[0]]
+
+        # --- column layout from the first demo -----------------------------------------------------------
+        float_entries = []  # (batch key, hdf5 relative path, shape)
+        uint8_entries = []
+        groups = [("obs", K.obs)] + ([("next_obs", K.next_obs)] if load_next_obs else [])
+        for grp, keyfn in groups:
+            for k in obs_keys:
+                ds = _dataset_in_demo(first, f"{grp}/{k}")
+                if ds is None:
+                    have = sorted(first[grp].keys()) if grp in first else []
+                    raise DatasetError(
+                        f"{path}: observation key {k!r} not found in data/{demos[0]}/{grp} (available: {have})")
+                entry = (keyfn(k), f"{grp}/{k}", tuple(ds.shape[1:]))
+                (uint8_entries if ds.dtype == np.uint8 else float_entries).append(entry)
+        act_dims = []
+        for a in action_keys:
+            ds = _dataset_in_demo(first, a)
+            if ds is None:
+                raise DatasetError(f"{path}: action key {a!r} not found in data/{demos[0]}")
+            act_dims.append(int(np.prod(ds.shape[1:])) if len(ds.shape) > 1 else 1)
+        if load_rewards is None:
+            load_rewards = all("rewards" in data[d] and "dones" in data[d] for d in demos)
+        elif load_rewards:
+            for d in demos:
+                for name in ("rewards", "dones"):
+                    if name not in data[d]:
+                        raise DatasetError(f"{path}: data/{d} has no {name!r}, which this recipe needs")
+
+        columns, width = {}, 0
+        for key, _, shape in float_entries:
+            n = int(np.prod(shape))
+            columns[key] = (width, width + n, shape)
+            width += n
+        columns[K.ACTION] = (width, width + sum(act_dims), (sum(act_dims),))
+        width += sum(act_dims)
+        if load_rewards:
+            columns[K.REWARD] = (width, width + 1, (1,))
+            columns[K.DONE] = (width + 1, width + 2, (1,))
+            width += 2
+
+        n_total = sum(lengths)
+        if memmap_dir is not None:
+            from tensordict import MemoryMappedTensor
+
+            os.makedirs(memmap_dir, exist_ok=True)
+            flat = MemoryMappedTensor.empty((n_total, width), dtype=torch.float32,
+                                            filename=os.path.join(memmap_dir, "flat.memmap"))
+        else:
+            flat = torch.empty((n_total, width), dtype=torch.float32)
+        uint8 = {key: torch.empty((n_total, *shape), dtype=torch.uint8) for key, _, shape in uint8_entries}
+
+        obs_moments = {k: None for k in obs_keys if K.obs(k) in columns}
+        act_moments = {a: None for a in action_keys}
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+        def read(demo_name, rel, length, shape):
+            ds = _dataset_in_demo(data[demo_name], rel)
+            if ds is None:
+                raise DatasetError(f"{path}: data/{demo_name}/{rel} is missing")
+            try:
+                arr = ds[()]
+            except (OSError, KeyError) as e:
+                raise DatasetError(f"{path}: cannot read data/{demo_name}/{rel} (corrupt file?): {e}") from None
+            if arr.shape[0] != length:
+                raise DatasetError(f"{path}: data/{demo_name}/{rel} has {arr.shape[0]} rows but num_samples={length}")
+            if shape is not None and tuple(arr.shape[1:]) != tuple(shape):
+                raise DatasetError(
+                    f"{path}: data/{demo_name}/{rel} has shape {tuple(arr.shape[1:])} per step, expected {shape}")
+            return arr
+
+        for d, L, o in zip(demos, lengths, offsets):
+            rows = slice(int(o), int(o) + L)
+            block = np.empty((L, width), dtype=np.float32)
+            for key, rel, shape in float_entries:
+                arr = read(d, rel, L, shape).reshape(L, -1)
+                a, b, _ = columns[key]
+                block[:, a:b] = arr
+                if key[0] == K.OBS:
+                    obs_moments[key[1]] = S.merge_moments(obs_moments[key[1]], S.moments(arr))
+            a = columns[K.ACTION][0]
+            for name, dim in zip(action_keys, act_dims):
+                arr = read(d, name, L, None).reshape(L, -1)
+                if arr.shape[1] != dim:
+                    raise DatasetError(f"{path}: data/{d}/{name} has {arr.shape[1]} dims, demo {demos[0]} has {dim}")
+                block[:, a:a + dim] = arr
+                act_moments[name] = S.merge_moments(act_moments[name], S.moments(arr))
+                a += dim
+            if load_rewards:
+                block[:, columns[K.REWARD][0]] = read(d, "rewards", L, None).reshape(L)
+                block[:, columns[K.DONE][0]] = read(d, "dones", L, None).reshape(L)
+            bad = ~np.isfinite(block)
+            if bad.any():
+                col = int(np.nonzero(bad.any(axis=0))[0][0])
+                name = next(str(k) for k, (s, e, _) in columns.items() if s <= col < e)
+                raise DatasetError(f"{path}: data/{d} has NaN or Inf values in {name} "
+                                   f"(row {int(np.nonzero(bad[:, col])[0][0])})")
+            flat[rows] = torch.from_numpy(block)
+            for key, rel, shape in uint8_entries:
+                uint8[key][rows] = torch.from_numpy(read(d, rel, L, shape))
+        env_meta = {}
+        raw = data.attrs.get("env_args")
+        if raw is not None:
+            try:
+                env_meta = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}: data.attrs['env_args'] is not valid JSON: {e}") from None
+    return EpisodeStore(
+        path=path, demos=demos, lengths=torch.tensor(lengths, dtype=torch.int64),
+        offsets=torch.from_numpy(offsets), flat=flat, columns=columns, uint8=uint8, obs_keys=obs_keys,
+        action_keys=action_keys, env_meta=env_meta, obs_moments=obs_moments, action_moments=act_moments)
