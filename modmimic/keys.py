@@ -12,6 +12,7 @@ without remapping:
     ("subgoal", <obs key>)                  subgoal targets of hierarchical recipes
     ("collector", "mask")                   True where a sequence step is real data, False where it is padding
     "is_init"                               True on the first step of a demonstration
+    "loss_mask"                             optional: the steps losses average over (all when absent)
     "index"                                 global index of the window's start (robomimic ``index``)
     "episode"                               demonstration number (position in the ordered demo list)
 
@@ -29,6 +30,7 @@ GOAL = "goal"
 SUBGOAL = "subgoal"
 MASK = ("collector", "mask")
 IS_INIT = "is_init"
+LOSS_MASK = "loss_mask"  # optional [B, T] bool: the steps a loss averages over (e.g. the transformer's last step)
 INDEX = "index"
 EPISODE = "episode"
 

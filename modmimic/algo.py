@@ -1,0 +1,476 @@
+"""The robomimic ``Algo`` facade over a recipe.
+
+``Algo`` builds what a recipe declares — networks (``nets``), target copies (``targets``), one optimizer and LR
+scheduler per ``algo.optim_params.<net>``, no-grad shared quantities (``prepare``), loss modules (``losses``), the
+ordered ``updates`` and the acting path (``act``) — and exposes robomimic's method set. ``train_on_batch`` runs the
+updates in the recipe's order; nothing algorithm-specific lives here.
+
+Registry: ``register_algo_factory_func(name)`` registers ``fn(algo_config) -> recipe name`` for a robomimic algo
+name (the variant is chosen by config flags, as in robomimic); ``algo_factory(algo_name, config, obs_key_shapes,
+ac_dim, device)`` builds the algorithm.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDict
+from torch import nn
+
+from modmimic import keys as K
+from modmimic.config import ConfigError, closest, obs_keys, to_plain
+
+REGISTERED_ALGO_FACTORY_FUNCS: "OrderedDict[str, callable]" = OrderedDict()
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or Inf; names the term."""
+
+
+def register_algo_factory_func(algo_name: str):
+    """Decorator: ``fn(algo_config) -> recipe name`` chooses the recipe of a robomimic algo name from its flags."""
+
+    def decorator(fn):
+        REGISTERED_ALGO_FACTORY_FUNCS[algo_name] = fn
+        return fn
+
+    return decorator
+
+
+def algo_name_to_factory_func(algo_name: str):
+    if algo_name not in REGISTERED_ALGO_FACTORY_FUNCS:
+        raise ConfigError(f"unknown algo name {algo_name!r}{closest(algo_name, REGISTERED_ALGO_FACTORY_FUNCS)}; "
+                          f"registered: {list(REGISTERED_ALGO_FACTORY_FUNCS)}")
+    return REGISTERED_ALGO_FACTORY_FUNCS[algo_name]
+
+
+@register_algo_factory_func("bc")
+def bc_recipe_from_flags(algo_config) -> str:
+    """robomimic's BC dispatch: gaussian, then gmm, then vae; RNN wins over transformer."""
+    def on(section):
+        return bool(algo_config.get(section) and algo_config[section].get("enabled"))
+
+    rnn, tr = on("rnn"), on("transformer")
+    if on("gaussian"):
+        if rnn or tr:
+            raise ConfigError("BC-Gaussian has no RNN/transformer variant (robomimic raises too)")
+        return "bc_gaussian"
+    if on("gmm"):
+        return "bc_rnn_gmm" if rnn else "bc_transformer_gmm" if tr else "bc_gmm"
+    if on("vae"):
+        if rnn or tr:
+            raise ConfigError("BC-VAE has no RNN/transformer variant (robomimic raises too)")
+        return "bc_vae"
+    return "bc_rnn" if rnn else "bc_transformer" if tr else "bc"
+
+
+def resolve(path: str):
+    """Import ``package.module.attr``."""
+    mod, _, attr = str(path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"cannot import {path!r}: {e}") from None
+
+
+def check_kwargs(fn, kwargs: dict, what: str) -> None:
+    """Unknown keyword arguments are errors naming the closest parameter (no silent drops)."""
+    sig = inspect.signature(fn)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    for k in kwargs:
+        if k not in sig.parameters:
+            raise ConfigError(f"{what}: unknown argument {k!r}{closest(k, sig.parameters)} for "
+                              f"{getattr(fn, '__qualname__', fn)}")
+
+
+# --- optimizers (robomimic optim_params) --------------------------------------------------------------------
+
+def optimizer_from_params(params, optim_params: dict) -> torch.optim.Optimizer:
+    kind = optim_params.get("optimizer_type", "adam")
+    lr = optim_params["learning_rate"]["initial"]
+    wd = (optim_params.get("regularization") or {}).get("L2", 0.0)
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    raise ConfigError(f"optimizer_type must be 'adam' or 'adamw', got {kind!r}")
+
+
+def scheduler_from_params(optimizer, optim_params: dict, num_epochs: int | None = None,
+                          num_train_batches: int | None = None):
+    """robomimic's schedules: multistep (``MultiStepLR(epoch_schedule, decay_factor)``), linear (``LinearLR`` from 1
+    to ``decay_factor`` over ``epoch_schedule[0]`` epochs), cosine (linear warmup then half cosine over
+    ``num_epochs * num_train_batches`` batches; per batch). An empty schedule means none."""
+    lr = optim_params["learning_rate"]
+    kind = lr.get("scheduler_type", "multistep")
+    schedule = list(lr.get("epoch_schedule") or [])
+    if kind == "cosine":
+        total = (num_epochs or 1) * (num_train_batches or 1)
+        warmup = int(lr.get("warmup_steps", 0) or 0)
+
+        def factor(step):
+            if step < warmup:
+                return (step + 1) / max(1, warmup)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if not schedule:
+        return None
+    if kind == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=schedule, gamma=lr["decay_factor"])
+    if kind == "linear":
+        return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=lr["decay_factor"],
+                                                 total_iters=schedule[0])
+    raise ConfigError(f"scheduler_type must be 'multistep', 'linear' or 'cosine', got {kind!r}")
+
+
+# --- recipe pieces ------------------------------------------------------------------------------------------
+
+@dataclass
+class Loss:
+    """A loss module bound to its networks and hyperparameters."""
+    name: str
+    fn: callable
+    nets: dict
+    kwargs: dict
+    wants_epoch: bool
+
+    def __call__(self, batch, modules, epoch):
+        extra = {"epoch": epoch} if self.wants_epoch else {}
+        return self.fn(batch, **{arg: modules[n] for arg, n in self.nets.items()}, **self.kwargs, **extra)
+
+
+@dataclass
+class Update:
+    """One optimizer step: weighted sum of losses -> backward -> (clip) -> step -> polyak of targets."""
+    name: str
+    losses: dict
+    optimizer: str | None
+    every: int = 1
+    start_epoch: int = -1
+    end_epoch: int = -1
+    max_grad_norm: float | None = None
+    targets: list = field(default_factory=list)
+
+    def active(self, epoch: int, step: int) -> bool:
+        return ((self.start_epoch < 0 or epoch >= self.start_epoch)
+                and (self.end_epoch < 0 or epoch < self.end_epoch) and step % self.every == 0)
+
+
+def _as_tuple_key(k):
+    if isinstance(k, str) and "." in k:
+        return tuple(k.split("."))
+    return tuple(k) if isinstance(k, list) else k
+
+
+def batch_from_robomimic(batch: dict) -> TensorDict:
+    """A robomimic-style collated dict (``obs``, ``next_obs``, ``goal_obs``, ``actions``, ``rewards``,
+    ``dones``) -> modmimic's TensorDict (``[B, T]`` when the actions have a time dim)."""
+    acts = torch.as_tensor(batch["actions"])
+    bs = acts.shape[:-1]
+    out = {K.ACTION: acts.float()}
+    out[K.OBS] = {k: torch.as_tensor(v).float() for k, v in batch["obs"].items()}
+    nxt = {}
+    if batch.get("next_obs") is not None:
+        nxt[K.OBS] = {k: torch.as_tensor(v).float() for k, v in batch["next_obs"].items()}
+    if batch.get("rewards") is not None:
+        nxt["reward"] = torch.as_tensor(batch["rewards"]).float().reshape(*bs, 1)
+        d = torch.as_tensor(batch["dones"]).reshape(*bs, 1) != 0
+        nxt["done"], nxt["terminated"] = d, d
+    if nxt:
+        out[K.NEXT] = nxt
+    if batch.get("goal_obs") is not None:
+        g = {}
+        for k, v in batch["goal_obs"].items():
+            v = torch.as_tensor(v).float()
+            g[k] = v.unsqueeze(1).expand(bs[0], bs[1], *v.shape[1:]) if len(bs) == 2 else v
+        out[K.GOAL] = g
+    return TensorDict(out, batch_size=bs)
+
+
+def normalize_obs(td: TensorDict, stats: dict, groups=((K.OBS,), (K.NEXT, K.OBS), (K.GOAL,))) -> TensorDict:
+    """``(x - offset) / scale`` for every observation entry with stats (robomimic ``normalize_dict``)."""
+    td = td.clone(False)
+    for g in groups:
+        if g not in td.keys(include_nested=True):
+            continue
+        sub = td.get(g)
+        for k in list(sub.keys()):
+            if k in stats:
+                off = torch.as_tensor(stats[k]["offset"], device=td.device).reshape(-1)
+                sc = torch.as_tensor(stats[k]["scale"], device=td.device).reshape(-1)
+                v = sub.get(k)
+                sub.set(k, (v - off.reshape(v.shape[-1:])) / sc.reshape(v.shape[-1:]))
+    return td
+
+
+class Algo:
+    """A recipe built into networks, optimizers, losses and updates, with robomimic's ``Algo`` methods."""
+
+    def __init__(self, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu"):
+        self.config = self.global_config = config
+        self.algo_config, self.obs_config = config.algo, config.observation
+        self.algo_name, self.recipe_name = config.algo_name, config.recipe_name
+        self.device = torch.device(device)
+        self.ac_dim = int(ac_dim)
+        self.obs_key_shapes = {k: tuple(v) for k, v in obs_key_shapes.items()}
+        self.obs_shapes = self._shapes("obs")
+        self.goal_shapes = self._shapes("goal")
+        self.subgoal_shapes = self._shapes("subgoal") if "subgoal" in config.observation.modalities else {}
+        self.nets = nn.ModuleDict()
+        self.target_specs = {}
+        self._build_nets()
+        self.nets.to(self.device)
+        self.optimizers, self.lr_schedulers, self.step_every_batch = {}, {}, {}
+        self._build_optimizers()
+        self.batch_fn = self._bind_batch_fn()
+        self.prepare = [self._bind_loss(f"prepare[{i}]", spec) for i, spec in enumerate(config.get("prepare") or [])]
+        self.prepare_out = [_as_tuple_key(k) for spec in (config.get("prepare") or []) for k in (spec.get("out") or [])]
+        self.losses = {n: self._bind_loss(n, spec) for n, spec in config.losses.items() if spec is not None}
+        self.updates = [self._bind_update(i, u) for i, u in enumerate(config.updates)]
+        act = to_plain(config.act)
+        act_cls = resolve(act.pop("fn"))
+        check_kwargs(act_cls, {"nets": None, **act}, "act")
+        self.act_path = act_cls(self.nets, **act)
+        self._step = 0
+        self.check_finite = True
+
+    # --- construction ---------------------------------------------------------------------------------------
+    def _shapes(self, group: str) -> dict:
+        out = {}
+        for k in obs_keys(self.config, group):
+            if k not in self.obs_key_shapes:
+                raise ConfigError(f"observation key {k!r} (observation.modalities.{group}) is not in the dataset; "
+                                  f"dataset keys: {sorted(self.obs_key_shapes)}{closest(k, self.obs_key_shapes)}")
+            out[k] = self.obs_key_shapes[k]
+        return out
+
+    def _build_nets(self):
+        for name, spec in self.config.nets.items():
+            if spec is None:
+                continue
+            spec = {k: v for k, v in to_plain(spec).items() if v is not None}
+            builder = resolve(spec.pop("_target_"))
+            kwargs = dict(obs_shapes=self.obs_shapes, ac_dim=self.ac_dim, goal_shapes=self.goal_shapes, **spec)
+            check_kwargs(builder, kwargs, f"nets.{name}")
+            self.nets[name] = builder(**kwargs)
+        for name, spec in (self.config.get("targets") or {}).items():
+            if spec is None:
+                continue
+            src = spec.source
+            if src not in self.nets:
+                raise ConfigError(f"targets.{name}: source network {src!r} does not exist (nets: {list(self.nets)})")
+            tgt = copy.deepcopy(self.nets[src]).requires_grad_(False).eval()
+            self.nets[name] = tgt
+            self.target_specs[name] = (src, float(spec.get("tau", 0.005)))
+
+    def _build_optimizers(self):
+        optim_params = to_plain(self.algo_config.get("optim_params") or {})
+        for name, p in optim_params.items():
+            if name not in self.nets or name in self.target_specs:
+                continue
+            opt = optimizer_from_params(self.nets[name].parameters(), p)
+            self.optimizers[name] = opt
+            self.lr_schedulers[name] = scheduler_from_params(
+                opt, p, p.get("num_epochs", self.config.train.num_epochs),
+                p.get("num_train_batches", self.config.experiment.epoch_every_n_steps))
+            self.step_every_batch[name] = bool(p["learning_rate"].get("step_every_batch", False)) or \
+                p["learning_rate"].get("scheduler_type") == "cosine"
+
+    def _bind_batch_fn(self):
+        spec = to_plain(self.config.get("batch") or {"fn": "modmimic.components.batching.first_step"})
+        fn = resolve(spec.pop("fn"))
+        check_kwargs(fn, spec, "batch")
+        return lambda b: fn(b, **spec)
+
+    def _bind_loss(self, name, spec) -> Loss:
+        spec = to_plain(spec)
+        fn = resolve(spec.pop("fn"))
+        nets = spec.pop("nets", None) or {}
+        spec.pop("out", None)
+        for arg, net in nets.items():
+            if net not in self.nets:
+                raise ConfigError(f"losses.{name}: network {net!r} does not exist (nets: {list(self.nets)})")
+        wants_epoch = "epoch" in inspect.signature(fn).parameters
+        check_kwargs(fn, {**{a: None for a in nets}, **spec}, f"losses.{name}")
+        return Loss(name, fn, nets, spec, wants_epoch)
+
+    def _bind_update(self, i, spec) -> Update:
+        spec = to_plain(spec)
+        name = spec.pop("name", f"update{i}")
+        u = Update(name=name, losses=dict(spec.pop("losses")), optimizer=spec.pop("optimizer", None),
+                   every=int(spec.pop("every", 1) or 1), start_epoch=int(spec.pop("start_epoch", -1)),
+                   end_epoch=int(spec.pop("end_epoch", -1)), max_grad_norm=spec.pop("max_grad_norm", None),
+                   targets=list(spec.pop("targets", None) or []))
+        if spec:
+            raise ConfigError(f"updates[{i}] ({name}): unknown keys {sorted(spec)}; expected name, losses, "
+                              "optimizer, every, start_epoch, end_epoch, max_grad_norm, targets")
+        if u.optimizer is not None and u.optimizer not in self.optimizers:
+            raise ConfigError(f"updates[{i}] ({name}): no optimizer for network {u.optimizer!r}; add "
+                              f"algo.optim_params.{u.optimizer}")
+        for t in u.targets:
+            if t not in self.target_specs:
+                raise ConfigError(f"updates[{i}] ({name}): {t!r} is not a target network "
+                                  f"(targets: {list(self.target_specs)})")
+        return u
+
+    # --- robomimic Algo API ----------------------------------------------------------------------------------
+    def process_batch_for_training(self, batch):
+        """Window batch (modmimic TensorDict or robomimic dict) -> the recipe's training batch on the device."""
+        if not isinstance(batch, TensorDict):
+            batch = batch_from_robomimic(batch)
+        if batch.device != self.device:
+            batch = batch.to(self.device)
+        return self.batch_fn(batch)
+
+    def postprocess_batch_for_training(self, batch, obs_normalization_stats=None):
+        """robomimic's obs normalization hook. modmimic's sampler already serves normalized observations; pass stats
+        only for batches that come from elsewhere (e.g. a raw robomimic DataLoader)."""
+        return batch if obs_normalization_stats is None else normalize_obs(batch, obs_normalization_stats)
+
+    def train_on_batch(self, batch, epoch: int, validate: bool = False) -> dict:
+        """Run the recipe's updates in order on one batch; with ``validate`` compute losses without stepping."""
+        info = {}
+        total = None
+        with torch.set_grad_enabled(not validate):
+            if self.prepare:
+                batch = batch.clone(False)
+                with torch.no_grad():
+                    for p in self.prepare:
+                        for k, v in p(batch, self.nets, epoch).items():
+                            batch.set(_as_tuple_key(k), v)
+            for u in self.updates:
+                if not u.active(epoch, self._step):
+                    continue
+                loss = None
+                for lname, weight in u.losses.items():
+                    out = self.losses[lname](batch, self.nets, epoch)
+                    term = out["loss"]
+                    if self.check_finite and not bool(torch.isfinite(term)):
+                        raise NonFiniteLossError(
+                            f"loss {lname!r} (update {u.name!r}) is {term.item()} at epoch {epoch}, step "
+                            f"{self._step}")
+                    loss = weight * term if loss is None else loss + weight * term
+                    for k, v in out.items():
+                        info[f"{lname}/{k}"] = v.detach() if torch.is_tensor(v) else v
+                total = loss.detach() if total is None else total + loss.detach()
+                if not validate and u.optimizer is not None:
+                    opt = self.optimizers[u.optimizer]
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if u.max_grad_norm is not None:
+                        info[f"{u.name}/grad_norm"] = torch.nn.utils.clip_grad_norm_(
+                            self.nets[u.optimizer].parameters(), u.max_grad_norm)
+                    opt.step()
+                    for t in u.targets:
+                        self.soft_update(t)
+        if total is not None:
+            info["Loss"] = total
+        if not validate:
+            self._step += 1
+            self.on_gradient_step()
+        return info
+
+    @torch.no_grad()
+    def soft_update(self, target: str) -> None:
+        """Polyak: ``target <- (1 - tau) * target + tau * source``."""
+        src, tau = self.target_specs[target]
+        tp = list(self.nets[target].parameters())
+        torch._foreach_lerp_(tp, list(self.nets[src].parameters()), tau)
+        for tb, sb in zip(self.nets[target].buffers(), self.nets[src].buffers()):
+            tb.copy_(sb)
+
+    def on_gradient_step(self) -> None:
+        for k, sch in self.lr_schedulers.items():
+            if sch is not None and self.step_every_batch[k]:
+                sch.step()
+
+    def on_epoch_end(self, epoch: int) -> None:
+        for k, sch in self.lr_schedulers.items():
+            if sch is not None and not self.step_every_batch[k]:
+                sch.step()
+
+    def log_info(self, info: dict) -> dict:
+        out = {k: (v.item() if torch.is_tensor(v) else float(v)) for k, v in info.items()}
+        for k, opt in self.optimizers.items():
+            out[f"Optimizer/{k}0_lr"] = opt.param_groups[0]["lr"]
+        return out
+
+    def set_train(self) -> None:
+        self.nets.train()
+        for t in self.target_specs:
+            self.nets[t].eval()
+
+    def set_eval(self) -> None:
+        self.nets.eval()
+
+    def serialize(self) -> dict:
+        return {"nets": self.nets.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "lr_schedulers": {k: (s.state_dict() if s is not None else None) for k, s in self.lr_schedulers.items()},
+                "step": self._step}
+
+    def deserialize(self, model_dict: dict, load_optimizers: bool = False) -> None:
+        if "nets" not in model_dict:  # robomimic: a bare state_dict of the nets
+            model_dict = {"nets": model_dict}
+        try:
+            self.nets.load_state_dict(model_dict["nets"])
+        except RuntimeError as e:
+            raise ConfigError(f"checkpoint weights do not fit recipe {self.recipe_name!r}: {e}") from None
+        if load_optimizers:
+            for k, o in self.optimizers.items():
+                o.load_state_dict(model_dict["optimizers"][k])
+            for k, s in self.lr_schedulers.items():
+                if s is not None and model_dict["lr_schedulers"].get(k) is not None:
+                    s.load_state_dict(model_dict["lr_schedulers"][k])
+            self._step = int(model_dict.get("step", 0))
+
+    def _obs_td(self, obs_dict, goal_dict=None) -> TensorDict:
+        if isinstance(obs_dict, TensorDict):
+            td = obs_dict if K.OBS in obs_dict.keys() else TensorDict({K.OBS: obs_dict}, obs_dict.batch_size)
+        else:
+            obs = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in obs_dict.items()
+                   if k in self.obs_shapes or k in self.goal_shapes}
+            B = next(iter(obs.values())).shape[0]
+            td = TensorDict({K.OBS: obs}, batch_size=[B], device=self.device)
+        if goal_dict is not None:
+            g = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in goal_dict.items()
+                 if k in self.goal_shapes}
+            td[K.GOAL] = TensorDict(g, batch_size=td.batch_size, device=self.device)
+        return td.to(self.device)
+
+    @torch.no_grad()
+    def get_action(self, obs_dict, goal_dict=None) -> torch.Tensor:
+        """Actions ``[B, A]`` for a batch of observations (dict of ``[B, ...]`` tensors or a TensorDict)."""
+        return self.act_path(self._obs_td(obs_dict, goal_dict))
+
+    def reset(self, batch_size: int = 1, done=None) -> None:
+        """Per-episode state reset (RNN hidden state, context, subgoal): all environments, or where ``done``."""
+        self.act_path.reset(batch_size, done)
+
+    def __repr__(self) -> str:
+        return f"Algo(recipe={self.recipe_name!r}, algo_name={self.algo_name!r})\n{self.nets}"
+
+
+def algo_factory(algo_name: str, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu") -> Algo:
+    """robomimic's ``algo_factory``. The recipe is chosen by the algo name's factory function from the config's
+    flags (e.g. ``bc`` with ``algo.rnn.enabled`` is ``bc_rnn``); if that differs from the recipe the config was
+    composed from, the chosen recipe's structure is used with the config's values."""
+    if algo_name != config.algo_name:
+        raise ConfigError(f"algo_factory got algo name {algo_name!r} but the config is for {config.algo_name!r}")
+    if algo_name in REGISTERED_ALGO_FACTORY_FUNCS:
+        recipe = REGISTERED_ALGO_FACTORY_FUNCS[algo_name](config.algo)
+        if recipe != config.recipe_name:
+            from modmimic.config import with_recipe_structure
+
+            config = with_recipe_structure(config, recipe)
+    return Algo(config, obs_key_shapes, ac_dim, device)

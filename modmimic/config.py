@@ -1,0 +1,243 @@
+"""Configuration: the base config (``modmimic/conf/base.yaml``) plus a recipe (``recipes/<name>.yaml``), composed with
+hydra. The tree mirrors robomimic's sections (``experiment``, ``train``, ``algo``, ``observation``); a recipe adds
+its structure (``batch``, ``nets``, ``targets``, ``prepare``, ``losses``, ``updates``, ``act``).
+
+Composed configs are in OmegaConf struct mode: reading or setting a key that does not exist raises, which catches
+typos the way robomimic's key-locked configs do.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+STRUCTURE_SECTIONS = ("batch", "nets", "targets", "prepare", "losses", "updates", "act")
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid: unknown key, wrong type, unknown recipe, or an inconsistent combination."""
+
+
+def recipes_dir() -> Path:
+    return Path(str(importlib.resources.files("modmimic.recipes")))
+
+
+def base_config_path() -> Path:
+    return Path(str(importlib.resources.files("modmimic.conf"))) / "base.yaml"
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def closest(name: str, options) -> str:
+    m = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.5)
+    return f" (did you mean {m[0]!r}?)" if m else ""
+
+
+def check_recipe_name(recipe: str) -> None:
+    if recipe not in list_recipes():
+        raise ConfigError(f"unknown recipe {recipe!r}{closest(recipe, list_recipes())}; "
+                          f"available recipes: {', '.join(list_recipes())}")
+
+
+_REGISTERED = False
+
+
+def register_configs() -> None:
+    """Register the base config (``modmimic_base``) and every recipe (group ``recipe``, package ``_global_``) in
+    hydra's ConfigStore, so ``recipe=<name>`` selects one and recipes can inherit from each other
+    (``defaults: [bc, _self_]``)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    base = OmegaConf.load(base_config_path())
+    base_with_defaults = OmegaConf.merge({"defaults": ["_self_", {"recipe": "bc"}]}, base)
+    cs.store(name="modmimic_base", node=base_with_defaults)
+    for name in list_recipes():
+        cs.store(group="recipe", name=name, node=OmegaConf.load(recipes_dir() / f"{name}.yaml"), package="_global_")
+    _REGISTERED = True
+
+
+def compose(recipe: str = "bc", overrides=()) -> DictConfig:
+    """Base config + ``recipe`` + hydra-syntax ``overrides`` (``["train.batch_size=16", ...]``), validated."""
+    from hydra import compose as hydra_compose, initialize
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
+
+    check_recipe_name(recipe)
+    register_configs()
+    overrides = list(overrides)
+    check_override_keys(recipe, overrides)
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    try:
+        with initialize(version_base="1.3", config_path=None):
+            cfg = hydra_compose("modmimic_base", overrides=[f"recipe={recipe}", *overrides])
+    except ConfigCompositionException as e:
+        raise ConfigError(str(e.__cause__ or e)) from None
+    finally:
+        if GlobalHydra.instance().is_initialized():
+            GlobalHydra.instance().clear()
+    cfg = finalize(cfg)
+    if overrides:
+        check_types(cfg, default_config(recipe))
+    return cfg
+
+
+def default_config(recipe: str) -> DictConfig:
+    return compose(recipe, [])
+
+
+def finalize(cfg: DictConfig) -> DictConfig:
+    """Drop hydra's bookkeeping, check types and consistency, and lock keys (struct mode)."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    cfg.pop("defaults", None)
+    validate(cfg)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def config_factory(algo_name: str, dic: dict | None = None) -> DictConfig:
+    """robomimic's ``config_factory``: the defaults of a recipe (an algo name such as ``"bc"`` is its base recipe),
+    or, given ``dic`` (e.g. a checkpoint's config), that config validated."""
+    if dic is not None:
+        cfg = OmegaConf.create(dict(dic))
+        validate(cfg)
+        OmegaConf.set_struct(cfg, True)
+        return cfg
+    return default_config(algo_name)
+
+
+# --- validation ----------------------------------------------------------------------------------------------
+
+def _leaf_paths(node, prefix=""):
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            yield from _leaf_paths(node._get_node(k), f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], node
+
+
+def check_override_keys(recipe: str, overrides) -> None:
+    """Unknown keys in ``key=value`` overrides are errors that name the closest valid key (``+key=`` adds)."""
+    overrides = [o for o in overrides if "=" in o and not o.startswith(("+", "~", "hydra."))]
+    if not overrides:
+        return
+    ref = compose(recipe, []) if overrides else None
+    valid = [p for p, _ in _leaf_paths(ref)]
+    prefixes = {p.rsplit(".", i)[0] for p in valid for i in range(p.count(".") + 1)}
+    for o in overrides:
+        key = o.split("=", 1)[0].strip()
+        if key in ("recipe", "dataset") or key in prefixes:
+            continue
+        raise ConfigError(f"unknown config key {key!r}{closest(key, valid)}")
+
+
+def _flatten(d, prefix=""):
+    if isinstance(d, dict):
+        for k, v in d.items():
+            yield from _flatten(v, f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], d
+
+
+def _type_ok(ref, v) -> bool:
+    if v is None or ref is None:
+        return True
+    if isinstance(ref, bool):
+        return isinstance(v, bool)
+    if isinstance(ref, float):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if isinstance(ref, int):
+        return isinstance(v, int) and not isinstance(v, bool)
+    if isinstance(ref, (str, list)):
+        return isinstance(v, type(ref))
+    return True
+
+
+def check_types(cfg: DictConfig, reference: DictConfig) -> None:
+    """Every leaf of ``cfg`` must have the type of the same leaf in ``reference`` (an int may stand for a float;
+    ``null`` is allowed anywhere and a ``null`` default accepts any type)."""
+    ref = dict(_flatten(OmegaConf.to_container(reference, resolve=True)))
+    for path, v in _flatten(OmegaConf.to_container(cfg, resolve=True)):
+        if path in ref and not _type_ok(ref[path], v):
+            raise ConfigError(f"config key {path!r} must be {type(ref[path]).__name__}, got {v!r}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Consistency checks that do not need data (those that do live in the Algo builder)."""
+    for section in ("algo_name", "recipe_name", "train", "algo", "observation", "nets", "updates", "act"):
+        if section not in cfg:
+            raise ConfigError(f"config has no {section!r} section: not a modmimic config")
+    t = cfg.train
+    for k in ("seq_length", "frame_stack", "batch_size", "num_epochs"):
+        if not isinstance(t[k], int) or t[k] < 1:
+            raise ConfigError(f"train.{k} must be a positive int, got {t[k]!r}")
+    a = cfg.algo
+    if a.get("rnn") is not None and a.rnn.get("enabled") and a.rnn.horizon > t.seq_length:
+        raise ConfigError(f"algo.rnn.horizon ({a.rnn.horizon}) is longer than train.seq_length ({t.seq_length}): "
+                          "the RNN would act on longer sequences than it was trained on")
+    tr = a.get("transformer")
+    if tr is not None and tr.get("enabled") and tr.context_length != t.frame_stack:
+        raise ConfigError(f"algo.transformer.context_length ({tr.context_length}) must equal train.frame_stack "
+                          f"({t.frame_stack})")
+    if t.goal_mode not in (None, "last"):
+        raise ConfigError(f"train.goal_mode must be null or 'last', got {t.goal_mode!r}")
+    if t.goal_mode == "last" and not t.hdf5_load_next_obs:
+        raise ConfigError("train.goal_mode='last' needs train.hdf5_load_next_obs=true")
+    names = [n for n, spec in cfg.losses.items() if spec is not None]
+    for u in cfg.updates:
+        for lname in u.losses:
+            if lname not in names:
+                raise ConfigError(f"update {u.get('name')!r} uses loss {lname!r}, which the recipe does not define "
+                                  f"(losses: {names})")
+        opt = u.get("optimizer")
+        if opt is not None and opt not in cfg.nets:
+            raise ConfigError(f"update {u.get('name')!r} steps optimizer {opt!r}, but there is no network of that "
+                              f"name (nets: {list(cfg.nets)})")
+
+
+def obs_keys(cfg: DictConfig, group: str = "obs") -> list[str]:
+    """Observation keys of ``observation.modalities.<group>`` over every modality, in config order."""
+    mods = cfg.observation.modalities.get(group) or {}
+    out = []
+    for keys in mods.values():
+        out += [k for k in keys if k not in out]
+    return out
+
+
+def to_plain(node):
+    """Resolved plain python (dicts/lists) of a config node."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def save_config_yaml(cfg: DictConfig, path: str) -> None:
+    from modmimic.io import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    return os.environ.get(name, str(int(default))) not in ("0", "", "false", "False")
+
+
+def with_recipe_structure(cfg: DictConfig, recipe: str) -> DictConfig:
+    """``cfg``'s values (experiment, train, algo, observation, ...) with ``recipe``'s structure sections."""
+    base = default_config(recipe)
+    values = OmegaConf.to_container(cfg, resolve=False)
+    for s in STRUCTURE_SECTIONS + ("recipe_name",):
+        values.pop(s, None)
+    OmegaConf.set_struct(base, False)
+    out = OmegaConf.merge(base, values)
+    validate(out)
+    OmegaConf.set_struct(out, True)
+    return out

@@ -1,0 +1,43 @@
+"""Atomic file writes: write a temporary file in the target's folder, flush it to disk, then rename over the
+target. A crash at any moment leaves either the old file or the new one, never a partial file."""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+
+import torch
+
+
+def _atomic_write_bytes(path: str, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    _atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic_write_bytes(path, lambda f: f.write(buf.getbuffer()))
