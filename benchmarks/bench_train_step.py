@@ -1,0 +1,173 @@
+"""Training-step cost of modmimic recipes next to the same math written in bare PyTorch, in one process.
+
+Prints one JSON line per measurement: ``workload``, ``steps_per_s``, ``ms_per_step``, ``ratio_vs_torch``
+(bare-PyTorch step time / modmimic step time: 1.0 = no framework tax, > 1 = faster), ``threads``.
+
+* modmimic step = ``sampler.sample()`` (vectorised window gather) + ``algo.process_batch_for_training`` +
+  ``algo.train_on_batch`` (+ ``log_info``, as the training loop does).
+* bare step = index a dict of per-key tensors with random indices, ``torch.cat`` the observation keys, forward,
+  loss, ``zero_grad``/``backward``/``Adam.step``, ``loss.item()``.
+The two run interleaved (A B A B ...) over ``--repeats`` rounds of ``--steps`` steps; the median round time is
+reported. Data: a synthetic robomimic-format file of ~30k samples with Lift-like low-dim keys.
+
+Usage: ``python benchmarks/bench_train_step.py [--threads 1] [--repeats 7] [--steps 30] [--only bc,bc_rnn,sampler]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modmimic import keys as K
+from modmimic.algo import algo_factory
+from modmimic.config import compose
+from modmimic.data.hdf5 import load_episode_store
+from modmimic.data.sampler import WindowSampler
+from modmimic.data.synthetic import write_robomimic_hdf5
+
+OBS = {"object": 10, "robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
+ACT = 7
+
+
+def make_dataset(path: str, n_demos: int = 200, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    demos = []
+    for _ in range(n_demos):
+        T = int(rng.integers(120, 180))
+        obs = {k: rng.normal(size=(T, d)) for k, d in OBS.items()}
+        demos.append({"obs": obs, "next_obs": obs, "actions": rng.uniform(-1, 1, (T, ACT)),
+                      "rewards": np.zeros(T), "dones": np.zeros(T)})
+    write_robomimic_hdf5(path, demos)
+
+
+class BareBC(nn.Module):
+    def __init__(self, obs_dim, hidden=(1024, 1024)):
+        super().__init__()
+        layers, d = [], obs_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            d = h
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Linear(d, ACT)
+
+    def forward(self, x):
+        return torch.tanh(self.out(self.body(x)))
+
+
+class BareRNN(nn.Module):
+    def __init__(self, obs_dim, hidden=400, layers=2):
+        super().__init__()
+        self.rnn = nn.LSTM(obs_dim, hidden, layers, batch_first=True)
+        self.out = nn.Linear(hidden, ACT)
+
+    def forward(self, x):
+        return torch.tanh(self.out(self.rnn(x)[0]))
+
+
+def bare_setup(store, seq_len, model, batch_size, seed=0):
+    """Per-key tensors and valid (clamped) window rows: the minimum data path of a hand-written loop."""
+    keys = sorted(OBS)
+    cols = {k: store.flat[:, store.columns[K.obs(k)][0]:store.columns[K.obs(k)][1]].contiguous() for k in keys}
+    a0, a1, _ = store.columns[K.ACTION]
+    act = store.flat[:, a0:a1].contiguous()
+    ends = torch.repeat_interleave(store.offsets + store.lengths - 1, store.lengths)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    n = store.flat.shape[0]
+    ar = torch.arange(seq_len)
+
+    def step():
+        start = torch.randint(n, (batch_size,), generator=g)
+        rows = torch.minimum(start[:, None] + ar, ends[start][:, None])
+        if seq_len == 1:
+            rows = rows[:, 0]
+        x = torch.cat([cols[k][rows] for k in keys], -1)
+        loss = F.mse_loss(model(x), act[rows])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def modmimic_setup(store, recipe, overrides, batch_size, seed=0):
+    cfg = compose(recipe, [f"observation.modalities.obs.low_dim=[{','.join(OBS)}]",
+                           f"train.batch_size={batch_size}", *overrides])
+    sampler = WindowSampler(store, batch_size, seq_length=cfg.train.seq_length, frame_stack=cfg.train.frame_stack,
+                            seed=seed)
+    algo = algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)
+    algo.set_train()
+
+    def step():
+        info = algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1)
+        return algo.log_info(info)["Loss"]
+
+    return step, algo
+
+
+def timed(step, n):
+    t = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - t) / n
+
+
+def compare(name, mm_step, bare_step, steps, repeats, threads):
+    for s in (mm_step, bare_step):  # warm-up
+        for _ in range(3):
+            s()
+    mm, bare = [], []
+    for _ in range(repeats):
+        mm.append(timed(mm_step, steps))
+        bare.append(timed(bare_step, steps))
+    m, b = statistics.median(mm), statistics.median(bare)
+    for workload, t, ratio in ((f"modmimic/{name}", m, b / m), (f"torch/{name}", b, 1.0)):
+        print(json.dumps({"workload": workload, "steps_per_s": round(1 / t, 2), "ms_per_step": round(t * 1e3, 3),
+                          "ratio_vs_torch": round(ratio, 4), "threads": threads}), flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--only", default="sampler,bc,bc_rnn")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    only = set(args.only.split(","))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bench.hdf5")
+        make_dataset(path)
+        store = load_episode_store(path, list(OBS))
+        print(json.dumps({"dataset_samples": store.num_samples, "torch": torch.__version__}), file=sys.stderr)
+        if "sampler" in only:
+            for T in (10, 1):
+                s = WindowSampler(store, 100, seq_length=T)
+                timed(s.sample, 50)
+                t = statistics.median(timed(s.sample, 500) for _ in range(5))
+                print(json.dumps({"workload": f"sampler/[100,{T}]", "ms_per_batch": round(t * 1e3, 4),
+                                  "batches_per_s": round(1 / t, 1), "threads": args.threads}), flush=True)
+        if "bc" in only:
+            torch.manual_seed(0)
+            mm, _ = modmimic_setup(store, "bc", [], 100)
+            bare = bare_setup(store, 1, BareBC(sum(OBS.values())), 100)
+            compare("bc_mlp1024x2_b100", mm, bare, args.steps, args.repeats, args.threads)
+        if "bc_rnn" in only:
+            torch.manual_seed(0)
+            mm, _ = modmimic_setup(store, "bc_rnn", ["algo.actor_layer_dims=[]"], 100)
+            bare = bare_setup(store, 10, BareRNN(sum(OBS.values())), 100)
+            compare("bc_rnn_lstm400x2_seq10_b100", mm, bare, max(5, args.steps // 5), args.repeats, args.threads)
+
+
+if __name__ == "__main__":
+    main()
