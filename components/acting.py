@@ -96,3 +96,26 @@ class Context:
         self.fresh = torch.zeros(B, dtype=torch.bool)
         out = self.nets[self.net].act(self.ctx)
         return out[:, 0] if self.pred_future_acs else out[:, -1]
+
+
+
+class SampleSelect:
+    """BCQ: draw ``num_samples`` candidate actions per state from the behaviour model, perturb them with the actor
+    (when the recipe has one), and take the argmax of the first critic (robomimic BCQ ``get_action``)."""
+
+    def __init__(self, nets, sampler: str = "action_sampler", critic: str = "critic", actor: str | None = None,
+                 num_samples: int = 100):
+        self.nets, self.sampler, self.critic, self.actor = nets, sampler, critic, actor
+        self.num_samples = int(num_samples)
+
+    def reset(self, batch_size: int, done: torch.Tensor | None = None) -> None:
+        pass
+
+    def __call__(self, td: TensorDict) -> torch.Tensor:
+        from modmimic.components.losses.bcq import best_of
+
+        actor = self.nets[self.actor] if self.actor is not None and self.actor in self.nets else None
+        return best_of(self.nets[self.sampler], self.nets[self.critic], td, self.num_samples, actor)[0]
+
+    def state_dict(self) -> dict:
+        return {}

@@ -5,6 +5,7 @@ Each function is pure: ``fn(batch, **recipe kwargs) -> batch``.
 from __future__ import annotations
 
 import torch
+from tensordict import TensorDict
 
 from modmimic import keys as K
 
@@ -48,3 +49,66 @@ def transformer_window(batch, context_length: int, supervise_all_steps: bool = F
         mask[:, -1] = True
         out[K.LOSS_MASK] = mask
     return out
+
+
+# --- offline RL: n-step transitions ------------------------------------------------------------------------------
+
+DISCOUNT = (K.NEXT, "discount")  # [B, 1] float: the bootstrap discount of each transition (gamma ** steps)
+
+
+def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_horizon: bool = False):
+    """Windows ``[B, T]`` -> n-step transitions ``[B]`` (robomimic BCQ/CQL/TD3-BC ``process_batch_for_training``).
+
+    * ``observation``, ``action``, ``goal``: step 0; ``("next", "observation")``: step ``n_step - 1``.
+    * ``("next", "reward")`` = ``sum_i gamma^i r_i`` over the first ``n_step`` steps; ``("next", "done")`` (and
+      ``terminated``) = any done among them; ``("next", "discount")`` = ``gamma^n_step``.
+    * ``infinite_horizon``: the reward of done transitions is scaled by ``1 / (1 - gamma^n_step)``.
+    * the goal is also placed in ``batch["next"]``, so ``batch["next"]`` is the next state that every network reads.
+
+    With ``n_step = 1`` this is exactly robomimic's (and IQL's ``[:, 0]``) batch. For ``n_step > 1`` robomimic sums
+    the rewards of every step of the window, including the steps that padding repeats at the end of a demo (the
+    last reward counted several times) and the steps after a done. Here only the steps before the first done that
+    are real data (``("collector", "mask")``) are summed, and the discount is ``gamma^k`` with ``k`` those steps
+    (``gamma^n_step`` everywhere but at demo ends).
+    """
+    if batch.batch_dims == 1:
+        batch = batch.unsqueeze(1)
+    B, T = batch.batch_size
+    if T < n_step:
+        raise ValueError(f"windows have {T} steps but n_step={n_step}: set train.seq_length >= algo.n_step")
+    nxt = batch.get(K.NEXT)
+    if "reward" not in nxt.keys():
+        raise ValueError("the batch has no ('next', 'reward'): this recipe needs a dataset with rewards and dones")
+    r, d = nxt.get("reward"), nxt.get("done")
+    if n_step == 1:
+        reward, done = r[:, 0], d[:, 0]
+        gamma = torch.full_like(reward, discount)
+    else:
+        rs, ds = r[:, :n_step, 0], d[:, :n_step, 0]
+        mask = batch.get(K.MASK, None)
+        real = mask[:, :n_step] if mask is not None else torch.ones_like(ds)
+        before_done = (torch.cumsum(ds.long(), 1) - ds.long()) == 0
+        live = real & before_done
+        powers = discount ** torch.arange(n_step, device=rs.device, dtype=rs.dtype)
+        reward = (rs * powers * live).sum(1, keepdim=True)
+        done = (ds & live).any(1, keepdim=True)
+        gamma = discount ** live.sum(1, keepdim=True).to(rs.dtype)
+    if infinite_horizon:
+        reward = torch.where(done, reward / (1.0 - discount ** n_step), reward)
+    obs = {k: v[:, 0] for k, v in batch.get(K.OBS).items()}
+    next_obs = {k: v[:, n_step - 1] for k, v in nxt.get(K.OBS).items()}
+    out_next = {K.OBS: next_obs, "reward": reward, "done": done, "terminated": done, "discount": gamma}
+    out = {K.OBS: obs, K.ACTION: batch.get(K.ACTION)[:, 0], K.NEXT: out_next}
+    if K.GOAL in batch.keys():
+        goal = {k: v[:, 0] for k, v in batch.get(K.GOAL).items()}
+        out[K.GOAL] = goal
+        out_next[K.GOAL] = goal
+    return TensorDict._new_unsafe(out, batch_size=torch.Size([B]), device=batch.device)
+
+
+def next_state(batch):
+    """``batch["next"]`` as a state TensorDict (next observation, and the goal when the batch has one)."""
+    nxt = batch.get(K.NEXT)
+    if K.GOAL in batch.keys() and K.GOAL not in nxt.keys():
+        nxt.set(K.GOAL, batch.get(K.GOAL))
+    return nxt

@@ -71,6 +71,39 @@ def bc_recipe_from_flags(algo_config) -> str:
     return "bc_rnn" if rnn else "bc_transformer" if tr else "bc"
 
 
+@register_algo_factory_func("bcq")
+def bcq_recipe_from_flags(algo_config) -> str:
+    """robomimic's BCQ dispatch: the distributional critic wins, then the GMM action sampler, else the VAE."""
+    if algo_config.critic.distributional.enabled:
+        return "bcq_distributional"
+    if algo_config.action_sampler.gmm.enabled:
+        return "bcq_gmm"
+    if not algo_config.action_sampler.vae.enabled:
+        raise ConfigError("BCQ needs an action sampler: enable algo.action_sampler.vae or algo.action_sampler.gmm")
+    return "bcq"
+
+
+@register_algo_factory_func("cql")
+def cql_recipe_from_flags(algo_config) -> str:
+    if algo_config.actor.net.type != "gaussian":
+        raise ConfigError(f"CQL supports only algo.actor.net.type='gaussian' (robomimic too), got "
+                          f"{algo_config.actor.net.type!r}")
+    return "cql"
+
+
+@register_algo_factory_func("iql")
+def iql_recipe_from_flags(algo_config) -> str:
+    kind = algo_config.actor.net.type
+    if kind not in ("gaussian", "gmm"):
+        raise ConfigError(f"IQL's algo.actor.net.type must be 'gaussian' or 'gmm', got {kind!r}")
+    return "iql"
+
+
+@register_algo_factory_func("td3_bc")
+def td3_bc_recipe_from_flags(algo_config) -> str:
+    return "td3_bc"
+
+
 def resolve(path: str):
     """Import ``package.module.attr``."""
     mod, _, attr = str(path).rpartition(".")
@@ -137,33 +170,51 @@ def scheduler_from_params(optimizer, optim_params: dict, num_epochs: int | None 
 
 @dataclass
 class Loss:
-    """A loss module bound to its networks and hyperparameters."""
+    """A loss module bound to its networks and hyperparameters. A network argument bound to a disabled network
+    (``nets.<name>.enabled: false``) receives ``None``. Functions that declare ``epoch`` / ``step`` parameters get
+    the epoch / the global gradient step."""
     name: str
     fn: callable
     nets: dict
     kwargs: dict
     wants_epoch: bool
+    wants_step: bool = False
 
-    def __call__(self, batch, modules, epoch):
+    def __call__(self, batch, modules, epoch, step=0):
         extra = {"epoch": epoch} if self.wants_epoch else {}
-        return self.fn(batch, **{arg: modules[n] for arg, n in self.nets.items()}, **self.kwargs, **extra)
+        if self.wants_step:
+            extra["step"] = step
+        nets = {arg: (modules[n] if n is not None else None) for arg, n in self.nets.items()}
+        return self.fn(batch, **nets, **self.kwargs, **extra)
 
 
 @dataclass
 class Update:
-    """One optimizer step: weighted sum of losses -> backward -> (clip) -> step -> polyak of targets."""
+    """One optimizer step: (its own no-grad ``prepare``) -> weighted sum of losses -> backward -> (clip) -> step of
+    every listed optimizer -> polyak of targets.
+
+    ``optimizers``: the networks stepped (robomimic's per-network optimizers; several when one loss trains a network
+    and, e.g., its learnable weight). ``max_grad_norm`` clips the first of them, each ensemble member separately
+    with ``clip_per_member`` (robomimic steps every critic with its own optimizer). ``every = n``: the update runs on
+    the n-th, 2n-th, ... step (robomimic's TD3 ``actor_update_counter % update_freq == 0`` after the increment)."""
     name: str
     losses: dict
-    optimizer: str | None
+    optimizers: list
     every: int = 1
     start_epoch: int = -1
     end_epoch: int = -1
     max_grad_norm: float | None = None
+    clip_per_member: bool = False
     targets: list = field(default_factory=list)
+    prepare: list = field(default_factory=list)
+
+    @property
+    def optimizer(self) -> str | None:
+        return self.optimizers[0] if self.optimizers else None
 
     def active(self, epoch: int, step: int) -> bool:
         return ((self.start_epoch < 0 or epoch >= self.start_epoch)
-                and (self.end_epoch < 0 or epoch < self.end_epoch) and step % self.every == 0)
+                and (self.end_epoch < 0 or epoch < self.end_epoch) and (step + 1) % self.every == 0)
 
 
 def _as_tuple_key(k):
@@ -228,6 +279,7 @@ class Algo:
         self.subgoal_shapes = self._shapes("subgoal") if "subgoal" in config.observation.modalities else {}
         self.nets = nn.ModuleDict()
         self.target_specs = {}
+        self.disabled = set()  # networks a recipe declares but turned off (nets.<name>.enabled: false)
         self._build_nets()
         self.nets.to(self.device)
         self.optimizers, self.lr_schedulers, self.step_every_batch = {}, {}, {}
@@ -236,13 +288,14 @@ class Algo:
         self.prepare = [self._bind_loss(f"prepare[{i}]", spec) for i, spec in enumerate(config.get("prepare") or [])]
         self.prepare_out = [_as_tuple_key(k) for spec in (config.get("prepare") or []) for k in (spec.get("out") or [])]
         self.losses = {n: self._bind_loss(n, spec) for n, spec in config.losses.items() if spec is not None}
-        self.updates = [self._bind_update(i, u) for i, u in enumerate(config.updates)]
+        self.updates = [u for u in (self._bind_update(i, u) for i, u in enumerate(config.updates)) if u is not None]
         act = to_plain(config.act)
         act_cls = resolve(act.pop("fn"))
         check_kwargs(act_cls, {"nets": None, **act}, "act")
         self.act_path = act_cls(self.nets, **act)
         self._step = 0
         self.check_finite = True
+        self._writes_batch = bool(self.prepare) or any(u.prepare for u in self.updates)
 
     # --- construction ---------------------------------------------------------------------------------------
     def _shapes(self, group: str) -> dict:
@@ -259,14 +312,23 @@ class Algo:
             if spec is None:
                 continue
             spec = {k: v for k, v in to_plain(spec).items() if v is not None}
+            if not spec.pop("enabled", True):
+                self.disabled.add(name)
+                continue
             builder = resolve(spec.pop("_target_"))
             kwargs = dict(obs_shapes=self.obs_shapes, ac_dim=self.ac_dim, goal_shapes=self.goal_shapes, **spec)
             check_kwargs(builder, kwargs, f"nets.{name}")
-            self.nets[name] = builder(**kwargs)
+            try:
+                self.nets[name] = builder(**kwargs)
+            except ValueError as e:
+                raise ConfigError(f"nets.{name}: {e}") from None
         for name, spec in (self.config.get("targets") or {}).items():
             if spec is None:
                 continue
             src = spec.source
+            if src in self.disabled:
+                self.disabled.add(name)
+                continue
             if src not in self.nets:
                 raise ConfigError(f"targets.{name}: source network {src!r} does not exist (nets: {list(self.nets)})")
             tgt = copy.deepcopy(self.nets[src]).requires_grad_(False).eval()
@@ -295,28 +357,43 @@ class Algo:
     def _bind_loss(self, name, spec) -> Loss:
         spec = to_plain(spec)
         fn = resolve(spec.pop("fn"))
-        nets = spec.pop("nets", None) or {}
+        nets = {a: n for a, n in (spec.pop("nets", None) or {}).items() if n is not None}
         spec.pop("out", None)
-        for arg, net in nets.items():
-            if net not in self.nets:
+        # a null the function does not take is a key a variant recipe nulled out of its base: ignore it
+        params = inspect.signature(fn).parameters
+        spec = {k: v for k, v in spec.items() if v is not None or k in params}
+        for arg, net in list(nets.items()):
+            if net in self.disabled:
+                nets[arg] = None
+            elif net not in self.nets:
                 raise ConfigError(f"losses.{name}: network {net!r} does not exist (nets: {list(self.nets)})")
-        wants_epoch = "epoch" in inspect.signature(fn).parameters
         check_kwargs(fn, {**{a: None for a in nets}, **spec}, f"losses.{name}")
-        return Loss(name, fn, nets, spec, wants_epoch)
+        return Loss(name, fn, nets, spec, "epoch" in params, "step" in params)
 
-    def _bind_update(self, i, spec) -> Update:
+    def _bind_update(self, i, spec) -> Update | None:
+        """An :class:`Update`, or None when it steps a disabled network (the update does not exist then)."""
         spec = to_plain(spec)
         name = spec.pop("name", f"update{i}")
-        u = Update(name=name, losses=dict(spec.pop("losses")), optimizer=spec.pop("optimizer", None),
+        opts = spec.pop("optimizer", None)
+        opts = [] if opts is None else [opts] if isinstance(opts, str) else list(opts)
+        prepare = [self._bind_loss(f"updates[{i}].prepare[{j}]", p) for j, p in enumerate(spec.pop("prepare", None)
+                                                                                           or [])]
+        u = Update(name=name, losses=dict(spec.pop("losses")), optimizers=opts,
                    every=int(spec.pop("every", 1) or 1), start_epoch=int(spec.pop("start_epoch", -1)),
                    end_epoch=int(spec.pop("end_epoch", -1)), max_grad_norm=spec.pop("max_grad_norm", None),
-                   targets=list(spec.pop("targets", None) or []))
+                   clip_per_member=bool(spec.pop("clip_per_member", False)),
+                   targets=list(spec.pop("targets", None) or []), prepare=prepare)
         if spec:
             raise ConfigError(f"updates[{i}] ({name}): unknown keys {sorted(spec)}; expected name, losses, "
-                              "optimizer, every, start_epoch, end_epoch, max_grad_norm, targets")
-        if u.optimizer is not None and u.optimizer not in self.optimizers:
-            raise ConfigError(f"updates[{i}] ({name}): no optimizer for network {u.optimizer!r}; add "
-                              f"algo.optim_params.{u.optimizer}")
+                              "optimizer, every, start_epoch, end_epoch, max_grad_norm, clip_per_member, targets, "
+                              "prepare")
+        if u.optimizers and u.optimizers[0] in self.disabled:
+            return None
+        for opt in u.optimizers:
+            if opt not in self.optimizers:
+                raise ConfigError(f"updates[{i}] ({name}): no optimizer for network {opt!r}; add "
+                                  f"algo.optim_params.{opt}")
+        u.targets = [t for t in u.targets if t not in self.disabled]
         for t in u.targets:
             if t not in self.target_specs:
                 raise ConfigError(f"updates[{i}] ({name}): {t!r} is not a target network "
@@ -338,47 +415,65 @@ class Algo:
         return batch if obs_normalization_stats is None else normalize_obs(batch, obs_normalization_stats)
 
     def train_on_batch(self, batch, epoch: int, validate: bool = False) -> dict:
-        """Run the recipe's updates in order on one batch; with ``validate`` compute losses without stepping."""
+        """Run the recipe's updates in order on one batch; with ``validate`` compute losses without stepping.
+
+        ``prepare`` functions write shared no-grad quantities into (a shallow copy of) the batch once, before the
+        updates; an update's own ``prepare`` runs right before it, so it sees the networks the earlier updates of
+        this step have just changed."""
         info = {}
         total = None
+        step = self._step
         with torch.set_grad_enabled(not validate):
-            if self.prepare:
+            if self._writes_batch:
                 batch = batch.clone(False)
-                with torch.no_grad():
-                    for p in self.prepare:
-                        for k, v in p(batch, self.nets, epoch).items():
-                            batch.set(_as_tuple_key(k), v)
+            if self.prepare:
+                self._run_prepare(self.prepare, batch, epoch, step)
             for u in self.updates:
-                if not u.active(epoch, self._step):
+                if not u.active(epoch, step):
                     continue
+                if u.prepare:
+                    self._run_prepare(u.prepare, batch, epoch, step)
                 loss = None
                 for lname, weight in u.losses.items():
-                    out = self.losses[lname](batch, self.nets, epoch)
+                    out = self.losses[lname](batch, self.nets, epoch, step)
                     term = out["loss"]
                     if self.check_finite and not bool(torch.isfinite(term)):
                         raise NonFiniteLossError(
-                            f"loss {lname!r} (update {u.name!r}) is {term.item()} at epoch {epoch}, step "
-                            f"{self._step}")
+                            f"loss {lname!r} (update {u.name!r}) is {term.item()} at epoch {epoch}, step {step}")
                     loss = weight * term if loss is None else loss + weight * term
                     for k, v in out.items():
                         info[f"{lname}/{k}"] = v.detach() if torch.is_tensor(v) else v
                 total = loss.detach() if total is None else total + loss.detach()
-                if not validate and u.optimizer is not None:
-                    opt = self.optimizers[u.optimizer]
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if u.max_grad_norm is not None:
-                        info[f"{u.name}/grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                            self.nets[u.optimizer].parameters(), u.max_grad_norm)
-                    opt.step()
-                    for t in u.targets:
-                        self.soft_update(t)
+                if not validate and u.optimizers:
+                    self._step_update(u, loss, info)
         if total is not None:
             info["Loss"] = total
         if not validate:
             self._step += 1
             self.on_gradient_step()
         return info
+
+    def _run_prepare(self, prepare, batch, epoch, step) -> None:
+        with torch.no_grad():
+            for p in prepare:
+                for k, v in p(batch, self.nets, epoch, step).items():
+                    batch.set(_as_tuple_key(k), v)
+
+    def _step_update(self, u: Update, loss, info: dict) -> None:
+        opts = [self.optimizers[o] for o in u.optimizers]
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if u.max_grad_norm is not None:
+            net = self.nets[u.optimizers[0]]
+            groups = list(net.members) if u.clip_per_member and hasattr(net, "members") else [net]
+            for i, g in enumerate(groups):
+                suffix = str(i + 1) if len(groups) > 1 else ""
+                info[f"{u.name}/grad_norm{suffix}"] = torch.nn.utils.clip_grad_norm_(g.parameters(), u.max_grad_norm)
+        for opt in opts:
+            opt.step()
+        for t in u.targets:
+            self.soft_update(t)
 
     @torch.no_grad()
     def soft_update(self, target: str) -> None:

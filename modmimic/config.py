@@ -14,7 +14,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-STRUCTURE_SECTIONS = ("batch", "nets", "targets", "prepare", "losses", "updates", "act")
+STRUCTURE_SECTIONS = ("batch", "nets", "targets", "prepare", "losses", "updates", "act", "requires")
+DATA_REQUIREMENTS = ("rewards", "next_obs")  # what a recipe may declare under ``requires``
 
 
 class ConfigError(ValueError):
@@ -198,10 +199,17 @@ def validate(cfg: DictConfig) -> None:
             if lname not in names:
                 raise ConfigError(f"update {u.get('name')!r} uses loss {lname!r}, which the recipe does not define "
                                   f"(losses: {names})")
-        opt = u.get("optimizer")
-        if opt is not None and opt not in cfg.nets:
-            raise ConfigError(f"update {u.get('name')!r} steps optimizer {opt!r}, but there is no network of that "
-                              f"name (nets: {list(cfg.nets)})")
+        opts = u.get("optimizer")
+        for opt in ([] if opts is None else [opts] if isinstance(opts, str) else opts):
+            if opt not in cfg.nets:
+                raise ConfigError(f"update {u.get('name')!r} steps optimizer {opt!r}, but there is no network of "
+                                  f"that name (nets: {list(cfg.nets)})")
+    requires = list(cfg.get("requires") or [])
+    for r in requires:
+        if r not in DATA_REQUIREMENTS:
+            raise ConfigError(f"requires: unknown data requirement {r!r}; expected some of {list(DATA_REQUIREMENTS)}")
+    if "next_obs" in requires and not t.hdf5_load_next_obs:
+        raise ConfigError(f"recipe {cfg.recipe_name!r} needs next observations: set train.hdf5_load_next_obs=true")
 
 
 def obs_keys(cfg: DictConfig, group: str = "obs") -> list[str]:

@@ -82,3 +82,52 @@ def make_reach_dataset(path: str, n_demos: int = 20, dim: int = 2, seed: int = 0
     masks = {"train": [names[i] for i in sorted(perm[n_valid:])], "valid": [names[i] for i in sorted(perm[:n_valid])]}
     env_args = {"env_name": "PointReach", "type": 2, "env_version": "0", "env_kwargs": {"dim": dim, "max_len": max_len}}
     write_robomimic_hdf5(path, demos, env_args=env_args, masks=masks)
+
+
+def chain_optimal_q(n_states: int = 5, discount: float = 0.9) -> np.ndarray:
+    """``Q*[s, j]`` of the chain MDP of :func:`make_chain_dataset` for ``j`` = 0 (left) / 1 (right), for the
+    non-terminal states ``s = 0 .. n_states - 2``: right ends the episode with reward 1 from ``n_states - 2``, so
+    ``Q*(s, right) = gamma^(n-2-s)``, ``Q*(s, left) = gamma * V*(max(s-1, 0))``."""
+    v = np.array([discount ** (n_states - 2 - s) for s in range(n_states - 1)])
+    q = np.zeros((n_states - 1, 2))
+    q[:, 1] = v
+    q[:, 0] = [discount * v[max(s - 1, 0)] for s in range(n_states - 1)]
+    return q
+
+
+def chain_obs(states, n_states: int = 5) -> np.ndarray:
+    """One-hot observations ``[..., n_states]`` of chain states."""
+    return np.eye(n_states)[np.asarray(states)]
+
+
+def make_chain_dataset(path: str, n_states: int = 5, n_episodes: int = 200, p_right: float = 0.7, seed: int = 0,
+                       max_len: int = 30, action_scale: float = 0.6, action_noise: float = 0.1) -> None:
+    """Offline-RL data on a deterministic chain with a known optimal Q (:func:`chain_optimal_q`).
+
+    States ``0 .. n_states - 1`` (obs key ``state``: one-hot); a 1-D action moves right when ``a > 0``, left
+    otherwise (state 0 stays). Entering the last state gives reward 1 and ends the episode (done = 1); every other
+    reward is 0. The behaviour policy goes right with probability ``p_right``, with actions
+    ``+-action_scale + N(0, action_noise^2)`` clipped to ``[-1, 1]``; episodes start in a uniformly drawn
+    non-terminal state and are cut after ``max_len`` steps (done = 0 there)."""
+    rng = np.random.default_rng(seed)
+    demos = []
+    for _ in range(n_episodes):
+        s = int(rng.integers(0, n_states - 1))
+        states, acts, rews, dones, nexts = [], [], [], [], []
+        for _ in range(max_len):
+            right = rng.random() < p_right
+            a = np.clip((action_scale if right else -action_scale) + action_noise * rng.standard_normal(), -1, 1)
+            s2 = min(s + 1, n_states - 1) if a > 0 else max(s - 1, 0)
+            states.append(s); acts.append([a]); nexts.append(s2)
+            done = s2 == n_states - 1
+            rews.append(float(done)); dones.append(int(done))
+            s = s2
+            if done:
+                break
+        demos.append({"obs": {"state": chain_obs(states, n_states)},
+                      "next_obs": {"state": chain_obs(nexts, n_states)},
+                      "actions": np.asarray(acts), "rewards": np.asarray(rews),
+                      "dones": np.asarray(dones, dtype=np.int64)})
+    names = [f"demo_{i}" for i in range(n_episodes)]
+    env_args = {"env_name": "Chain", "type": 2, "env_version": "0", "env_kwargs": {"n_states": n_states}}
+    write_robomimic_hdf5(path, demos, env_args=env_args, masks={"train": names})

@@ -1,0 +1,180 @@
+"""Value networks of the offline-RL recipes (robomimic ``value_nets.py`` and the BCQ perturbation actor).
+
+Every network reads its state from a TensorDict (``("observation", k)`` and ``("goal", k)``) through a low-dim
+:class:`ObsEncoder`, so the same network evaluates the next state when given ``batch["next"]`` (the transition batch
+keeps the goal there too, see :func:`modmimic.components.batching.n_step_transition`).
+
+* :class:`ValueNet` — ``V(s)`` ``[..., 1]`` (IQL's ``vf``).
+* :class:`QEnsemble` — ``N`` independent ``Q_i(s, a)`` MLPs over ``cat(state features, action)``; ``forward`` returns
+  ``[N, ..., 1]``. The state features are computed once for all members and the members run in a Python loop
+  (faster than ``vmap`` on CPU). ``action`` may carry extra sample dims (``[B, n, A]`` for ``n`` candidate actions
+  per state): the state features are broadcast, never tiled through the TensorDict.
+* :class:`DistributionalQ` — C51 critic: logits over ``num_atoms`` atoms ``linspace(*value_bounds)``; ``forward``
+  gives the expected value ``[1, ..., 1]`` so it plugs in wherever an ensemble does.
+* :class:`PerturbationActor` — BCQ's ``a + scale * tanh(MLP(s, a))`` clamped to ``[-1, 1]``.
+* :class:`Scalar` — a learnable scalar (log entropy weight, log CQL weight) that recipes declare as a network so it
+  gets its own optimizer.
+
+``value_bounds = (lo, hi)`` squashes a scalar output to ``(lo + hi) / 2 + (hi - lo) / 2 * tanh(x)`` (robomimic).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from modmimic.components.nets.core import ObsEncoder, group_inputs, mlp
+
+
+def _bounds(value_bounds):
+    if value_bounds is None:
+        return None
+    lo, hi = (float(v) for v in value_bounds)
+    if not hi > lo:
+        raise ValueError(f"value_bounds must be (low, high) with low < high, got {tuple(value_bounds)}")
+    return (lo + hi) / 2.0, (hi - lo) / 2.0
+
+
+def _squash(x, bounds):
+    return x if bounds is None else bounds[0] + bounds[1] * torch.tanh(x)
+
+
+def _state_action(features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """``cat(features, action)``; features ``[B, D]`` are broadcast over extra sample dims of ``action``."""
+    if action.dim() > features.dim():
+        shape = action.shape[:-1]
+        for _ in range(action.dim() - features.dim()):
+            features = features.unsqueeze(-2)
+        features = features.expand(*shape, features.shape[-1])
+    return torch.cat([features, action], dim=-1)
+
+
+class ValueNet(nn.Module):
+    def __init__(self, obs_shapes: dict, goal_shapes: dict | None = None, layer_dims: Sequence[int] = (300, 400),
+                 value_bounds=None):
+        super().__init__()
+        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes))
+        self.net = mlp(self.encoder.output_dim, 1, layer_dims)
+        self.bounds = _bounds(value_bounds)
+
+    def forward(self, td) -> torch.Tensor:
+        return _squash(self.net(self.encoder(td)), self.bounds)
+
+
+class QEnsemble(nn.Module):
+    def __init__(self, obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
+                 layer_dims: Sequence[int] = (300, 400), n: int = 2, value_bounds=None):
+        super().__init__()
+        if n < 1:
+            raise ValueError(f"a Q ensemble needs at least one member, got n={n}")
+        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes))
+        self.members = nn.ModuleList(mlp(self.encoder.output_dim + ac_dim, 1, layer_dims) for _ in range(n))
+        self.bounds = _bounds(value_bounds)
+
+    def forward(self, td, action: torch.Tensor) -> torch.Tensor:
+        """``[N, *action.shape[:-1], 1]``: every member's ``Q(s, a)``."""
+        x = _state_action(self.encoder(td), action)
+        return torch.stack([_squash(m(x), self.bounds) for m in self.members])
+
+    def q1(self, td, action: torch.Tensor) -> torch.Tensor:
+        """The first member only (robomimic scores actions with ``critic[0]``): ``[*action.shape[:-1], 1]``."""
+        return _squash(self.members[0](_state_action(self.encoder(td), action)), self.bounds)
+
+
+class DistributionalQ(nn.Module):
+    """C51 critic (robomimic ``DistributionalActionValueNetwork``): one MLP giving logits over fixed atoms."""
+
+    def __init__(self, obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
+                 layer_dims: Sequence[int] = (300, 400), value_bounds=None, num_atoms: int = 51):
+        super().__init__()
+        if value_bounds is None:
+            raise ValueError("the distributional critic needs value bounds for its support: set "
+                             "algo.critic.value_bounds=[low,high] (robomimic crashes on the default null)")
+        lo, hi = (float(v) for v in value_bounds)
+        if not hi > lo or num_atoms < 2:
+            raise ValueError(f"need value_bounds low < high and num_atoms >= 2, got {value_bounds}, {num_atoms}")
+        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes))
+        self.members = nn.ModuleList([mlp(self.encoder.output_dim + ac_dim, num_atoms, layer_dims)])
+        self.register_buffer("atoms", torch.linspace(lo, hi, num_atoms))
+
+    def logits(self, td, action: torch.Tensor) -> torch.Tensor:
+        """``[*action.shape[:-1], num_atoms]``."""
+        return self.members[0](_state_action(self.encoder(td), action))
+
+    def q1(self, td, action: torch.Tensor) -> torch.Tensor:
+        """Expected value ``sum_j p_j z_j``: ``[*action.shape[:-1], 1]``."""
+        return (torch.softmax(self.logits(td, action), -1) * self.atoms).sum(-1, keepdim=True)
+
+    def forward(self, td, action: torch.Tensor) -> torch.Tensor:
+        return self.q1(td, action).unsqueeze(0)
+
+
+class PerturbationActor(nn.Module):
+    """robomimic ``PerturbationActorNetwork``: ``clamp(a + scale * tanh(MLP(cat(s, a))), -1, 1)``."""
+
+    def __init__(self, obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
+                 layer_dims: Sequence[int] = (300, 400), perturbation_scale: float = 0.05):
+        super().__init__()
+        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes))
+        self.net = mlp(self.encoder.output_dim + ac_dim, ac_dim, layer_dims)
+        self.scale = float(perturbation_scale)
+
+    def forward(self, td, action: torch.Tensor) -> torch.Tensor:
+        delta = torch.tanh(self.net(_state_action(self.encoder(td), action)))
+        return (action + self.scale * delta).clamp(-1.0, 1.0)
+
+
+class Scalar(nn.Module):
+    """One learnable scalar; ``forward()`` returns it (shape ``[]``)."""
+
+    def __init__(self, init: float = 0.0):
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self) -> torch.Tensor:
+        return self.value
+
+
+# --- builders (recipes name these under ``nets``; they receive obs_shapes, ac_dim, goal_shapes) -----------------
+
+def value_net(obs_shapes: dict, ac_dim: int | None = None, goal_shapes: dict | None = None,
+              layer_dims: Sequence[int] = (300, 400), value_bounds=None) -> ValueNet:
+    return ValueNet(obs_shapes, goal_shapes, tuple(layer_dims), value_bounds)
+
+
+def q_ensemble(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
+               layer_dims: Sequence[int] = (300, 400), n: int = 2, value_bounds=None) -> QEnsemble:
+    return QEnsemble(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), n, value_bounds)
+
+
+def distributional_q(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
+                     layer_dims: Sequence[int] = (300, 400), value_bounds=None,
+                     num_atoms: int = 51) -> DistributionalQ:
+    return DistributionalQ(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), value_bounds, num_atoms)
+
+
+def perturbation_actor(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
+                       layer_dims: Sequence[int] = (300, 400), perturbation_scale: float = 0.05) -> PerturbationActor:
+    return PerturbationActor(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), perturbation_scale)
+
+
+def scalar(obs_shapes: dict | None = None, ac_dim: int | None = None, goal_shapes: dict | None = None,
+           init: float = 0.0) -> Scalar:
+    """A learnable scalar network (the shapes are ignored)."""
+    return Scalar(init)
+
+
+def rl_actor(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, layer_dims: Sequence[int] = (300, 400),
+             net: dict | None = None):
+    """The stochastic actor of CQL / IQL from robomimic's ``algo.actor.net`` section: ``type`` gaussian or gmm,
+    with the ``common`` settings plus those of the chosen type (a BC policy with that head)."""
+    from modmimic.components.nets.policy import policy
+
+    net = dict(net or {})
+    kind = net.get("type", "gaussian")
+    if kind not in ("gaussian", "gmm"):
+        raise ValueError(f"algo.actor.net.type must be 'gaussian' or 'gmm', got {kind!r}")
+    head_kwargs = {**dict(net.get("common") or {}), **dict(net.get(kind) or {})}
+    return policy(obs_shapes, ac_dim, goal_shapes, backbone="mlp", head=kind, layer_dims=tuple(layer_dims),
+                  head_kwargs=head_kwargs)
