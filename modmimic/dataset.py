@@ -1,0 +1,293 @@
+"""Dataset tools for robomimic-format HDF5 files.
+
+    python -m modmimic.dataset info <file.hdf5> [--filter-key K] [--strict]
+    python -m modmimic.dataset split <file.hdf5> [--valid-fraction 0.1] [--seed 0] [--filter-key K]
+
+``info`` prints the number of demos and samples, demo length statistics, every per-step dataset of a demo with its
+shape, dtype and value range over the (filtered) demos, the filter keys, the environment metadata, and checks that
+the actions lie in [-1, 1] (robomimic's requirement unless ``train.action_config`` normalizes them; ``--strict``
+makes a violation exit with status 1).
+
+``split`` writes ``mask/train`` and ``mask/valid`` (``mask/<K>_train``, ``mask/<K>_valid`` when splitting the demos
+of filter key ``K``), chosen by a seeded shuffle, so the same seed always gives the same split. Nothing else in
+the file is touched.
+
+:func:`dataset_entry` and :func:`with_data` tell which file a training config reads (``train.data``, or the
+embedded default dataset). This module does not import torch, so the command line rejects bad input quickly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import copy
+
+import h5py
+import numpy as np
+from omegaconf import DictConfig, open_dict
+
+from modmimic.config import ConfigError, to_plain
+from modmimic.data.default import OBS_KEYS as DEFAULT_OBS_KEYS, default_dataset_path
+
+PROG = "modmimic.dataset"
+
+
+class ToolError(Exception):
+    """Bad input to a dataset tool."""
+
+
+class DatasetNotFound(ConfigError):
+    """``train.data`` names a file that does not exist."""
+
+
+def _open(path: str, mode: str = "r") -> h5py.File:
+    if not os.path.exists(path):
+        raise ToolError(f"dataset file not found: {path}")
+    try:
+        return h5py.File(path, mode)
+    except OSError as e:
+        raise ToolError(f"cannot open {path} as HDF5 (corrupt, not HDF5, or opened for writing elsewhere): {e}")
+
+
+def _demo_key(name: str):
+    try:
+        return int(name[5:])
+    except ValueError:
+        raise ToolError(f"demo group {name!r} is not named demo_<int> as robomimic requires") from None
+
+
+def demo_names(f: h5py.File, filter_key: str | None = None, path: str = "") -> list[str]:
+    if "data" not in f:
+        raise ToolError(f"{path}: no 'data' group; not a robomimic dataset")
+    if filter_key is None:
+        names = [n for n in f["data"] if n.startswith("demo")]
+    else:
+        if "mask" not in f or filter_key not in f["mask"]:
+            have = sorted(f["mask"]) if "mask" in f else []
+            raise ToolError(f"{path}: filter key {filter_key!r} not found in mask/ (available: {have})")
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(f["mask"][filter_key])]
+    return sorted(names, key=_demo_key)
+
+
+def _datasets(group: h5py.Group, prefix: str = ""):
+    for k, v in group.items():
+        if isinstance(v, h5py.Group):
+            yield from _datasets(v, f"{prefix}{k}/")
+        else:
+            yield f"{prefix}{k}", v
+
+
+# --- which file a config trains on ----------------------------------------------------------------------------
+
+ROBOMIMIC_DEFAULT_LOW_DIM = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"]
+
+
+def dataset_entry(cfg: DictConfig) -> dict:
+    """``train.data`` as ``{"path", "filter_key", "demo_limit"}``: a path, or robomimic's list with one dataset
+    dict. ``None`` means the embedded default dataset."""
+    data = to_plain(cfg.train.data)
+    if data is None:
+        return {"path": None}
+    if isinstance(data, str):
+        return {"path": data}
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict) and "path" in data[0]:
+        return dict(data[0])
+    if isinstance(data, list) and len(data) > 1:
+        raise ConfigError(f"train.data lists {len(data)} datasets; modmimic trains on one dataset for now "
+                          "(multi-dataset sampling is not implemented)")
+    raise ConfigError(f"train.data must be a path or a list with one {{path: ...}} dict, got {data!r}")
+
+
+def with_data(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` whose ``train.data`` is an absolute path. Without a dataset, the embedded default
+    (:mod:`modmimic.data.default`) is used and, if the observation keys are still robomimic's Lift defaults, they
+    become the default dataset's keys."""
+    cfg = copy.deepcopy(cfg)
+    entry = dataset_entry(cfg)
+    with open_dict(cfg):
+        if entry["path"] is None:
+            cfg.train.data = default_dataset_path()
+            if list(cfg.observation.modalities.obs.low_dim) == ROBOMIMIC_DEFAULT_LOW_DIM:
+                cfg.observation.modalities.obs.low_dim = list(DEFAULT_OBS_KEYS)
+        else:
+            path = os.path.abspath(os.path.expanduser(str(entry["path"])))
+            if isinstance(to_plain(cfg.train.data), list):
+                cfg.train.data[0].path = path
+            else:
+                cfg.train.data = path
+    return cfg
+
+
+# --- info -------------------------------------------------------------------------------------------------------
+
+def dataset_info(path: str, filter_key: str | None = None) -> dict:
+    """Everything ``info`` prints, as a dict."""
+    with _open(path) as f:
+        demos = demo_names(f, filter_key, path)
+        if not demos:
+            raise ToolError(f"{path}: no demos" + (f" in mask/{filter_key}" if filter_key else ""))
+        data = f["data"]
+        lengths = np.array([int(data[d].attrs.get("num_samples", 0)) for d in demos])
+        keys = {}
+        for name, ds in _datasets(data[demos[0]]):
+            keys[name] = {"shape": list(ds.shape[1:]), "dtype": str(ds.dtype), "min": None, "max": None}
+        for d in demos:
+            for name, entry in keys.items():
+                if name not in data[d]:
+                    entry["missing_in"] = entry.get("missing_in", 0) + 1
+                    continue
+                if entry["dtype"] == "uint8" and len(entry["shape"]) >= 2:
+                    continue  # images: shape and dtype only (ranges would read every frame)
+                ds = data[d][name]
+                if ds.dtype.kind not in "fiub" or ds.size == 0:
+                    continue
+                arr = ds[()]
+                lo, hi = float(np.min(arr)), float(np.max(arr))
+                entry["min"] = lo if entry["min"] is None else min(entry["min"], lo)
+                entry["max"] = hi if entry["max"] is None else max(entry["max"], hi)
+                if ds.dtype.kind == "f" and not np.isfinite(arr).all():
+                    entry["non_finite_in"] = entry.get("non_finite_in", 0) + 1
+        masks = {}
+        if "mask" in f:
+            for k in f["mask"]:
+                masks[k] = int(f["mask"][k].shape[0])
+        raw = data.attrs.get("env_args")
+        try:
+            env = json.loads(raw) if raw is not None else None
+        except json.JSONDecodeError:
+            env = {"unparsable": str(raw)[:200]}
+        total_attr = data.attrs.get("total")
+    act = keys.get("actions")
+    action_ok = None if act is None or act["min"] is None else (act["min"] >= -1.0 and act["max"] <= 1.0)
+    return {"path": path, "filter_key": filter_key, "num_demos": len(demos), "num_samples": int(lengths.sum()),
+            "total_attr": None if total_attr is None else int(total_attr),
+            "length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
+            "keys": keys, "filter_keys": masks, "env_meta": env, "actions_in_unit_range": action_ok}
+
+
+def _fmt(v):
+    return "-" if v is None else f"{v:.4g}"
+
+
+def print_info(info: dict, out=None) -> None:
+    p = lambda *a: print(*a, file=out or sys.stdout)  # noqa: E731
+    p(f"file:         {info['path']}" + (f"  (filter key {info['filter_key']})" if info["filter_key"] else ""))
+    p(f"demos:        {info['num_demos']}")
+    p(f"samples:      {info['num_samples']}" + ("" if info["total_attr"] in (None, info["num_samples"]) or
+                                                  info["filter_key"] else f"  (data.attrs['total'] says "
+                                                                              f"{info['total_attr']})"))
+    L = info["length"]
+    p(f"demo length:  min {L['min']}  mean {L['mean']:.1f}  max {L['max']}")
+    env = info["env_meta"]
+    if env is None:
+        p("env:          (no data.attrs['env_args'])")
+    else:
+        kinds = {1: "robosuite", 2: "gym", 3: "ig_momart"}
+        p(f"env:          {env.get('env_name')}  type {env.get('type')} ({kinds.get(env.get('type'), '?')})  "
+          f"version {env.get('env_version')}")
+        p(f"env kwargs:   {json.dumps(env.get('env_kwargs', {}), sort_keys=True)[:400]}")
+    p("filter keys:  " + (", ".join(f"{k} ({n} demos)" for k, n in sorted(info["filter_keys"].items())) or "(none)"))
+    p("per-step datasets (shape per step, dtype, range over the demos):")
+    width = max(len(k) for k in info["keys"])
+    for k, e in info["keys"].items():
+        extra = ""
+        if e.get("missing_in"):
+            extra += f"  MISSING in {e['missing_in']} demos"
+        if e.get("non_finite_in"):
+            extra += f"  NaN/Inf in {e['non_finite_in']} demos"
+        p(f"  {k.ljust(width)}  {str(tuple(e['shape'])):<14} {e['dtype']:<8} [{_fmt(e['min'])}, {_fmt(e['max'])}]{extra}")
+    ok = info["actions_in_unit_range"]
+    if ok is None:
+        p("action range: no 'actions' dataset")
+    elif ok:
+        p("action range: OK, every action is in [-1, 1]")
+    else:
+        a = info["keys"]["actions"]
+        p(f"action range: WARNING: actions span [{_fmt(a['min'])}, {_fmt(a['max'])}], outside [-1, 1]; policies with "
+          "tanh outputs cannot reach them: set train.action_config.actions.normalization=min_max (or gaussian)")
+
+
+# --- split ------------------------------------------------------------------------------------------------------
+
+def split_demos(demos: list[str], valid_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """``(train, valid)`` demo names: a seeded permutation, the first ``round(fraction * n)`` (at least 1 when the
+    fraction is positive, leaving at least 1 for training) are validation; both lists in robomimic's order."""
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ToolError(f"--valid-fraction must be in [0, 1), got {valid_fraction}")
+    n = len(demos)
+    n_valid = int(round(valid_fraction * n))
+    if valid_fraction > 0:
+        n_valid = max(1, n_valid)
+    if n - n_valid < 1:
+        raise ToolError(f"cannot split {n} demo(s) with --valid-fraction {valid_fraction}: no training demo would be "
+                        "left")
+    perm = np.random.default_rng(seed).permutation(n)
+    valid = set(perm[:n_valid].tolist())
+    train = [d for i, d in enumerate(demos) if i not in valid]
+    return train, [d for i, d in enumerate(demos) if i in valid]
+
+
+def write_split(path: str, valid_fraction: float = 0.1, seed: int = 0, filter_key: str | None = None) -> dict:
+    """Write (or replace) the train/valid filter keys; returns ``{mask name: demo names}``."""
+    with _open(path, "r+") as f:
+        demos = demo_names(f, filter_key, path)
+        if not demos:
+            raise ToolError(f"{path}: no demos to split")
+        train, valid = split_demos(demos, valid_fraction, seed)
+        prefix = f"{filter_key}_" if filter_key else ""
+        out = {f"{prefix}train": train, f"{prefix}valid": valid}
+        mask = f.require_group("mask")
+        for name, names in out.items():
+            if name in mask:
+                del mask[name]
+            mask.create_dataset(name, data=np.array(names, dtype="S"))
+    return out
+
+
+# --- command line -----------------------------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=f"python -m {PROG}", description="Inspect and split robomimic HDF5 datasets.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    i = sub.add_parser("info", help="demos, samples, per-key shapes/dtypes/ranges, filter keys, env metadata")
+    i.add_argument("path")
+    i.add_argument("--filter-key", default=None, help="only the demos of mask/<KEY>")
+    i.add_argument("--json", action="store_true", help="print the information as JSON")
+    i.add_argument("--strict", action="store_true", help="exit with status 1 when actions are outside [-1, 1]")
+    s = sub.add_parser("split", help="write mask/train and mask/valid (seeded, reproducible)")
+    s.add_argument("path")
+    s.add_argument("--valid-fraction", type=float, default=0.1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--filter-key", default=None, help="split the demos of mask/<KEY> into <KEY>_train/<KEY>_valid")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            info = dataset_info(args.path, args.filter_key)
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                print_info(info)
+            return 1 if args.strict and info["actions_in_unit_range"] is False else 0
+        out = write_split(args.path, args.valid_fraction, args.seed, args.filter_key)
+        for name, names in out.items():
+            print(f"mask/{name}: {len(names)} demos")
+        return 0
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except ToolError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, KeyError, ValueError) as e:
+        print(f"{PROG}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""``python -m modmimic.train recipe=<name> dataset=<path.hdf5> [key=value ...]`` — the training application.
+
+The command line is hydra's: ``recipe=`` picks a config group entry (``recipes/<name>.yaml``), every other argument
+overrides a key with robomimic's section names (``train.num_epochs=50``, ``algo.rnn.hidden_dim=100``), ``-m`` runs
+a sweep (``-m train.seed=0,1,2``), ``--cfg job`` prints the composed config. ``dataset=<path>`` is short for
+``train.data=<path>``; without it the embedded default dataset is used. ``resume=true`` / ``resume_dir=<run dir>``
+continue a run. The working directory is never changed, so relative paths mean what they say.
+
+Every configuration is composed and validated before anything runs (unknown keys and wrong types are errors
+that name the closest valid key). Any failure ends with a one-paragraph message on stderr and a non-zero exit
+status: 2 for bad input (configuration, dataset, checkpoint), 1 for failures while training, 130 when interrupted.
+``MODMIMIC_DEBUG=1`` prints the traceback as well.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+import warnings
+
+from modmimic.config import ConfigError, base_config_path, compose, list_recipes, recipes_dir
+
+PROG = "modmimic.train"
+EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+# hydra flags that take a value (the value is the next argument)
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+                "-cd", "--experimental-rerun"}
+_INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+_FAILURES: list = []
+
+
+# --- help -------------------------------------------------------------------------------------------------------
+
+def recipe_summary(name: str) -> str:
+    """First line of a recipe's header comment."""
+    try:
+        with open(recipes_dir() / f"{name}.yaml") as f:
+            for line in f:
+                if line.startswith("#"):
+                    return line.lstrip("# ").strip()
+    except OSError:
+        pass
+    return ""
+
+
+def usage() -> str:
+    width = max(len(r) for r in list_recipes())
+    recipes = "\n".join(f"  {r.ljust(width)}  {recipe_summary(r)}" for r in list_recipes())
+    return f"""usage: python -m {PROG} [recipe=<name>] [dataset=<path.hdf5>] [key=value ...] [-m] [--cfg job]
+
+Train a robot-learning policy on a robomimic-format HDF5 dataset (without dataset=, on the small dataset
+embedded in modmimic). Arguments are hydra overrides with robomimic's config section names.
+
+recipes (recipe=<name>, default bc):
+{recipes}
+
+common overrides:
+  dataset=<path>                          the HDF5 file (short for train.data=<path>)
+  train.num_epochs=<n>                    epochs of experiment.epoch_every_n_steps gradient steps each
+  train.batch_size=<n>  train.seq_length=<n>  train.seed=<n>
+  train.output_dir=<dir>                  runs go to <dir>/<experiment.name>/<timestamp>/ (default runs/)
+  train.hdf5_filter_key=train  train.hdf5_validation_filter_key=valid  experiment.validate=true
+  experiment.epoch_every_n_steps=<n>      experiment.validation_epoch_every_n_steps=<n>
+  experiment.save.every_n_epochs=<n>      experiment.rollout.enabled=false
+  algo.<key>=<value>                      recipe hyperparameters, e.g. algo.rnn.hidden_dim=100
+  device=cpu|cuda                         where to train
+  resume=true [resume_dir=<run dir>]      continue a run (default: the newest under train.output_dir/experiment.name)
+  train.stop_after_epoch=<n>              end this invocation after epoch n; resume later
+
+hydra: -m/--multirun sweeps (-m train.seed=0,1,2), --cfg job prints the composed config, --hydra-help.
+Exit status: 0 success, 1 training failure, 2 bad input (config, dataset, checkpoint), 130 interrupted.
+MODMIMIC_DEBUG=1 prints tracebacks. Dataset tools: python -m modmimic.dataset --help."""
+
+
+# --- arguments ----------------------------------------------------------------------------------------------
+
+def rewrite_dataset(args: list[str]) -> list[str]:
+    """``dataset=X`` -> ``train.data=X`` (also inside sweeps: ``dataset=a.hdf5,b.hdf5``)."""
+    return ["train.data=" + a.split("=", 1)[1] if a.startswith("dataset=") else a for a in args]
+
+
+def split_args(args: list[str]) -> tuple[list[str], list[str], bool]:
+    """``(hydra flags, overrides, multirun)``."""
+    flags, overrides, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("-"):
+            flags.append(a)
+            if a in _VALUE_FLAGS and i + 1 < len(args):
+                flags.append(args[i + 1])
+                i += 1
+            elif a == "--info" and i + 1 < len(args) and args[i + 1] in _INFO_CHOICES:
+                flags.append(args[i + 1])
+                i += 1
+        else:
+            overrides.append(a)
+        i += 1
+    return flags, overrides, any(f in ("-m", "--multirun") for f in flags)
+
+
+def _parse(overrides: list[str]) -> dict:
+    """``{key: python value}`` of plain ``key=value`` overrides (hydra's grammar)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise ConfigError(f"cannot parse the command line: {e}") from None
+    return {o.key_or_group: o.value() for o in parsed if not o.is_delete()}
+
+
+def build_config(overrides: list[str]):
+    """The validated config of one run from its overrides (``recipe=`` included). With ``resume``, the config
+    the run was trained with plus these overrides."""
+    from omegaconf import OmegaConf
+
+    from modmimic.dataset import DatasetNotFound, dataset_entry, with_data
+    from modmimic.logger import find_run_dir
+
+    values = _parse(overrides)
+    recipe = values.get("recipe")
+    rest = [o for o in overrides if not o.startswith("recipe=")]
+    if recipe is not None and not isinstance(recipe, str):
+        raise ConfigError(f"recipe must be a name, got {recipe!r}; available recipes: {', '.join(list_recipes())}")
+    resume_dir = values.get("resume_dir")
+    if values.get("resume") not in (None, True, False):
+        raise ConfigError(f"config key 'resume' must be bool, got {values['resume']!r}")
+    if values.get("resume") or resume_dir:
+        base = OmegaConf.load(base_config_path())
+        run_dir = find_run_dir(values.get("train.output_dir", base.train.output_dir),
+                               values.get("experiment.name", base.experiment.name), resume_dir)
+        from modmimic.trainer import resume_config
+
+        cfg = resume_config(run_dir, rest)
+        if recipe is not None and recipe != cfg.recipe_name:
+            raise ConfigError(f"recipe={recipe} but the run in {run_dir} was trained with recipe "
+                              f"{cfg.recipe_name!r}; drop recipe= when resuming")
+    else:
+        cfg = compose(recipe or "bc", rest)
+    path = dataset_entry(with_data(cfg))["path"]
+    if not os.path.isfile(path):
+        raise DatasetNotFound(f"dataset file not found: {path}" + ("" if os.path.isabs(str(dataset_entry(cfg)["path"]))
+                                                                 else f" (relative to {os.getcwd()})"))
+    return cfg
+
+
+def sweep_combinations(overrides: list[str]) -> list[list[str]]:
+    """Every job's overrides of a hydra multirun (the basic sweeper's cartesian product)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except HydraException as e:
+        raise ConfigError(f"cannot parse the sweep: {e}") from None
+
+
+# --- errors -----------------------------------------------------------------------------------------------------
+
+_LABELS = {"ConfigError": ("configuration error", EXIT_BAD_INPUT), "DatasetError": ("dataset error", EXIT_BAD_INPUT),
+           "DatasetNotFound": ("dataset error", EXIT_BAD_INPUT),
+           "CheckpointError": ("checkpoint error", EXIT_BAD_INPUT),
+           "NonFiniteLossError": ("training diverged", EXIT_FAILURE), "MemoryError": ("out of memory", EXIT_FAILURE),
+           "KeyboardInterrupt": ("interrupted", EXIT_INTERRUPTED)}
+
+
+def report(e: BaseException) -> int:
+    """Print a one-paragraph message for ``e`` on stderr; return the exit status. modmimic's own errors (by class,
+    without importing torch for them) get a label and no traceback; anything else is reported with the place it
+    was raised. ``MODMIMIC_DEBUG=1`` prints the traceback first."""
+    debug = os.environ.get("MODMIMIC_DEBUG", "0") not in ("0", "")
+    if debug:
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    run_dir = getattr(e, "modmimic_run_dir", None)
+    known = next((_LABELS[c.__name__] for c in type(e).__mro__ if c.__name__ in _LABELS), None)
+    if known is not None:
+        label, code = known
+        msg = f"{label}: {e}" if str(e) else label
+        if run_dir and code == EXIT_INTERRUPTED:
+            msg += f"; the last checkpoint is in {run_dir}/models/"
+        elif run_dir and code == EXIT_FAILURE:
+            msg += f". The full traceback is in {run_dir}/logs/error.txt"
+    else:
+        tb = traceback.extract_tb(e.__traceback__)
+        at = f" (raised at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno} in {tb[-1].name})" if tb else ""
+        msg = f"training failed with {type(e).__name__}: {e}{at}"
+        code = EXIT_FAILURE
+        if run_dir:
+            msg += f". The full traceback is in {run_dir}/logs/error.txt"
+        if not debug:
+            msg += ". Set MODMIMIC_DEBUG=1 to print the traceback"
+    print(f"{PROG}: {msg.rstrip('.')}.", file=sys.stderr, flush=True)
+    return code
+
+
+# --- hydra entry point --------------------------------------------------------------------------------------
+
+def register() -> None:
+    """``modmimic_train``: the base config with every recipe as group ``recipe`` and hydra set up to leave no
+    trace (no output folder, no log files, no chdir); sweeps record ``multirun.yaml`` under
+    ``<train.output_dir>/multirun/<timestamp>/``."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from modmimic.config import register_configs
+
+    register_configs()
+    base = OmegaConf.load(base_config_path())
+    node = OmegaConf.merge({
+        "defaults": ["_self_", {"recipe": "bc"}, {"override hydra/job_logging": "none"},
+                     {"override hydra/hydra_logging": "none"}],
+        "hydra": {"output_subdir": None, "run": {"dir": "."},
+                  "sweep": {"dir": "${train.output_dir}/multirun/${now:%Y%m%d%H%M%S}", "subdir": "."},
+                  "job": {"chdir": False}},
+    }, base)
+    ConfigStore.instance().store(name="modmimic_train", node=node)
+
+
+def _task(overrides: list[str], multirun: bool, cfg=None):
+    """One hydra job: build (unless given) and train its config; failures become a message and an exit status
+    (single run) or a recorded failure (sweep: the other jobs still run)."""
+    try:
+        if cfg is None:
+            cfg = build_config(overrides)
+        from modmimic.trainer import train
+
+        return train(cfg)
+    except BaseException as e:  # noqa: BLE001 - every failure becomes a message and an exit status
+        if isinstance(e, SystemExit):
+            raise
+        code = report(e)
+        if multirun and not isinstance(e, KeyboardInterrupt):
+            _FAILURES.append((" ".join(overrides), code))
+            return None
+        sys.exit(code)
+
+
+def _run_hydra(args: list[str], cfg=None) -> None:
+    """Hand the command line to hydra. ``cfg``: the single run's config, already built and validated."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    register()
+
+    @hydra.main(config_path=None, config_name="modmimic_train", version_base="1.3")
+    def hydra_main(_cfg):
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        result = _task(list(hc.overrides.task), multirun, None if multirun else cfg)
+        return None if result is None else result.get("best_valid_loss")
+
+    argv0 = sys.argv[0]
+    sys.argv = [argv0, *args]
+    try:
+        hydra_main()
+    finally:
+        sys.argv = [argv0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(usage())
+        return 0
+    warnings.formatwarning = lambda message, category, *a, **k: f"{PROG}: warning: {message}\n"
+    args = rewrite_dataset(args)
+    _, overrides, multirun = split_args(args)
+    try:  # compose and validate every job before anything runs
+        jobs = sweep_combinations(overrides) if multirun else [overrides]
+        cfgs = [build_config(job) for job in jobs]
+    except BaseException as e:  # noqa: BLE001
+        return report(e)
+    _FAILURES.clear()
+    try:
+        _run_hydra(args, None if multirun else cfgs[0])
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_FAILURE)
+    except BaseException as e:  # noqa: BLE001 - hydra itself failed
+        return report(e)
+    if _FAILURES:
+        print(f"{PROG}: {len(_FAILURES)} of {len(jobs)} sweep jobs failed: "
+              + "; ".join(f"[{o}] (exit {c})" for o, c in _FAILURES), file=sys.stderr)
+        return max(c for _, c in _FAILURES)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

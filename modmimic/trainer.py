@@ -1,0 +1,506 @@
+"""The training loop (robomimic ``scripts/train.py``), as plain functions usable from Python.
+
+    cfg = modmimic.config.compose("bc_rnn", ["train.data=/data/lift.hdf5", "train.num_epochs=50"])
+    result = modmimic.trainer.train(cfg)          # -> {"run_dir": ..., "epoch": ..., ...}
+
+One call of :func:`train`:
+
+1. seeds Python's ``random``, numpy and torch with ``train.seed``;
+2. loads the train split (``train.hdf5_filter_key``) and, with ``experiment.validate``, the validation split
+   (``train.hdf5_validation_filter_key``) into episode stores; observation statistics come from the train split
+   (``train.hdf5_normalize_obs``; validation uses them too), action statistics from ``train.action_config``;
+3. builds the algorithm (``algo_factory``), then creates the run directory
+   ``<train.output_dir>/<experiment.name>/<YYYYmmddHHMMSS>[_<n>]`` (never an existing one) with ``config.yaml``,
+   ``logs/{metrics.jsonl, tb/, curves.png, log.txt}`` and ``models/``;
+4. runs epochs of ``experiment.epoch_every_n_steps`` gradient steps, then ``on_epoch_end`` (epoch LR schedules),
+   a validation epoch of ``experiment.validation_epoch_every_n_steps`` steps under ``torch.no_grad()``, rollouts
+   (a hook; skipped with a warning while modmimic has no simulator adapter), logging, and checkpoints:
+   ``models/last.pth`` every epoch, ``models/best_validation.pth`` on a new best validation loss,
+   ``models/best_rollout_success.pth`` on a new best success rate, and ``models/model_epoch_<N>.pth`` per
+   ``experiment.save.{every_n_epochs, epochs, every_n_seconds}``. Every file is written through a temporary file
+   and a rename, so a crash leaves the previous checkpoint intact.
+
+Resume (``resume=true`` / ``resume_dir=<run dir>``) restores the networks, optimizers, LR schedulers, the samplers'
+positions, the torch/numpy/Python RNG states, the epoch and step counters and the best scores from ``last.pth``:
+on CPU, 2 epochs + resume to 4 equals 4 epochs bit for bit. ``train.stop_after_epoch`` ends an invocation early
+(time-limited jobs); a later resume continues to ``train.num_epochs`` on exactly the same schedule.
+"""
+from __future__ import annotations
+
+import glob
+import math
+import os
+import random
+import resource
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from modmimic.algo import Algo, NonFiniteLossError, algo_factory
+from modmimic.config import ConfigError, compose, finalize, obs_keys, save_config_yaml, to_plain
+from modmimic.data.default import default_dataset_path
+from modmimic.data.hdf5 import DatasetError, EpisodeStore, load_episode_store
+from modmimic.data.sampler import WindowSampler
+from modmimic.dataset import dataset_entry, with_data
+from modmimic.logger import RUN_MARKER, RunLogger, find_run_dir, make_run_dir, tee_stdout
+from modmimic.policy import (CheckpointError, RolloutPolicy, load_checkpoint, make_checkpoint,
+                             save_checkpoint)
+
+
+
+# --- device -----------------------------------------------------------------------------
+
+def device_of(cfg: DictConfig) -> torch.device:
+    dev = str(cfg.device)
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={dev} but CUDA is not available on this machine (torch {torch.__version__}); "
+                          "use device=cpu")
+    try:
+        return torch.device(dev)
+    except RuntimeError:
+        raise ConfigError(f"device must be cpu, cuda or cuda:<n>, got {dev!r}") from None
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainData:
+    """The loaded splits, their samplers and the statistics a checkpoint stores."""
+
+    path: str
+    train_store: EpisodeStore
+    train_sampler: WindowSampler
+    valid_store: EpisodeStore | None
+    valid_sampler: WindowSampler | None
+    obs_normalization_stats: dict | None
+    action_normalization_stats: dict
+    env_meta: dict
+
+    @property
+    def obs_shapes(self) -> dict:
+        return self.train_store.obs_shapes()
+
+    @property
+    def ac_dim(self) -> int:
+        return self.train_store.ac_dim
+
+
+def sampler_seed(seed: int, stream: int) -> int:
+    """Independent, reproducible seed of sampler ``stream`` (0 = train, 1 = valid) from ``train.seed``."""
+    return int(np.random.SeedSequence([int(seed), 7919, stream]).generate_state(1)[0])
+
+
+def build_data(cfg: DictConfig, device="cpu") -> TrainData:
+    """Episode stores and window samplers of the train (and validation) split of ``train.data``."""
+    t = cfg.train
+    entry = dataset_entry(cfg)
+    path = entry["path"] or default_dataset_path()
+    keys = obs_keys(cfg, "obs") + [k for k in obs_keys(cfg, "goal") if k not in obs_keys(cfg, "obs")]
+    action_keys = list(t.action_keys)
+    action_config = to_plain(t.action_config) or {}
+    unknown = [k for k in action_config if k not in action_keys]
+    if unknown:
+        raise ConfigError(f"train.action_config has entries {unknown} that are not in train.action_keys {action_keys}")
+    if cfg.experiment.validate and t.hdf5_validation_filter_key is None:
+        raise ConfigError("experiment.validate=true needs train.hdf5_validation_filter_key (e.g. 'valid'); "
+                          "write one with `python -m modmimic.dataset split <file>`")
+
+    def load(filter_key, sub):
+        memmap = os.path.join(t.hdf5_memmap_dir, sub) if t.hdf5_memmap_dir else None
+        return load_episode_store(path, keys, action_keys, filter_key=filter_key, load_next_obs=t.hdf5_load_next_obs,
+                                  load_rewards=None, memmap_dir=memmap, demo_limit=entry.get("demo_limit"))
+
+    train_store = load(entry.get("filter_key") or t.hdf5_filter_key, "train")
+    valid_store = load(t.hdf5_validation_filter_key, "valid") if cfg.experiment.validate else None
+    if valid_store is not None:
+        shared = sorted(set(train_store.demos) & set(valid_store.demos))
+        if shared:
+            raise DatasetError(
+                f"{path}: the training demos (train.hdf5_filter_key={t.hdf5_filter_key}) and the validation demos "
+                f"(train.hdf5_validation_filter_key={t.hdf5_validation_filter_key}) share {len(shared)} demos "
+                f"({', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}); use disjoint filter keys such as "
+                "train.hdf5_filter_key=train train.hdf5_validation_filter_key=valid")
+    obs_stats = train_store.obs_normalization_stats() if t.hdf5_normalize_obs else None
+    try:
+        action_stats = train_store.action_normalization_stats(action_config)
+    except ValueError as e:
+        raise ConfigError(f"train.action_config: {e}") from None
+    normalized = any((action_config.get(k) or {}).get("normalization") not in (None, "none", "None")
+                     for k in action_keys)
+
+    def sampler(store, stream):
+        try:
+            return WindowSampler(store, t.batch_size, seq_length=t.seq_length, frame_stack=t.frame_stack,
+                                 pad_seq_length=t.pad_seq_length, pad_frame_stack=t.pad_frame_stack,
+                                 goal_mode=t.goal_mode, obs_normalization_stats=obs_stats,
+                                 action_normalization_stats=action_stats if normalized else None, shuffle=True,
+                                 seed=sampler_seed(t.seed, stream), device=device)
+        except ValueError as e:
+            raise DatasetError(f"{path}: {e}") from None
+
+    return TrainData(path=path, train_store=train_store, train_sampler=sampler(train_store, 0),
+                     valid_store=valid_store, valid_sampler=sampler(valid_store, 1) if valid_store else None,
+                     obs_normalization_stats=obs_stats, action_normalization_stats=action_stats,
+                     env_meta=train_store.env_meta)
+
+
+# --- randomness -----------------------------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- one epoch --------------------------------------------------------------------------------------------------
+
+def _progress(n_steps: int, desc: str, enabled):
+    if enabled is False:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=n_steps, desc=desc, unit="step", leave=False, file=sys.stderr, dynamic_ncols=True,
+                disable=None if enabled is None else not enabled)
+
+
+def run_epoch(algo: Algo, sampler: WindowSampler, n_steps: int, epoch: int, validate: bool = False,
+              progress=None, desc: str = "") -> dict:
+    """``n_steps`` batches through ``algo.train_on_batch`` (``validate``: losses only, under ``no_grad``, eval
+    mode). Returns the step-averaged metrics as floats (through ``algo.log_info``) plus robomimic's timings in
+    minutes (``Time_Data_Loading``, ``Time_Process_Batch``, ``Time_Train_Batch``, ``Time_Log_Info``,
+    ``Time_Epoch``) and ``Steps_per_Second``. ``progress``: None = a tqdm bar when stderr is a terminal."""
+    if validate:
+        algo.set_eval()
+    else:
+        algo.set_train()
+    bar = _progress(n_steps, desc, progress)
+    post_every = max(1, n_steps // 20)
+    steps = {}
+    t_data = t_proc = t_train = 0.0
+    t_epoch = time.perf_counter()
+    with torch.set_grad_enabled(not validate):
+        for i in range(n_steps):
+            t0 = time.perf_counter()
+            batch = sampler.sample()
+            t1 = time.perf_counter()
+            batch = algo.process_batch_for_training(batch)
+            batch = algo.postprocess_batch_for_training(batch)
+            t2 = time.perf_counter()
+            info = algo.train_on_batch(batch, epoch, validate=validate)
+            t3 = time.perf_counter()
+            t_data, t_proc, t_train = t_data + t1 - t0, t_proc + t2 - t1, t_train + t3 - t2
+            for k, v in info.items():
+                steps.setdefault(k, []).append(v)
+            if bar is not None:
+                bar.update(1)
+                if (i % post_every == 0 or i == n_steps - 1) and "Loss" in info:
+                    bar.set_postfix(loss=f"{float(info['Loss']):.4g}", refresh=False)
+    if bar is not None:
+        bar.close()
+    t4 = time.perf_counter()
+    mean = {}
+    for k, vs in steps.items():
+        if torch.is_tensor(vs[0]):
+            mean[k] = torch.stack([v.detach().float().mean() for v in vs]).mean()
+        elif isinstance(vs[0], (int, float)) and not isinstance(vs[0], bool):
+            mean[k] = float(np.mean(vs))
+    out = algo.log_info(mean)
+    if validate:
+        out = {k: v for k, v in out.items() if not k.startswith("Optimizer/")}
+    t5 = time.perf_counter()
+    elapsed = t5 - t_epoch
+    out.update(Time_Data_Loading=t_data / 60, Time_Process_Batch=t_proc / 60, Time_Train_Batch=t_train / 60,
+               Time_Log_Info=(t5 - t4) / 60, Time_Epoch=elapsed / 60,
+               Steps_per_Second=n_steps / elapsed if elapsed > 0 else float("inf"))
+    return out
+
+
+def namespaced(prefix: str, metrics: dict) -> dict:
+    """robomimic's log names: ``Time_*`` -> ``Timing_Stats/<prefix>_*``, ``Optimizer/*`` as is, the rest
+    ``<prefix>/<name>``."""
+    out = {}
+    for k, v in metrics.items():
+        if k.startswith("Time_") or k == "Steps_per_Second":
+            out[f"Timing_Stats/{prefix}_{k[5:] if k.startswith('Time_') else k}"] = v
+        elif k.startswith("Optimizer/"):
+            out[k] = v
+        else:
+            out[f"{prefix}/{k}"] = v
+    return out
+
+
+# --- rollouts (hook) ----------------------------------------------------------------------------------------
+
+def no_rollouts(policy: RolloutPolicy, epoch: int, cfg: DictConfig, env_meta: dict):
+    """The rollout hook until modmimic has environment adapters: does nothing. A rollout function returns
+    ``{env_name: {"Success_Rate": ..., "Return": ..., ...}}`` (logged as ``Rollout/<metric>/<env>``) or None."""
+    return None
+
+
+def rollout_due(cfg: DictConfig, epoch: int) -> bool:
+    r = cfg.experiment.rollout
+    return bool(r.enabled) and epoch > int(r.warmstart) and int(r.rate) > 0 and epoch % int(r.rate) == 0
+
+
+# --- run directories ---------------------------------------------------------------------------------------
+
+def resume_config(run_dir: str, overrides=()) -> DictConfig:
+    """The config a run was trained with (from its ``last.pth``), with ``overrides`` (``key=value`` strings, e.g.
+    ``train.num_epochs=100``) applied and ``resume``/``resume_dir`` set."""
+    ckpt = load_checkpoint(os.path.join(run_dir, RUN_MARKER))
+    stored = (ckpt.get("trainer_state") or {}).get("config") or ckpt["config"]
+    stored = OmegaConf.create(stored)
+    skip = ("recipe", "resume", "resume_dir", "train.output_dir", "hydra")
+    overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in skip
+                 and not o.startswith("hydra")]
+    keys = [o.split("=", 1)[0] for o in overrides if "=" in o]
+    cfg = stored
+    if overrides:
+        composed = compose(str(stored.recipe_name), overrides)  # validates names and types
+        for k in keys:
+            if k.startswith("~"):
+                OmegaConf.update(cfg, k[1:], None, merge=False)
+            else:
+                k = k.lstrip("+")
+                OmegaConf.update(cfg, k, OmegaConf.select(composed, k), merge=False, force_add=True)
+    with open_dict(cfg):
+        cfg.resume = True
+        cfg.resume_dir = run_dir
+    return finalize(cfg)
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------------
+
+def write_checkpoint(path: str, ckpt: dict) -> None:
+    """Atomic save. ``MODMIMIC_TEST_SLOW_SAVE=<seconds>`` stretches the write of the temporary file over that long
+    (tests kill the process in the middle of it)."""
+    delay = float(os.environ.get("MODMIMIC_TEST_SLOW_SAVE", "0") or 0)
+    if delay <= 0:
+        save_checkpoint(path, ckpt)
+        return
+    import io as _io
+
+    from modmimic.io import _atomic_write_bytes
+
+    buf = _io.BytesIO()
+    torch.save(ckpt, buf)
+    data = buf.getbuffer()
+    chunk = max(1, len(data) // 20)
+
+    def slow(f):
+        for i in range(0, len(data), chunk):
+            f.write(data[i:i + chunk])
+            f.flush()
+            time.sleep(delay / 20)
+
+    _atomic_write_bytes(path, slow)
+
+
+def _remove_stale_temps(models_dir: str) -> None:
+    """Temporary files of writes that a crash interrupted (the real files are intact)."""
+    for p in glob.glob(os.path.join(models_dir, ".*.tmp")):
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+
+
+def _ram_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 / 1024 if sys.platform == "darwin" else r / 1024
+
+
+# --- the loop -------------------------------------------------------------------------------------------------
+
+def train(cfg: DictConfig, rollout_fn=no_rollouts, progress=None) -> dict:
+    """Train ``cfg`` (a composed config, see :func:`modmimic.config.compose`); with ``cfg.resume`` continue the run
+    in ``cfg.resume_dir`` (or the one :func:`find_run_dir` finds). Returns ``{"run_dir", "epoch", "global_step",
+    "best_valid_loss", "best_success_rate", "metrics"}`` (the last epoch's scalars)."""
+    cfg = with_data(cfg)
+    device = device_of(cfg)
+    resume = bool(cfg.get("resume")) or bool(cfg.get("resume_dir"))
+    run_dir = find_run_dir(cfg.train.output_dir, cfg.experiment.name, cfg.get("resume_dir")) if resume else None
+    ckpt = load_checkpoint(os.path.join(run_dir, RUN_MARKER)) if resume else None
+    if resume and not ckpt.get("trainer_state"):
+        raise CheckpointError(f"{run_dir}/{RUN_MARKER} has no trainer state (not written by modmimic.train); "
+                              "it can be loaded as a policy but not resumed")
+
+    seed_everything(int(cfg.train.seed))
+    data = build_data(cfg, device)
+    algo = algo_factory(cfg.algo_name, cfg, data.obs_shapes, data.ac_dim, device)
+    n_train = cfg.experiment.epoch_every_n_steps
+    if n_train is None:  # robomimic: a full pass over the train split
+        n_train = max(1, len(data.train_sampler) // int(cfg.train.batch_size))
+    n_valid = cfg.experiment.validation_epoch_every_n_steps
+    if data.valid_sampler is not None and n_valid is None:
+        n_valid = max(1, len(data.valid_sampler) // int(cfg.train.batch_size))
+    num_epochs = int(cfg.train.num_epochs)
+    stop_after = cfg.train.get("stop_after_epoch")
+    last_epoch = num_epochs if stop_after is None else min(num_epochs, int(stop_after))
+
+    # state that a resume restores
+    start_epoch, global_step = 1, 0
+    best = {"valid_loss": math.inf, "success_rate": -math.inf, "return": -math.inf}
+    if resume:
+        algo.deserialize(ckpt["model"], load_optimizers=True)
+        ts, vs = ckpt["trainer_state"], ckpt["variable_state"]
+        data.train_sampler.load_state_dict(ts["samplers"]["train"])
+        if data.valid_sampler is not None and ts["samplers"].get("valid") is not None:
+            data.valid_sampler.load_state_dict(ts["samplers"]["valid"])
+        set_rng_state(ts["rng"])
+        start_epoch, global_step = int(vs["epoch"]) + 1, int(vs["global_step"])
+        best = {"valid_loss": vs["best_valid_loss"], "success_rate": vs["best_success_rate"],
+                "return": vs["best_return"]}
+        del ckpt
+    else:
+        run_dir = make_run_dir(cfg)
+    models_dir = os.path.join(run_dir, "models")
+    _remove_stale_temps(models_dir)
+    save_config_yaml(cfg, os.path.join(run_dir, "config.yaml"))
+    last_path = os.path.join(models_dir, "last.pth")
+    result = {"run_dir": run_dir, "epoch": start_epoch - 1, "global_step": global_step,
+              "best_valid_loss": best["valid_loss"], "best_success_rate": best["success_rate"], "metrics": {}}
+    if start_epoch > last_epoch:
+        print(f"modmimic.train: {run_dir} already finished epoch {start_epoch - 1} (train.num_epochs={num_epochs}"
+              f"{'' if stop_after is None else f', train.stop_after_epoch={stop_after}'}); nothing to do")
+        return result
+
+    log_cfg = cfg.experiment.logging
+    log_txt = os.path.join(run_dir, "logs", "log.txt") if log_cfg.terminal_output_to_txt else None
+    logger = RunLogger(os.path.join(run_dir, "logs"), log_tb=bool(log_cfg.log_tb), start_epoch=start_epoch)
+    save_cfg = cfg.experiment.save
+    if cfg.experiment.rollout.enabled and rollout_fn is no_rollouts:
+        warnings.warn("experiment.rollout.enabled is true, but modmimic has no simulator adapter yet: rollouts are "
+                      "skipped (set experiment.rollout.enabled=false to silence this)", stacklevel=2)
+        rollout_fn = None
+    if not cfg.experiment.rollout.enabled:
+        rollout_fn = None
+    policy = None
+    last_save_time = time.time()
+    try:
+        with tee_stdout(log_txt):
+            print(f"modmimic.train: recipe {cfg.recipe_name} on {data.path} "
+                  f"({data.train_store.num_samples} samples, {len(data.train_store.demos)} demos"
+                  f"{'' if data.valid_store is None else f', {len(data.valid_store.demos)} validation demos'}); "
+                  f"run directory {run_dir}" + (f"; resuming at epoch {start_epoch}" if resume else ""))
+            for epoch in range(start_epoch, last_epoch + 1):
+                desc = f"epoch {epoch}/{num_epochs}"
+                try:
+                    train_m = run_epoch(algo, data.train_sampler, n_train, epoch, validate=False, progress=progress,
+                                        desc=f"{desc} train")
+                except NonFiniteLossError as e:
+                    good = (f"the last good checkpoint is {last_path} (epoch {epoch - 1})" if os.path.exists(last_path)
+                            else "no checkpoint was written yet")
+                    raise NonFiniteLossError(f"{e}; training stopped, {good}") from None
+                global_step += n_train
+                algo.on_epoch_end(epoch)
+                scalars = namespaced("Train", train_m)
+                if data.valid_sampler is not None:
+                    with torch.no_grad():
+                        valid_m = run_epoch(algo, data.valid_sampler, n_valid, epoch, validate=True,
+                                            progress=progress, desc=f"{desc} valid")
+                    algo.set_train()
+                    scalars.update(namespaced("Valid", valid_m))
+                rollout = None
+                if rollout_fn is not None and rollout_due(cfg, epoch):
+                    if policy is None:
+                        policy = RolloutPolicy(algo, data.obs_normalization_stats, data.action_normalization_stats,
+                                               list(cfg.train.action_keys))
+                    algo.set_eval()
+                    rollout = rollout_fn(policy, epoch, cfg, data.env_meta)
+                    algo.set_train()
+                    for env_name, m in (rollout or {}).items():
+                        for k, v in m.items():
+                            scalars[f"Rollout/{k}/{env_name}"] = v
+                scalars["System/RAM Usage (MB)"] = _ram_mb()
+
+                # which checkpoints this epoch writes
+                names = []
+                valid_loss = scalars.get("Valid/Loss")
+                if valid_loss is not None and valid_loss < best["valid_loss"]:
+                    best["valid_loss"] = valid_loss
+                    if save_cfg.enabled:
+                        names.append("best_validation.pth")
+                        if save_cfg.on_best_validation:
+                            names.append(f"model_epoch_{epoch}_best_validation_{valid_loss:.6g}.pth")
+                if rollout:
+                    sr = [m["Success_Rate"] for m in rollout.values() if "Success_Rate" in m]
+                    ret = [m["Return"] for m in rollout.values() if "Return" in m]
+                    if sr and float(np.mean(sr)) > best["success_rate"]:
+                        best["success_rate"] = float(np.mean(sr))
+                        if save_cfg.enabled:
+                            names.append("best_rollout_success.pth")
+                            if save_cfg.on_best_rollout_success_rate:
+                                names.append(f"model_epoch_{epoch}_success_{best['success_rate']:.4g}.pth")
+                    if ret and float(np.mean(ret)) > best["return"]:
+                        best["return"] = float(np.mean(ret))
+                        if save_cfg.enabled and save_cfg.on_best_rollout_return:
+                            names.append(f"model_epoch_{epoch}_return_{best['return']:.4g}.pth")
+                if save_cfg.enabled and (
+                        (save_cfg.every_n_epochs and epoch % int(save_cfg.every_n_epochs) == 0)
+                        or epoch in list(save_cfg.epochs or [])
+                        or (save_cfg.every_n_seconds and time.time() - last_save_time > save_cfg.every_n_seconds)):
+                    names.append(f"model_epoch_{epoch}.pth")
+                    last_save_time = time.time()
+
+                logger.record(epoch, scalars, step=global_step)
+                ckpt = make_checkpoint(
+                    algo, data.obs_normalization_stats, data.action_normalization_stats, data.env_meta,
+                    variable_state={"epoch": epoch, "global_step": global_step,
+                                    "best_valid_loss": best["valid_loss"], "best_return": best["return"],
+                                    "best_success_rate": best["success_rate"]},
+                    trainer_state={"rng": rng_state(),
+                                   "samplers": {"train": data.train_sampler.state_dict(),
+                                                "valid": data.valid_sampler.state_dict()
+                                                if data.valid_sampler is not None else None},
+                                   "config": OmegaConf.to_container(cfg, resolve=False)},
+                    action_keys=list(cfg.train.action_keys))
+                for name in names:
+                    write_checkpoint(os.path.join(models_dir, name), ckpt)
+                write_checkpoint(last_path, ckpt)
+                del ckpt
+
+                line = f"epoch {epoch}/{num_epochs}  train Loss {scalars.get('Train/Loss', float('nan')):.5g}"
+                if valid_loss is not None:
+                    line += f"  valid Loss {valid_loss:.5g}"
+                for env_name, m in (rollout or {}).items():
+                    if "Success_Rate" in m:
+                        line += f"  {env_name} success {m['Success_Rate']:.3f}"
+                line += f"  {train_m['Steps_per_Second']:.1f} steps/s  {60 * train_m['Time_Epoch']:.1f}s"
+                print(line, flush=True)
+                result.update(epoch=epoch, global_step=global_step, best_valid_loss=best["valid_loss"],
+                              best_success_rate=best["success_rate"], metrics=scalars)
+    except BaseException as e:
+        # keep the whole traceback next to the run's logs; the CLI prints a one-paragraph summary
+        try:
+            with open(os.path.join(run_dir, "logs", "error.txt"), "a") as f:
+                traceback.print_exc(file=f)
+            e.modmimic_run_dir = run_dir
+        except (OSError, AttributeError):
+            pass
+        raise
+    finally:
+        logger.close()
+    return result

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny generated reach dataset and overrides that make any recipe train in a blink."""
+import pytest
+
+from modmimic.data.synthetic import make_reach_dataset
+
+
+@pytest.fixture(scope="session")
+def reach_hdf5(tmp_path_factory):
+    """12 demos of the point-reaching task (obs pos, goal_pos, vel; 2-D actions), mask/train (9) and mask/valid (3)."""
+    path = tmp_path_factory.mktemp("data") / "reach.hdf5"
+    make_reach_dataset(str(path), n_demos=12, dim=2, seed=0, max_len=20, valid_fraction=0.25, noise=0.05)
+    return path
+
+
+def tiny_overrides(recipe: str) -> list[str]:
+    """Overrides that shrink every network of ``recipe`` (layer lists -> [16], hidden/embedding sizes -> 16, one
+    layer, two heads) and observe the reach dataset's keys; generic so that later recipes get them too."""
+    from omegaconf import DictConfig, ListConfig
+
+    from modmimic.config import default_config
+
+    cfg = default_config(recipe)
+    out = ["observation.modalities.obs.low_dim=[pos,goal_pos,vel]", "experiment.rollout.enabled=false"]
+
+    def walk(node, prefix):
+        for k in node.keys():
+            v = node._get_node(k)
+            path = f"{prefix}{k}"
+            if isinstance(v, DictConfig):
+                if k not in ("optim_params",):
+                    walk(v, path + ".")
+            elif isinstance(v, ListConfig):
+                if str(k).endswith("layer_dims") and len(v) > 0:
+                    out.append(f"{path}=[16]")
+            elif k in ("hidden_dim", "embed_dim") and isinstance(v._value(), int):
+                out.append(f"{path}=16")
+            elif k == "num_layers" and isinstance(v._value(), int):
+                out.append(f"{path}=1")
+            elif k == "num_heads" and isinstance(v._value(), int):
+                out.append(f"{path}=2")
+
+    walk(cfg.algo, "algo.")
+    return out
+
+
+@pytest.fixture
+def tiny():
+    return tiny_overrides

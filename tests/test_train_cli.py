@@ -1,0 +1,233 @@
+"""``python -m modmimic.train`` end to end in subprocesses: run directory contents, logs, checkpoints loadable as
+policies, CLI resume equal to an uninterrupted run, SIGKILL during a checkpoint write, sweeps, bad input."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from modmimic.config import list_recipes
+from modmimic.policy import load_checkpoint, policy_from_checkpoint
+from modmimic.train import main
+
+TINY = ["train.num_epochs=2", "experiment.epoch_every_n_steps=5", "train.batch_size=8",
+        "algo.actor_layer_dims=[32]", "algo.rnn.hidden_dim=16", "algo.rnn.num_layers=1",
+        "observation.modalities.obs.low_dim=[pos,goal_pos,vel]", "experiment.rollout.enabled=false"]
+VALID = ["experiment.validate=true", "train.hdf5_filter_key=train", "train.hdf5_validation_filter_key=valid",
+         "experiment.validation_epoch_every_n_steps=2"]
+
+
+def cli(args, cwd, env=None, **kw):
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "modmimic.train", *args], cwd=cwd, env=e, capture_output=True,
+                          text=True, timeout=300, **kw)
+
+
+def runs(root):
+    """Run directories under ``root/<name>/``."""
+    out = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        if name == "multirun":
+            continue
+        out += [os.path.join(root, name, r) for r in sorted(os.listdir(os.path.join(root, name)))]
+    return out
+
+
+def snapshot(root):
+    """``{relative path: sha1}`` of every file below ``root``."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            out[os.path.relpath(p, root)] = hashlib.sha1(open(p, "rb").read()).hexdigest()
+    return out
+
+
+def check_policy(path, recipe):
+    policy, ckpt = policy_from_checkpoint(ckpt_path=path)
+    assert ckpt["recipe_name"] == recipe
+    policy.start_episode()
+    ob = {"pos": np.zeros(2), "goal_pos": np.ones(2) * 0.5, "vel": np.zeros(2)}
+    a = policy(ob)
+    assert a.shape == (2,) and np.isfinite(a).all()
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def bc_run(reach_hdf5, tmp_path_factory):
+    """One BC run from the command line, in a fresh working directory with a relative dataset path."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    os.symlink(reach_hdf5, cwd / "demos.hdf5")
+    r = cli(["recipe=bc", "dataset=demos.hdf5", "train.output_dir=out", "experiment.save.every_n_epochs=1", *TINY,
+             *VALID], cwd)
+    assert r.returncode == 0, r.stderr
+    return cwd, r
+
+
+def test_bc_end_to_end(bc_run):
+    cwd, r = bc_run
+    assert sorted(os.listdir(cwd)) == ["demos.hdf5", "out"]  # no hydra litter, paths relative to the cwd
+    (run_dir,) = runs(cwd / "out")
+    assert os.path.dirname(run_dir) == str(cwd / "out" / "test")
+    cfg = OmegaConf.load(os.path.join(run_dir, "config.yaml"))
+    assert "${" not in open(os.path.join(run_dir, "config.yaml")).read()  # resolved
+    assert cfg.recipe_name == "bc" and cfg.train.data == str(cwd / "demos.hdf5") and cfg.train.num_epochs == 2
+    recs = [json.loads(x) for x in open(os.path.join(run_dir, "logs", "metrics.jsonl"))]
+    assert [x["epoch"] for x in recs] == [1, 2]
+    for x in recs:
+        assert np.isfinite(x["Train/Loss"]) and np.isfinite(x["Valid/Loss"]) and "Optimizer/policy0_lr" in x
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run_dir, "logs", "tb")))
+    assert open(os.path.join(run_dir, "logs", "curves.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "epoch 2/2" in open(os.path.join(run_dir, "logs", "log.txt")).read()
+    models = sorted(os.listdir(os.path.join(run_dir, "models")))
+    assert {"last.pth", "best_validation.pth", "model_epoch_1.pth", "model_epoch_2.pth"} <= set(models)
+    assert not [m for m in models if m.endswith(".tmp")]
+    ckpt = check_policy(os.path.join(run_dir, "models", "last.pth"), "bc")
+    assert ckpt["variable_state"]["epoch"] == 2 and ckpt["variable_state"]["global_step"] == 10
+    check_policy(os.path.join(run_dir, "models", "best_validation.pth"), "bc")
+    assert "epoch 1/2" in r.stdout and "epoch 2/2" in r.stdout
+
+
+def test_bc_rnn_end_to_end_and_resume_equals_uninterrupted(reach_hdf5, tmp_path):
+    """bc_rnn: 4 epochs == 2 epochs + `resume=true train.num_epochs=4`, parameters and optimizer state bit for bit."""
+    args = ["recipe=bc_rnn", f"dataset={reach_hdf5}", "train.seq_length=5", "algo.rnn.horizon=5", *TINY, *VALID]
+    r4 = cli([*args, "train.output_dir=full", "train.num_epochs=4"], tmp_path)
+    assert r4.returncode == 0, r4.stderr
+    r2 = cli([*args, "train.output_dir=part"], tmp_path)
+    assert r2.returncode == 0, r2.stderr
+    (part_dir,) = runs(tmp_path / "part")
+    assert load_checkpoint(os.path.join(part_dir, "models", "last.pth"))["variable_state"]["epoch"] == 2
+    rr = cli(["resume=true", "train.output_dir=part", "train.num_epochs=4"], tmp_path)
+    assert rr.returncode == 0, rr.stderr
+    assert "resuming at epoch 3" in rr.stdout
+    assert runs(tmp_path / "part") == [part_dir]  # continued in place
+    (full_dir,) = runs(tmp_path / "full")
+    a = check_policy(os.path.join(full_dir, "models", "last.pth"), "bc_rnn")
+    b = check_policy(os.path.join(part_dir, "models", "last.pth"), "bc_rnn")
+    assert a["variable_state"] == b["variable_state"] and b["variable_state"]["epoch"] == 4
+    for k, v in a["model"]["nets"].items():
+        assert torch.equal(v, b["model"]["nets"][k]), k
+    sa, sb = a["model"]["optimizers"]["policy"], b["model"]["optimizers"]["policy"]
+    assert sa["param_groups"] == sb["param_groups"]
+    for i, st in sa["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, sb["state"][i][k]), (i, k)
+    recs = [json.loads(x) for x in open(os.path.join(part_dir, "logs", "metrics.jsonl"))]
+    assert [x["epoch"] for x in recs] == [1, 2, 3, 4]
+
+
+def test_default_dataset_main_job(tmp_path):
+    """No dataset=: the embedded default dataset and its observation keys."""
+    r = cli(["recipe=bc_rnn", "train.output_dir=o", "train.num_epochs=1", "experiment.epoch_every_n_steps=2",
+             "algo.rnn.hidden_dim=16", "algo.actor_layer_dims=[16]", "train.batch_size=4"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "reach.hdf5" in r.stdout and "rollouts are skipped" in r.stderr
+    (run_dir,) = runs(tmp_path / "o")
+    check_policy(os.path.join(run_dir, "models", "last.pth"), "bc_rnn")
+
+
+def test_help_lists_recipes(tmp_path):
+    r = cli(["--help"], tmp_path)
+    assert r.returncode == 0
+    for name in list_recipes():
+        assert f"  {name} " in r.stdout
+    assert "dataset=" in r.stdout and "resume=true" in r.stdout
+    assert os.listdir(tmp_path) == []
+
+
+def test_sigkill_during_checkpoint_write_keeps_last_loadable(reach_hdf5, tmp_path):
+    """Kill the process while it writes the second last.pth: the first one is intact, and the run resumes."""
+    args = ["recipe=bc", f"dataset={reach_hdf5}", "train.output_dir=o", *TINY, "train.num_epochs=5",
+            "experiment.logging.log_tb=false"]
+    p = subprocess.Popen([sys.executable, "-m", "modmimic.train", *args], cwd=tmp_path,
+                         env=dict(os.environ, MODMIMIC_TEST_SLOW_SAVE="3"), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        killed = False
+        while time.time() < deadline and p.poll() is None:
+            rd = runs(tmp_path / "o")
+            if rd:
+                models = os.path.join(rd[0], "models")
+                names = os.listdir(models) if os.path.isdir(models) else []
+                if "last.pth" in names and any(n.startswith(".last.pth.") and n.endswith(".tmp") for n in names):
+                    time.sleep(0.5)  # well inside the 3-second write
+                    p.send_signal(signal.SIGKILL)
+                    killed = True
+                    break
+            time.sleep(0.05)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert killed and p.returncode == -signal.SIGKILL
+    (run_dir,) = runs(tmp_path / "o")
+    models = os.path.join(run_dir, "models")
+    assert [n for n in os.listdir(models) if n.endswith(".tmp")]  # the interrupted write
+    ckpt = check_policy(os.path.join(models, "last.pth"), "bc")
+    assert ckpt["variable_state"]["epoch"] == 1
+    r = cli([f"resume_dir={run_dir}", "train.num_epochs=2"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert not [n for n in os.listdir(models) if n.endswith(".tmp")]
+    assert load_checkpoint(os.path.join(models, "last.pth"))["variable_state"]["epoch"] == 2
+
+
+def test_multirun_sweep(reach_hdf5, tmp_path):
+    r = cli(["-m", "recipe=bc", f"dataset={reach_hdf5}", "train.output_dir=o", *TINY, "train.num_epochs=1",
+             "train.seed=0,1"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    dirs = runs(tmp_path / "o")
+    assert len(dirs) == 2
+    seeds = sorted(OmegaConf.load(os.path.join(d, "config.yaml")).train.seed for d in dirs)
+    assert seeds == [0, 1]
+    assert sorted(os.listdir(tmp_path)) == ["o"]
+    assert os.listdir(tmp_path / "o" / "multirun")  # hydra's sweep record lives under the output dir
+
+
+def test_training_divergence_exits_nonzero(reach_hdf5, tmp_path):
+    r = cli(["recipe=bc", f"dataset={reach_hdf5}", "train.output_dir=o", *TINY, "train.num_epochs=4",
+             "algo.optim_params.policy.learning_rate.epoch_schedule=[1]",
+             "algo.optim_params.policy.learning_rate.decay_factor=1e38"], tmp_path)
+    assert r.returncode == 1
+    assert "training diverged" in r.stderr and "loss 'bc'" in r.stderr and "last good checkpoint" in r.stderr
+    assert "Traceback" not in r.stderr
+    (run_dir,) = runs(tmp_path / "o")
+    assert check_policy(os.path.join(run_dir, "models", "last.pth"), "bc")["variable_state"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["recipe=bc_rnnn"], ["unknown recipe 'bc_rnnn'", "did you mean 'bc_rnn'"]),
+    (["train.bacth_size=8"], ["unknown config key 'train.bacth_size'", "did you mean 'train.batch_size'"]),
+    (["train.num_epochs=abc"], ["train.num_epochs", "int"]),
+    (["experiment.validate=maybe"], ["experiment.validate", "bool"]),
+    (["dataset=missing.hdf5"], ["dataset file not found", "missing.hdf5"]),
+    (["train.hdf5_filter_key=nokey"], ["filter key 'nokey'", "available: ['train', 'valid']"]),
+    (["resume=true", "train.output_dir=nowhere"], ["no run to resume"]),
+])
+def test_bad_input(args, expected, bc_run, reach_hdf5, capsys, monkeypatch):
+    """Non-zero exit, a message naming the problem, and the earlier run's directory untouched."""
+    cwd, _ = bc_run
+    monkeypatch.chdir(cwd)
+    before = snapshot(cwd)
+    has_data = any(a.startswith("dataset=") for a in args)
+    code = main([*([] if has_data else [f"dataset={reach_hdf5}"]), "train.output_dir=out", *TINY, *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for e in expected:
+        assert e in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert snapshot(cwd) == before
+
+
+def test_bad_input_exit_status_from_the_shell(tmp_path):
+    r = cli(["train.num_epohcs=3"], tmp_path)
+    assert r.returncode == 2
+    assert "did you mean 'train.num_epochs'" in r.stderr
+    assert os.listdir(tmp_path) == []
