@@ -12,6 +12,10 @@ def reach_hdf5(tmp_path_factory):
     return path
 
 
+# values a recipe cannot default (its config documents that they must be set)
+REQUIRED = {"bcq_distributional": ["algo.critic.value_bounds=[0.0,1.0]"]}
+
+
 def tiny_overrides(recipe: str) -> list[str]:
     """Overrides that shrink every network of ``recipe`` (layer lists -> [16], hidden/embedding sizes -> 16, one
     layer, two heads) and observe the reach dataset's keys; generic so that later recipes get them too."""
@@ -40,7 +44,7 @@ def tiny_overrides(recipe: str) -> list[str]:
                 out.append(f"{path}=2")
 
     walk(cfg.algo, "algo.")
-    return out
+    return out + REQUIRED.get(recipe, [])
 
 
 @pytest.fixture
