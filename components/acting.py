@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict
 
+from modmimic import keys as K
+
 
 class Direct:
     """The network's evaluation action (``net.act``): BC, BC-Gaussian/GMM/VAE, CQL, IQL, TD3-BC actors."""
@@ -98,7 +100,6 @@ class Context:
         return out[:, 0] if self.pred_future_acs else out[:, -1]
 
 
-
 class SampleSelect:
     """BCQ: draw ``num_samples`` candidate actions per state from the behaviour model, perturb them with the actor
     (when the recipe has one), and take the argmax of the first critic (robomimic BCQ ``get_action``)."""
@@ -116,6 +117,159 @@ class SampleSelect:
 
         actor = self.nets[self.actor] if self.actor is not None and self.actor in self.nets else None
         return best_of(self.nets[self.sampler], self.nets[self.critic], td, self.num_samples, actor)[0]
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+# --- hierarchical acting: planners and the subgoal-conditioned actor ------------------------------------------
+
+class NotActable:
+    """The acting path of a recipe that cannot be rolled out alone (robomimic GL: a subgoal planner has no
+    actions). Resetting is allowed; asking for an action raises."""
+
+    def __init__(self, nets, reason: str = "this recipe cannot be rolled out alone"):
+        self.nets, self.reason = nets, str(reason)
+
+    def reset(self, batch_size: int, done: torch.Tensor | None = None) -> None:
+        pass
+
+    def __call__(self, td: TensorDict) -> torch.Tensor:
+        raise RuntimeError(f"no actions: {self.reason}")
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+def _component(nets, spec, what: str):
+    """A sub-component of an acting path: an object used as is, a network name (looked up in ``nets`` at call
+    time), or ``{fn: "package.module.Class", **kwargs}`` built as ``Class(nets, **kwargs)``."""
+    if isinstance(spec, dict) or hasattr(spec, "items"):
+        spec = dict(spec)
+        path = spec.pop("fn", None)
+        if path is None:
+            raise ValueError(f"act.{what}: a component spec needs 'fn' (the class path), got keys {sorted(spec)}")
+        import importlib
+
+        mod, _, attr = str(path).rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"act.{what}: cannot import {path!r}: {e}") from None
+        return cls(nets, **spec)
+    return spec
+
+
+def _net_or_object(nets, ref):
+    return nets[ref] if isinstance(ref, str) else ref
+
+
+class ValuePlanner:
+    """robomimic ``ValuePlanner.get_subgoal_predictions``: sample ``num_samples`` subgoals per environment from
+    ``planner`` (``sample_subgoals(td, n) -> [B, n]`` TensorDict of ``("subgoal", k)``), score every candidate with
+    ``value`` and keep the best.
+
+    ``value(td) -> [B * n]`` (or ``[B * n, 1]``) is any callable net that reads the candidate subgoals as
+    observations ``("observation", k)`` (plus the environments' ``goal`` group, repeated, when the acting batch
+    has one), e.g. a state-value network or BCQ's best-action value at the subgoal state. ``planner``/``value`` are
+    network names in ``nets`` or objects."""
+
+    def __init__(self, nets, planner="planner", value="value", num_samples: int = 100):
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.nets, self.planner, self.value, self.num_samples = nets, planner, value, int(num_samples)
+        self.last_values = None  # [B, n] scores of the last call (for inspection)
+
+    def sample_subgoals(self, td: TensorDict, n: int | None = None) -> TensorDict:
+        return _net_or_object(self.nets, self.planner).sample_subgoals(td, n or self.num_samples)
+
+    def get_subgoal_predictions(self, td: TensorDict) -> TensorDict:
+        B, n = td.batch_size[0], self.num_samples
+        cand = self.sample_subgoals(td, n)  # [B, n]
+        flat = cand.reshape(B * n)
+        state = {K.OBS: flat.get(K.SUBGOAL)}
+        if K.GOAL in td.keys():
+            state[K.GOAL] = td.get(K.GOAL).unsqueeze(1).expand(B, n).reshape(B * n)
+        values = _net_or_object(self.nets, self.value)(TensorDict(state, batch_size=[B * n], device=td.device))
+        values = values.reshape(B, n)
+        self.last_values = values
+        best = values.argmax(dim=1)
+        return cand[torch.arange(B, device=best.device), best]
+
+    def reset(self, batch_size: int, done: torch.Tensor | None = None) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+class Hierarchical:
+    """HBC/IRIS acting: every ``subgoal_update_interval`` steps of each environment (counted from its reset), ask
+    the planner for a new subgoal; write the current subgoal as ``(goal_group, k)`` into the observation
+    TensorDict and let the actor's acting path act on it.
+
+    * ``planner``: a network name or object with ``get_subgoal_predictions(td) -> [B]`` TensorDict of
+      ``("subgoal", k)`` (GL, GL_VAE), or a component spec such as ``{fn: ...acting.ValuePlanner, planner: ...,
+      value: ..., num_samples: 100}``. Only the environments due for a new subgoal are planned for.
+    * ``actor``: an acting-path spec (``{fn: ...acting.Recurrent, net: actor, horizon: 10}``) or object; it gets
+      the same per-environment resets.
+    * ``goal_group``: the group the actor's network reads its goal from (``"subgoal"``, or ``"goal"``).
+    """
+
+    def __init__(self, nets, planner="planner", actor=None, subgoal_update_interval: int = 10,
+                 goal_group: str = K.SUBGOAL):
+        if actor is None:
+            raise ValueError("act.actor: the hierarchical acting path needs the actor's acting path, e.g. "
+                             "{fn: modmimic.components.acting.Recurrent, net: actor, horizon: 10}")
+        if subgoal_update_interval < 1:
+            raise ValueError(f"subgoal_update_interval must be >= 1, got {subgoal_update_interval}")
+        self.nets = nets
+        self.planner = _component(nets, planner, "planner")
+        self.actor = _component(nets, actor, "actor")
+        self.interval, self.goal_group = int(subgoal_update_interval), goal_group
+        self.counter, self.subgoal = None, None
+
+    @property
+    def current_subgoal(self) -> TensorDict | None:
+        """The subgoal each environment follows now, ``[B]`` TensorDict with the planner's keys (robomimic
+        ``current_subgoal``)."""
+        if self.subgoal is None:
+            return None
+        return TensorDict({K.SUBGOAL: self.subgoal.clone()}, batch_size=self.subgoal.batch_size,
+                          device=self.subgoal.device)
+
+    def reset(self, batch_size: int, done: torch.Tensor | None = None) -> None:
+        if done is None or self.counter is None or len(self.counter) != batch_size:
+            self.counter, self.subgoal = torch.zeros(batch_size, dtype=torch.long), None
+            done = None
+        else:
+            self.counter[done.cpu()] = 0
+        for part in (self.planner, self.actor):
+            if not isinstance(part, str) and hasattr(part, "reset") and not isinstance(part, torch.nn.Module):
+                part.reset(batch_size, done)
+
+    def _plan(self, td: TensorDict) -> TensorDict:
+        planner = _net_or_object(self.nets, self.planner)
+        return planner.get_subgoal_predictions(td).get(K.SUBGOAL)
+
+    def __call__(self, td: TensorDict) -> torch.Tensor:
+        B = td.batch_size[0]
+        if self.counter is None or len(self.counter) != B:
+            self.reset(B)
+        due = (self.counter % self.interval) == 0
+        if self.subgoal is None:
+            self.subgoal = self._plan(td).clone()
+        elif bool(due.all()):
+            self.subgoal = self._plan(td).clone()
+        elif bool(due.any()):
+            rows = due.nonzero().squeeze(1).to(td.device)
+            fresh = self._plan(td[rows])
+            self.subgoal[rows] = fresh
+        inp = td.clone(False)
+        inp.set(self.goal_group, self.subgoal)
+        action = self.actor(inp)
+        self.counter += 1
+        return action
 
     def state_dict(self) -> dict:
         return {}

@@ -112,3 +112,69 @@ def next_state(batch):
     if K.GOAL in batch.keys() and K.GOAL not in nxt.keys():
         nxt.set(K.GOAL, batch.get(K.GOAL))
     return nxt
+
+
+# --- hierarchical recipes: subgoal targets -----------------------------------------------------------------------
+
+def _keys_of(subgoal_keys, available) -> list:
+    """A key list, robomimic's ``{modality: [keys]}`` section, or None (every key in ``available``)."""
+    if subgoal_keys is None:
+        return list(available)
+    if isinstance(subgoal_keys, dict):
+        out = []
+        for ks in subgoal_keys.values():
+            out += [k for k in (ks or []) if k not in out]
+        return out
+    return list(subgoal_keys)
+
+
+def subgoal_targets(batch, subgoal_horizon: int = 10, subgoal_keys=None, random_subgoals: bool = False) -> dict:
+    """Subgoals of ``[B, T]`` windows: ``{k: next_obs[:, subgoal_horizon - 1]}`` (robomimic GL's ``subgoals`` /
+    ``target_subgoals``, the observation ``subgoal_horizon`` steps after the window's first), or with
+    ``random_subgoals`` ``next_obs[b, i_b]`` with ``i_b`` uniform in ``[0, T)`` per window (HBC
+    ``actor_use_random_subgoals``; robomimic draws in ``[0, seq_length)``, the same range when ``frame_stack`` is 1).
+    ``subgoal_keys``: a list, ``observation.modalities.subgoal``, or None for every next-observation key. Near a
+    demo's end the padded windows repeat its last step, so the subgoal is the last observation."""
+    if batch.batch_dims != 2:
+        raise ValueError(f"subgoal targets need [B, T] windows, got batch size {tuple(batch.batch_size)}")
+    B, T = batch.batch_size
+    if not 1 <= subgoal_horizon <= T:
+        raise ValueError(f"subgoal_horizon={subgoal_horizon} but windows have {T} steps: set train.seq_length >= "
+                         "algo.subgoal_horizon (and subgoal_horizon >= 1)")
+    if (K.NEXT, K.OBS) not in batch.keys(include_nested=True):
+        raise ValueError("subgoal targets are future observations: the batch has no ('next', 'observation'); set "
+                         "train.hdf5_load_next_obs=true")
+    nobs = batch.get((K.NEXT, K.OBS))
+    keys = _keys_of(subgoal_keys, nobs.keys())
+    missing = [k for k in keys if k not in nobs.keys()]
+    if missing:
+        raise ValueError(f"subgoal keys {missing} are not in the batch's next observations "
+                         f"(have: {sorted(nobs.keys())}); subgoal keys must be observation keys")
+    if random_subgoals:
+        idx = torch.randint(0, T, (B,), device=batch.device)
+        rows = torch.arange(B, device=batch.device)
+        return {k: nobs.get(k)[rows, idx] for k in keys}
+    return {k: nobs.get(k)[:, subgoal_horizon - 1] for k in keys}
+
+
+def subgoal_step(batch, subgoal_horizon: int = 10, subgoal_keys=None, random_subgoals: bool = False):
+    """Planner batches (robomimic GL): the window's first step (``[B]``, as :func:`first_step`) plus the subgoal
+    targets ``("subgoal", k)`` of :func:`subgoal_targets`."""
+    sub = subgoal_targets(batch, subgoal_horizon, subgoal_keys, random_subgoals)
+    out = batch[:, 0]
+    out.set(K.SUBGOAL, TensorDict(sub, batch_size=out.batch_size, device=out.device))
+    return out
+
+
+def subgoal_sequence(batch, subgoal_horizon: int = 10, subgoal_keys=None, actor_use_random_subgoals: bool = False,
+                     goal_group: str = K.SUBGOAL, open_loop: bool = False):
+    """Actor batches of a hierarchical recipe (HBC ``separate`` mode): the whole window (as :func:`full_sequence`)
+    with its subgoal written as ``(goal_group, k)`` and repeated over the window's ``T`` steps (a goal-conditioned
+    RNN actor reads one goal per sequence). The subgoal is the observation ``subgoal_horizon`` steps ahead, or a
+    random step of the window with ``actor_use_random_subgoals``."""
+    sub = subgoal_targets(batch, subgoal_horizon, subgoal_keys, actor_use_random_subgoals)
+    out = full_sequence(batch, open_loop).clone(False)
+    B, T = out.batch_size
+    out.set(goal_group, TensorDict({k: v.unsqueeze(1).expand(B, T, *v.shape[1:]) for k, v in sub.items()},
+                                   batch_size=out.batch_size, device=out.device))
+    return out

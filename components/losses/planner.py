@@ -1,0 +1,58 @@
+"""Subgoal planner losses (robomimic GL / GL_VAE) and the no-grad subgoal quantities hierarchical recipes prepare.
+
+The batch is :func:`modmimic.components.batching.subgoal_step`'s: ``[B]`` observations (and goal) with the targets
+``("subgoal", k)`` = the observation ``subgoal_horizon`` steps ahead.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from modmimic import keys as K
+from modmimic.components.losses.vae import gumbel_temperature
+
+
+def subgoal_mse(batch, planner) -> dict:
+    """robomimic GL: ``sum_k MSE(planner(batch)[k], batch["subgoal", k])`` over the subgoal keys (each key's MSE
+    averaged over its elements and the batch)."""
+    pred = planner(batch)
+    per_key = {k: F.mse_loss(v, batch.get((K.SUBGOAL, k))) for k, v in pred.items()}
+    loss = sum(per_key.values())
+    return {"loss": loss, "goal_loss": loss.detach(), **{f"goal_{k}_loss": v.detach() for k, v in per_key.items()}}
+
+
+def subgoal_vae_elbo(batch, planner, *, kl_weight: float = 1.0, epoch: int = 0, init_temp: float = 1.0,
+                     temp_anneal_step: float = 0.001, min_temp: float = 0.3) -> dict:
+    """robomimic GL_VAE: ``recons + kl_weight * KL`` of the subgoal VAE (:class:`GLVAEPlanner`), the categorical
+    prior's Gumbel temperature annealed by epoch. Logs the mean encoder variance (continuous latents)."""
+    if planner.is_categorical:
+        planner.set_gumbel_temperature(gumbel_temperature(epoch, init_temp, temp_anneal_step, min_temp))
+    out = planner(batch)
+    recons, kl = out["reconstruction_loss"], out["kl_loss"]
+    loss = recons + kl_weight * kl
+    info = {"loss": loss, "reconstruction_loss": recons.detach(), "kl_loss": kl.detach()}
+    if planner.is_categorical:
+        info["gumbel_temperature"] = planner.get_gumbel_temperature()
+    else:
+        info["encoder_variance"] = out["encoder_params"]["logvar"].detach().exp().mean()
+    return info
+
+
+# --- prepare steps (no grad) for hierarchical recipes --------------------------------------------------------
+
+def predicted_subgoals(batch, planner) -> dict:
+    """HBC ``mode: cascade``: the planner's own subgoal predictions ``{("subgoal", k): [B, d_k]}``, to train the
+    actor on (computed under no grad by the engine's ``prepare``)."""
+    pred = planner.get_subgoal_predictions(batch)
+    return {(K.SUBGOAL, k): v for k, v in pred.get(K.SUBGOAL).items()}
+
+
+def latent_subgoal_targets(batch, planner, prior_correction: bool = False, num_prior_samples: int = 100) -> dict:
+    """HBC with ``latent_subgoal.enabled``: ``{("subgoal", "latent_subgoal"): z}``, the posterior latent of the
+    batch's subgoal, or (``prior_correction``) the nearest of ``num_prior_samples`` prior latents to it."""
+    from modmimic.components.nets.planner import LATENT_SUBGOAL
+
+    z = planner.latent_subgoals(batch, prior_correction=prior_correction, num_prior_samples=num_prior_samples)
+    return {(K.SUBGOAL, LATENT_SUBGOAL): z}
+
+
+__all__ = ["latent_subgoal_targets", "predicted_subgoals", "subgoal_mse", "subgoal_vae_elbo"]
