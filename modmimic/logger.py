@@ -9,8 +9,11 @@ of the training/validation loss curves (``logs/curves.png``) and an optional cop
 Scalar names follow robomimic's namespaces: ``Train/<name>``, ``Valid/<name>``, ``Rollout/<metric>/<env>``,
 ``Optimizer/<net>0_lr``, ``Timing_Stats/<Train|Valid>_<what>`` (minutes) and ``System/<what>``.
 
-``metrics.jsonl`` and ``curves.png`` are rewritten whole through a temporary file and a rename, so a crash never
-leaves them half-written. TensorBoard event files are append-only streams owned by TensorBoard.
+``curves.png`` is replaced through a temporary file and a rename (redrawn at most every ``PLOT_EVERY_S`` seconds and
+at the end). ``metrics.jsonl`` is an append-only log: each epoch appends one whole line and flushes it to disk, so a
+crash can at worst cut the last line short; readers skip such a line and a resumed run rewrites the file (through a
+temporary file) without it and without epochs after the checkpoint. Rewriting the whole file every epoch would
+cost O(epochs) per epoch. TensorBoard event files are append-only streams owned by TensorBoard.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from modmimic.config import ConfigError
 from modmimic.io import _atomic_write_bytes, atomic_write_text
 
 RUN_MARKER = os.path.join("models", "last.pth")
+PLOT_EVERY_S = 10.0
 
 
 def make_run_dir(cfg) -> str:
@@ -72,11 +76,19 @@ def find_run_dir(output_dir: str, name: str | None = None, resume_dir: str | Non
 
 
 def read_metrics(path: str) -> list[dict]:
-    """The records of a ``metrics.jsonl`` file (empty when it does not exist)."""
+    """The records of a ``metrics.jsonl`` file (empty when it does not exist). A line cut short by a crash in the
+    middle of an append is ignored."""
     if not os.path.exists(path):
         return []
+    out = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return out
 
 
 def _json_safe(v):
@@ -98,9 +110,10 @@ class RunLogger:
         self.jsonl_path = os.path.join(log_dir, "metrics.jsonl")
         self.png_path = os.path.join(log_dir, "curves.png")
         self.records = [r for r in read_metrics(self.jsonl_path) if r.get("epoch", 0) < start_epoch]
-        if start_epoch > 1 or self.records:
-            self._write_jsonl()
+        if os.path.exists(self.jsonl_path):  # resume: drop epochs after the checkpoint and any torn last line
+            atomic_write_text(self.jsonl_path, "".join(self._line(r) for r in self.records))
         self.plot = plot
+        self._last_plot, self._plot_cost, self._plot_pending = -math.inf, 0.0, False
         self.tb = None
         if log_tb:
             try:
@@ -111,53 +124,81 @@ class RunLogger:
             else:
                 self.tb = SummaryWriter(os.path.join(log_dir, "tb"), purge_step=start_epoch if start_epoch > 1 else None)
 
-    def _write_jsonl(self) -> None:
-        text = "".join(json.dumps({k: _json_safe(v) for k, v in r.items()}) + "\n" for r in self.records)
-        atomic_write_text(self.jsonl_path, text)
+    @staticmethod
+    def _line(record: dict) -> str:
+        return json.dumps({k: _json_safe(v) for k, v in record.items()}) + "\n"
 
     def record(self, epoch: int, scalars: dict, step: int | None = None) -> None:
         """Log one epoch's scalars (names as above) everywhere; ``step`` (the global gradient step) goes to the
         JSONL record only (TensorBoard's x axis is the epoch, as in robomimic)."""
-        self.records.append({"epoch": epoch, **({} if step is None else {"step": step}), **scalars})
-        self._write_jsonl()
+        rec = {"epoch": epoch, **({} if step is None else {"step": step}), **scalars}
+        self.records.append(rec)
+        with open(self.jsonl_path, "a") as f:  # one write of a whole line, flushed to disk
+            f.write(self._line(rec))
+            f.flush()
+            os.fsync(f.fileno())
         if self.tb is not None:
             for k, v in scalars.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(k, v, epoch)
             self.tb.flush()
         if self.plot:
-            self.plot_curves()
+            # redraw at most every PLOT_EVERY_S seconds (and never more than 5% of the time); close() draws the rest
+            if time.monotonic() - self._last_plot >= max(PLOT_EVERY_S, 20 * self._plot_cost):
+                self.plot_curves()
+            else:
+                self._plot_pending = True
 
     def plot_curves(self) -> None:
-        """``curves.png``: Train/Loss and Valid/Loss against the epoch (log scale when positive)."""
+        """``curves.png``: Train/Loss and Valid/Loss against the epoch (log scale when positive), and the rollout
+        success rates in a second panel once there are any."""
+        t0 = time.monotonic()
         try:
             import matplotlib
 
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
+            from matplotlib.ticker import MaxNLocator
         except ImportError:
             self.plot = False
             return
-        fig, ax = plt.subplots(figsize=(6, 4))
+
+        def series(name):
+            return [(r["epoch"], r[name]) for r in self.records if isinstance(r.get(name), (int, float))]
+
+        success = sorted({k for r in self.records for k in r if k.startswith("Rollout/Success_Rate/")})
+        fig, axes = plt.subplots(1, 2 if success else 1, figsize=(11 if success else 6, 4), squeeze=False)
+        ax = axes[0, 0]
         positive = True
         for name in ("Train/Loss", "Valid/Loss"):
-            pts = [(r["epoch"], r[name]) for r in self.records if isinstance(r.get(name), (int, float))]
+            pts = series(name)
             if pts:
                 ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, label=name)
                 positive &= all(v > 0 for _, v in pts)
         if positive and ax.lines:
             ax.set_yscale("log")
-        ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
-        ax.grid(True, alpha=0.3)
-        if ax.lines:
-            ax.legend()
+        for name in success:
+            pts = series(name)
+            axes[0, 1].plot(*zip(*pts), marker="o" if len(pts) < 30 else None, label=name.split("/")[-1])
+            axes[0, 1].set_ylabel("rollout success rate")
+            axes[0, 1].set_ylim(-0.02, 1.02)
+        for a in axes[0]:
+            a.set_xlabel("epoch")
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
+            a.grid(True, alpha=0.3)
+            if a.lines:
+                a.legend()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
         plt.close(fig)
         _atomic_write_bytes(self.png_path, lambda f: f.write(buf.getbuffer()))
+        self._plot_cost = time.monotonic() - t0
+        self._last_plot, self._plot_pending = time.monotonic(), False
 
     def close(self) -> None:
+        if self._plot_pending:
+            self.plot_curves()
         if self.tb is not None:
             self.tb.close()
             self.tb = None

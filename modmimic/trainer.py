@@ -54,7 +54,7 @@ from modmimic.policy import (CheckpointError, RolloutPolicy, load_checkpoint, ma
 
 
 
-# --- device -----------------------------------------------------------------------------
+# --- device -------------------------------------------------------------------------------------------------
 
 def device_of(cfg: DictConfig) -> torch.device:
     dev = str(cfg.device)
@@ -252,11 +252,28 @@ def namespaced(prefix: str, metrics: dict) -> dict:
 
 
 # --- rollouts (hook) ----------------------------------------------------------------------------------------
+#
+# A rollout function is called at the epochs ``rollout_due`` picks, with the policy in eval mode:
+#     rollout_fn(policy: RolloutPolicy, epoch: int, cfg, env_meta: dict, run_dir: str)
+#         -> {env name: {"Success_Rate": ..., "Return": ..., "Horizon": ..., "Time_Episode": ...}} or None
+# Metrics are logged as ``Rollout/<metric>/<env>`` (``Time_*`` as ``Timing_Stats/Rollout_<env>_*``); a new best mean
+# success rate saves ``models/best_rollout_success.pth``. If it raises ImportError (a simulator is not installed),
+# the run warns once and goes on without rollouts. ``close()`` is called at the end when the function has one.
 
-def no_rollouts(policy: RolloutPolicy, epoch: int, cfg: DictConfig, env_meta: dict):
-    """The rollout hook until modmimic has environment adapters: does nothing. A rollout function returns
-    ``{env_name: {"Success_Rate": ..., "Return": ..., ...}}`` (logged as ``Rollout/<metric>/<env>``) or None."""
+
+def no_rollouts(policy: RolloutPolicy, epoch: int, cfg: DictConfig, env_meta: dict, run_dir: str | None = None):
+    """A rollout function that does nothing."""
     return None
+
+
+def default_rollout_fn():
+    """``(rollout function, None)``: the environment rollouts of :mod:`modmimic.rollout`; or ``(None, reason)`` when
+    they cannot be imported."""
+    try:
+        from modmimic.rollout import TrainingRollouts
+    except ImportError as e:
+        return None, str(e)
+    return TrainingRollouts(), None
 
 
 def rollout_due(cfg: DictConfig, epoch: int) -> bool:
@@ -264,7 +281,18 @@ def rollout_due(cfg: DictConfig, epoch: int) -> bool:
     return bool(r.enabled) and epoch > int(r.warmstart) and int(r.rate) > 0 and epoch % int(r.rate) == 0
 
 
-# --- run directories ---------------------------------------------------------------------------------------
+def rollout_scalars(rollout: dict) -> dict:
+    out = {}
+    for env_name, m in rollout.items():
+        for k, v in m.items():
+            if k.startswith("Time_"):
+                out[f"Timing_Stats/Rollout_{env_name}_{k[5:]}"] = v
+            else:
+                out[f"Rollout/{k}/{env_name}"] = v
+    return out
+
+
+# --- resume -------------------------------------------------------------------------------------------------
 
 def resume_config(run_dir: str, overrides=()) -> DictConfig:
     """The config a run was trained with (from its ``last.pth``), with ``overrides`` (``key=value`` strings, e.g.
@@ -334,9 +362,11 @@ def _ram_mb() -> float:
 
 # --- the loop -------------------------------------------------------------------------------------------------
 
-def train(cfg: DictConfig, rollout_fn=no_rollouts, progress=None) -> dict:
+def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     """Train ``cfg`` (a composed config, see :func:`modmimic.config.compose`); with ``cfg.resume`` continue the run
-    in ``cfg.resume_dir`` (or the one :func:`find_run_dir` finds). Returns ``{"run_dir", "epoch", "global_step",
+    in ``cfg.resume_dir`` (or the one :func:`find_run_dir` finds). ``rollout_fn``: see the rollout hook above
+    ("auto": :func:`default_rollout_fn`; None: no rollouts). ``progress``: tqdm bars (None: when stderr is a
+    terminal). Returns ``{"run_dir", "epoch", "global_step",
     "best_valid_loss", "best_success_rate", "metrics"}`` (the last epoch's scalars)."""
     cfg = with_data(cfg)
     device = device_of(cfg)
@@ -375,6 +405,10 @@ def train(cfg: DictConfig, rollout_fn=no_rollouts, progress=None) -> dict:
                 "return": vs["best_return"]}
         del ckpt
     else:
+        if cfg.experiment.ckpt_path:  # robomimic: start from a checkpoint's weights (ignored when resuming)
+            init = load_checkpoint(os.path.abspath(os.path.expanduser(str(cfg.experiment.ckpt_path))))
+            algo.deserialize(init["model"], load_optimizers=False)
+            del init
         run_dir = make_run_dir(cfg)
     models_dir = os.path.join(run_dir, "models")
     _remove_stale_temps(models_dir)
@@ -388,15 +422,19 @@ def train(cfg: DictConfig, rollout_fn=no_rollouts, progress=None) -> dict:
         return result
 
     log_cfg = cfg.experiment.logging
+    if log_cfg.log_wandb:
+        warnings.warn("experiment.logging.log_wandb is not supported by modmimic; logging to TensorBoard and "
+                      "logs/metrics.jsonl only", stacklevel=2)
     log_txt = os.path.join(run_dir, "logs", "log.txt") if log_cfg.terminal_output_to_txt else None
     logger = RunLogger(os.path.join(run_dir, "logs"), log_tb=bool(log_cfg.log_tb), start_epoch=start_epoch)
     save_cfg = cfg.experiment.save
-    if cfg.experiment.rollout.enabled and rollout_fn is no_rollouts:
-        warnings.warn("experiment.rollout.enabled is true, but modmimic has no simulator adapter yet: rollouts are "
-                      "skipped (set experiment.rollout.enabled=false to silence this)", stacklevel=2)
-        rollout_fn = None
     if not cfg.experiment.rollout.enabled:
         rollout_fn = None
+    elif isinstance(rollout_fn, str) and rollout_fn == "auto":
+        rollout_fn, why = default_rollout_fn()
+        if rollout_fn is None:
+            warnings.warn(f"experiment.rollout.enabled is true, but environment rollouts are unavailable ({why}): they "
+                          "are skipped (set experiment.rollout.enabled=false to silence this)", stacklevel=2)
     policy = None
     last_save_time = time.time()
     try:
@@ -429,11 +467,13 @@ def train(cfg: DictConfig, rollout_fn=no_rollouts, progress=None) -> dict:
                         policy = RolloutPolicy(algo, data.obs_normalization_stats, data.action_normalization_stats,
                                                list(cfg.train.action_keys))
                     algo.set_eval()
-                    rollout = rollout_fn(policy, epoch, cfg, data.env_meta)
+                    try:
+                        rollout = rollout_fn(policy, epoch, cfg, data.env_meta, run_dir=run_dir)
+                    except ImportError as e:  # a simulator is not installed: train on without rollouts
+                        warnings.warn(f"rollouts are skipped for the rest of this run: {e}", stacklevel=2)
+                        rollout_fn = None
                     algo.set_train()
-                    for env_name, m in (rollout or {}).items():
-                        for k, v in m.items():
-                            scalars[f"Rollout/{k}/{env_name}"] = v
+                    scalars.update(rollout_scalars(rollout or {}))
                 scalars["System/RAM Usage (MB)"] = _ram_mb()
 
                 # which checkpoints this epoch writes
@@ -503,4 +543,6 @@ def train(cfg: DictConfig, rollout_fn=no_rollouts, progress=None) -> dict:
         raise
     finally:
         logger.close()
+        if hasattr(rollout_fn, "close"):
+            rollout_fn.close()
     return result

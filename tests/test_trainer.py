@@ -4,6 +4,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,3 +179,77 @@ def test_validation_uses_train_statistics(reach_hdf5, tmp_path, tiny):
     off_v, sc_v = data.valid_sampler._affine
     assert torch.equal(off_t, off_v) and torch.equal(sc_t, sc_v)
     assert not math.isnan(float(off_t.sum())) and not torch.equal(sc_t, torch.ones_like(sc_t))
+
+
+class FakeRollouts:
+    """Success rate 0.2, 0.6, 0.4 at rollout epochs; records its calls."""
+
+    def __init__(self):
+        self.calls, self.closed = [], False
+
+    def __call__(self, policy, epoch, cfg, env_meta, run_dir=None):
+        policy.start_episode(3)
+        a = policy({"pos": np.zeros((3, 2)), "goal_pos": np.ones((3, 2)), "vel": np.zeros((3, 2))}, batched_ob=True)
+        assert a.shape == (3, 2) and not policy.policy.nets.training
+        self.calls.append((epoch, env_meta["env_name"], run_dir))
+        return {"PointReach": {"Success_Rate": [0.2, 0.6, 0.4][len(self.calls) - 1], "Return": 1.0,
+                               "Time_Episode": 0.01}}
+
+    def close(self):
+        self.closed = True
+
+
+def test_rollout_hook(reach_hdf5, tmp_path, tiny):
+    cfg = compose("bc", overrides(reach_hdf5, tmp_path, tiny, "bc", "train.num_epochs=6",
+                                  "experiment.rollout.enabled=true", "experiment.rollout.rate=2"))
+    fake = FakeRollouts()
+    r = train(cfg, rollout_fn=fake, progress=False)
+    assert [c[0] for c in fake.calls] == [2, 4, 6] and fake.calls[0][1] == "PointReach" and fake.closed
+    assert fake.calls[0][2] == r["run_dir"]
+    recs = [json.loads(x) for x in open(os.path.join(r["run_dir"], "logs", "metrics.jsonl"))]
+    assert recs[1]["Rollout/Success_Rate/PointReach"] == 0.2 and "Rollout/Success_Rate/PointReach" not in recs[0]
+    assert "Timing_Stats/Rollout_PointReach_Episode" in recs[1]
+    best = load_checkpoint(os.path.join(r["run_dir"], "models", "best_rollout_success.pth"))
+    assert best["variable_state"]["epoch"] == 4 and best["variable_state"]["best_success_rate"] == 0.6
+    assert r["best_success_rate"] == 0.6
+
+
+def test_rollouts_without_simulator_warn_and_skip(reach_hdf5, tmp_path, tiny):
+    def missing(*a, **k):
+        raise ImportError("no module named 'robosuite'")
+
+    cfg = compose("bc", overrides(reach_hdf5, tmp_path, tiny, "bc", "train.num_epochs=3",
+                                  "experiment.rollout.enabled=true", "experiment.rollout.rate=1"))
+    with pytest.warns(UserWarning, match="robosuite"):
+        r = train(cfg, rollout_fn=missing, progress=False)
+    assert r["epoch"] == 3
+
+
+def test_metrics_log_survives_a_torn_line(tmp_path):
+    from modmimic.logger import RunLogger, read_metrics
+
+    log = RunLogger(str(tmp_path), log_tb=False, plot=False)
+    for e in (1, 2, 3):
+        log.record(e, {"Train/Loss": 1.0 / e}, step=10 * e)
+    log.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 4, "Train/Lo')  # a crash in the middle of an append
+    assert [r["epoch"] for r in read_metrics(str(tmp_path / "metrics.jsonl"))] == [1, 2, 3]
+    log = RunLogger(str(tmp_path), log_tb=False, plot=False, start_epoch=3)  # resume from the epoch-2 checkpoint
+    log.record(3, {"Train/Loss": 0.5}, step=30)
+    log.close()
+    recs = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    assert [(r["epoch"], r["Train/Loss"]) for r in recs] == [(1, 1.0), (2, 0.5), (3, 0.5)]
+
+
+def test_ckpt_path_initialises_weights(reach_hdf5, tmp_path, tiny):
+    first = train(compose("bc", overrides(reach_hdf5, tmp_path, tiny, "bc", "train.num_epochs=1",
+                                          "experiment.name=a")), progress=False)
+    path = os.path.join(first["run_dir"], "models", "last.pth")
+    cfg = compose("bc", overrides(reach_hdf5, tmp_path, tiny, "bc", "train.num_epochs=1", "experiment.name=b",
+                                  f"experiment.ckpt_path={path}", "experiment.epoch_every_n_steps=1",
+                                  "algo.optim_params.policy.learning_rate.initial=0.0"))
+    second = train(cfg, progress=False)
+    a = load_checkpoint(path)["model"]["nets"]
+    b = load_checkpoint(os.path.join(second["run_dir"], "models", "last.pth"))["model"]["nets"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the weights are exactly the loaded ones
