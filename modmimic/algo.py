@@ -296,6 +296,10 @@ class Algo:
         self._step = 0
         self.check_finite = True
         self._writes_batch = bool(self.prepare) or any(u.prepare for u in self.updates)
+        self._opt_step = {}
+        self._fresh_batch = None
+        if config.train.get("compile", False):
+            self.compile()
 
     # --- construction ---------------------------------------------------------------------------------------
     def _shapes(self, group: str) -> dict:
@@ -407,7 +411,10 @@ class Algo:
             batch = batch_from_robomimic(batch)
         if batch.device != self.device:
             batch = batch.to(self.device)
-        return self.batch_fn(batch)
+        out = self.batch_fn(batch)
+        # a batch built here is this step's own: train_on_batch may write into it without copying it first
+        self._fresh_batch = id(out) if out is not batch else None
+        return out
 
     def postprocess_batch_for_training(self, batch, obs_normalization_stats=None):
         """robomimic's obs normalization hook. modmimic's sampler already serves normalized observations; pass stats
@@ -424,8 +431,9 @@ class Algo:
         total = None
         step = self._step
         with torch.set_grad_enabled(not validate):
-            if self._writes_batch:
+            if self._writes_batch and id(batch) != self._fresh_batch:
                 batch = batch.clone(False)
+            self._fresh_batch = None
             if self.prepare:
                 self._run_prepare(self.prepare, batch, epoch, step)
             for u in self.updates:
@@ -453,6 +461,16 @@ class Algo:
             self.on_gradient_step()
         return info
 
+    def compile(self) -> None:
+        """``train.compile``: every prepare and loss function, and every optimizer step, through ``torch.compile``
+        (the backward of a compiled loss is compiled too). The first steps are slow while graphs compile."""
+        bound = [*self.prepare, *self.losses.values(), *(p for u in self.updates for p in u.prepare)]
+        for b in bound:
+            if not getattr(b.fn, "_modmimic_compiled", False):
+                b.fn = torch.compile(b.fn)
+                b.fn._modmimic_compiled = True
+        self._opt_step = {k: torch.compile(o.step) for k, o in self.optimizers.items()}
+
     def _run_prepare(self, prepare, batch, epoch, step) -> None:
         with torch.no_grad():
             for p in prepare:
@@ -470,8 +488,8 @@ class Algo:
             for i, g in enumerate(groups):
                 suffix = str(i + 1) if len(groups) > 1 else ""
                 info[f"{u.name}/grad_norm{suffix}"] = torch.nn.utils.clip_grad_norm_(g.parameters(), u.max_grad_norm)
-        for opt in opts:
-            opt.step()
+        for name, opt in zip(u.optimizers, opts):
+            self._opt_step.get(name, opt.step)()
         for t in u.targets:
             self.soft_update(t)
 
