@@ -46,6 +46,7 @@ from modmimic.algo import Algo, NonFiniteLossError, algo_factory
 from modmimic.config import ConfigError, compose, finalize, obs_keys, save_config_yaml, to_plain
 from modmimic.data.default import default_dataset_path
 from modmimic.data.hdf5 import DatasetError, EpisodeStore, load_episode_store
+from modmimic.data.requirements import check_requirements
 from modmimic.data.sampler import WindowSampler
 from modmimic.dataset import dataset_entry, with_data
 from modmimic.logger import RUN_MARKER, RunLogger, find_run_dir, make_run_dir, tee_stdout
@@ -117,6 +118,7 @@ def build_data(cfg: DictConfig, device="cpu") -> TrainData:
                                   load_rewards=None, memmap_dir=memmap, demo_limit=entry.get("demo_limit"))
 
     train_store = load(entry.get("filter_key") or t.hdf5_filter_key, "train")
+    check_requirements(cfg, train_store)  # offline RL: rewards, dones, next observations
     valid_store = load(t.hdf5_validation_filter_key, "valid") if cfg.experiment.validate else None
     if valid_store is not None:
         shared = sorted(set(train_store.demos) & set(valid_store.demos))
@@ -366,8 +368,8 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     """Train ``cfg`` (a composed config, see :func:`modmimic.config.compose`); with ``cfg.resume`` continue the run
     in ``cfg.resume_dir`` (or the one :func:`find_run_dir` finds). ``rollout_fn``: see the rollout hook above
     ("auto": :func:`default_rollout_fn`; None: no rollouts). ``progress``: tqdm bars (None: when stderr is a
-    terminal). Returns ``{"run_dir", "epoch", "global_step",
-    "best_valid_loss", "best_success_rate", "metrics"}`` (the last epoch's scalars)."""
+    terminal). Returns ``{"run_dir", "epoch", "global_step", "best_valid_loss", "best_success_rate", "metrics"}``
+    (``metrics``: the last epoch's scalars)."""
     cfg = with_data(cfg)
     device = device_of(cfg)
     resume = bool(cfg.get("resume")) or bool(cfg.get("resume_dir"))
@@ -388,6 +390,8 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
         n_valid = max(1, len(data.valid_sampler) // int(cfg.train.batch_size))
     num_epochs = int(cfg.train.num_epochs)
     stop_after = cfg.train.get("stop_after_epoch")
+    if stop_after is not None and (not isinstance(stop_after, int) or isinstance(stop_after, bool) or stop_after < 1):
+        raise ConfigError(f"train.stop_after_epoch must be a positive int or null, got {stop_after!r}")
     last_epoch = num_epochs if stop_after is None else min(num_epochs, int(stop_after))
 
     # state that a resume restores
@@ -411,8 +415,6 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
             del init
         run_dir = make_run_dir(cfg)
     models_dir = os.path.join(run_dir, "models")
-    _remove_stale_temps(models_dir)
-    save_config_yaml(cfg, os.path.join(run_dir, "config.yaml"))
     last_path = os.path.join(models_dir, "last.pth")
     result = {"run_dir": run_dir, "epoch": start_epoch - 1, "global_step": global_step,
               "best_valid_loss": best["valid_loss"], "best_success_rate": best["success_rate"], "metrics": {}}
@@ -420,6 +422,8 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
         print(f"modmimic.train: {run_dir} already finished epoch {start_epoch - 1} (train.num_epochs={num_epochs}"
               f"{'' if stop_after is None else f', train.stop_after_epoch={stop_after}'}); nothing to do")
         return result
+    _remove_stale_temps(models_dir)
+    save_config_yaml(cfg, os.path.join(run_dir, "config.yaml"))
 
     log_cfg = cfg.experiment.logging
     if log_cfg.log_wandb:

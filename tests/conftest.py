@@ -1,5 +1,9 @@
 """Shared fixtures: a tiny generated reach dataset and overrides that make any recipe train in a blink."""
 import pytest
+import torch
+
+# tiny networks on a shared 2-core machine: one intra-op thread is several times faster than two
+torch.set_num_threads(1)
 
 from modmimic.data.synthetic import make_reach_dataset
 

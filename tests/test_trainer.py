@@ -75,9 +75,10 @@ def test_resume_is_bit_exact(recipe, reach_hdf5, tmp_path, tiny):
     for ra, rb in zip(la, lb):
         assert ra["Train/Loss"] == rb["Train/Loss"] and ra["Valid/Loss"] == rb["Valid/Loss"]
     if recipe == "bc":  # resuming a finished run does nothing
-        before = os.path.getmtime(os.path.join(part["run_dir"], "models", "last.pth"))
+        snap = {f: os.path.getmtime(os.path.join(part["run_dir"], f)) for f in ("config.yaml", "models/last.pth")}
         again = train(resume_config(part["run_dir"]), progress=False)
-        assert again["epoch"] == 4 and os.path.getmtime(os.path.join(part["run_dir"], "models", "last.pth")) == before
+        assert again["epoch"] == 4
+        assert snap == {f: os.path.getmtime(os.path.join(part["run_dir"], f)) for f in snap}
 
 
 def test_validation_steps_nothing(reach_hdf5, tmp_path, tiny):
