@@ -1,0 +1,419 @@
+"""Scripted demonstrations: state-based controllers (no learning) for robosuite's Lift and Can, written as robomimic
+datasets.
+
+    python -m modmimic.demos generate task=Lift n=200 out=lift.hdf5 seed=0
+    python -m modmimic.demos expert task=Can episodes=50 seed=1000        # the expert's own success rate
+
+The experts read privileged object poses (``cube_pos``/``Can_pos`` ...) and command robosuite's OSC_POSE controller
+(7-D action: position delta x 0.05 m, world-frame axis-angle delta x 0.5 rad, gripper -1 open / +1 close) with a
+proportional law on the position and orientation errors, through a fixed sequence of phases:
+
+* Lift: turn the gripper about the vertical so its fingers face the cube's sides (the cube is 4-fold symmetric,
+  so at most 45 degrees), hover 8 cm above the cube, descend to its centre, close for 8 steps, lift 20 cm.
+* Can: hover 10 cm above the can (a cylinder: no turning), descend, close, lift to z = 1.05, carry to the can's
+  quadrant of the target bin, lower to 10 cm above the bin floor, open for 6 steps, move up.
+
+Episode ``i`` (counting failed tries) starts from ``seed + i``. Only successful episodes are kept; each ends
+``extra_steps`` (5) steps after the first success. Datasets hold ``env_args`` (robosuite 1.5 composite controller
+config), per demo ``model_file``, ``states``, ``actions``, sparse ``rewards`` (1 while the task is done), ``dones``
+(1 at the last step), ``obs``/``next_obs`` (robomimic's low-dim keys; ``float32`` by default) and a seeded
+``mask/train`` / ``mask/valid`` split.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+PROG = "modmimic.demos"
+TASKS = {"Lift": "Lift", "Can": "PickPlaceCan", "PickPlaceCan": "PickPlaceCan"}
+# robomimic's low-dim observation keys (its datasets also have eef velocities, which robosuite 1.5 does not offer)
+OBS_KEYS = ["object", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "robot0_gripper_qvel",
+            "robot0_joint_pos", "robot0_joint_pos_cos", "robot0_joint_pos_sin", "robot0_joint_vel"]
+MAX_STEPS = {"Lift": 150, "PickPlaceCan": 300}
+
+
+# --- rotations (quaternions are x, y, z, w as robosuite gives them) -------------------------------------------
+
+def quat_to_mat(q) -> np.ndarray:
+    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def mat_to_rotvec(R) -> np.ndarray:
+    """Axis * angle of a rotation matrix (angle in [0, pi])."""
+    cos = np.clip((np.trace(R) - 1) / 2, -1.0, 1.0)
+    angle = math.acos(cos)
+    if angle < 1e-8:
+        return np.zeros(3)
+    v = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    if math.pi - angle < 1e-4:  # near pi the antisymmetric part vanishes: take the axis from the symmetric part
+        axis = np.sqrt(np.maximum((np.diag(R) + 1) / 2, 0))
+        axis *= np.sign(v + (v == 0))
+        return axis / np.linalg.norm(axis) * angle
+    return v / (2 * math.sin(angle)) * angle
+
+
+def rot_z(a: float) -> np.ndarray:
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def yaw_of(R) -> float:
+    return math.atan2(R[1, 0], R[0, 0])
+
+
+def wrap(a: float, period: float) -> float:
+    """``a`` moved into ``[-period/2, period/2)``."""
+    return (a + period / 2) % period - period / 2
+
+
+# --- experts --------------------------------------------------------------------------------------------------
+
+class PoseServo:
+    """Proportional OSC commands toward a target position and orientation."""
+
+    def __init__(self, pos_gain: float = 12.0, rot_gain: float = 1.0, pos_scale: float = 0.05,
+                 rot_scale: float = 0.5):
+        self.pos_gain, self.rot_gain, self.pos_scale, self.rot_scale = pos_gain, rot_gain, pos_scale, rot_scale
+
+    def action(self, eef_pos, eef_quat, target_pos, target_rot, gripper: float, max_pos: float = 1.0) -> np.ndarray:
+        dp = np.clip(self.pos_gain * (np.asarray(target_pos) - eef_pos), -max_pos, max_pos)
+        err = mat_to_rotvec(target_rot @ quat_to_mat(eef_quat).T)
+        dr = np.clip(self.rot_gain * err / self.rot_scale, -1.0, 1.0)
+        return np.concatenate([dp, dr, [gripper]])
+
+
+class Expert:
+    """Phase machine: ``reset(env, obs)`` at the start of an episode, then ``act(obs)`` every step."""
+
+    def __init__(self):
+        self.servo = PoseServo()
+        self.phase, self.t = None, 0
+
+    def goto(self, phase: str) -> None:
+        self.phase, self.t = phase, 0
+
+
+class LiftExpert(Expert):
+    HOVER, GRASP_DEPTH, LIFT = 0.08, -0.005, 0.20
+
+    def reset(self, env, obs: dict) -> None:
+        R0 = quat_to_mat(obs["robot0_eef_quat"])
+        cube_yaw = yaw_of(quat_to_mat(obs["cube_quat"]))
+        turn = wrap(cube_yaw - yaw_of(R0), math.pi / 2)  # fingers onto the nearest pair of cube faces
+        self.rot = rot_z(turn) @ R0
+        self.grasp_pos = None
+        self.goto("hover")
+
+    def act(self, obs: dict) -> np.ndarray:
+        self.t += 1
+        eef, q, cube = obs["robot0_eef_pos"], obs["robot0_eef_quat"], obs["cube_pos"]
+        if self.phase == "hover":
+            target = cube + [0, 0, self.HOVER]
+            err = target - eef
+            rot_err = np.linalg.norm(mat_to_rotvec(self.rot @ quat_to_mat(q).T))
+            if (np.linalg.norm(err[:2]) < 0.01 and abs(err[2]) < 0.02 and rot_err < 0.05) or self.t > 60:
+                self.goto("descend")
+            return self.servo.action(eef, q, target, self.rot, -1.0)
+        if self.phase == "descend":
+            target = cube + [0, 0, self.GRASP_DEPTH]
+            if np.linalg.norm(target - eef) < 0.008 or self.t > 40:
+                self.grasp_pos = eef.copy()
+                self.goto("close")
+            return self.servo.action(eef, q, target, self.rot, -1.0)
+        if self.phase == "close":
+            if self.t >= 8:
+                self.goto("lift")
+            return self.servo.action(eef, q, self.grasp_pos, self.rot, 1.0)
+        return self.servo.action(eef, q, self.grasp_pos + [0, 0, self.LIFT], self.rot, 1.0)
+
+
+class CanExpert(Expert):
+    HOVER, CARRY_Z, ABOVE_FLOOR = 0.10, 1.05, 0.10
+
+    def reset(self, env, obs: dict) -> None:
+        base = env.base_env
+        self.rot = quat_to_mat(obs["robot0_eef_quat"])
+        self.bin_xy = np.asarray(base.target_bin_placements[base.object_to_id["can"]][:2], dtype=np.float64)
+        self.floor_z = float(base.bin2_pos[2])
+        self.hold = None
+        self.goto("hover")
+
+    def act(self, obs: dict) -> np.ndarray:
+        self.t += 1
+        eef, q, can = obs["robot0_eef_pos"], obs["robot0_eef_quat"], obs["Can_pos"]
+        act = self.servo.action
+        if self.phase == "hover":
+            target = can + [0, 0, self.HOVER]
+            err = target - eef
+            if (np.linalg.norm(err[:2]) < 0.01 and abs(err[2]) < 0.02) or self.t > 80:
+                self.goto("descend")
+            return act(eef, q, target, self.rot, -1.0)
+        if self.phase == "descend":
+            target = can.copy()
+            if np.linalg.norm(target - eef) < 0.01 or self.t > 40:
+                self.hold = eef.copy()
+                self.goto("close")
+            return act(eef, q, target, self.rot, -1.0)
+        if self.phase == "close":
+            if self.t >= 8:
+                self.goto("lift")
+            return act(eef, q, self.hold, self.rot, 1.0)
+        if self.phase == "lift":
+            target = np.array([self.hold[0], self.hold[1], self.CARRY_Z + 0.02])
+            if eef[2] >= self.CARRY_Z or self.t > 60:
+                self.goto("carry")
+            return act(eef, q, target, self.rot, 1.0)
+        if self.phase == "carry":
+            target = np.array([*self.bin_xy, self.CARRY_Z])
+            if np.linalg.norm(target[:2] - eef[:2]) < 0.03 or self.t > 100:
+                self.goto("lower")
+            return act(eef, q, target, self.rot, 1.0)
+        if self.phase == "lower":
+            target = np.array([*self.bin_xy, self.floor_z + self.ABOVE_FLOOR])
+            if eef[2] < target[2] + 0.01 or self.t > 60:
+                self.goto("open")
+            return act(eef, q, target, self.rot, 1.0)
+        if self.phase == "open":
+            if self.t >= 6:
+                self.goto("retreat")
+            return act(eef, q, np.array([*self.bin_xy, self.floor_z + self.ABOVE_FLOOR]), self.rot, -1.0)
+        return act(eef, q, np.array([*self.bin_xy, self.CARRY_Z]), self.rot, -1.0)
+
+
+EXPERTS = {"Lift": LiftExpert, "PickPlaceCan": CanExpert}
+
+
+# --- environments and episodes ----------------------------------------------------------------------------
+
+def env_name_of(task: str) -> str:
+    if task not in TASKS:
+        import difflib
+
+        close = difflib.get_close_matches(task, list(TASKS), n=1)
+        raise ValueError(f"no scripted expert for task {task!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                         + f"; tasks: {', '.join(sorted(set(TASKS) - {'PickPlaceCan'}))}")
+    return TASKS[task]
+
+
+def task_env_meta(task: str) -> dict:
+    """robomimic-style env metadata of a task: Panda, OSC_POSE (robosuite 1.5 composite config), 20 Hz, sparse
+    reward, low-dim observations."""
+    from modmimic.envs import ROBOSUITE_TYPE
+    from modmimic.envs.robosuite_env import default_controller_config, import_robosuite
+
+    suite = import_robosuite()
+    return {"env_name": env_name_of(task), "type": ROBOSUITE_TYPE, "env_version": suite.__version__,
+            "env_kwargs": {"robots": ["Panda"], "controller_configs": default_controller_config("Panda"),
+                           "has_renderer": False, "has_offscreen_renderer": False, "ignore_done": True,
+                           "use_object_obs": True, "use_camera_obs": False, "control_freq": 20, "horizon": 500,
+                           "reward_shaping": False, "camera_names": ["agentview", "robot0_eye_in_hand"],
+                           "camera_heights": 84, "camera_widths": 84, "camera_depths": False}}
+
+
+def expert_episode(env, expert, seed: int, max_steps: int, extra_steps: int = 5, record: bool = True):
+    """One scripted episode from ``seed``: ``(trajectory or None, success, length)``. The trajectory is in the
+    layout of :func:`modmimic.rollout.write_episodes`."""
+    obs = env.reset(seed=seed)
+    expert.reset(env, obs)
+    start = env.get_state(include_model=True) if record else None
+    obs_list, states, actions, rewards = [obs], [], [], []
+    first_success = None
+    for t in range(max_steps):
+        a = expert.act(obs)
+        if record:
+            states.append(env.get_state(include_model=False)["states"])
+        obs, r, _, _ = env.step(a)
+        actions.append(a)
+        rewards.append(r)
+        obs_list.append(obs)
+        if first_success is None and env.is_success()["task"]:
+            first_success = t
+        if first_success is not None and t - first_success >= extra_steps:
+            break
+    success = first_success is not None
+    if not record:
+        return None, success, len(actions)
+    T = len(actions)
+    dones = np.zeros(T, dtype=np.int64)
+    dones[-1] = 1
+    keys = list(obs_list[0])
+    traj = {"obs": {k: np.stack([o[k] for o in obs_list[:-1]]) for k in keys},
+            "next_obs": {k: np.stack([o[k] for o in obs_list[1:]]) for k in keys},
+            "actions": np.asarray(actions), "rewards": np.asarray(rewards, dtype=np.float64), "dones": dones,
+            "states": np.stack(states), "attrs": {"model_file": start["model"], "ep_meta": start.get("ep_meta", "{}")}}
+    return traj, success, T
+
+
+def make_env(task: str):
+    from modmimic.envs.robosuite_env import RobosuiteEnv
+
+    return RobosuiteEnv(task_env_meta(task))
+
+
+def generate(task: str, n: int, out: str, seed: int = 0, max_tries: int | None = None, obs_dtype: str = "float32",
+             valid_fraction: float = 0.1, compress: bool = True, next_obs: bool = True, obs_keys=None,
+             max_steps: int | None = None, progress=print) -> dict:
+    """Write ``n`` successful scripted demos of ``task`` to ``out``; returns generation statistics."""
+    from modmimic.rollout import DatasetWriter, split_masks
+
+    name = env_name_of(task)
+    env = make_env(task)
+    expert = EXPERTS[name]()
+    max_steps = max_steps or MAX_STEPS[name]
+    max_tries = max_tries or max(2 * n, n + 20)
+    keys = list(OBS_KEYS if obs_keys is None else obs_keys)
+    writer = DatasetWriter(out, env.serialize(), obs_keys=keys, obs_dtype=None if obs_dtype == "float64" else
+                           np.dtype(obs_dtype), compression="gzip" if compress else None, next_obs=next_obs)
+    t0 = time.perf_counter()
+    tries, lengths = 0, []
+    try:
+        while len(writer.names) < n and tries < max_tries:
+            traj, ok, T = expert_episode(env, expert, seed + tries, max_steps)
+            tries += 1
+            if ok:
+                missing = [k for k in keys if k not in traj["obs"]]
+                if missing:
+                    raise ValueError(f"observation keys {missing} are not observations of {name} "
+                                     f"(it has {sorted(traj['obs'])})")
+                writer.add(traj)
+                lengths.append(T)
+            if progress is not None and (tries % 10 == 0 or len(writer.names) == n):
+                progress(f"  {len(writer.names)}/{n} demos from {tries} tries ({time.perf_counter() - t0:.0f} s)")
+        if len(writer.names) < n:
+            raise RuntimeError(f"only {len(writer.names)} of {n} demos succeeded in {tries} tries")
+        writer.close(split_masks(writer.names, valid_fraction, seed))
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        env.close()
+    return {"task": name, "demos": n, "tries": tries, "expert_success_rate": n / tries,
+            "samples": int(sum(lengths)), "mean_length": float(np.mean(lengths)), "wall_seconds":
+            time.perf_counter() - t0, "path": os.path.abspath(out), "bytes": os.path.getsize(out)}
+
+
+def expert_success(task: str, episodes: int = 50, seed: int = 1000, max_steps: int | None = None) -> dict:
+    """The scripted expert's own success rate over ``episodes`` fresh initial states."""
+    from modmimic.rollout import wilson_interval
+
+    name = env_name_of(task)
+    env = make_env(task)
+    expert = EXPERTS[name]()
+    t0 = time.perf_counter()
+    results = [expert_episode(env, expert, seed + i, max_steps or MAX_STEPS[name], record=False)[1:]
+               for i in range(episodes)]
+    env.close()
+    k = sum(ok for ok, _ in results)
+    lo, hi = wilson_interval(k, episodes)
+    return {"task": name, "episodes": episodes, "successes": k, "success_rate": k / episodes, "ci95": [lo, hi],
+            "mean_length": float(np.mean([T for ok, T in results if ok])) if k else float("nan"),
+            "wall_seconds": time.perf_counter() - t0}
+
+
+# --- command line -----------------------------------------------------------------------------------------------
+
+USAGE = f"""usage:
+  python -m {PROG} generate task=Lift|Can n=<demos> out=<path.hdf5> [seed=0] [max_tries=2n] [obs_dtype=float32]
+                   [valid_fraction=0.1] [compress=true] [next_obs=true] [max_steps=<task default>]
+  python -m {PROG} expert task=Lift|Can [episodes=50] [seed=1000]
+
+generate: write n successful scripted demonstrations as a robomimic HDF5 dataset (episode i starts from seed + i).
+expert:   the scripted expert's own success rate.
+Needs the simulator extra: pip install 'modmimic[sim]'. Exit status 0 done, 1 failure, 2 bad input."""
+
+ARGS = {"generate": {"task": str, "n": int, "out": str, "seed": int, "max_tries": int, "obs_dtype": str,
+                     "valid_fraction": float, "compress": bool, "next_obs": bool, "max_steps": int},
+        "expert": {"task": str, "episodes": int, "seed": int, "max_steps": int}}
+REQUIRED = {"generate": ("task", "n", "out"), "expert": ("task",)}
+
+
+class ArgumentError(ValueError):
+    pass
+
+
+def parse(argv: list[str]) -> tuple[str, dict]:
+    import difflib
+
+    if not argv or argv[0] not in ARGS:
+        raise ArgumentError(f"the first argument must be a command ({' or '.join(ARGS)}), got "
+                            f"{argv[0] if argv else 'nothing'!r}")
+    cmd, spec, out = argv[0], ARGS[argv[0]], {}
+    for a in argv[1:]:
+        if "=" not in a:
+            raise ArgumentError(f"arguments are key=value, got {a!r}")
+        k, v = a.split("=", 1)
+        if k not in spec:
+            close = difflib.get_close_matches(k, list(spec), n=1)
+            raise ArgumentError(f"unknown argument {k!r} for {cmd}" + (f" (did you mean {close[0]!r}?)" if close
+                                                                        else "") + f"; known: {', '.join(spec)}")
+        typ = spec[k]
+        if typ is bool:
+            if v.lower() not in ("true", "false", "1", "0"):
+                raise ArgumentError(f"{k} must be true or false, got {v!r}")
+            out[k] = v.lower() in ("true", "1")
+        else:
+            try:
+                out[k] = typ(v)
+            except ValueError:
+                raise ArgumentError(f"{k} must be {typ.__name__}, got {v!r}") from None
+    for k in REQUIRED[cmd]:
+        if k not in out:
+            raise ArgumentError(f"{cmd} needs {k}=...")
+    if out.get("obs_dtype", "float32") not in ("float32", "float64"):
+        raise ArgumentError(f"obs_dtype must be float32 or float64, got {out['obs_dtype']!r}")
+    for k in ("n", "episodes"):
+        if k in out and out[k] < 1:
+            raise ArgumentError(f"{k} must be >= 1, got {out[k]}")
+    try:
+        env_name_of(out["task"])
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
+    return cmd, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0 if argv else 2
+    try:
+        cmd, a = parse(argv)
+        if cmd == "generate":
+            print(f"{PROG}: generating {a['n']} scripted {a['task']} demos -> {a['out']}", flush=True)
+            s = generate(**a)
+            print(f"{PROG}: wrote {s['demos']} demos ({s['samples']} samples, mean length {s['mean_length']:.1f}) "
+                  f"to {s['path']} ({s['bytes'] / 1e6:.1f} MB) in {s['wall_seconds']:.0f} s; expert success "
+                  f"{s['demos']}/{s['tries']} = {s['expert_success_rate']:.3f}")
+        else:
+            s = expert_success(**a)
+            print(f"{PROG}: {s['task']} scripted expert: {s['successes']}/{s['episodes']} = {s['success_rate']:.3f} "
+                  f"(95% CI [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]), mean successful length {s['mean_length']:.1f}"
+                  f" steps, {s['wall_seconds']:.0f} s")
+        return 0
+    except BaseException as e:  # noqa: BLE001 - one paragraph and an exit status
+        if isinstance(e, SystemExit):
+            raise
+        from modmimic.envs import EnvError
+
+        if os.environ.get("MODMIMIC_DEBUG", "0") not in ("0", ""):
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(e, KeyboardInterrupt):
+            print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+            return 130
+        code = 2 if isinstance(e, (ArgumentError, EnvError)) else 1
+        print(f"{PROG}: {'' if code == 2 else f'failed with {type(e).__name__}: '}{e}"
+              + (f" (python -m {PROG} --help)" if isinstance(e, ArgumentError) else ""), file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

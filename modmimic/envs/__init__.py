@@ -1,0 +1,107 @@
+"""Environment adapters: one small protocol over the simulators that robomimic datasets come from.
+
+An environment is created from a dataset's ``env_args`` (robomimic's env metadata,
+``{"env_name", "type", "env_version", "env_kwargs"}``) by :func:`env_from_metadata`. ``type`` selects the adapter:
+
+    1  robosuite      :class:`modmimic.envs.robosuite_env.RobosuiteEnv` (robosuite 1.5; old controller dicts converted)
+    2  gym            :class:`modmimic.envs.gymnasium_env.GymnasiumEnv`, or a modmimic built-in (``PointReach``)
+
+Every adapter offers the methods of :class:`Env`. Observations are flat dicts ``{obs key: np.ndarray}`` with
+robomimic's key names (robosuite's ``object-state`` is ``object``). Simulators are imported only when an adapter is
+created, so ``import modmimic.envs`` works without any simulator installed (``pip install 'modmimic[sim]'``).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+ROBOSUITE_TYPE, GYM_TYPE, IG_MOMART_TYPE = 1, 2, 3
+TYPE_NAMES = {ROBOSUITE_TYPE: "robosuite", GYM_TYPE: "gym", IG_MOMART_TYPE: "iGibson MOMART"}
+
+
+class EnvError(ValueError):
+    """Environment metadata that no adapter can build (unknown type or name, bad kwargs), or a missing simulator."""
+
+
+class SimulatorNotInstalled(EnvError, ImportError):
+    """The simulator a dataset needs is not importable."""
+
+
+@runtime_checkable
+class Env(Protocol):
+    """What the rollout loop, evaluation and demo generation use of an environment."""
+
+    name: str
+    type: int
+    action_dimension: int
+
+    def reset(self, seed: int | None = None) -> dict:
+        """Start an episode (its initial state drawn from ``seed`` when given) and return the observation."""
+
+    def reset_to(self, state: dict) -> dict:
+        """Restore ``{"model": <model XML or None>, "states": <flat simulator state>}`` and return the observation."""
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, dict]:
+        """``(observation, reward, done, info)``."""
+
+    def is_success(self) -> dict:
+        """``{"task": bool, ...}`` for the current state."""
+
+    def get_state(self) -> dict:
+        """``{"model": str | None, "states": np.ndarray}`` (what :meth:`reset_to` takes)."""
+
+    def render(self, height: int = 256, width: int = 256, camera_name: str | None = None) -> np.ndarray:
+        """An RGB image ``[height, width, 3]`` uint8, upright."""
+
+    def serialize(self) -> dict:
+        """The env metadata (robomimic ``env_args``) that rebuilds this environment."""
+
+    def close(self) -> None: ...
+
+
+def check_env_meta(env_meta) -> dict:
+    """A copy of ``env_meta`` with its required entries checked (clear errors naming what is wrong)."""
+    if not isinstance(env_meta, dict) or not env_meta:
+        raise EnvError("the dataset has no env metadata (data.attrs['env_args'] is missing or empty), so there is "
+                       "no environment to roll out in")
+    for k in ("env_name", "type"):
+        if k not in env_meta:
+            raise EnvError(f"env metadata has no {k!r} entry: {env_meta!r}")
+    meta = copy.deepcopy(env_meta)
+    meta.setdefault("env_kwargs", {})
+    if not isinstance(meta["env_kwargs"], dict):
+        raise EnvError(f"env metadata 'env_kwargs' must be a dict, got {type(meta['env_kwargs']).__name__}")
+    return meta
+
+
+def env_from_metadata(env_meta: dict, render: bool = False, use_image_obs: bool = False, env_name: str | None = None,
+                      **kwargs) -> Env:
+    """Build the environment a dataset (or checkpoint) describes.
+
+    ``render``: offscreen rendering for :meth:`Env.render` (videos); ``use_image_obs``: camera observations;
+    ``env_name`` replaces the dataset's environment name (e.g. evaluate a Lift policy in another task variant);
+    other ``kwargs`` update ``env_kwargs``.
+    """
+    meta = check_env_meta(env_meta)
+    if env_name is not None:
+        meta["env_name"] = env_name
+    meta["env_kwargs"].update(kwargs)
+    t = meta["type"]
+    if t == ROBOSUITE_TYPE:
+        from modmimic.envs.robosuite_env import RobosuiteEnv
+
+        return RobosuiteEnv(meta, render=render, use_image_obs=use_image_obs)
+    if t == GYM_TYPE:
+        from modmimic.envs.point_reach import BUILTIN_ENVS
+
+        if meta["env_name"] in BUILTIN_ENVS:
+            return BUILTIN_ENVS[meta["env_name"]](meta)
+        from modmimic.envs.gymnasium_env import GymnasiumEnv
+
+        return GymnasiumEnv(meta, render=render)
+    if t == IG_MOMART_TYPE:
+        raise EnvError(f"env type 3 ({TYPE_NAMES[3]}, env {meta['env_name']!r}) is not supported by modmimic")
+    raise EnvError(f"unknown env type {t!r} for env {meta['env_name']!r} in the env metadata: expected "
+                   + ", ".join(f"{k} ({v})" for k, v in TYPE_NAMES.items() if k != IG_MOMART_TYPE))

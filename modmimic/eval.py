@@ -1,0 +1,235 @@
+"""``python -m modmimic.eval checkpoint=<path> [episodes=50] [num_envs=K] [key=value ...]`` — roll a trained policy
+out in the environment its dataset came from (robomimic ``run_trained_agent.py``).
+
+Works with any recipe: the policy is rebuilt by ``policy_from_checkpoint`` and the environment from the checkpoint's
+env metadata. Prints the success rate with a 95 % (Wilson) confidence interval, the mean return and episode length,
+and episodes per second. ``num_envs=K`` plays K episodes at a time in K worker processes with one batched policy
+call per step; episode ``i`` always starts from ``seed + i``, so the results do not depend on K.
+``video=<out.mp4>`` writes an MP4 (offscreen EGL rendering), ``write_dataset=<out.hdf5>`` the rollouts as a
+robomimic dataset (actions, rewards, dones, states, model_file, obs, next_obs), ``json=<out.json>`` the summary and
+every episode.
+
+Exit status: 0 done, 2 bad input (arguments, checkpoint, an environment or observations that do not fit the
+policy), 1 failure while running (e.g. a crashed simulator), 130 interrupted. ``MODMIMIC_DEBUG=1`` prints
+tracebacks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+PROG = "modmimic.eval"
+EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+DEFAULT_SEED = 100_000  # episode i starts from seed + i; demo generation uses 0, 1, ..., training rollouts 200000+
+
+# argument -> (type, default, help)
+ARGS = {
+    "checkpoint": (str, None, "the checkpoint (.pth) to evaluate (required)"),
+    "episodes": (int, 50, "number of episodes"),
+    "num_envs": (int, 1, "environments played at once, each in its own worker process when > 1"),
+    "horizon": (int, None, "maximum steps per episode (default: the checkpoint's experiment.rollout.horizon)"),
+    "seed": (int, DEFAULT_SEED, "episode i starts from seed + i; also seeds the policy's sampling"),
+    "terminate_on_success": (bool, True, "end an episode at its first success"),
+    "env": (str, None, "evaluate in this environment instead of the dataset's (same simulator)"),
+    "device": (str, "cpu", "where the policy runs (cpu, cuda)"),
+    "video": (str, None, "write an MP4 of the episodes here"),
+    "video_skip": (int, 5, "render every n-th step"),
+    "video_size": (int, 512, "video frame height and width in pixels"),
+    "video_episodes": (int, None, "render only the first n episodes (default all)"),
+    "camera": (str, None, "camera to render (robosuite default agentview)"),
+    "write_dataset": (str, None, "write the rollouts to this robomimic HDF5 file"),
+    "json": (str, None, "write the summary and every episode as JSON here"),
+    "timeout": (float, 120.0, "seconds an environment worker may take to answer before it counts as hung"),
+    "quiet": (bool, False, "print only the summary"),
+}
+
+
+class ArgumentError(ValueError):
+    pass
+
+
+def usage() -> str:
+    width = max(len(k) for k in ARGS)
+    lines = "\n".join(f"  {k.ljust(width)}  {h}" + (f" (default {d})" if d is not None else "")
+                      for k, (_, d, h) in ARGS.items())
+    return (f"usage: python -m {PROG} checkpoint=<path.pth> [key=value ...]\n\n"
+            "Roll a trained modmimic policy out in its dataset's environment and report the success rate (95 % "
+            "confidence interval), return and episode length.\n\n"
+            f"arguments:\n{lines}\n\n"
+            "Exit status: 0 done, 1 failure while running, 2 bad input, 130 interrupted. MODMIMIC_DEBUG=1 prints "
+            "tracebacks.")
+
+
+def _convert(key: str, text: str):
+    typ = ARGS[key][0]
+    if text.lower() in ("null", "none", "~"):
+        return None
+    if typ is bool:
+        if text.lower() in ("true", "1", "yes", "on"):
+            return True
+        if text.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ArgumentError(f"{key} must be true or false, got {text!r}")
+    try:
+        return typ(text)
+    except ValueError:
+        raise ArgumentError(f"{key} must be {typ.__name__}, got {text!r}") from None
+
+
+def parse_args(argv: list[str]) -> dict:
+    import difflib
+
+    out = {k: d for k, (_, d, _) in ARGS.items()}
+    for a in argv:
+        if "=" not in a:
+            if a.lstrip("-") in ARGS and ARGS[a.lstrip("-")][0] is bool:
+                out[a.lstrip("-")] = True
+                continue
+            raise ArgumentError(f"arguments are key=value, got {a!r} (python -m {PROG} --help lists them)")
+        key, value = a.split("=", 1)
+        key = key.lstrip("-").strip()
+        if key not in ARGS:
+            close = difflib.get_close_matches(key, list(ARGS), n=1)
+            raise ArgumentError(f"unknown argument {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                                + f"; known: {', '.join(ARGS)}")
+        out[key] = _convert(key, value)
+    if not out["checkpoint"]:
+        raise ArgumentError("checkpoint=<path.pth> is required")
+    for k in ("episodes", "num_envs", "video_skip", "video_size"):
+        if out[k] is None or out[k] < 1:
+            raise ArgumentError(f"{k} must be a positive integer, got {out[k]!r}")
+    if out["horizon"] is not None and out["horizon"] < 1:
+        raise ArgumentError(f"horizon must be a positive integer, got {out['horizon']!r}")
+    return out
+
+
+def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | None = None,
+             seed: int = DEFAULT_SEED, terminate_on_success: bool = True, env: str | None = None,
+             device: str = "cpu", video: str | None = None, video_skip: int = 5, video_size: int = 512,
+             video_episodes: int | None = None, camera: str | None = None, write_dataset: str | None = None,
+             timeout: float = 120.0, on_episode=None, json_path: str | None = None) -> dict:
+    """Evaluate a checkpoint (path or loaded dict). Returns the summary (:func:`modmimic.rollout.summarize` plus
+    ``Episodes_per_Second``, ``Wall_Seconds``, ``env_name``, ``horizon``) with ``episodes``: one dict per episode."""
+    import torch
+
+    from modmimic.envs import EnvError
+    from modmimic.policy import policy_from_checkpoint
+    from modmimic.rollout import rollout, summarize, write_episodes
+
+    policy, ckpt = policy_from_checkpoint(device=device, ckpt_path=None if isinstance(checkpoint, dict) else checkpoint,
+                                          ckpt_dict=checkpoint if isinstance(checkpoint, dict) else None)
+    env_meta = ckpt.get("env_metadata") or {}
+    if not env_meta:
+        raise EnvError("the checkpoint has no env metadata (its training dataset had no data.attrs['env_args']), so "
+                       "there is no environment to evaluate it in")
+    if horizon is None:
+        horizon = int(((ckpt.get("config") or {}).get("experiment") or {}).get("rollout", {}).get("horizon") or 400)
+    t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # batches of a few observations: one thread is fastest; the simulators use the rest
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            eps = rollout(policy, env_meta, episodes, horizon, seed=seed, num_envs=num_envs,
+                          terminate_on_success=terminate_on_success, record=write_dataset is not None,
+                          video_path=video, video_skip=video_skip, video_size=(video_size, video_size),
+                          camera_name=camera, video_episodes=video_episodes, on_episode=on_episode, timeout=timeout,
+                          env_name=env)
+    finally:
+        torch.set_num_threads(threads)
+    wall = time.perf_counter() - t0
+    out = summarize(eps)
+    out.update(Wall_Seconds=wall, Episodes_per_Second=len(eps) / wall, env_name=env or env_meta.get("env_name"),
+               horizon=horizon, num_envs=num_envs, seed=seed)
+    if write_dataset is not None:
+        meta = dict(env_meta)
+        if env is not None:
+            meta["env_name"] = env
+        write_episodes(write_dataset, eps, meta)
+        out["dataset"] = os.path.abspath(write_dataset)
+    if video is not None:
+        out["video"] = os.path.abspath(video)
+    out["episodes"] = [{"index": e.index, "seed": e.seed, "success": e.success, "return": e.ret, "length": e.length}
+                       for e in eps]
+    if json_path is not None:
+        from modmimic.io import atomic_write_text
+
+        atomic_write_text(json_path, json.dumps(out, indent=1))
+    return out
+
+
+def format_summary(s: dict) -> str:
+    lo, hi = s["Success_Rate_CI95_Low"], s["Success_Rate_CI95_High"]
+    lines = [f"success rate {s['Success_Rate']:.3f} ({s['Num_Success']}/{s['Num_Episodes']}), "
+             f"95% CI [{lo:.3f}, {hi:.3f}] (Wilson)",
+             f"return {s['Return']:.3f} +- {s['Return_Std']:.3f}   episode length {s['Horizon']:.1f} steps",
+             f"{s['Episodes_per_Second']:.2f} episodes/s ({s['Wall_Seconds']:.1f} s, {s['num_envs']} env"
+             f"{'s' if s['num_envs'] > 1 else ''})"]
+    if s.get("video"):
+        lines.append(f"video: {s['video']}")
+    if s.get("dataset"):
+        lines.append(f"rollout dataset: {s['dataset']}")
+    return "\n".join(lines)
+
+
+def report(e: BaseException) -> int:
+    from modmimic.config import ConfigError
+    from modmimic.data.hdf5 import DatasetError
+    from modmimic.envs import EnvError
+    from modmimic.policy import CheckpointError
+    from modmimic.rollout import RolloutError
+
+    if os.environ.get("MODMIMIC_DEBUG", "0") not in ("0", ""):
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    if isinstance(e, KeyboardInterrupt):
+        msg, code = "interrupted.", EXIT_INTERRUPTED
+    elif isinstance(e, ArgumentError):
+        msg, code = f"{e} (python -m {PROG} --help lists the arguments)", EXIT_BAD_INPUT
+    elif isinstance(e, CheckpointError):
+        msg, code = f"checkpoint error: {e}", EXIT_BAD_INPUT
+    elif isinstance(e, RolloutError):
+        msg, code = f"the policy does not fit the environment: {e}", EXIT_BAD_INPUT
+    elif isinstance(e, EnvError):
+        msg, code = f"environment error: {e}", EXIT_BAD_INPUT
+    elif isinstance(e, (ConfigError, DatasetError)):
+        msg, code = f"bad input: {e}", EXIT_BAD_INPUT
+    else:
+        tb = traceback.extract_tb(e.__traceback__)
+        at = f" (raised at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno} in {tb[-1].name})" if tb else ""
+        msg, code = f"evaluation failed with {type(e).__name__}: {e}{at}", EXIT_FAILURE
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(usage())
+        return 0
+    try:
+        a = parse_args(argv)
+        quiet = a.pop("quiet")
+
+        def on_episode(e):
+            if not quiet:
+                print(f"  episode {e.index:4d} (seed {e.seed}): {'success' if e.success else 'failure'}  "
+                      f"length {e.length:4d}  return {e.ret:.3f}", flush=True)
+
+        if not quiet:
+            print(f"{PROG}: {a['checkpoint']}: {a['episodes']} episodes, {a['num_envs']} env"
+                  f"{'s' if a['num_envs'] > 1 else ''}, seeds {a['seed']}..{a['seed'] + a['episodes'] - 1}",
+                  flush=True)
+        s = evaluate(a.pop("checkpoint"), json_path=a.pop("json"), on_episode=on_episode, **a)
+        print(f"{s['env_name']}, horizon {s['horizon']}:\n{format_summary(s)}", flush=True)
+        return 0
+    except BaseException as e:  # noqa: BLE001 - every failure becomes a message and an exit status
+        if isinstance(e, SystemExit):
+            raise
+        return report(e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
