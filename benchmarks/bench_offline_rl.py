@@ -2,7 +2,8 @@
 process, with robomimic's default networks and batch sizes.
 
 Prints one JSON line per measurement: ``workload``, ``steps_per_s``, ``ms_per_step``, ``ratio_vs_torch`` (bare
-eager step time / this step time: 1.0 = no framework tax, > 1 = faster than bare eager), ``threads``.
+eager step time / this step time, median over interleaved rounds: 1.0 = no framework tax, > 1 = faster than bare
+eager), ``threads``.
 
 * modmimic step = ``sampler.sample()`` + ``algo.process_batch_for_training`` (n-step transition) +
   ``algo.train_on_batch`` + ``log_info`` (what the training loop does).
@@ -14,7 +15,7 @@ eager step time / this step time: 1.0 = no framework tax, > 1 = faster than bare
 
 Workloads (robomimic defaults): IQL (300,400) nets, batch 100; TD3-BC (256,256), batch 256 (actor every 2nd step);
 CQL (300,400), batch 1024, 10 random + 10 + 10 policy candidates. Steps run interleaved (A B A B ...) over
-``--repeats`` rounds of ``--steps`` steps; the median round time is reported. Data: a synthetic robomimic-format file
+``--repeats`` rounds of ``--steps`` steps; the median round time and the median per-round ratio are reported. Data: a synthetic robomimic-format file
 with Lift-like low-dim keys (19 obs dims, 7-D actions), random rewards and dones.
 
 Usage: ``python benchmarks/bench_offline_rl.py [--threads 1] [--repeats 7] [--steps 20] [--only iql,td3_bc,cql]
@@ -27,10 +28,8 @@ import copy
 import json
 import math
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, Normal
 
+from common import compare
 from modmimic import keys as K
 from modmimic.algo import algo_factory
 from modmimic.components.nets.heads import TanhWrapped
@@ -263,29 +263,6 @@ def modmimic_setup(store, recipe, batch_size, overrides=(), seed=0):
     return step
 
 
-def timed(step, n):
-    t = time.perf_counter()
-    for _ in range(n):
-        step()
-    return (time.perf_counter() - t) / n
-
-
-def compare(name, variants, steps, repeats, threads):
-    """``variants``: [(workload, step fn)], the bare eager one last; interleaved rounds, median per variant."""
-    for _, s in variants:
-        for _ in range(3):
-            s()
-    times = {w: [] for w, _ in variants}
-    for _ in range(repeats):
-        for w, s in variants:
-            times[w].append(timed(s, steps))
-    bare = statistics.median(times[variants[-1][0]])
-    for w, _ in variants:
-        t = statistics.median(times[w])
-        print(json.dumps({"workload": f"{w}/{name}", "steps_per_s": round(1 / t, 2), "ms_per_step": round(t * 1e3, 3),
-                          "ratio_vs_torch": round(bare / t, 4), "threads": threads}), flush=True)
-
-
 WORKLOADS = {
     "iql": ("iql_300x400_b100", 100, bare_iql, []),
     "td3_bc": ("td3_bc_256x256_b256", 256, bare_td3_bc, []),
@@ -296,7 +273,7 @@ WORKLOADS = {
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--only", default="iql,td3_bc,cql")
     p.add_argument("--compile", action="store_true", help="also measure train.compile=true")

@@ -20,13 +20,13 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import compare, timed
 from modmimic import keys as K
 from modmimic.algo import algo_factory
 from modmimic.config import compose
@@ -115,31 +115,10 @@ def modmimic_setup(store, recipe, overrides, batch_size, seed=0):
     return step, algo
 
 
-def timed(step, n):
-    t = time.perf_counter()
-    for _ in range(n):
-        step()
-    return (time.perf_counter() - t) / n
-
-
-def compare(name, mm_step, bare_step, steps, repeats, threads):
-    for s in (mm_step, bare_step):  # warm-up
-        for _ in range(3):
-            s()
-    mm, bare = [], []
-    for _ in range(repeats):
-        mm.append(timed(mm_step, steps))
-        bare.append(timed(bare_step, steps))
-    m, b = statistics.median(mm), statistics.median(bare)
-    for workload, t, ratio in ((f"modmimic/{name}", m, b / m), (f"torch/{name}", b, 1.0)):
-        print(json.dumps({"workload": workload, "steps_per_s": round(1 / t, 2), "ms_per_step": round(t * 1e3, 3),
-                          "ratio_vs_torch": round(ratio, 4), "threads": threads}), flush=True)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--only", default="sampler,bc,bc_rnn")
     args = p.parse_args(argv)
@@ -161,12 +140,12 @@ def main(argv=None):
             torch.manual_seed(0)
             mm, _ = modmimic_setup(store, "bc", [], 100)
             bare = bare_setup(store, 1, BareBC(sum(OBS.values())), 100)
-            compare("bc_mlp1024x2_b100", mm, bare, args.steps, args.repeats, args.threads)
+            compare("bc_mlp1024x2_b100", [("modmimic", mm), ("torch", bare)], args.steps, args.repeats, args.threads)
         if "bc_rnn" in only:
             torch.manual_seed(0)
             mm, _ = modmimic_setup(store, "bc_rnn", ["algo.actor_layer_dims=[]"], 100)
             bare = bare_setup(store, 10, BareRNN(sum(OBS.values())), 100)
-            compare("bc_rnn_lstm400x2_seq10_b100", mm, bare, max(5, args.steps // 5), args.repeats, args.threads)
+            compare("bc_rnn_lstm400x2_seq10_b100", [("modmimic", mm), ("torch", bare)], max(5, args.steps // 5), args.repeats, args.threads)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,38 @@
+"""Timing shared by the benchmarks: interleaved rounds and per-round ratios against a bare-PyTorch step."""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+
+def timed(step, n: int) -> float:
+    """Seconds per call of ``step`` over ``n`` calls."""
+    t = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - t) / n
+
+
+def compare(name: str, variants: list, steps: int, repeats: int, threads: int) -> list[dict]:
+    """``variants``: ``[(workload, step fn), ...]`` with the bare eager PyTorch step last. Rounds interleave the
+    variants (A B C A B C ...); a round's ratio is bare time / variant time in that round, and the reported ratio
+    is the median over rounds (pairing neighbouring measurements cancels most of the drift of a shared machine's
+    load; 1.0 = no framework tax, > 1 = faster than bare eager). Prints and returns one record per variant."""
+    for _, s in variants:  # warm-up
+        for _ in range(3):
+            s()
+    times = {w: [] for w, _ in variants}
+    for _ in range(repeats):
+        for w, s in variants:
+            times[w].append(timed(s, steps))
+    bare = times[variants[-1][0]]
+    out = []
+    for w, _ in variants:
+        t = statistics.median(times[w])
+        ratio = statistics.median(b / v for b, v in zip(bare, times[w]))
+        rec = {"workload": f"{w}/{name}", "steps_per_s": round(1 / t, 2), "ms_per_step": round(t * 1e3, 3),
+               "ratio_vs_torch": round(ratio, 4), "rounds": repeats, "threads": threads}
+        print(json.dumps(rec), flush=True)
+        out.append(rec)
+    return out
