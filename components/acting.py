@@ -177,11 +177,16 @@ class ValuePlanner:
     def __init__(self, nets, planner="planner", value="value", num_samples: int = 100):
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        self.nets, self.planner, self.value, self.num_samples = nets, planner, value, int(num_samples)
+        self.nets, self.num_samples = nets, int(num_samples)
+        self.planner, self.value = _component(nets, planner, "planner"), _component(nets, value, "value")
         self.last_values = None  # [B, n] scores of the last call (for inspection)
 
     def sample_subgoals(self, td: TensorDict, n: int | None = None) -> TensorDict:
         return _net_or_object(self.nets, self.planner).sample_subgoals(td, n or self.num_samples)
+
+    @property
+    def actor_goal_shapes(self) -> dict:
+        return _net_or_object(self.nets, self.planner).actor_goal_shapes
 
     def get_subgoal_predictions(self, td: TensorDict) -> TensorDict:
         B, n = td.batch_size[0], self.num_samples
@@ -201,6 +206,22 @@ class ValuePlanner:
 
     def state_dict(self) -> dict:
         return {}
+
+
+class BestActionValue:
+    """robomimic BCQ ``get_state_value``, IRIS's subgoal score: ``V(s) = max_j Q_1(s, a_j)`` over ``num_samples``
+    actions from the behaviour model (perturbed by ``actor`` when given). ``__call__(td) -> [B, 1]``."""
+
+    def __init__(self, nets, sampler: str = "action_sampler", critic: str = "critic", actor: str | None = None,
+                 num_samples: int = 100):
+        self.nets, self.sampler, self.critic, self.actor = nets, sampler, critic, actor
+        self.num_samples = int(num_samples)
+
+    def __call__(self, td: TensorDict) -> torch.Tensor:
+        from modmimic.components.losses.bcq import best_of
+
+        actor = self.nets[self.actor] if self.actor is not None and self.actor in self.nets else None
+        return best_of(self.nets[self.sampler], self.nets[self.critic], td, self.num_samples, actor)[1]
 
 
 class Hierarchical:

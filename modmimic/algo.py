@@ -104,6 +104,33 @@ def td3_bc_recipe_from_flags(algo_config) -> str:
     return "td3_bc"
 
 
+@register_algo_factory_func("gl")
+def gl_recipe_from_flags(algo_config) -> str:
+    """robomimic's GL dispatch: the VAE planner when ``algo.vae.enabled`` (its default), else the deterministic one."""
+    return "gl_vae" if algo_config.vae.enabled else "gl"
+
+
+@register_algo_factory_func("hbc")
+def hbc_recipe_from_flags(algo_config) -> str:
+    """HBC: the planner's flavour (GL / GL-VAE) is chosen by ``algo.planner.vae.enabled`` inside the recipe."""
+    if algo_config.mode not in ("separate", "cascade"):
+        raise ConfigError(f"algo.mode must be 'separate' or 'cascade' (robomimic asserts this too), got "
+                          f"{algo_config.mode!r}")
+    if algo_config.latent_subgoal.enabled and not algo_config.planner.vae.enabled:
+        raise ConfigError("algo.latent_subgoal.enabled needs a GL-VAE planner (algo.planner.vae.enabled=true)")
+    return "hbc"
+
+
+@register_algo_factory_func("iris")
+def iris_recipe_from_flags(algo_config) -> str:
+    if algo_config.mode not in ("separate", "cascade"):
+        raise ConfigError(f"algo.mode must be 'separate' or 'cascade', got {algo_config.mode!r}")
+    if not algo_config.value_planner.planner.vae.enabled:
+        raise ConfigError("IRIS samples subgoals from a GL-VAE planner: algo.value_planner.planner.vae.enabled "
+                          "must be true")
+    return "iris"
+
+
 def resolve(path: str):
     """Import ``package.module.attr``."""
     mod, _, attr = str(path).rpartition(".")
@@ -267,7 +294,8 @@ def normalize_obs(td: TensorDict, stats: dict, groups=((K.OBS,), (K.NEXT, K.OBS)
 class Algo:
     """A recipe built into networks, optimizers, losses and updates, with robomimic's ``Algo`` methods."""
 
-    def __init__(self, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu"):
+    def __init__(self, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu",
+                 goal_shapes: dict | None = None):
         self.config = self.global_config = config
         self.algo_config, self.obs_config = config.algo, config.observation
         self.algo_name, self.recipe_name = config.algo_name, config.recipe_name
@@ -275,7 +303,9 @@ class Algo:
         self.ac_dim = int(ac_dim)
         self.obs_key_shapes = {k: tuple(v) for k, v in obs_key_shapes.items()}
         self.obs_shapes = self._shapes("obs")
-        self.goal_shapes = self._shapes("goal")
+        # goal_shapes: set by a hierarchical parent that feeds this component's goal (HBC rewires the actor's goal
+        # to the planner's subgoals, robomimic does it at construction)
+        self.goal_shapes = self._shapes("goal") if goal_shapes is None else dict(goal_shapes)
         self.subgoal_shapes = self._shapes("subgoal") if "subgoal" in config.observation.modalities else {}
         self.nets = nn.ModuleDict()
         self.target_specs = {}
@@ -321,6 +351,8 @@ class Algo:
                 continue
             builder = resolve(spec.pop("_target_"))
             kwargs = dict(obs_shapes=self.obs_shapes, ac_dim=self.ac_dim, goal_shapes=self.goal_shapes, **spec)
+            if "subgoal_shapes" in inspect.signature(builder).parameters:
+                kwargs.setdefault("subgoal_shapes", self.subgoal_shapes or None)
             check_kwargs(builder, kwargs, f"nets.{name}")
             try:
                 self.nets[name] = builder(**kwargs)
@@ -512,10 +544,13 @@ class Algo:
             if sch is not None and not self.step_every_batch[k]:
                 sch.step()
 
+    def learning_rates(self, prefix: str = "") -> dict:
+        """``{"Optimizer/<prefix><net>0_lr": lr}`` (robomimic's names; a component's prefix is ``Actor/`` etc.)."""
+        return {f"Optimizer/{prefix}{k}0_lr": opt.param_groups[0]["lr"] for k, opt in self.optimizers.items()}
+
     def log_info(self, info: dict) -> dict:
         out = {k: (v.item() if torch.is_tensor(v) else float(v)) for k, v in info.items()}
-        for k, opt in self.optimizers.items():
-            out[f"Optimizer/{k}0_lr"] = opt.param_groups[0]["lr"]
+        out.update(self.learning_rates())
         return out
 
     def set_train(self) -> None:
@@ -574,10 +609,290 @@ class Algo:
         return f"Algo(recipe={self.recipe_name!r}, algo_name={self.algo_name!r})\n{self.nets}"
 
 
+class NetPaths:
+    """The networks of a hierarchical algorithm by path: ``nets["actor.policy"]`` is the ``policy`` network of the
+    ``actor`` component (nested components: ``"value_planner.value.critic"``). Read-only."""
+
+    def __init__(self, nets: nn.ModuleDict):
+        self.nets = nets
+
+    def __getitem__(self, path: str) -> nn.Module:
+        try:
+            return self.nets.get_submodule(str(path))
+        except AttributeError:
+            raise KeyError(path) from None
+
+    def __contains__(self, path) -> bool:
+        try:
+            self[path]
+            return True
+        except KeyError:
+            return False
+
+    def __iter__(self):
+        return iter(self.nets)
+
+    def __repr__(self) -> str:
+        return f"NetPaths({list(self.nets)})"
+
+
+class HierarchicalAlgo(Algo):
+    """A recipe of sub-recipes (robomimic ``HierarchicalAlgo``: HBC, IRIS, and IRIS's ValuePlanner).
+
+    Each ``components.<name>`` is built as its own algorithm from :func:`~modmimic.config.component_config` (its
+    ``algo.<name>``/``observation.<name>`` sections; the variant chosen by its algo's flags, as robomimic's
+    sub-factories do), with its networks, optimizers, schedulers, batch and updates. ``nets`` holds them as
+    ``nets[<name>]``; recipes name a component's network by path (``actor.policy``).
+
+    * ``process_batch_for_training``: one batch per component from the same windows, ``batch[<name>]``.
+    * ``train_on_batch``: the recipe's ``updates`` list which component trains, in order; an entry's ``prepare``
+      (no grad, over every network by path) writes into the whole batch right before that component trains
+      (HBC cascade: the actor's subgoals from the planner just updated). Logs are prefixed with each component's
+      ``log_prefix`` (``Planner/...``, ``Actor/...``); ``Loss`` is the sum of the components'.
+    * ``goal_shapes_from: <net path>``: the component's goal shapes are that network's ``actor_goal_shapes`` (the
+      HBC actor reads the planner's subgoal keys, or its latent).
+    * checkpoints: ``nets`` is one state dict; optimizers, schedulers and step counters are nested by component.
+    """
+
+    def __init__(self, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu",
+                 goal_shapes: dict | None = None):
+        from modmimic.config import component_config
+
+        self.config = self.global_config = config
+        self.algo_config, self.obs_config = config.algo, config.observation
+        self.algo_name, self.recipe_name = config.algo_name, config.recipe_name
+        self.device = torch.device(device)
+        self.ac_dim = int(ac_dim)
+        self.obs_key_shapes = {k: tuple(v) for k, v in obs_key_shapes.items()}
+        self.nets = nn.ModuleDict()
+        self.paths = NetPaths(self.nets)
+        self.components, self.log_prefixes = OrderedDict(), {}
+        fed = set()
+        for name, spec in config.components.items():
+            if spec is None:
+                continue
+            sub_cfg = _with_component_variant(config, name, component_config(config, name))
+            gs = None
+            if spec.get("goal_shapes_from"):
+                src = str(spec.goal_shapes_from)
+                if src not in self.paths:
+                    raise ConfigError(f"components.{name}.goal_shapes_from: no network {src!r} among the components "
+                                      f"built before {name!r} ({list(self.components)})")
+                gs = dict(self.paths[src].actor_goal_shapes)
+                fed.add(name)
+            shapes = {**self.obs_key_shapes, **(gs or {})}
+            cls = HierarchicalAlgo if sub_cfg.get("components") else Algo
+            try:
+                sub = cls(sub_cfg, shapes, ac_dim, device, goal_shapes=gs)
+            except ConfigError as e:
+                raise ConfigError(f"component {name!r} ({sub_cfg.recipe_name}): {e}") from None
+            self.components[name] = sub
+            self.nets[name] = sub.nets
+            self.log_prefixes[name] = str(spec.get("log_prefix") or name)
+        self.obs_shapes, self.goal_shapes, self.subgoal_shapes = {}, {}, {}
+        for name, sub in self.components.items():
+            self.obs_shapes.update(sub.obs_shapes)
+            self.subgoal_shapes.update(sub.subgoal_shapes)
+            if name not in fed:  # an environment goal (not a subgoal a planner feeds)
+                self.goal_shapes.update(sub.goal_shapes)
+        self.target_specs, self.disabled = {}, set()
+        self.optimizers = {}
+        self.steps = []
+        for i, u in enumerate(config.updates):
+            u = to_plain(u)
+            name = u.pop("component")
+            prepare = [self._bind_loss(f"updates[{i}].prepare[{j}]", p) for j, p in enumerate(u.pop("prepare", None)
+                                                                                                 or [])]
+            if u:
+                raise ConfigError(f"updates[{i}] (component {name!r}): unknown keys {sorted(u)}; a hierarchical "
+                                  "recipe's update names a component and an optional prepare list")
+            self.steps.append((name, prepare))
+        self.prepare = []
+        act = to_plain(config.act)
+        act_cls = resolve(act.pop("fn"))
+        check_kwargs(act_cls, {"nets": None, **act}, "act")
+        self.act_path = act_cls(self.paths, **act)
+        self._step = 0
+        self.check_finite = True
+        self._writes_batch = any(p for _, p in self.steps)
+        self._fresh_batch = None
+
+    def _bind_loss(self, name, spec) -> Loss:
+        spec = to_plain(spec)
+        fn = resolve(spec.pop("fn"))
+        nets = {a: n for a, n in (spec.pop("nets", None) or {}).items() if n is not None}
+        spec.pop("out", None)
+        for arg, net in nets.items():
+            if net not in self.paths:
+                raise ConfigError(f"{name}: network {net!r} does not exist (components: {list(self.components)}; "
+                                  "name a component's network by path, e.g. planner.goal_network)")
+        check_kwargs(fn, {**{a: None for a in nets}, **spec}, name)
+        params = inspect.signature(fn).parameters
+        return Loss(name, fn, nets, spec, "epoch" in params, "step" in params)
+
+    def _run_prepare(self, prepare, batch, epoch, step) -> None:
+        with torch.no_grad():
+            for p in prepare:
+                for k, v in p(batch, self.paths, epoch, step).items():
+                    batch.set(_as_tuple_key(k), v)
+
+    # --- robomimic Algo API ----------------------------------------------------------------------------------
+    def process_batch_for_training(self, batch):
+        """One training batch per component from the same windows: ``{<name>: component batch}``."""
+        if not isinstance(batch, TensorDict):
+            batch = batch_from_robomimic(batch)
+        if batch.device != self.device:
+            batch = batch.to(self.device)
+        parts = {name: sub.process_batch_for_training(batch) for name, sub in self.components.items()}
+        out = TensorDict(parts, batch_size=batch.batch_size[:1], device=self.device)
+        for name, sub in self.components.items():  # the parts stay the components' own fresh batches
+            sub._fresh_batch = id(out.get(name)) if sub._fresh_batch is not None else None
+        self._fresh_batch = id(out)
+        return out
+
+    def train_on_batch(self, batch, epoch: int, validate: bool = False) -> dict:
+        info, total = {}, None
+        with torch.set_grad_enabled(not validate):
+            if self._writes_batch and id(batch) != self._fresh_batch:
+                batch = batch.clone(False)
+            self._fresh_batch = None
+            for name, prepare in self.steps:
+                if prepare:
+                    self._run_prepare(prepare, batch, epoch, self._step)
+                out = self.components[name].train_on_batch(batch.get(name), epoch, validate=validate)
+                prefix = self.log_prefixes[name]
+                for k, v in out.items():
+                    info[f"{prefix}/{k}"] = v
+                if "Loss" in out:
+                    total = out["Loss"] if total is None else total + out["Loss"]
+        if total is not None:
+            info["Loss"] = total
+        if not validate:
+            self._step += 1
+        return info
+
+    def compile(self) -> None:
+        for sub in self.components.values():
+            sub.compile()
+
+    def on_gradient_step(self) -> None:
+        pass  # each component steps its own per-batch schedulers in its train_on_batch
+
+    def on_epoch_end(self, epoch: int) -> None:
+        for sub in self.components.values():
+            sub.on_epoch_end(epoch)
+
+    def learning_rates(self, prefix: str = "") -> dict:
+        out = {}
+        for name, sub in self.components.items():
+            out.update(sub.learning_rates(f"{prefix}{self.log_prefixes[name]}/"))
+        return out
+
+    def set_train(self) -> None:
+        for sub in self.components.values():
+            sub.set_train()
+
+    def set_eval(self) -> None:
+        for sub in self.components.values():
+            sub.set_eval()
+
+    @property
+    def check_finite(self) -> bool:
+        return self._check_finite
+
+    @check_finite.setter
+    def check_finite(self, value: bool) -> None:
+        self._check_finite = bool(value)
+        for sub in self.components.values():
+            sub.check_finite = bool(value)
+
+    def serialize(self) -> dict:
+        """``nets``: one state dict (``<component>.<net>.*``); optimizers, schedulers and steps by component."""
+        parts = {name: sub.serialize() for name, sub in self.components.items()}
+        return {"nets": self.nets.state_dict(),
+                "optimizers": {n: p["optimizers"] for n, p in parts.items()},
+                "lr_schedulers": {n: p["lr_schedulers"] for n, p in parts.items()},
+                "step": {"self": self._step, **{n: p["step"] for n, p in parts.items()}}}
+
+    def deserialize(self, model_dict: dict, load_optimizers: bool = False) -> None:
+        if "nets" not in model_dict:
+            model_dict = {"nets": model_dict}
+        nets = model_dict["nets"]
+        try:
+            self.nets.load_state_dict(nets)
+        except RuntimeError as e:
+            raise ConfigError(f"checkpoint weights do not fit recipe {self.recipe_name!r}: {e}") from None
+        for name, sub in self.components.items():
+            part = {"nets": {k[len(name) + 1:]: v for k, v in nets.items() if k.startswith(name + ".")}}
+            if load_optimizers:
+                part.update(optimizers=model_dict["optimizers"][name], lr_schedulers=model_dict["lr_schedulers"][name],
+                            step=model_dict["step"][name])
+            sub.deserialize(part, load_optimizers=load_optimizers)
+        if load_optimizers:
+            self._step = int(model_dict["step"]["self"])
+
+    # --- robomimic HierarchicalAlgo / PlannerAlgo -------------------------------------------------------------
+    @torch.no_grad()
+    def get_subgoal_predictions(self, obs_dict, goal_dict=None) -> TensorDict:
+        """The planner's subgoal for a batch of observations: ``[B]`` TensorDict of ``("subgoal", k)``."""
+        planner = getattr(self.act_path, "planner", None)
+        if planner is None:
+            raise RuntimeError(f"recipe {self.recipe_name!r} has no planner in its acting path")
+        planner = self.paths[planner] if isinstance(planner, str) else planner
+        return planner.get_subgoal_predictions(self._obs_td(obs_dict, goal_dict))
+
+    @property
+    def current_subgoal(self):
+        """The subgoal each environment follows now (``[B]`` TensorDict), or None before the first action."""
+        return getattr(self.act_path, "current_subgoal", None)
+
+    def __repr__(self) -> str:
+        parts = "\n".join(f"  {n} ({s.recipe_name}): {s!r}".replace("\n", "\n  ") for n, s in self.components.items())
+        return f"HierarchicalAlgo(recipe={self.recipe_name!r}, algo_name={self.algo_name!r})\n{parts}"
+
+
+def _component_overrides(config: DictConfig, name: str) -> dict:
+    """The structure a hierarchical recipe file sets on component ``name`` (beyond naming its sub-recipe), resolved
+    in ``config``: what a component keeps when its flags select another variant of its sub-recipe."""
+    from modmimic.config import STRUCTURE_SECTIONS, recipes_dir
+
+    path = recipes_dir() / f"{config.recipe_name}.yaml"
+    if not path.exists():
+        return {}
+    spec = (OmegaConf.load(path).get("components") or {}).get(name) or {}
+    own = {k: v for k, v in spec.items() if k in STRUCTURE_SECTIONS}
+    if not own:
+        return {}
+    probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+    OmegaConf.set_struct(probe, False)
+    probe["_component_overrides"] = own
+    return OmegaConf.to_container(probe["_component_overrides"], resolve=True)
+
+
+def _with_component_variant(config: DictConfig, name: str, sub_cfg: DictConfig) -> DictConfig:
+    """robomimic's sub-factories: a component's algo flags pick its variant (``algo.planner.vae.enabled=false`` ->
+    the ``gl`` planner); the variant's structure then gets the parent recipe's overrides for the component."""
+    from modmimic.config import validate, with_recipe_structure
+
+    factory = REGISTERED_ALGO_FACTORY_FUNCS.get(sub_cfg.algo_name)
+    if factory is None:
+        return sub_cfg
+    recipe = factory(sub_cfg.algo)
+    if recipe == sub_cfg.recipe_name:
+        return sub_cfg
+    out = with_recipe_structure(sub_cfg, recipe)
+    OmegaConf.set_struct(out, False)
+    out = OmegaConf.merge(out, _component_overrides(config, name))
+    validate(out, f"{name}.")
+    OmegaConf.set_struct(out, True)
+    return out
+
+
 def algo_factory(algo_name: str, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu") -> Algo:
     """robomimic's ``algo_factory``. The recipe is chosen by the algo name's factory function from the config's
     flags (e.g. ``bc`` with ``algo.rnn.enabled`` is ``bc_rnn``); if that differs from the recipe the config was
-    composed from, the chosen recipe's structure is used with the config's values."""
+    composed from, the chosen recipe's structure is used with the config's values. Hierarchical recipes (with
+    ``components``) build a :class:`HierarchicalAlgo`."""
     if algo_name != config.algo_name:
         raise ConfigError(f"algo_factory got algo name {algo_name!r} but the config is for {config.algo_name!r}")
     if algo_name in REGISTERED_ALGO_FACTORY_FUNCS:
@@ -586,4 +901,5 @@ def algo_factory(algo_name: str, config: DictConfig, obs_key_shapes: dict, ac_di
             from modmimic.config import with_recipe_structure
 
             config = with_recipe_structure(config, recipe)
-    return Algo(config, obs_key_shapes, ac_dim, device)
+    cls = HierarchicalAlgo if config.get("components") else Algo
+    return cls(config, obs_key_shapes, ac_dim, device)

@@ -8,13 +8,14 @@ typos the way robomimic's key-locked configs do.
 from __future__ import annotations
 
 import difflib
+import re
 import importlib.resources
 import os
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-STRUCTURE_SECTIONS = ("batch", "nets", "targets", "prepare", "losses", "updates", "act", "requires")
+STRUCTURE_SECTIONS = ("batch", "nets", "targets", "prepare", "losses", "updates", "act", "requires", "components")
 DATA_REQUIREMENTS = ("rewards", "next_obs")  # what a recipe may declare under ``requires``
 
 
@@ -40,6 +41,8 @@ def closest(name: str, options) -> str:
 
 
 def check_recipe_name(recipe: str) -> None:
+    if recipe in _BROKEN:
+        raise ConfigError(f"recipe {recipe!r} is broken: {_BROKEN[recipe]}")
     if recipe not in list_recipes():
         raise ConfigError(f"unknown recipe {recipe!r}{closest(recipe, list_recipes())}; "
                           f"available recipes: {', '.join(list_recipes())}")
@@ -62,8 +65,108 @@ def register_configs() -> None:
     base_with_defaults = OmegaConf.merge({"defaults": ["_self_", {"recipe": "bc"}]}, base)
     cs.store(name="modmimic_base", node=base_with_defaults)
     for name in list_recipes():
-        cs.store(group="recipe", name=name, node=OmegaConf.load(recipes_dir() / f"{name}.yaml"), package="_global_")
+        node = OmegaConf.load(recipes_dir() / f"{name}.yaml")
+        if "components" in node:  # hierarchical: stored with its sub-recipes grafted in (see expand_components)
+            try:
+                node = recipe_node(name)
+            except ConfigError as e:  # a broken hierarchical recipe fails when it is used, not for every recipe
+                _BROKEN[name] = e
+                continue
+        cs.store(group="recipe", name=name, node=node, package="_global_")
     _REGISTERED = True
+
+
+# --- hierarchical recipes: components ------------------------------------------------------------------------
+#
+# A hierarchical recipe references its sub-recipes by name and overrides only what differs:
+#
+#     components:
+#       planner: {recipe: gl_vae, log_prefix: Planner}
+#       actor:   {recipe: bc_rnn, log_prefix: Actor, batch: {fn: ...subgoal_sequence, ...}}
+#
+# ``expand_components`` grafts each sub-recipe in, the way robomimic nests its sub-algorithm configs: the sub-recipe's
+# ``algo`` section becomes ``algo.<name>``, its ``observation`` section ``observation.<name>`` (every observation key
+# not set by the sub-recipe follows the parent's ``observation.*``), and its structure (batch, nets, losses, updates,
+# act, ...) ``components.<name>.*``. The sub-recipe's interpolations are re-rooted (``${algo.vae}`` ->
+# ``${algo.<name>.vae}``), so a command-line override such as ``algo.planner.vae.kl_weight=0.5`` reaches every place
+# the sub-recipe uses it. The parent's own values for these keys are merged over the grafted ones. ``train`` and
+# ``experiment`` are shared, as in robomimic. Sub-recipes may be hierarchical themselves (IRIS: a value planner).
+
+_BROKEN: dict = {}
+COMPONENT_KEYS = ("recipe", "algo_name", "log_prefix", "goal_shapes_from")
+_ROOTED = re.compile(r"\$\{(algo|observation)([.}])")
+
+
+def reroot(node, name: str):
+    """Interpolations ``${algo...}`` / ``${observation...}`` inside ``node`` (plain containers) moved under
+    ``algo.<name>`` / ``observation.<name>``."""
+    if isinstance(node, dict):
+        return {k: reroot(v, name) for k, v in node.items()}
+    if isinstance(node, list):
+        return [reroot(v, name) for v in node]
+    if isinstance(node, str):
+        return _ROOTED.sub(lambda m: "${" + m.group(1) + "." + name + m.group(2), node)
+    return node
+
+
+def _follow_parent(node, prefix: str):
+    """Every leaf of ``node`` replaced by an interpolation to the same key under ``prefix`` of the parent."""
+    if isinstance(node, dict) and node:
+        return {k: _follow_parent(v, f"{prefix}.{k}") for k, v in node.items()}
+    return "${" + prefix + "}"
+
+
+def recipe_node(name: str, _stack=()) -> DictConfig:
+    """A recipe file with its ``defaults`` parents merged in and its components expanded (interpolations kept)."""
+    check_recipe_name(name)
+    if name in _stack:
+        raise ConfigError(f"recipe {name!r} includes itself through {' -> '.join(_stack + (name,))}")
+    raw = OmegaConf.load(recipes_dir() / f"{name}.yaml")
+    parents = list(raw.pop("defaults", None) or [])
+    if "_self_" not in parents:
+        parents.append("_self_")
+    node = OmegaConf.create()
+    for p in parents:
+        node = OmegaConf.merge(node, raw if p == "_self_" else recipe_node(str(p), _stack + (name,)))
+    return expand_components(node, _stack + (name,))
+
+
+def expand_components(node, _stack=()) -> DictConfig:
+    """``node`` (a recipe) with every ``components.<name>: {recipe: <sub-recipe>, ...}`` grafted in (see above);
+    ``requires`` becomes the union of the components'. A node without components is returned as is."""
+    node = node if isinstance(node, DictConfig) else OmegaConf.create(node)
+    comps = node.get("components")
+    if not comps:
+        return node
+    base_obs = OmegaConf.to_container(OmegaConf.load(base_config_path()).observation, resolve=False)
+    values = OmegaConf.to_container(node, resolve=False)
+    own = values.pop("components")
+    algo, obs, components = {}, {}, {}
+    requires = list(values.get("requires") or [])
+    for name, spec in own.items():
+        if spec is None:
+            continue
+        if not isinstance(spec, dict) or not spec.get("recipe"):
+            raise ConfigError(f"components.{name}: a component names its sub-recipe, e.g. "
+                              f"components.{name}.recipe=bc_rnn")
+        sub_name = str(spec["recipe"])
+        if sub_name not in list_recipes():
+            raise ConfigError(f"components.{name}.recipe: unknown recipe {sub_name!r}"
+                              f"{closest(sub_name, list_recipes())}; available recipes: {', '.join(list_recipes())}")
+        sub = OmegaConf.to_container(recipe_node(sub_name, _stack), resolve=False)
+        graft = {"recipe": sub_name, "algo_name": sub.get("algo_name"), "log_prefix": name}
+        for s in STRUCTURE_SECTIONS:
+            if s in sub:
+                graft[s] = reroot(sub[s], name)
+        components[name] = OmegaConf.merge(graft, spec)
+        algo[name] = reroot(sub.get("algo") or {}, name)
+        obs[name] = OmegaConf.merge(_follow_parent(base_obs, "observation"), reroot(sub.get("observation") or {}, name))
+        requires += [r for r in (sub.get("requires") or []) if r not in requires]
+    out = OmegaConf.merge({"algo": algo, "observation": obs}, values)
+    out.components = components
+    if requires:
+        out.requires = requires
+    return out
 
 
 def compose(recipe: str = "bc", overrides=()) -> DictConfig:
@@ -172,9 +275,12 @@ def check_types(cfg: DictConfig, reference: DictConfig) -> None:
             raise ConfigError(f"config key {path!r} must be {type(ref[path]).__name__}, got {v!r}")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Consistency checks that do not need data (those that do live in the Algo builder)."""
-    for section in ("algo_name", "recipe_name", "train", "algo", "observation", "nets", "updates", "act"):
+def validate(cfg: DictConfig, where: str = "") -> None:
+    """Consistency checks that do not need data (those that do live in the Algo builder). ``where``: the
+    component path (``"planner."``) of a sub-config, for messages that name the full key."""
+    composite = bool(cfg.get("components"))
+    for section in ("algo_name", "recipe_name", "train", "algo", "observation", "updates", "act") + \
+            (() if composite else ("nets",)):
         if section not in cfg:
             raise ConfigError(f"config has no {section!r} section: not a modmimic config")
     t = cfg.train
@@ -183,16 +289,41 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"train.{k} must be a positive int, got {t[k]!r}")
     a = cfg.algo
     if a.get("rnn") is not None and a.rnn.get("enabled") and a.rnn.horizon > t.seq_length:
-        raise ConfigError(f"algo.rnn.horizon ({a.rnn.horizon}) is longer than train.seq_length ({t.seq_length}): "
-                          "the RNN would act on longer sequences than it was trained on")
+        raise ConfigError(f"algo.{where}rnn.horizon ({a.rnn.horizon}) is longer than train.seq_length "
+                          f"({t.seq_length}): the RNN would act on longer sequences than it was trained on")
     tr = a.get("transformer")
     if tr is not None and tr.get("enabled") and tr.context_length != t.frame_stack:
-        raise ConfigError(f"algo.transformer.context_length ({tr.context_length}) must equal train.frame_stack "
-                          f"({t.frame_stack})")
+        raise ConfigError(f"algo.{where}transformer.context_length ({tr.context_length}) must equal "
+                          f"train.frame_stack ({t.frame_stack})")
+    sh = a.get("subgoal_horizon")
+    if sh is not None and (not isinstance(sh, int) or isinstance(sh, bool) or not 1 <= sh <= t.seq_length):
+        raise ConfigError(f"algo.{where}subgoal_horizon ({sh!r}) must be an int in [1, train.seq_length] "
+                          f"(train.seq_length={t.seq_length}): the subgoal is the observation subgoal_horizon steps "
+                          "ahead, taken from the sampled window; raise train.seq_length or lower the horizon")
     if t.goal_mode not in (None, "last"):
         raise ConfigError(f"train.goal_mode must be null or 'last', got {t.goal_mode!r}")
     if t.goal_mode == "last" and not t.hdf5_load_next_obs:
         raise ConfigError("train.goal_mode='last' needs train.hdf5_load_next_obs=true")
+    requires = list(cfg.get("requires") or [])
+    for r in requires:
+        if r not in DATA_REQUIREMENTS:
+            raise ConfigError(f"requires: unknown data requirement {r!r}; expected some of {list(DATA_REQUIREMENTS)}")
+    if "next_obs" in requires and not t.hdf5_load_next_obs:
+        raise ConfigError(f"recipe {cfg.recipe_name!r} needs next observations: set train.hdf5_load_next_obs=true")
+    if composite:
+        names = [n for n, spec in cfg.components.items() if spec is not None]
+        for u in cfg.updates:
+            if u.get("component") not in names:
+                raise ConfigError(f"updates: {OmegaConf.to_container(u)} must name a component to train "
+                                  f"(component: <one of {names}>)")
+        for n in names:
+            comp = cfg.components[n]
+            if comp.get("recipe") is None or str(comp.recipe) not in list_recipes():
+                r = comp.get("recipe")
+                raise ConfigError(f"components.{n}.recipe: unknown recipe {r!r}{closest(r, list_recipes())}; "
+                                  f"available recipes: {', '.join(list_recipes())}")
+            component_config(cfg, n, where)
+        return
     names = [n for n, spec in cfg.losses.items() if spec is not None]
     for u in cfg.updates:
         for lname in u.losses:
@@ -204,12 +335,44 @@ def validate(cfg: DictConfig) -> None:
             if opt not in cfg.nets:
                 raise ConfigError(f"update {u.get('name')!r} steps optimizer {opt!r}, but there is no network of "
                                   f"that name (nets: {list(cfg.nets)})")
-    requires = list(cfg.get("requires") or [])
-    for r in requires:
-        if r not in DATA_REQUIREMENTS:
-            raise ConfigError(f"requires: unknown data requirement {r!r}; expected some of {list(DATA_REQUIREMENTS)}")
-    if "next_obs" in requires and not t.hdf5_load_next_obs:
-        raise ConfigError(f"recipe {cfg.recipe_name!r} needs next observations: set train.hdf5_load_next_obs=true")
+
+
+def component_config(cfg: DictConfig, name: str, where: str = "") -> DictConfig:
+    """The stand-alone config of component ``name`` of a hierarchical config (robomimic's sub-algorithm configs):
+    ``algo`` = ``algo.<name>``, ``observation`` = ``observation.<name>``, the structure of ``components.<name>``,
+    and the shared ``train``/``experiment``; every value resolved in the parent. Validated (keys named in full)."""
+    comp = cfg.components[name]
+
+    def plain(node):
+        return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+    if name not in cfg.algo or name not in cfg.observation:
+        raise ConfigError(f"component {name!r} has no algo.{where}{name} / observation.{where}{name} section")
+    sub = {"algo_name": comp.get("algo_name"), "recipe_name": str(comp.recipe), "device": cfg.get("device", "cpu"),
+           "train": plain(cfg.train), "experiment": plain(cfg.experiment),
+           "algo": plain(cfg.algo[name]), "observation": plain(cfg.observation[name])}
+    for s in STRUCTURE_SECTIONS:
+        if comp.get(s) is not None:
+            sub[s] = plain(comp[s])
+    out = OmegaConf.create(sub)
+    validate(out, f"{where}{name}.")
+    OmegaConf.set_struct(out, True)
+    return out
+
+
+def all_obs_keys(cfg: DictConfig) -> list[str]:
+    """Every observation key a config reads from a dataset: its ``obs``, ``goal`` and ``subgoal`` groups, over
+    every component of a hierarchical config."""
+    if cfg.get("components"):
+        out = []
+        for n, spec in cfg.components.items():
+            if spec is not None:
+                out += [k for k in all_obs_keys(component_config(cfg, n)) if k not in out]
+        return out
+    out = []
+    for g in ("obs", "goal", "subgoal"):
+        out += [k for k in obs_keys(cfg, g) if k not in out]
+    return out
 
 
 def obs_keys(cfg: DictConfig, group: str = "obs") -> list[str]:

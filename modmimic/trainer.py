@@ -43,7 +43,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from modmimic.algo import Algo, NonFiniteLossError, algo_factory
-from modmimic.config import ConfigError, compose, finalize, obs_keys, save_config_yaml, to_plain
+from modmimic.config import ConfigError, all_obs_keys, compose, finalize, save_config_yaml, to_plain
 from modmimic.data.default import default_dataset_path
 from modmimic.data.hdf5 import DatasetError, EpisodeStore, load_episode_store
 from modmimic.data.requirements import check_requirements
@@ -102,7 +102,7 @@ def build_data(cfg: DictConfig, device="cpu") -> TrainData:
     t = cfg.train
     entry = dataset_entry(cfg)
     path = entry["path"] or default_dataset_path()
-    keys = obs_keys(cfg, "obs") + [k for k in obs_keys(cfg, "goal") if k not in obs_keys(cfg, "obs")]
+    keys = all_obs_keys(cfg)  # obs, goal and subgoal keys, over every component of a hierarchical recipe
     action_keys = list(t.action_keys)
     action_config = to_plain(t.action_config) or {}
     unknown = [k for k in action_config if k not in action_keys]

@@ -428,9 +428,14 @@ def test_planner_recipe_learns(recipe, reach_hdf5):
 
 
 def test_planner_recipe_rejects_short_windows(reach_hdf5):
-    cfg = small("gl", "train.seq_length=5")
+    """The config is refused before anything is built; the batch function checks too (configs built by hand)."""
+    from modmimic.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"algo.subgoal_horizon \(10\).*train.seq_length=5"):
+        small("gl", "train.seq_length=5")
+    cfg = small("gl")
     store = load_episode_store(str(reach_hdf5), KEYS, load_next_obs=True)
-    sampler = WindowSampler(store, 8, seq_length=cfg.train.seq_length, seed=0)
+    sampler = WindowSampler(store, 8, seq_length=5, seed=0)
     algo = algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)
     with pytest.raises(ValueError, match="seq_length >= algo.subgoal_horizon"):
         algo.process_batch_for_training(sampler.sample())

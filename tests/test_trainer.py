@@ -16,7 +16,17 @@ from modmimic.trainer import (build_data, make_run_dir, resume_config, run_epoch
                               with_data)
 from modmimic.algo import algo_factory  # noqa: E402
 
-FAST_RESUME = ["bc", "bc_rnn", "bc_transformer"]
+FAST_RESUME = ["bc", "bc_rnn", "bc_transformer", "hbc", "iris"]
+
+
+def optim_params_paths(cfg, prefix="algo"):
+    """``algo[.<component>...].optim_params.<net>`` of every network with an optimizer, components included."""
+    if cfg.get("components"):
+        from modmimic.config import component_config
+
+        return [p for n, spec in cfg.components.items() if spec is not None
+                for p in optim_params_paths(component_config(cfg, n), f"{prefix}.{n}")]
+    return [f"{prefix}.optim_params.{net}" for net in cfg.algo.get("optim_params") or {}]
 
 
 def overrides(reach, out, tiny, recipe, *extra):
@@ -53,7 +63,7 @@ def assert_same_state(a: dict, b: dict):
 def test_resume_is_bit_exact(recipe, reach_hdf5, tmp_path, tiny):
     """4 epochs == 2 epochs (stopped) + resume, for networks, optimizers, schedulers, samplers and RNG streams;
     a recipe-specific linear LR schedule over the 4 epochs makes the schedule part of the check."""
-    schedules = [f"algo.optim_params.{net}.learning_rate.{k}" for net in default_config(recipe).algo.optim_params
+    schedules = [f"{path}.learning_rate.{k}" for path in optim_params_paths(default_config(recipe))
                  for k in ("epoch_schedule=[3]", "decay_factor=0.5")]
     common = overrides(reach_hdf5, tmp_path, tiny, recipe, "train.num_epochs=4", *schedules)
     full = train(compose(recipe, common + ["experiment.name=full"]), progress=False)

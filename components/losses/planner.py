@@ -55,4 +55,31 @@ def latent_subgoal_targets(batch, planner, prior_correction: bool = False, num_p
     return {(K.SUBGOAL, LATENT_SUBGOAL): z}
 
 
-__all__ = ["latent_subgoal_targets", "predicted_subgoals", "subgoal_mse", "subgoal_vae_elbo"]
+def actor_subgoals(batch, planner, mode: str = "separate", latent: bool = False, prior_correction: bool = False,
+                   num_prior_samples: int = 100, actor_batch: str = "actor", goal_group: str = K.SUBGOAL) -> dict:
+    """The actor's subgoals in a hierarchical batch (robomimic HBC/IRIS), written over ``batch[actor_batch]``'s
+    ``(goal_group, k)`` and repeated over its ``T`` steps:
+
+    * ``mode="separate"``: the dataset subgoal the actor batch already holds (nothing to write), or with ``latent``
+      its posterior latent under the planner (prior-corrected: the nearest of ``num_prior_samples`` prior latents);
+    * ``mode="cascade"``: the planner's own prediction from the window's first observation (and goal) — a latent
+      in latent mode (robomimic ``get_subgoal_predictions``).
+
+    Runs under no grad (a ``prepare`` step)."""
+    if mode not in ("separate", "cascade"):
+        raise ValueError(f"mode must be 'separate' or 'cascade', got {mode!r}")
+    if mode == "separate" and not latent:
+        return {}
+    actor = batch.get(actor_batch)
+    B, T = actor.batch_size
+    first = actor[:, 0]
+    if mode == "cascade":
+        sub = predicted_subgoals(first, planner)
+    else:
+        first = first.clone(False)
+        first.set(K.SUBGOAL, first.get(goal_group))  # the planner reads its targets from the subgoal group
+        sub = latent_subgoal_targets(first, planner, prior_correction, num_prior_samples)
+    return {(actor_batch, goal_group, k[-1]): v.unsqueeze(1).expand(B, T, *v.shape[1:]) for k, v in sub.items()}
+
+
+__all__ = ["actor_subgoals", "latent_subgoal_targets", "predicted_subgoals", "subgoal_mse", "subgoal_vae_elbo"]

@@ -91,6 +91,11 @@ class GLPlanner(nn.Module):
     def forward(self, td) -> dict:
         return _split(self.head(self.trunk(self.encoder(td))), self.subgoal_shapes)
 
+    @property
+    def actor_goal_shapes(self) -> dict:
+        """What an actor fed by this planner reads as its goal: the subgoal keys."""
+        return dict(self.subgoal_shapes)
+
     def get_subgoal_predictions(self, td) -> TensorDict:
         return subgoal_td(self(td), td.batch_size, td.device)
 
@@ -139,6 +144,12 @@ class GLVAEPlanner(nn.Module):
     def latent_dim(self) -> int:
         """Width of a latent subgoal (``latent_dim * categorical_dim`` for the categorical prior)."""
         return self.vae.z_dim
+
+    @property
+    def actor_goal_shapes(self) -> dict:
+        """What an actor fed by this planner reads as its goal: the subgoal keys, or ``latent_subgoal`` in latent
+        mode (robomimic rewrites the actor's goal shapes the same way)."""
+        return {LATENT_SUBGOAL: (self.latent_dim,)} if self.latent_subgoal else dict(self.subgoal_shapes)
 
     @property
     def is_categorical(self) -> bool:
@@ -220,10 +231,12 @@ def nearest_prior_sample(posterior_z: torch.Tensor, prior_z: torch.Tensor) -> to
 
 def gl_planner(obs_shapes: dict, ac_dim: int | None = None, goal_shapes: dict | None = None, subgoal_keys=None,
                subgoal_shapes: dict | None = None, layer_dims: Sequence[int] = (300, 400),
-               goal_group: str = K.GOAL) -> GLPlanner:
+               goal_group: str = K.GOAL, latent_subgoal: bool = False) -> GLPlanner:
     """robomimic GL's ``goal_network``: ``subgoal_keys`` is ``observation.modalities.subgoal`` (default: every
     observation key), ``layer_dims`` is ``algo.ae.planner_layer_dims``. ``ac_dim`` is unused (planners predict
-    observations)."""
+    observations). ``latent_subgoal`` must stay off: a deterministic planner has no latent."""
+    if latent_subgoal:
+        raise ValueError("latent subgoals need a GL-VAE planner (algo.vae.enabled=true); GL has no latent space")
     shapes = resolve_subgoal_shapes(obs_shapes, goal_shapes, subgoal_keys, subgoal_shapes)
     return GLPlanner(obs_shapes, shapes, goal_shapes, tuple(layer_dims), goal_group)
 

@@ -1,0 +1,319 @@
+"""Hierarchical recipes by composition (robomimic HBC, IRIS and IRIS's ValuePlanner): configs that reference their
+sub-recipes, one batch per component, the modes (separate, cascade, latent subgoals), prefixed logs, the command
+line (train, resume, reload, act in the PointReach environment), the subgoal schedule at rollout, bad config."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from modmimic import keys as K
+from modmimic.algo import HierarchicalAlgo, algo_factory
+from modmimic.components.nets.planner import LATENT_SUBGOAL, GLPlanner, GLVAEPlanner
+from modmimic.config import (ConfigError, all_obs_keys, component_config, compose, expand_components, list_recipes,
+                             recipes_dir)
+from modmimic.data.hdf5 import load_episode_store, read_env_meta
+from modmimic.data.sampler import WindowSampler
+from modmimic.envs import env_from_metadata
+from modmimic.policy import load_checkpoint, policy_from_checkpoint
+from modmimic.rollout import rollout
+from modmimic.train import main
+
+KEYS = ["pos", "goal_pos", "vel"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def build(recipe, reach, tiny, *extra, batch_size=8):
+    cfg = compose(recipe, [*tiny(recipe), f"train.batch_size={batch_size}", *extra])
+    store = load_episode_store(str(reach), all_obs_keys(cfg), load_next_obs=True)
+    sampler = WindowSampler(store, batch_size, seq_length=cfg.train.seq_length, seed=0)
+    return cfg, sampler, algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)
+
+
+# --- configs ----------------------------------------------------------------------------------------------------
+
+def test_recipes_reference_their_sub_recipes_by_name():
+    """No copied YAML: the hierarchical recipe files name their sub-recipes and hold no loss or network of them."""
+    assert {"hbc", "iris", "value_planner"} <= set(list_recipes())
+    for name, subs in {"hbc": {"planner": "gl_vae", "actor": "bc_rnn"},
+                       "iris": {"value_planner": "value_planner", "actor": "bc_rnn"},
+                       "value_planner": {"planner": "gl_vae", "value": "bcq"}}.items():
+        raw = yaml.safe_load(open(recipes_dir() / f"{name}.yaml"))
+        assert {n: c["recipe"] for n, c in raw["components"].items()} == subs
+        text = open(recipes_dir() / f"{name}.yaml").read()
+        for copied in ("subgoal_vae_elbo", "bc_regression", "td_loss", "_target_", "optim_params"):
+            assert copied not in text, (name, copied)
+
+
+def test_defaults_and_nested_sections_follow_robomimic():
+    hbc, iris = compose("hbc"), compose("iris")
+    assert hbc.algo_name == "hbc" and iris.algo_name == "iris"
+    for cfg in (hbc, iris):
+        assert cfg.train.seq_length == 10 and cfg.algo.subgoal_update_interval == 10 and cfg.algo.mode == "separate"
+        assert cfg.algo.actor.rnn.enabled and cfg.algo.actor.rnn.horizon == 10
+        assert cfg.algo.actor.optim_params.policy.learning_rate.initial == 1e-4
+    assert hbc.algo.planner.vae.enabled and hbc.algo.planner.subgoal_horizon == 10
+    assert not hbc.algo.latent_subgoal.enabled and hbc.algo.latent_subgoal.prior_correction.num_samples == 100
+    assert iris.algo.value_planner.num_samples == 100 and iris.algo.value_planner.planner.vae.enabled
+    assert not iris.algo.value_planner.value.actor.enabled  # BCQ with the perturbation actor off
+    assert iris.algo.value_planner.value.critic.num_action_samples_rollout == 100
+    assert list(iris.requires) == ["rewards", "next_obs"]
+    # observation sections per component; keys follow the shared observation.modalities unless set
+    cfg = compose("hbc", ["observation.modalities.obs.low_dim=[pos,vel]"])
+    assert list(cfg.observation.planner.modalities.obs.low_dim) == ["pos", "vel"]
+    assert list(cfg.observation.planner.modalities.subgoal.low_dim) == ["pos", "vel"]
+    assert list(cfg.observation.actor.modalities.goal.low_dim) == ["pos", "vel"]  # rewired to the subgoals
+    cfg = compose("hbc", ["observation.planner.modalities.subgoal.low_dim=[pos]"])
+    assert list(cfg.observation.actor.modalities.goal.low_dim) == ["pos"]
+    cfg = compose("iris", ["observation.modalities.obs.low_dim=[pos,vel]"])
+    assert list(cfg.observation.value_planner.value.modalities.obs.low_dim) == ["pos", "vel"]
+
+
+def test_overrides_reach_where_the_sub_recipe_uses_them():
+    cfg = compose("hbc", ["algo.planner.vae.kl_weight=0.25", "algo.actor.rnn.horizon=5", "algo.planner.subgoal_horizon=4"])
+    planner, actor = component_config(cfg, "planner"), component_config(cfg, "actor")
+    assert planner.losses.elbo.kl_weight == 0.25 and planner.nets.goal_network.vae.kl_weight == 0.25
+    assert actor.act.horizon == 5 and actor.nets.policy.rnn.horizon == 5
+    assert actor.batch.subgoal_horizon == 4 and cfg.act.actor.horizon == 5
+    cfg = compose("iris", ["algo.value_planner.value.critic.layer_dims=[7]", "algo.value_planner.num_samples=3"])
+    value = component_config(component_config(cfg, "value_planner"), "value")
+    assert list(value.nets.critic.layer_dims) == [7] and cfg.act.planner.num_samples == 3
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"algo\.planner\.subgoal_horizon \(12\).*train\.seq_length=10"):
+        compose("hbc", ["algo.planner.subgoal_horizon=12"])
+    with pytest.raises(ConfigError, match=r"algo\.value_planner\.planner\.subgoal_horizon"):
+        compose("iris", ["train.seq_length=5", "algo.actor.rnn.horizon=5"])
+    with pytest.raises(ConfigError, match=r"algo\.actor\.rnn\.horizon \(10\) is longer than train\.seq_length"):
+        compose("hbc", ["train.seq_length=8", "algo.planner.subgoal_horizon=8"])
+    with pytest.raises(ConfigError, match="unknown recipe 'gl_vea'.*did you mean 'gl_vae'"):
+        compose("hbc", ["components.planner.recipe=gl_vea"])
+    with pytest.raises(ConfigError, match="components.planner.recipe: unknown recipe 'nope'"):
+        expand_components({"components": {"planner": {"recipe": "nope"}}})
+    with pytest.raises(ConfigError, match="names its sub-recipe"):
+        expand_components({"components": {"planner": {"log_prefix": "P"}}})
+
+
+def test_bad_mode_and_latent_gl_are_clear_errors(reach_hdf5, tiny):
+    with pytest.raises(ConfigError, match="algo.mode must be 'separate' or 'cascade'"):
+        build("hbc", reach_hdf5, tiny, "algo.mode=planner_only")
+    with pytest.raises(ConfigError, match="latent_subgoal.enabled needs a GL-VAE planner"):
+        build("hbc", reach_hdf5, tiny, "algo.latent_subgoal.enabled=true", "algo.planner.vae.enabled=false")
+
+
+# --- the built algorithm ----------------------------------------------------------------------------------------
+
+def test_algo_factory_dispatch(reach_hdf5, tiny):
+    cfg = compose("gl_vae", tiny("gl_vae"))
+    store = load_episode_store(str(reach_hdf5), KEYS, load_next_obs=True)
+    assert isinstance(algo_factory("gl", cfg, store.obs_shapes(), 2).nets["goal_network"], GLVAEPlanner)
+    cfg = compose("gl_vae", [*tiny("gl_vae"), "algo.vae.enabled=false"])  # robomimic: flags pick the variant
+    gl = algo_factory("gl", cfg, store.obs_shapes(), 2)
+    assert gl.recipe_name == "gl" and isinstance(gl.nets["goal_network"], GLPlanner)
+
+    _, _, hbc = build("hbc", reach_hdf5, tiny)
+    assert isinstance(hbc, HierarchicalAlgo) and list(hbc.components) == ["planner", "actor"]
+    assert isinstance(hbc.paths["planner.goal_network"], GLVAEPlanner)
+    actor = hbc.components["actor"]
+    assert actor.recipe_name == "bc_rnn" and actor.goal_shapes == {"goal_pos": (2,), "pos": (2,), "vel": (2,)}
+    assert hbc.paths["actor.policy"].in_keys[-3:] == [(K.SUBGOAL, "goal_pos"), (K.SUBGOAL, "pos"), (K.SUBGOAL, "vel")]
+    assert hbc.goal_shapes == {} and set(hbc.obs_shapes) == set(KEYS)
+    _, _, gl_hbc = build("hbc", reach_hdf5, tiny, "algo.planner.vae.enabled=false")
+    assert isinstance(gl_hbc.paths["planner.goal_network"], GLPlanner)
+    assert gl_hbc.components["actor"].config.batch.fn.endswith("subgoal_sequence")  # the rewiring is kept
+    _, _, latent = build("hbc", reach_hdf5, tiny, "algo.latent_subgoal.enabled=true")
+    z = latent.paths["planner.goal_network"].latent_dim
+    assert latent.components["actor"].goal_shapes == {LATENT_SUBGOAL: (z,)}
+
+    _, _, iris = build("iris", reach_hdf5, tiny)
+    assert list(iris.components) == ["value_planner", "actor"]
+    assert list(iris.components["value_planner"].components) == ["planner", "value"]
+    assert {"value_planner.planner.goal_network", "value_planner.value.critic", "value_planner.value.action_sampler",
+            "actor.policy"} <= {n for n, _ in iris.nets.named_modules()}
+
+
+def test_one_batch_per_component(reach_hdf5, tiny):
+    cfg, sampler, algo = build("iris", reach_hdf5, tiny)
+    windows = sampler.sample()
+    b = algo.process_batch_for_training(windows)
+    planner, value, actor = b["value_planner", "planner"], b["value_planner", "value"], b["actor"]
+    assert planner.batch_size == (8,) and value.batch_size == (8,) and actor.batch_size == (8, 10)
+    h = cfg.algo.value_planner.planner.subgoal_horizon
+    for k in KEYS:
+        target = windows[(K.NEXT, K.OBS, k)][:, h - 1]
+        assert torch.equal(planner[(K.SUBGOAL, k)], target)
+        assert torch.equal(actor[(K.SUBGOAL, k)], target.unsqueeze(1).expand(8, 10, 2))  # separate mode
+        assert torch.equal(value[(K.NEXT, K.OBS, k)], windows[(K.NEXT, K.OBS, k)][:, 0])  # BCQ transition
+    assert (K.NEXT, "reward") in value.keys(include_nested=True)
+
+
+@pytest.mark.parametrize("planner_vae", [False, True])
+def test_cascade_trains_the_actor_on_the_planner_just_updated(reach_hdf5, tiny, planner_vae):
+    _, sampler, algo = build("hbc", reach_hdf5, tiny, "algo.mode=cascade", f"algo.planner.vae.enabled={planner_vae}")
+    algo.set_train()
+    seen = {}
+    actor = algo.components["actor"]
+    train_actor = actor.train_on_batch
+
+    def spy(batch, epoch, validate=False):
+        seen["batch"] = batch.clone()
+        return train_actor(batch, epoch, validate)
+
+    actor.train_on_batch = spy
+    torch.manual_seed(0)
+    b = algo.process_batch_for_training(sampler.sample())
+    before = {k: v.clone() for k, v in algo.paths["planner.goal_network"].state_dict().items()}
+    algo.train_on_batch(b, epoch=1)
+    planner = algo.paths["planner.goal_network"]
+    assert any(not torch.equal(before[k], v) for k, v in planner.state_dict().items())  # the planner stepped first
+    sub = seen["batch"][K.SUBGOAL]
+    assert all(torch.equal(sub[k][:, 0], sub[k][:, -1]) for k in KEYS)  # one subgoal per sequence
+    if not planner_vae:  # deterministic: the actor's subgoal is the updated planner's prediction
+        with torch.no_grad():
+            pred = planner.get_subgoal_predictions(b["planner"])
+        assert all(torch.allclose(sub[k][:, 0], pred[(K.SUBGOAL, k)]) for k in KEYS)
+    assert not any(torch.equal(sub[k][:, 0], b["planner", K.SUBGOAL, k]) for k in KEYS)  # not the dataset's
+
+
+def test_latent_subgoals_train_the_actor_on_planner_latents(reach_hdf5, tiny):
+    _, sampler, algo = build("hbc", reach_hdf5, tiny, "algo.latent_subgoal.enabled=true",
+                             "algo.latent_subgoal.prior_correction.enabled=true",
+                             "algo.latent_subgoal.prior_correction.num_samples=5")
+    seen = {}
+    actor = algo.components["actor"]
+    train_actor = actor.train_on_batch
+    actor.train_on_batch = lambda batch, epoch, validate=False: (seen.setdefault("b", batch.clone()),
+                                                                 train_actor(batch, epoch, validate))[1]
+    algo.set_train()
+    algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1)
+    z = seen["b"][(K.SUBGOAL, LATENT_SUBGOAL)]
+    assert z.shape == (8, 10, algo.paths["planner.goal_network"].latent_dim)
+    assert torch.equal(z[:, 0], z[:, -1])
+    algo.set_eval()
+    algo.reset(3)
+    act = algo.get_action({k: torch.zeros(3, 2) for k in KEYS})
+    assert act.shape == (3, 2) and list(algo.current_subgoal[K.SUBGOAL].keys()) == [LATENT_SUBGOAL]
+
+
+def test_logs_are_prefixed_by_component(reach_hdf5, tiny):
+    _, sampler, algo = build("iris", reach_hdf5, tiny)
+    algo.set_train()
+    info = algo.log_info(algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1))
+    assert {"Loss", "Planner/Planner/elbo/kl_loss", "Planner/ValueNetwork/critic/loss", "Actor/bc/l2_loss",
+            "Optimizer/Actor/policy0_lr", "Optimizer/Planner/Planner/goal_network0_lr",
+            "Optimizer/Planner/ValueNetwork/critic0_lr"} <= set(info)
+    assert info["Loss"] == pytest.approx(info["Planner/Loss"] + info["Actor/Loss"], rel=1e-5)
+
+
+def test_value_planner_scores_subgoals_with_bcq_best_action_value(reach_hdf5, tiny):
+    from modmimic.components.losses.bcq import best_of
+
+    _, _, algo = build("iris", reach_hdf5, tiny, "algo.value_planner.num_samples=6",
+                       "algo.value_planner.value.critic.num_action_samples_rollout=4")
+    algo.set_eval()
+    obs = {k: torch.randn(2, 2, generator=torch.Generator().manual_seed(1)) for k in KEYS}
+    torch.manual_seed(3)
+    out = algo.get_subgoal_predictions(obs)
+    vp = algo.act_path.planner
+    torch.manual_seed(3)  # the same draws: candidates, then the value's action samples
+    with torch.no_grad():
+        cand = algo.paths["value_planner.planner.goal_network"].sample_subgoals(algo._obs_td(obs), 6)
+        flat = cand.reshape(12)
+        from tensordict import TensorDict
+        v = best_of(algo.paths["value_planner.value.action_sampler"], algo.paths["value_planner.value.critic"],
+                    TensorDict({K.OBS: flat.get(K.SUBGOAL)}, [12]), 4)[1].reshape(2, 6)
+    assert torch.equal(vp.last_values, v)
+    best = v.argmax(1)
+    for k in KEYS:
+        assert torch.equal(out[(K.SUBGOAL, k)], cand[(K.SUBGOAL, k)][torch.arange(2), best])
+
+
+# --- command line, checkpoints, rollouts --------------------------------------------------------------------------
+
+TINY_CLI = ["train.num_epochs=2", "experiment.epoch_every_n_steps=3", "train.batch_size=8",
+            "experiment.save.every_n_epochs=1", "train.output_dir=out", "experiment.logging.log_tb=false",
+            "algo.subgoal_update_interval=3"]
+
+
+def cli(args, cwd):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "modmimic.train", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def only_run(out):
+    (name,) = os.listdir(out)
+    (run,) = os.listdir(os.path.join(out, name))
+    return os.path.join(out, name, run)
+
+
+def subgoal_changes(policy, env_meta, steps, reset_at=None, num_envs=2):
+    """Steps of each env at which its subgoal changed (step 0 = its first subgoal), acting in PointReach envs;
+    ``reset_at=(t, env)`` starts a new episode of ``env`` at step ``t``."""
+    envs = [env_from_metadata(env_meta) for _ in range(num_envs)]
+    obs = [e.reset(seed=i) for i, e in enumerate(envs)]
+    policy.start_episode(num_envs)
+    prev, changes = None, [[] for _ in envs]
+    for t in range(steps):
+        if reset_at is not None and t == reset_at[0]:
+            obs[reset_at[1]] = envs[reset_at[1]].reset(seed=100)
+            policy.reset_envs([i == reset_at[1] for i in range(num_envs)])
+        batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+        act = policy(batch, batched_ob=True)
+        assert act.shape == (num_envs, 2) and np.isfinite(act).all()
+        cur = policy.policy.current_subgoal[K.SUBGOAL]
+        cur = torch.cat([cur[k] for k in sorted(cur.keys())], -1)
+        for i in range(num_envs):
+            if prev is None or not torch.equal(cur[i], prev[i]):
+                changes[i].append(t)
+        prev = cur.clone()
+        obs = [e.step(a)[0] for e, a in zip(envs, act)]
+    return changes
+
+
+@pytest.mark.parametrize("recipe", ["hbc", "iris"])
+def test_cli_trains_resumes_reloads_and_acts(recipe, reach_hdf5, tiny, tmp_path):
+    extra = ["algo.value_planner.num_samples=8", "algo.value_planner.value.critic.num_action_samples_rollout=4"] \
+        if recipe == "iris" else []
+    args = [f"recipe={recipe}", f"dataset={reach_hdf5}", *tiny(recipe), *TINY_CLI, *extra]
+    r = cli([*args, "train.stop_after_epoch=1"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = only_run(tmp_path / "out")
+    assert load_checkpoint(os.path.join(run, "models", "last.pth"))["variable_state"]["epoch"] == 1
+    r = cli(["resume=true", "train.output_dir=out", "train.stop_after_epoch=null"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "resuming at epoch 2" in r.stdout
+    policy, ckpt = policy_from_checkpoint(ckpt_path=os.path.join(run, "models", "last.pth"))
+    assert ckpt["recipe_name"] == recipe and ckpt["variable_state"]["epoch"] == 2
+    assert set(ckpt["model"]["optimizers"]) == ({"planner", "actor"} if recipe == "hbc"
+                                                 else {"value_planner", "actor"})
+    import json
+    logs = [json.loads(x) for x in open(os.path.join(run, "logs", "metrics.jsonl"))]
+    assert [x["epoch"] for x in logs] == [1, 2] and "Train/Actor/bc/l2_loss" in logs[-1]
+    assert "Optimizer/Actor/policy0_lr" in logs[-1]
+    # act in the environment: episodes through the rollout machinery, and the subgoal schedule per env
+    meta = read_env_meta(str(reach_hdf5))
+    eps = rollout(policy, meta, 2, 12, seed=0)
+    assert len(eps) == 2 and all(e.length > 0 for e in eps)
+    changes = subgoal_changes(policy, meta, 10)
+    assert changes == [[0, 3, 6, 9], [0, 3, 6, 9]]  # every subgoal_update_interval=3 steps
+    changes = subgoal_changes(policy, meta, 11, reset_at=(4, 1))
+    assert changes == [[0, 3, 6, 9], [0, 3, 4, 7, 10]]  # env 1's schedule restarts at its new episode
+
+
+def test_cli_bad_config_exits_2(reach_hdf5, tmp_path):
+    r = cli(["recipe=hbc", f"dataset={reach_hdf5}", "algo.planner.subgoal_horizon=20"], tmp_path)
+    assert r.returncode == 2 and "algo.planner.subgoal_horizon (20)" in r.stderr
+    r = cli(["recipe=hbc", f"dataset={reach_hdf5}", "components.actor.recipe=bc_rnnn"], tmp_path)
+    assert r.returncode == 2 and "unknown recipe 'bc_rnnn'" in r.stderr
