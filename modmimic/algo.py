@@ -328,6 +328,7 @@ class Algo:
         self._writes_batch = bool(self.prepare) or any(u.prepare for u in self.updates)
         self._opt_step = {}
         self._fresh_batch = None
+        self._polyak_pairs = {}  # target -> (target params, source params, tau, buffer pairs), see soft_update
         if config.train.get("compile", False):
             self.compile()
 
@@ -501,6 +502,11 @@ class Algo:
             if not getattr(b.fn, "_modmimic_compiled", False):
                 b.fn = torch.compile(b.fn)
                 b.fn._modmimic_compiled = True
+        # every optimizer's step is the same code object guarded on the instance: allow one graph per optimizer
+        import torch._dynamo
+
+        cfg = torch._dynamo.config
+        cfg.recompile_limit = max(cfg.recompile_limit, 8 * len(self.optimizers) + 8)
         self._opt_step = {k: torch.compile(o.step) for k, o in self.optimizers.items()}
 
     def _run_prepare(self, prepare, batch, epoch, step) -> None:
@@ -528,10 +534,15 @@ class Algo:
     @torch.no_grad()
     def soft_update(self, target: str) -> None:
         """Polyak: ``target <- (1 - tau) * target + tau * source``."""
-        src, tau = self.target_specs[target]
-        tp = list(self.nets[target].parameters())
-        torch._foreach_lerp_(tp, list(self.nets[src].parameters()), tau)
-        for tb, sb in zip(self.nets[target].buffers(), self.nets[src].buffers()):
+        pairs = self._polyak_pairs.get(target)
+        if pairs is None:  # listing a module's parameters costs more than the lerp of small nets: list them once
+            src, tau = self.target_specs[target]
+            t, s = self.nets[target], self.nets[src]
+            pairs = self._polyak_pairs[target] = (list(t.parameters()), list(s.parameters()), tau,
+                                                  list(zip(t.buffers(), s.buffers())))
+        tp, sp, tau, bufs = pairs
+        torch._foreach_lerp_(tp, sp, tau)
+        for tb, sb in bufs:
             tb.copy_(sb)
 
     def on_gradient_step(self) -> None:
@@ -570,6 +581,7 @@ class Algo:
     def deserialize(self, model_dict: dict, load_optimizers: bool = False) -> None:
         if "nets" not in model_dict:  # robomimic: a bare state_dict of the nets
             model_dict = {"nets": model_dict}
+        self._polyak_pairs = {}
         try:
             self.nets.load_state_dict(model_dict["nets"])
         except RuntimeError as e:
