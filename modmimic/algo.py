@@ -3,7 +3,8 @@
 ``Algo`` builds what a recipe declares — networks (``nets``), target copies (``targets``), one optimizer and LR
 scheduler per ``algo.optim_params.<net>``, no-grad shared quantities (``prepare``), loss modules (``losses``), the
 ordered ``updates`` and the acting path (``act``) — and exposes robomimic's method set. ``train_on_batch`` runs the
-updates in the recipe's order; nothing algorithm-specific lives here.
+updates in the recipe's order; nothing algorithm-specific lives here. ``HierarchicalAlgo`` is the same facade over a
+recipe of sub-recipes (``components``: HBC, IRIS): one ``Algo`` per component, trained in the recipe's order.
 
 Registry: ``register_algo_factory_func(name)`` registers ``fn(algo_config) -> recipe name`` for a robomimic algo
 name (the variant is chosen by config flags, as in robomimic); ``algo_factory(algo_name, config, obs_key_shapes,
@@ -708,7 +709,9 @@ class HierarchicalAlgo(Algo):
             if name not in fed:  # an environment goal (not a subgoal a planner feeds)
                 self.goal_shapes.update(sub.goal_shapes)
         self.target_specs, self.disabled = {}, set()
-        self.optimizers = {}
+        # every component's optimizers and schedulers by network path (checkpoints nest them by component)
+        self.optimizers = {f"{n}.{k}": o for n, sub in self.components.items() for k, o in sub.optimizers.items()}
+        self.lr_schedulers = {f"{n}.{k}": s for n, sub in self.components.items() for k, s in sub.lr_schedulers.items()}
         self.steps = []
         for i, u in enumerate(config.updates):
             u = to_plain(u)

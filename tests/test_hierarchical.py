@@ -129,6 +129,7 @@ def test_algo_factory_dispatch(reach_hdf5, tiny):
     assert actor.recipe_name == "bc_rnn" and actor.goal_shapes == {"goal_pos": (2,), "pos": (2,), "vel": (2,)}
     assert hbc.paths["actor.policy"].in_keys[-3:] == [(K.SUBGOAL, "goal_pos"), (K.SUBGOAL, "pos"), (K.SUBGOAL, "vel")]
     assert hbc.goal_shapes == {} and set(hbc.obs_shapes) == set(KEYS)
+    assert set(hbc.optimizers) == {"planner.goal_network", "actor.policy"}
     _, _, gl_hbc = build("hbc", reach_hdf5, tiny, "algo.planner.vae.enabled=false")
     assert isinstance(gl_hbc.paths["planner.goal_network"], GLPlanner)
     assert gl_hbc.components["actor"].config.batch.fn.endswith("subgoal_sequence")  # the rewiring is kept
@@ -141,6 +142,8 @@ def test_algo_factory_dispatch(reach_hdf5, tiny):
     assert list(iris.components["value_planner"].components) == ["planner", "value"]
     assert {"value_planner.planner.goal_network", "value_planner.value.critic", "value_planner.value.action_sampler",
             "actor.policy"} <= {n for n, _ in iris.nets.named_modules()}
+    assert set(iris.optimizers) == {"value_planner.planner.goal_network", "value_planner.value.critic",
+                                    "value_planner.value.action_sampler", "actor.policy"}
 
 
 def test_one_batch_per_component(reach_hdf5, tiny):
@@ -306,6 +309,9 @@ def test_cli_trains_resumes_reloads_and_acts(recipe, reach_hdf5, tiny, tmp_path)
     meta = read_env_meta(str(reach_hdf5))
     eps = rollout(policy, meta, 2, 12, seed=0)
     assert len(eps) == 2 and all(e.length > 0 for e in eps)
+    if recipe == "hbc":  # parallel evaluation: worker processes, one batched policy call per step
+        eps = rollout(policy, meta, 3, 12, seed=0, num_envs=2)
+        assert sorted(e.index for e in eps) == [0, 1, 2]
     changes = subgoal_changes(policy, meta, 10)
     assert changes == [[0, 3, 6, 9], [0, 3, 6, 9]]  # every subgoal_update_interval=3 steps
     changes = subgoal_changes(policy, meta, 11, reset_at=(4, 1))
@@ -317,3 +323,40 @@ def test_cli_bad_config_exits_2(reach_hdf5, tmp_path):
     assert r.returncode == 2 and "algo.planner.subgoal_horizon (20)" in r.stderr
     r = cli(["recipe=hbc", f"dataset={reach_hdf5}", "components.actor.recipe=bc_rnnn"], tmp_path)
     assert r.returncode == 2 and "unknown recipe 'bc_rnnn'" in r.stderr
+
+
+# --- learning ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_hbc_reaches_the_success_rate_of_bc_rnn_on_point_reach(tmp_path):
+    """Same actor, same demos (50 generated PointReach demos), same steps: HBC (GL-VAE planner with a learned GMM
+    prior, as robomimic's paper config) succeeds as often as BC-RNN in the environment."""
+    from modmimic.data.synthetic import make_reach_dataset
+    from modmimic.policy import RolloutPolicy
+
+    path = str(tmp_path / "reach50.hdf5")
+    make_reach_dataset(path, n_demos=50, seed=0)
+    meta = read_env_meta(path)
+
+    def actor(p):
+        return [f"{p}actor_layer_dims=[]", f"{p}rnn.hidden_dim=100", f"{p}optim_params.policy.learning_rate.initial=0.001"]
+
+    planner = ["algo.planner.vae.encoder_layer_dims=[128,128]", "algo.planner.vae.decoder_layer_dims=[128,128]",
+               "algo.planner.vae.prior_layer_dims=[128,128]", "algo.planner.vae.kl_weight=0.0005",
+               "algo.planner.optim_params.goal_network.learning_rate.initial=0.001", "algo.planner.vae.prior.learn=true",
+               "algo.planner.vae.prior.is_conditioned=true", "algo.planner.vae.prior.use_gmm=true",
+               "algo.planner.vae.prior.gmm_learn_weights=true"]
+    success = {}
+    for recipe, extra in (("bc_rnn", actor("algo.")), ("hbc", actor("algo.actor.") + planner)):
+        torch.manual_seed(0)
+        cfg = compose(recipe, [f"observation.modalities.obs.low_dim=[{','.join(KEYS)}]", "train.batch_size=64", *extra])
+        store = load_episode_store(path, all_obs_keys(cfg), load_next_obs=True)
+        sampler = WindowSampler(store, 64, seq_length=cfg.train.seq_length, seed=0)
+        algo = algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)
+        algo.set_train()
+        for i in range(1000):
+            algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1 + i // 100)
+        eps = rollout(RolloutPolicy(algo), meta, 30, 60, seed=123)
+        success[recipe] = float(np.mean([e.success for e in eps]))
+    print("PointReach success rate:", success)
+    assert success["bc_rnn"] >= 0.8 and success["hbc"] >= success["bc_rnn"] - 0.1, success
