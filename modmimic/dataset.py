@@ -132,6 +132,8 @@ def dataset_info(path: str, filter_key: str | None = None) -> dict:
         lengths = np.array([int(data[d].attrs.get("num_samples", 0)) for d in demos])
         keys = {}
         for name, ds in _datasets(data[demos[0]]):
+            if name == "model_file":  # the compressed MJCF XML (read_model_file), not a per-step dataset
+                continue
             keys[name] = {"shape": list(ds.shape[1:]), "dtype": str(ds.dtype), "min": None, "max": None}
         for d in demos:
             for name, entry in keys.items():

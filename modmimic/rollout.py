@@ -276,25 +276,39 @@ class DatasetWriter:
     and ``env_args``; ``mask/<name>`` filter keys at :meth:`close`).
 
     ``obs_dtype`` (e.g. ``np.float32``) converts float observations; ``obs_keys`` limits the stored keys;
-    ``compression`` ("gzip") compresses every dataset (read transparently by h5py)."""
+    ``compression`` ("gzip") compresses every dataset with byte shuffling (read transparently by h5py) and writes
+    HDF5 1.10's compact chunk indexes (files need HDF5 >= 1.10 / h5py >= 2.8 to read; small per-demo datasets
+    otherwise cost more in index overhead than their data).
+
+    ``model_file``: where each demo's MJCF XML goes. ``"attr"`` (robomimic's layout): the string attribute
+    ``model_file``; ``"gzip"``: a gzip-compressed ``uint8`` dataset ``data/demo_<i>/model_file`` holding the UTF-8
+    XML (~40 KB per Lift demo as an attribute, which HDF5 cannot compress, ~5 KB this way). Read either with
+    :func:`modmimic.data.hdf5.read_model_file`."""
+
+    MODEL_FILE_MODES = ("attr", "gzip")
 
     def __init__(self, path: str, env_meta: dict, obs_keys: list | None = None, obs_dtype=None,
-                 compression: str | None = None, next_obs: bool = True):
+                 compression: str | None = None, next_obs: bool = True, model_file: str = "attr"):
         import h5py
 
+        if model_file not in self.MODEL_FILE_MODES:
+            raise ValueError(f"model_file must be one of {self.MODEL_FILE_MODES}, got {model_file!r}")
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         self.path, self.env_meta = path, env_meta
         self.obs_keys, self.obs_dtype, self.compression, self.next_obs = obs_keys, obs_dtype, compression, next_obs
+        self.model_file = model_file
         self._tmp = path + ".partial"
-        self.f = h5py.File(self._tmp, "w")
+        self.f = h5py.File(self._tmp, "w", **({"libver": ("v110", "latest")} if compression else {}))
         self.data = self.f.create_group("data")
         self.names: list[str] = []
         self.total = 0
 
     def _ds(self, group, name, value):
         value = np.asarray(value)
-        kw = {"compression": self.compression} if self.compression and value.ndim >= 1 and value.size > 16 else {}
+        kw = {}
+        if self.compression and value.ndim >= 1 and value.size > 16:
+            kw = {"compression": self.compression, "shuffle": value.dtype.itemsize > 1}
         group.create_dataset(name, data=value, **kw)
 
     def add(self, traj: dict) -> str:
@@ -303,7 +317,11 @@ class DatasetWriter:
         T = len(traj["actions"])
         g.attrs["num_samples"] = T
         for k, v in (traj.get("attrs") or {}).items():
-            g.attrs[k] = v
+            if k == "model_file" and self.model_file == "gzip":
+                xml = np.frombuffer(str(v).encode("utf-8"), dtype=np.uint8)
+                g.create_dataset("model_file", data=xml, compression="gzip", compression_opts=9)
+            else:
+                g.attrs[k] = v
         for group in ("obs", "next_obs") if self.next_obs else ("obs",):
             for k, v in traj[group].items():
                 if self.obs_keys is not None and k not in self.obs_keys:

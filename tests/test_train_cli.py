@@ -52,12 +52,13 @@ def snapshot(root):
 
 
 def check_policy(path, recipe):
+    """The checkpoint loads as a policy that acts on an observation of its keys and shapes."""
     policy, ckpt = policy_from_checkpoint(ckpt_path=path)
     assert ckpt["recipe_name"] == recipe
     policy.start_episode()
-    ob = {"pos": np.zeros(2), "goal_pos": np.ones(2) * 0.5, "vel": np.zeros(2)}
+    ob = {k: np.full(tuple(shape), 0.25) for k, shape in policy.policy.obs_shapes.items()}
     a = policy(ob)
-    assert a.shape == (2,) and np.isfinite(a).all()
+    assert a.shape == (int(policy.policy.ac_dim),) and np.isfinite(a).all()
     return ckpt
 
 
@@ -131,9 +132,13 @@ def test_default_dataset_main_job(tmp_path):
     r = cli(["recipe=bc_rnn", "train.output_dir=o", "train.num_epochs=1", "experiment.epoch_every_n_steps=2",
              "algo.rnn.hidden_dim=16", "algo.actor_layer_dims=[16]", "train.batch_size=4"], tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "reach.hdf5" in r.stdout
+    assert "lift.hdf5" in r.stdout
     (run_dir,) = runs(tmp_path / "o")
-    check_policy(os.path.join(run_dir, "models", "last.pth"), "bc_rnn")
+    ckpt = check_policy(os.path.join(run_dir, "models", "last.pth"), "bc_rnn")
+    assert ckpt["env_metadata"]["env_name"] == "Lift"
+    policy, _ = policy_from_checkpoint(ckpt_dict=ckpt)
+    assert sorted(policy.policy.obs_shapes) == sorted(["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos",
+                                                       "object"]) and policy.policy.ac_dim == 7
 
 
 def test_help_lists_recipes(tmp_path):

@@ -162,11 +162,34 @@ def test_nan_stops_and_keeps_last_good_checkpoint(reach_hdf5, tmp_path, tiny):
     assert "NonFiniteLossError" in open(os.path.join(run_dir, "logs", "error.txt")).read()
 
 
-def test_default_dataset_and_keys(tmp_path):
-    cfg = with_data(compose("bc", []))
-    assert cfg.train.data.endswith("reach.hdf5") and os.path.isfile(cfg.train.data)
-    assert list(cfg.observation.modalities.obs.low_dim) == ["pos", "goal_pos", "vel"]
-    assert os.path.getsize(cfg.train.data) < 1 << 20
+def test_default_dataset_is_real_lift_demos(tmp_path):
+    """The embedded default: scripted Lift demos in robomimic's layout, small enough to ship, readable (and
+    trainable) without a simulator."""
+    import h5py
+
+    from modmimic.data.hdf5 import read_env_meta, read_model_file
+
+    cfg = with_data(compose("bc_rnn", []))
+    path = cfg.train.data
+    assert path.endswith("lift.hdf5") and os.path.isfile(path)
+    assert os.path.getsize(path) <= 10_000_000
+    assert list(cfg.observation.modalities.obs.low_dim) == ["robot0_eef_pos", "robot0_eef_quat",
+                                                             "robot0_gripper_qpos", "object"]
+    meta = read_env_meta(path)
+    assert meta["env_name"] == "Lift" and meta["type"] == 1 and meta["env_kwargs"]["robots"] == ["Panda"]
+    with h5py.File(path) as f:
+        demos = [k for k in f["data"] if k.startswith("demo_")]
+        assert len(demos) == 200 and int(f["data"].attrs["total"]) > 8000
+        assert sorted(len(f[f"mask/{k}"]) for k in ("train", "valid")) == [20, 180]
+        d = f["data/demo_0"]
+        T = int(d.attrs["num_samples"])
+        assert d["obs/object"].dtype == np.float32 and d["obs/object"].shape == (T, 10)
+        assert d["actions"].shape == (T, 7) and d["states"].shape == (T, 32)
+        assert d["rewards"][-1] == 1 and d["dones"][-1] == 1 and d["dones"][:-1].sum() == 0
+        assert np.abs(d["actions"][()]).max() <= 1.0
+        assert "<mujoco" in read_model_file(d)
+    data = build_data(cfg)  # no simulator needed to read and sample it
+    assert data.ac_dim == 7 and data.env_meta["env_name"] == "Lift"
 
 
 def test_data_errors(reach_hdf5, tmp_path, tiny):

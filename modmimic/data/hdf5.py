@@ -69,6 +69,18 @@ def read_env_meta(path: str) -> dict:
             raise DatasetError(f"{path}: data.attrs['env_args'] is not valid JSON: {e}") from None
 
 
+def read_model_file(demo: h5py.Group) -> str | None:
+    """A demo's MJCF XML: robomimic's string attribute ``model_file``, or the gzip-compressed ``uint8`` dataset
+    ``model_file`` that :class:`modmimic.rollout.DatasetWriter` writes with ``model_file="gzip"`` (the embedded
+    default dataset does). None when the demo has neither."""
+    if "model_file" in demo.attrs:
+        v = demo.attrs["model_file"]
+        return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+    if "model_file" in demo:
+        return np.asarray(demo["model_file"][()], dtype=np.uint8).tobytes().decode("utf-8")
+    return None
+
+
 def _dataset_in_demo(demo: h5py.Group, name: str):
     """Resolve ``actions``, ``rewards``, ``action_dict/abs_pos`` ... inside one demo group."""
     try:
