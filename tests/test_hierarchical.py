@@ -242,6 +242,30 @@ def test_value_planner_scores_subgoals_with_bcq_best_action_value(reach_hdf5, ti
         assert torch.equal(out[(K.SUBGOAL, k)], cand[(K.SUBGOAL, k)][torch.arange(2), best])
 
 
+def test_the_environment_goal_goes_to_the_planner(reach_hdf5, tiny):
+    """A goal-conditioned HBC: RolloutPolicy's goal reaches the planner (the actor reads only the subgoal)."""
+    from modmimic.policy import RolloutPolicy
+
+    cfg = compose("hbc", [*tiny("hbc"), "observation.modalities.obs.low_dim=[pos,vel]",
+                          "observation.modalities.goal.low_dim=[goal_pos]", "train.goal_mode=last",
+                          "algo.planner.vae.enabled=false", "train.batch_size=8"])
+    store = load_episode_store(str(reach_hdf5), all_obs_keys(cfg), load_next_obs=True)
+    sampler = WindowSampler(store, 8, seq_length=10, goal_mode="last", seed=0)
+    algo = algo_factory("hbc", cfg, store.obs_shapes(), store.ac_dim)
+    assert algo.goal_shapes == {"goal_pos": (2,)} and algo.components["actor"].goal_shapes == {"pos": (2,), "vel": (2,)}
+    assert (K.GOAL, "goal_pos") in algo.paths["planner.goal_network"].encoder.in_keys
+    algo.set_train()
+    algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1)
+    policy = RolloutPolicy(algo)
+    ob = {"pos": np.zeros((2, 2)), "vel": np.zeros((2, 2))}
+    subgoals = []
+    for g in (0.0, 1.0):
+        policy.start_episode(2)
+        policy(ob, goal={"goal_pos": np.full((2, 2), g)}, batched_ob=True)
+        subgoals.append(algo.current_subgoal[(K.SUBGOAL, "pos")])
+    assert not torch.equal(subgoals[0], subgoals[1])
+
+
 # --- command line, checkpoints, rollouts --------------------------------------------------------------------------
 
 TINY_CLI = ["train.num_epochs=2", "experiment.epoch_every_n_steps=3", "train.batch_size=8",
