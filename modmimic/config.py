@@ -93,7 +93,7 @@ def register_configs() -> None:
 # ``experiment`` are shared, as in robomimic. Sub-recipes may be hierarchical themselves (IRIS: a value planner).
 
 _BROKEN: dict = {}
-COMPONENT_KEYS = ("recipe", "algo_name", "log_prefix", "goal_shapes_from")
+COMPONENT_KEYS = ("recipe", "algo_name", "log_prefix", "goal_shapes_from")  # besides the structure sections
 _ROOTED = re.compile(r"\$\{(algo|observation)([.}])")
 
 
@@ -318,6 +318,11 @@ def validate(cfg: DictConfig, where: str = "") -> None:
                                   f"(component: <one of {names}>)")
         for n in names:
             comp = cfg.components[n]
+            unknown = [k for k in comp.keys() if k not in COMPONENT_KEYS + STRUCTURE_SECTIONS]
+            if unknown:
+                raise ConfigError(f"components.{n}: unknown keys {unknown}"
+                                  f"{closest(unknown[0], COMPONENT_KEYS + STRUCTURE_SECTIONS)}; a component has "
+                                  f"{', '.join(COMPONENT_KEYS)} and the structure sections of its sub-recipe")
             if comp.get("recipe") is None or str(comp.recipe) not in list_recipes():
                 r = comp.get("recipe")
                 raise ConfigError(f"components.{n}.recipe: unknown recipe {r!r}{closest(r, list_recipes())}; "
