@@ -774,7 +774,10 @@ class HierarchicalAlgo(Algo):
             for name, prepare in self.steps:
                 if prepare:
                     self._run_prepare(prepare, batch, epoch, self._step)
-                out = self.components[name].train_on_batch(batch.get(name), epoch, validate=validate)
+                try:
+                    out = self.components[name].train_on_batch(batch.get(name), epoch, validate=validate)
+                except NonFiniteLossError as e:
+                    raise NonFiniteLossError(f"component {name!r} ({self.components[name].recipe_name}): {e}") from None
                 prefix = self.log_prefixes[name]
                 for k, v in out.items():
                     info[f"{prefix}/{k}"] = v

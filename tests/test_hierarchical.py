@@ -211,6 +211,16 @@ def test_latent_subgoals_train_the_actor_on_planner_latents(reach_hdf5, tiny):
     assert act.shape == (3, 2) and list(algo.current_subgoal[K.SUBGOAL].keys()) == [LATENT_SUBGOAL]
 
 
+def test_a_non_finite_loss_names_the_component(reach_hdf5, tiny):
+    from modmimic.algo import NonFiniteLossError
+
+    _, sampler, algo = build("hbc", reach_hdf5, tiny)
+    algo.components["actor"].losses["bc"].fn = lambda batch, **kw: {"loss": torch.tensor(float("nan"))}
+    algo.set_train()
+    with pytest.raises(NonFiniteLossError, match=r"component 'actor' \(bc_rnn\): loss 'bc' \(update 'policy'\)"):
+        algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1)
+
+
 def test_logs_are_prefixed_by_component(reach_hdf5, tiny):
     _, sampler, algo = build("iris", reach_hdf5, tiny)
     algo.set_train()
