@@ -323,7 +323,10 @@ class Algo:
         act = to_plain(config.act)
         act_cls = resolve(act.pop("fn"))
         check_kwargs(act_cls, {"nets": None, **act}, "act")
-        self.act_path = act_cls(self.nets, **act)
+        try:
+            self.act_path = act_cls(self.nets, **act)
+        except ValueError as e:
+            raise ConfigError(f"act: {e}") from None
         self._step = 0
         self.check_finite = True
         self._writes_batch = bool(self.prepare) or any(u.prepare for u in self.updates)
@@ -726,7 +729,10 @@ class HierarchicalAlgo(Algo):
         act = to_plain(config.act)
         act_cls = resolve(act.pop("fn"))
         check_kwargs(act_cls, {"nets": None, **act}, "act")
-        self.act_path = act_cls(self.paths, **act)
+        try:
+            self.act_path = act_cls(self.paths, **act)
+        except ValueError as e:
+            raise ConfigError(f"act: {e}") from None
         self._step = 0
         self.check_finite = True
         self._writes_batch = any(p for _, p in self.steps)

@@ -110,6 +110,8 @@ def test_bad_config_is_a_clear_error():
 def test_bad_mode_and_latent_gl_are_clear_errors(reach_hdf5, tiny):
     with pytest.raises(ConfigError, match="algo.mode must be 'separate' or 'cascade'"):
         build("hbc", reach_hdf5, tiny, "algo.mode=planner_only")
+    with pytest.raises(ConfigError, match="act: subgoal_update_interval must be >= 1"):
+        build("hbc", reach_hdf5, tiny, "algo.subgoal_update_interval=0")
     with pytest.raises(ConfigError, match="latent_subgoal.enabled needs a GL-VAE planner"):
         build("hbc", reach_hdf5, tiny, "algo.latent_subgoal.enabled=true", "algo.planner.vae.enabled=false")
 
@@ -189,6 +191,34 @@ def test_cascade_trains_the_actor_on_the_planner_just_updated(reach_hdf5, tiny, 
             pred = planner.get_subgoal_predictions(b["planner"])
         assert all(torch.allclose(sub[k][:, 0], pred[(K.SUBGOAL, k)]) for k in KEYS)
     assert not any(torch.equal(sub[k][:, 0], b["planner", K.SUBGOAL, k]) for k in KEYS)  # not the dataset's
+
+
+def test_iris_cascade_trains_the_actor_on_the_value_planners_choice(reach_hdf5, tiny):
+    """robomimic IRIS in cascade mode: the actor's subgoal is the ValuePlanner's (best of num_samples by value)."""
+    from modmimic.components.acting import BestActionValue, ValuePlanner
+    from modmimic.components.losses.planner import actor_subgoals
+
+    _, sampler, algo = build("iris", reach_hdf5, tiny, "algo.mode=cascade", "algo.value_planner.num_samples=5",
+                             "algo.value_planner.value.critic.num_action_samples_rollout=3")
+    (prepare,) = algo.steps[1][1]
+    assert prepare.fn is actor_subgoals and prepare.kwargs["num_samples"] == 5
+    assert prepare.nets == {"planner": "value_planner.planner.goal_network", "sampler": "value_planner.value.action_sampler",
+                            "critic": "value_planner.value.critic"}
+    b = algo.process_batch_for_training(sampler.sample())
+    torch.manual_seed(4)
+    with torch.no_grad():
+        out = prepare(b, algo.paths, 1)
+    torch.manual_seed(4)
+    vp = ValuePlanner(algo.paths, "value_planner.planner.goal_network",
+                      BestActionValue(algo.paths, "value_planner.value.action_sampler", "value_planner.value.critic",
+                                      num_samples=3), num_samples=5)
+    with torch.no_grad():
+        ref = vp.get_subgoal_predictions(b["actor"][:, 0])
+    for k in KEYS:
+        assert torch.equal(out[("actor", K.SUBGOAL, k)], ref[(K.SUBGOAL, k)].unsqueeze(1).expand(8, 10, 2))
+    algo.set_train()
+    info = algo.train_on_batch(b, epoch=1)
+    assert torch.isfinite(info["Loss"])
 
 
 def test_latent_subgoals_train_the_actor_on_planner_latents(reach_hdf5, tiny):

@@ -55,15 +55,18 @@ def latent_subgoal_targets(batch, planner, prior_correction: bool = False, num_p
     return {(K.SUBGOAL, LATENT_SUBGOAL): z}
 
 
-def actor_subgoals(batch, planner, mode: str = "separate", latent: bool = False, prior_correction: bool = False,
-                   num_prior_samples: int = 100, actor_batch: str = "actor", goal_group: str = K.SUBGOAL) -> dict:
+def actor_subgoals(batch, planner, sampler=None, critic=None, mode: str = "separate", latent: bool = False,
+                   prior_correction: bool = False, num_prior_samples: int = 100, num_samples: int = 100,
+                   num_action_samples: int = 100, actor_batch: str = "actor", goal_group: str = K.SUBGOAL) -> dict:
     """The actor's subgoals in a hierarchical batch (robomimic HBC/IRIS), written over ``batch[actor_batch]``'s
     ``(goal_group, k)`` and repeated over its ``T`` steps:
 
     * ``mode="separate"``: the dataset subgoal the actor batch already holds (nothing to write), or with ``latent``
       its posterior latent under the planner (prior-corrected: the nearest of ``num_prior_samples`` prior latents);
-    * ``mode="cascade"``: the planner's own prediction from the window's first observation (and goal) — a latent
-      in latent mode (robomimic ``get_subgoal_predictions``).
+    * ``mode="cascade"``: the planner's own subgoal for the window's first observation (and goal) — a latent in
+      latent mode (robomimic ``get_subgoal_predictions``); with a BCQ ``sampler`` and ``critic`` (IRIS) the
+      ValuePlanner's choice: the best of ``num_samples`` planner samples by the best-action value over
+      ``num_action_samples`` sampler actions.
 
     Runs under no grad (a ``prepare`` step)."""
     if mode not in ("separate", "cascade"):
@@ -73,7 +76,14 @@ def actor_subgoals(batch, planner, mode: str = "separate", latent: bool = False,
     actor = batch.get(actor_batch)
     B, T = actor.batch_size
     first = actor[:, 0]
-    if mode == "cascade":
+    if mode == "cascade" and critic is not None:
+        from modmimic.components.acting import BestActionValue, ValuePlanner
+
+        value = BestActionValue({"sampler": sampler, "critic": critic}, "sampler", "critic",
+                                num_samples=num_action_samples)
+        pred = ValuePlanner({}, planner=planner, value=value, num_samples=num_samples).get_subgoal_predictions(first)
+        sub = {(K.SUBGOAL, k): v for k, v in pred.get(K.SUBGOAL).items()}
+    elif mode == "cascade":
         sub = predicted_subgoals(first, planner)
     else:
         first = first.clone(False)
