@@ -297,12 +297,7 @@ class Algo:
 
     def __init__(self, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu",
                  goal_shapes: dict | None = None):
-        self.config = self.global_config = config
-        self.algo_config, self.obs_config = config.algo, config.observation
-        self.algo_name, self.recipe_name = config.algo_name, config.recipe_name
-        self.device = torch.device(device)
-        self.ac_dim = int(ac_dim)
-        self.obs_key_shapes = {k: tuple(v) for k, v in obs_key_shapes.items()}
+        self._bind(config, obs_key_shapes, ac_dim, device)
         self.obs_shapes = self._shapes("obs")
         # goal_shapes: set by a hierarchical parent that feeds this component's goal (HBC rewires the actor's goal
         # to the planner's subgoals, robomimic does it at construction)
@@ -337,6 +332,15 @@ class Algo:
             self.compile()
 
     # --- construction ---------------------------------------------------------------------------------------
+    def _bind(self, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device) -> None:
+        """The attributes robomimic's ``Algo`` exposes, shared by flat and hierarchical algorithms."""
+        self.config = self.global_config = config
+        self.algo_config, self.obs_config = config.algo, config.observation
+        self.algo_name, self.recipe_name = config.algo_name, config.recipe_name
+        self.device = torch.device(device)
+        self.ac_dim = int(ac_dim)
+        self.obs_key_shapes = {k: tuple(v) for k, v in obs_key_shapes.items()}
+
     def _shapes(self, group: str) -> dict:
         out = {}
         for k in obs_keys(self.config, group):
@@ -501,17 +505,18 @@ class Algo:
     def compile(self) -> None:
         """``train.compile``: every prepare and loss function, and every optimizer step, through ``torch.compile``
         (the backward of a compiled loss is compiled too). The first steps are slow while graphs compile."""
+        backend = self.config.train.get("compile_backend", "inductor")
         bound = [*self.prepare, *self.losses.values(), *(p for u in self.updates for p in u.prepare)]
         for b in bound:
             if not getattr(b.fn, "_modmimic_compiled", False):
-                b.fn = torch.compile(b.fn)
+                b.fn = torch.compile(b.fn, backend=backend)
                 b.fn._modmimic_compiled = True
         # every optimizer's step is the same code object guarded on the instance: allow one graph per optimizer
-        import torch._dynamo
+        import torch._dynamo as dynamo  # (binds only ``dynamo``: a bare ``import torch._dynamo`` shadows ``torch``)
 
-        cfg = torch._dynamo.config
+        cfg = dynamo.config
         cfg.recompile_limit = max(cfg.recompile_limit, 8 * len(self.optimizers) + 8)
-        self._opt_step = {k: torch.compile(o.step) for k, o in self.optimizers.items()}
+        self._opt_step = {k: torch.compile(o.step, backend=backend) for k, o in self.optimizers.items()}
 
     def _run_prepare(self, prepare, batch, epoch, step) -> None:
         with torch.no_grad():
@@ -674,12 +679,7 @@ class HierarchicalAlgo(Algo):
                  goal_shapes: dict | None = None):
         from modmimic.config import component_config
 
-        self.config = self.global_config = config
-        self.algo_config, self.obs_config = config.algo, config.observation
-        self.algo_name, self.recipe_name = config.algo_name, config.recipe_name
-        self.device = torch.device(device)
-        self.ac_dim = int(ac_dim)
-        self.obs_key_shapes = {k: tuple(v) for k, v in obs_key_shapes.items()}
+        self._bind(config, obs_key_shapes, ac_dim, device)
         self.nets = nn.ModuleDict()
         self.paths = NetPaths(self.nets)
         self.components, self.log_prefixes = OrderedDict(), {}

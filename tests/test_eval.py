@@ -47,15 +47,6 @@ def train_checkpoint(path, data, recipe, steps, keys=KEYS):
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks: one intra-op thread is fastest, and on a shared 2-core machine more threads thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def reach(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("data") / "reach.hdf5")

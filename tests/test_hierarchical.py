@@ -25,14 +25,6 @@ from modmimic.train import main
 KEYS = ["pos", "goal_pos", "vel"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def build(recipe, reach, tiny, *extra, batch_size=8):
     cfg = compose(recipe, [*tiny(recipe), f"train.batch_size={batch_size}", *extra])
     store = load_episode_store(str(reach), all_obs_keys(cfg), load_next_obs=True)

@@ -45,15 +45,6 @@ def chain_config(recipe, *extra):
                             "train.batch_size=64", "algo.critic.layer_dims=[64,64]", *SMALL[recipe], *extra])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks: one intra-op thread is faster, and much faster on a shared, loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("chain") / "chain.hdf5")

@@ -24,15 +24,6 @@ KEYS = ["pos", "goal_pos", "vel"]
 SHAPES = {"pos": (2,), "goal_pos": (2,), "vel": (2,)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one intra-op thread is faster, and much faster on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def value(d, t):
     return 100.0 * d + t
 

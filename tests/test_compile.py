@@ -1,0 +1,53 @@
+"""``train.compile``: the compiled training step computes what the eager one does, for flat and hierarchical recipes.
+
+The fast tests trace through dynamo with the ``eager`` backend (every graph break, guard and recompile that
+``torch.compile`` meets, without inductor's C++ build); the slow test uses inductor itself."""
+import pytest
+import torch
+
+from modmimic.algo import algo_factory
+from modmimic.config import all_obs_keys, compose
+from modmimic.data.hdf5 import load_episode_store
+from modmimic.data.sampler import WindowSampler
+
+STEPS = 4
+
+
+def train_steps(recipe, path, tiny, *extra):
+    cfg = compose(recipe, [*tiny(recipe), "train.batch_size=8", *extra])
+    torch.manual_seed(0)
+    store = load_episode_store(str(path), all_obs_keys(cfg), load_next_obs=True)
+    sampler = WindowSampler(store, 8, seq_length=cfg.train.seq_length, frame_stack=cfg.train.frame_stack, seed=0)
+    algo = algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)
+    algo.set_train()
+    losses = []
+    for _ in range(STEPS):
+        info = algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1)
+        losses.append(algo.log_info(info)["Loss"])
+    return losses, {k: v.detach().clone() for k, v in algo.nets.state_dict().items()}
+
+
+def assert_same_run(eager, compiled, tol):
+    (l_e, p_e), (l_c, p_c) = eager, compiled
+    assert l_c == pytest.approx(l_e, rel=tol, abs=tol)
+    assert p_e.keys() == p_c.keys()
+    for k in p_e:
+        torch.testing.assert_close(p_c[k], p_e[k], rtol=tol, atol=tol, msg=k)
+
+
+@pytest.mark.parametrize("recipe", ["bc_rnn", "iql", "cql", "hbc", *(pytest.param(r, marks=pytest.mark.slow)
+                                                                   for r in ("bc", "td3_bc", "bcq"))])
+def test_compiled_step_equals_eager(recipe, reach_hdf5, tiny):
+    torch._dynamo.reset()
+    eager = train_steps(recipe, reach_hdf5, tiny)
+    compiled = train_steps(recipe, reach_hdf5, tiny, "train.compile=true", "train.compile_backend=eager")
+    assert_same_run(eager, compiled, 1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["bc", "iql"])
+def test_inductor_step_equals_eager(recipe, reach_hdf5, tiny):
+    torch._dynamo.reset()
+    eager = train_steps(recipe, reach_hdf5, tiny)
+    compiled = train_steps(recipe, reach_hdf5, tiny, "train.compile=true")
+    assert_same_run(eager, compiled, 1e-4)
