@@ -37,16 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, Normal
 
-from common import compare
+from common import OBS, compare, modmimic_setup
 from modmimic import keys as K
-from modmimic.algo import algo_factory
 from modmimic.components.nets.heads import TanhWrapped
-from modmimic.config import compose
 from modmimic.data.hdf5 import load_episode_store
-from modmimic.data.sampler import WindowSampler
 from modmimic.data.synthetic import write_robomimic_hdf5
 
-OBS = {"object": 10, "robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
 OBS_DIM, ACT = sum(OBS.values()), 7
 
 
@@ -246,22 +242,7 @@ def bare_cql(data, gamma=0.99, tau=0.005, n_random=10, target_q_gap=5.0, lr_q=1e
     return step
 
 
-# --- modmimic --------------------------------------------------------------------------------------------------
-
-def modmimic_setup(store, recipe, batch_size, overrides=(), seed=0):
-    cfg = compose(recipe, [f"observation.modalities.obs.low_dim=[{','.join(OBS)}]", f"train.batch_size={batch_size}",
-                           "train.hdf5_normalize_obs=false", *overrides])
-    sampler = WindowSampler(store, batch_size, seq_length=cfg.train.seq_length, frame_stack=cfg.train.frame_stack,
-                            seed=seed)
-    algo = algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)
-    algo.set_train()
-
-    def step():
-        info = algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1)
-        return algo.log_info(info)["Loss"]
-
-    return step
-
+# --- workloads: name, robomimic's batch size, bare step, recipe overrides --------------------------------------
 
 WORKLOADS = {
     "iql": ("iql_300x400_b100", 100, bare_iql, []),
@@ -288,10 +269,10 @@ def main(argv=None):
             name, B, bare_fn, extra = WORKLOADS[recipe]
             steps = max(2, args.steps // 10) if recipe == "cql" else args.steps
             torch.manual_seed(0)
-            variants = [("modmimic", modmimic_setup(store, recipe, B, extra))]
+            variants = [("modmimic", modmimic_setup(store, recipe, B, extra)[0])]
             if args.compile:
                 torch.manual_seed(0)
-                variants.append(("modmimic+compile", modmimic_setup(store, recipe, B, [*extra, "train.compile=true"])))
+                variants.append(("modmimic+compile", modmimic_setup(store, recipe, B, [*extra, "train.compile=true"])[0]))
             torch.manual_seed(0)
             variants.append(("torch", bare_fn(BareData(store, B))))
             compare(name, variants, steps, args.repeats, args.threads)

@@ -26,15 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import compare, timed
+from common import OBS, compare, modmimic_setup, timed
 from modmimic import keys as K
-from modmimic.algo import algo_factory
-from modmimic.config import compose
 from modmimic.data.hdf5 import load_episode_store
 from modmimic.data.sampler import WindowSampler
 from modmimic.data.synthetic import write_robomimic_hdf5
 
-OBS = {"object": 10, "robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
 ACT = 7
 
 
@@ -100,21 +97,6 @@ def bare_setup(store, seq_len, model, batch_size, seed=0):
     return step
 
 
-def modmimic_setup(store, recipe, overrides, batch_size, seed=0):
-    cfg = compose(recipe, [f"observation.modalities.obs.low_dim=[{','.join(OBS)}]",
-                           f"train.batch_size={batch_size}", *overrides])
-    sampler = WindowSampler(store, batch_size, seq_length=cfg.train.seq_length, frame_stack=cfg.train.frame_stack,
-                            seed=seed)
-    algo = algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)
-    algo.set_train()
-
-    def step():
-        info = algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1)
-        return algo.log_info(info)["Loss"]
-
-    return step, algo
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1)
@@ -138,12 +120,12 @@ def main(argv=None):
                                   "batches_per_s": round(1 / t, 1), "threads": args.threads}), flush=True)
         if "bc" in only:
             torch.manual_seed(0)
-            mm, _ = modmimic_setup(store, "bc", [], 100)
+            mm, _ = modmimic_setup(store, "bc", 100)
             bare = bare_setup(store, 1, BareBC(sum(OBS.values())), 100)
             compare("bc_mlp1024x2_b100", [("modmimic", mm), ("torch", bare)], args.steps, args.repeats, args.threads)
         if "bc_rnn" in only:
             torch.manual_seed(0)
-            mm, _ = modmimic_setup(store, "bc_rnn", ["algo.actor_layer_dims=[]"], 100)
+            mm, _ = modmimic_setup(store, "bc_rnn", 100, ["algo.actor_layer_dims=[]"])
             bare = bare_setup(store, 10, BareRNN(sum(OBS.values())), 100)
             compare("bc_rnn_lstm400x2_seq10_b100", [("modmimic", mm), ("torch", bare)], max(5, args.steps // 5), args.repeats, args.threads)
 

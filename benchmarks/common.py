@@ -5,6 +5,9 @@ import json
 import statistics
 import time
 
+# Lift-like low-dim observation keys and sizes of the synthetic benchmark datasets
+OBS = {"object": 10, "robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
+
 
 def timed(step, n: int) -> float:
     """Seconds per call of ``step`` over ``n`` calls."""
@@ -36,3 +39,24 @@ def compare(name: str, variants: list, steps: int, repeats: int, threads: int) -
         print(json.dumps(rec), flush=True)
         out.append(rec)
     return out
+
+
+def modmimic_setup(store, recipe: str, batch_size: int, overrides=(), seed: int = 0):
+    """``(step, algo)``: one modmimic training step as the training loop runs it (sample windows, process the
+    batch, ``train_on_batch``, ``log_info``) for ``recipe`` on ``store``."""
+    from modmimic.algo import algo_factory
+    from modmimic.config import compose
+    from modmimic.data.sampler import WindowSampler
+
+    cfg = compose(recipe, [f"observation.modalities.obs.low_dim=[{','.join(OBS)}]", f"train.batch_size={batch_size}",
+                           "train.hdf5_normalize_obs=false", *overrides])
+    sampler = WindowSampler(store, batch_size, seq_length=cfg.train.seq_length, frame_stack=cfg.train.frame_stack,
+                            seed=seed)
+    algo = algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)
+    algo.set_train()
+
+    def step():
+        info = algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1)
+        return algo.log_info(info)["Loss"]
+
+    return step, algo
