@@ -31,33 +31,17 @@ import os
 import sys
 import tempfile
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, Normal
 
-from common import OBS, compare, modmimic_setup
+from common import ACT, OBS, compare, make_dataset, modmimic_setup
 from modmimic import keys as K
 from modmimic.components.nets.heads import TanhWrapped
 from modmimic.data.hdf5 import load_episode_store
-from modmimic.data.synthetic import write_robomimic_hdf5
 
-OBS_DIM, ACT = sum(OBS.values()), 7
-
-
-def make_dataset(path: str, n_demos: int = 200, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    demos = []
-    for _ in range(n_demos):
-        T = int(rng.integers(120, 180))
-        obs = {k: rng.normal(size=(T, d)) for k, d in OBS.items()}
-        nxt = {k: np.concatenate([v[1:], v[-1:]]) for k, v in obs.items()}
-        dones = np.zeros(T)
-        dones[-1] = 1
-        demos.append({"obs": obs, "next_obs": nxt, "actions": rng.uniform(-0.99, 0.99, (T, ACT)),
-                      "rewards": (rng.random(T) < 0.05).astype(float), "dones": dones})
-    write_robomimic_hdf5(path, demos)
+OBS_DIM = sum(OBS.values())
 
 
 # --- bare PyTorch ----------------------------------------------------------------------------------------------

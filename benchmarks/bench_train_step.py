@@ -21,29 +21,14 @@ import statistics
 import sys
 import tempfile
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import OBS, compare, modmimic_setup, timed
+from common import ACT, OBS, compare, make_dataset, modmimic_setup, timed
 from modmimic import keys as K
 from modmimic.data.hdf5 import load_episode_store
 from modmimic.data.sampler import WindowSampler
-from modmimic.data.synthetic import write_robomimic_hdf5
-
-ACT = 7
-
-
-def make_dataset(path: str, n_demos: int = 200, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    demos = []
-    for _ in range(n_demos):
-        T = int(rng.integers(120, 180))
-        obs = {k: rng.normal(size=(T, d)) for k, d in OBS.items()}
-        demos.append({"obs": obs, "next_obs": obs, "actions": rng.uniform(-1, 1, (T, ACT)),
-                      "rewards": np.zeros(T), "dones": np.zeros(T)})
-    write_robomimic_hdf5(path, demos)
 
 
 class BareBC(nn.Module):

@@ -7,6 +7,7 @@ import time
 
 # Lift-like low-dim observation keys and sizes of the synthetic benchmark datasets
 OBS = {"object": 10, "robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
+ACT = 7
 
 
 def timed(step, n: int) -> float:
@@ -60,3 +61,23 @@ def modmimic_setup(store, recipe: str, batch_size: int, overrides=(), seed: int 
         return algo.log_info(info)["Loss"]
 
     return step, algo
+
+
+def make_dataset(path: str, n_demos: int = 200, seed: int = 0) -> None:
+    """A robomimic-format file of ``n_demos`` random demos (120-179 steps) with the ``OBS`` keys, next observations,
+    7-D actions, sparse random rewards and a done at each demo's end."""
+    import numpy as np
+
+    from modmimic.data.synthetic import write_robomimic_hdf5
+
+    rng = np.random.default_rng(seed)
+    demos = []
+    for _ in range(n_demos):
+        T = int(rng.integers(120, 180))
+        obs = {k: rng.normal(size=(T, d)) for k, d in OBS.items()}
+        nxt = {k: np.concatenate([v[1:], v[-1:]]) for k, v in obs.items()}
+        dones = np.zeros(T)
+        dones[-1] = 1
+        demos.append({"obs": obs, "next_obs": nxt, "actions": rng.uniform(-0.99, 0.99, (T, ACT)),
+                      "rewards": (rng.random(T) < 0.05).astype(float), "dones": dones})
+    write_robomimic_hdf5(path, demos)
