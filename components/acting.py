@@ -4,6 +4,9 @@ An acting path holds per-environment state for a batch of ``B`` environments. ``
 environment afresh, ``reset(B, done)`` only those where the bool mask ``done`` is True (parallel evaluation).
 ``__call__(td)`` takes a ``[B]`` TensorDict of the current observation (and goal) and returns ``[B, A]`` actions.
 Networks are looked up in the algorithm's ``nets`` by name at call time.
+
+Value queries (a recipe's ``value_fns``) are stateless: ``__call__(td) -> [B, 1]`` values of states, or
+``__call__(td, actions)`` of state-action pairs.
 """
 from __future__ import annotations
 
@@ -122,6 +125,50 @@ class SampleSelect:
         return {}
 
 
+# --- value queries (recipes' value_fns: robomimic ValueAlgo; IRIS's subgoal scores) ------------------------------
+
+class BestActionValue:
+    """robomimic BCQ ``get_state_value``, IRIS's subgoal score: ``V(s) = max_j Q_1(s, a_j)`` over ``num_samples``
+    actions from the behaviour model (perturbed by ``actor`` when given). ``__call__(td) -> [B, 1]``."""
+
+    def __init__(self, nets, sampler: str = "action_sampler", critic: str = "critic", actor: str | None = None,
+                 num_samples: int = 100):
+        self.nets, self.sampler, self.critic, self.actor = nets, sampler, critic, actor
+        self.num_samples = int(num_samples)
+
+    def __call__(self, td: TensorDict) -> torch.Tensor:
+        from modmimic.components.losses.bcq import best_of
+
+        actor = self.nets[self.actor] if self.actor is not None and self.actor in self.nets else None
+        return best_of(self.nets[self.sampler], self.nets[self.critic], td, self.num_samples, actor)[1]
+
+
+class NetValue:
+    """``V(s)`` of a state-value network (robomimic IQL ``get_state_value``: the ``vf`` network). ``__call__(td)
+    -> [B, 1]``."""
+
+    def __init__(self, nets, net: str = "vf"):
+        self.nets, self.net = nets, net
+
+    def __call__(self, td: TensorDict) -> torch.Tensor:
+        return self.nets[self.net](td)
+
+
+class CriticValue:
+    """The first critic's ``Q_1(s, a)`` (robomimic scores with ``critic[0]``). ``__call__(td, actions) -> [B, 1]``;
+    without actions, the ``actor``'s evaluation action is scored (robomimic CQL/TD3-BC ``get_state_value``)."""
+
+    def __init__(self, nets, critic: str = "critic", actor: str | None = None):
+        self.nets, self.critic, self.actor = nets, critic, actor
+
+    def __call__(self, td: TensorDict, actions: torch.Tensor | None = None) -> torch.Tensor:
+        if actions is None:
+            if self.actor is None:
+                raise ValueError("CriticValue without an actor needs the actions to score")
+            actions = self.nets[self.actor].act(td)
+        return self.nets[self.critic].q1(td, actions)
+
+
 # --- hierarchical acting: planners and the subgoal-conditioned actor ------------------------------------------
 
 class NotActable:
@@ -206,22 +253,6 @@ class ValuePlanner:
 
     def state_dict(self) -> dict:
         return {}
-
-
-class BestActionValue:
-    """robomimic BCQ ``get_state_value``, IRIS's subgoal score: ``V(s) = max_j Q_1(s, a_j)`` over ``num_samples``
-    actions from the behaviour model (perturbed by ``actor`` when given). ``__call__(td) -> [B, 1]``."""
-
-    def __init__(self, nets, sampler: str = "action_sampler", critic: str = "critic", actor: str | None = None,
-                 num_samples: int = 100):
-        self.nets, self.sampler, self.critic, self.actor = nets, sampler, critic, actor
-        self.num_samples = int(num_samples)
-
-    def __call__(self, td: TensorDict) -> torch.Tensor:
-        from modmimic.components.losses.bcq import best_of
-
-        actor = self.nets[self.actor] if self.actor is not None and self.actor in self.nets else None
-        return best_of(self.nets[self.sampler], self.nets[self.critic], td, self.num_samples, actor)[1]
 
 
 class Hierarchical:

@@ -292,6 +292,21 @@ def normalize_obs(td: TensorDict, stats: dict, groups=((K.OBS,), (K.NEXT, K.OBS)
     return td
 
 
+VALUE_FNS = ("state", "state_action")
+
+
+def _from_spec(spec, nets, where: str):
+    """``fn(nets, **kwargs)`` of a recipe's inference spec ``{fn: <dotted path>, **kwargs}``; bad arguments are
+    configuration errors naming ``where``."""
+    spec = to_plain(spec)
+    cls = resolve(spec.pop("fn"))
+    check_kwargs(cls, {"nets": None, **spec}, where)
+    try:
+        return cls(nets, **spec)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
 class Algo:
     """A recipe built into networks, optimizers, losses and updates, with robomimic's ``Algo`` methods."""
 
@@ -315,13 +330,7 @@ class Algo:
         self.prepare_out = [_as_tuple_key(k) for spec in (config.get("prepare") or []) for k in (spec.get("out") or [])]
         self.losses = {n: self._bind_loss(n, spec) for n, spec in config.losses.items() if spec is not None}
         self.updates = [u for u in (self._bind_update(i, u) for i, u in enumerate(config.updates)) if u is not None]
-        act = to_plain(config.act)
-        act_cls = resolve(act.pop("fn"))
-        check_kwargs(act_cls, {"nets": None, **act}, "act")
-        try:
-            self.act_path = act_cls(self.nets, **act)
-        except ValueError as e:
-            raise ConfigError(f"act: {e}") from None
+        self._build_inference(self.nets)
         self._step = 0
         self.check_finite = True
         self._writes_batch = bool(self.prepare) or any(u.prepare for u in self.updates)
@@ -340,6 +349,17 @@ class Algo:
         self.device = torch.device(device)
         self.ac_dim = int(ac_dim)
         self.obs_key_shapes = {k: tuple(v) for k, v in obs_key_shapes.items()}
+
+    def _build_inference(self, nets) -> None:
+        """The acting path (``act``) and robomimic's ``ValueAlgo`` queries (``value_fns.state`` /
+        ``value_fns.state_action``), each built from its spec ``{fn: <class>, **kwargs}`` over ``nets``."""
+        self.act_path = _from_spec(self.config.act, nets, "act")
+        fns = self.config.get("value_fns") or {}
+        unknown = [k for k in fns if k not in VALUE_FNS]
+        if unknown:
+            raise ConfigError(f"value_fns.{unknown[0]}: unknown value query{closest(unknown[0], VALUE_FNS)}; "
+                              f"value_fns has {', '.join(VALUE_FNS)}")
+        self.value_fns = {k: _from_spec(v, nets, f"value_fns.{k}") for k, v in fns.items() if v is not None}
 
     def _shapes(self, group: str) -> dict:
         out = {}
@@ -622,6 +642,25 @@ class Algo:
         """Actions ``[B, A]`` for a batch of observations (dict of ``[B, ...]`` tensors or a TensorDict)."""
         return self.act_path(self._obs_td(obs_dict, goal_dict))
 
+    @torch.no_grad()
+    def get_state_value(self, obs_dict, goal_dict=None) -> torch.Tensor:
+        """robomimic ``ValueAlgo.get_state_value``: ``V(s)`` ``[B, 1]`` as the recipe defines it (``value_fns.state``:
+        IQL's value network; CQL/TD3-BC ``Q_1(s, actor(s))``; BCQ and IRIS the best sampled action's ``Q_1``)."""
+        return self._value_fn("state")(self._obs_td(obs_dict, goal_dict))
+
+    @torch.no_grad()
+    def get_state_action_value(self, obs_dict, actions, goal_dict=None) -> torch.Tensor:
+        """robomimic ``ValueAlgo.get_state_action_value``: ``Q(s, a)`` ``[B, 1]`` (``value_fns.state_action``: the
+        first critic of the ensemble, as robomimic)."""
+        a = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
+        return self._value_fn("state_action")(self._obs_td(obs_dict, goal_dict), a)
+
+    def _value_fn(self, kind: str):
+        if kind not in self.value_fns:
+            raise NotImplementedError(f"recipe {self.recipe_name!r} declares no value_fns.{kind}: it is not a value "
+                                      f"algorithm (robomimic ValueAlgo: BCQ, CQL, IQL, TD3-BC, ValuePlanner, IRIS)")
+        return self.value_fns[kind]
+
     def reset(self, batch_size: int = 1, done=None) -> None:
         """Per-episode state reset (RNN hidden state, context, subgoal): all environments, or where ``done``."""
         self.act_path.reset(batch_size, done)
@@ -726,13 +765,7 @@ class HierarchicalAlgo(Algo):
                                   "recipe's update names a component and an optional prepare list")
             self.steps.append((name, prepare))
         self.prepare = []
-        act = to_plain(config.act)
-        act_cls = resolve(act.pop("fn"))
-        check_kwargs(act_cls, {"nets": None, **act}, "act")
-        try:
-            self.act_path = act_cls(self.paths, **act)
-        except ValueError as e:
-            raise ConfigError(f"act: {e}") from None
+        self._build_inference(self.paths)
         self._step = 0
         self.check_finite = True
         self._writes_batch = any(p for _, p in self.steps)

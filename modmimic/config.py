@@ -15,7 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-STRUCTURE_SECTIONS = ("batch", "nets", "targets", "prepare", "losses", "updates", "act", "requires", "components")
+STRUCTURE_SECTIONS = ("batch", "nets", "targets", "prepare", "losses", "updates", "act", "value_fns", "requires",
+                      "components")
 DATA_REQUIREMENTS = ("rewards", "next_obs")  # what a recipe may declare under ``requires``
 
 

@@ -276,6 +276,33 @@ def test_value_planner_scores_subgoals_with_bcq_best_action_value(reach_hdf5, ti
         assert torch.equal(out[(K.SUBGOAL, k)], cand[(K.SUBGOAL, k)][torch.arange(2), best])
 
 
+def test_iris_value_queries_are_the_value_planners_bcq(reach_hdf5, tiny):
+    """robomimic IRIS/ValuePlanner ``get_state_value`` / ``get_state_action_value`` delegate to the BCQ value
+    network: its best sampled action's Q_1, and its first critic."""
+    from modmimic.components.losses.bcq import best_of
+    from tensordict import TensorDict
+
+    _, _, algo = build("iris", reach_hdf5, tiny, "algo.value_planner.value.critic.num_action_samples_rollout=4")
+    algo.set_eval()
+    obs = {k: torch.randn(3, 2, generator=torch.Generator().manual_seed(2)) for k in KEYS}
+    td = TensorDict({K.OBS: obs}, [3])
+    sampler, critic = (algo.paths[f"value_planner.value.{n}"] for n in ("action_sampler", "critic"))
+    vp = algo.components["value_planner"]
+    values = []
+    for query in (algo.get_state_value, vp.get_state_value):
+        torch.manual_seed(4)
+        values.append(query(obs))
+    torch.manual_seed(4)
+    with torch.no_grad():
+        expected = best_of(sampler, critic, td, 4)[1]
+    assert torch.equal(values[0], expected) and torch.equal(values[1], expected)
+    a = torch.rand(3, 2) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(algo.get_state_action_value(obs, a), critic.q1(td, a))
+    with pytest.raises(NotImplementedError, match="'hbc' .* not a value algorithm"):
+        build("hbc", reach_hdf5, tiny)[2].get_state_value(obs)
+
+
 def test_the_environment_goal_goes_to_the_planner(reach_hdf5, tiny):
     """A goal-conditioned HBC: RolloutPolicy's goal reaches the planner (the actor reads only the subgoal)."""
     from modmimic.policy import RolloutPolicy

@@ -70,14 +70,14 @@ def train(algo, sampler, steps, epoch=1):
 
 
 def chain_values(algo):
-    """Q_1 at the data actions (+-0.6) of every non-terminal state, and the greedy actions."""
+    """Q_1 at the data actions (+-0.6) of every non-terminal state (robomimic's ``get_state_action_value``), and
+    the greedy actions."""
     S = np.arange(N_STATES - 1)
-    td = TensorDict({K.OBS: {"state": torch.tensor(chain_obs(S, N_STATES), dtype=torch.float32)}}, [len(S)])
+    obs = {"state": torch.tensor(chain_obs(S, N_STATES), dtype=torch.float32)}
     algo.set_eval()
-    with torch.no_grad():
-        q = np.stack([algo.nets["critic"].q1(td, torch.full((len(S), 1), a))[:, 0].numpy() for a in (-0.6, 0.6)], 1)
-        torch.manual_seed(0)
-        act = algo.get_action(td[K.OBS])[:, 0].numpy()
+    q = np.stack([algo.get_state_action_value(obs, torch.full((len(S), 1), a))[:, 0].numpy() for a in (-0.6, 0.6)], 1)
+    torch.manual_seed(0)
+    act = algo.get_action(obs)[:, 0].numpy()
     return q, act
 
 
@@ -155,6 +155,40 @@ def test_update_epochs_gate_networks(chain):
     assert all(torch.equal(a, b) for a, b in zip(before, algo.nets["critic"].parameters()))
     log = train(algo, sampler, 1, epoch=5)
     assert "critic/loss" in log
+
+
+@pytest.mark.parametrize("recipe", RL_RECIPES)
+def test_value_queries_follow_robomimic(recipe, chain):
+    """robomimic ValueAlgo: ``get_state_action_value`` is the first critic's Q; ``get_state_value`` is IQL's value
+    network, Q_1 of the actor's action (CQL, TD3-BC), or the Q_1 of the action BCQ's acting path picks."""
+    _, sampler, algo = build(chain_config(recipe), chain)
+    train(algo, sampler, 30)
+    algo.set_eval()
+    S = np.arange(N_STATES - 1)
+    obs = {"state": torch.tensor(chain_obs(S, N_STATES), dtype=torch.float32)}
+    td = TensorDict({K.OBS: obs}, [len(S)])
+    a = torch.linspace(-0.9, 0.9, len(S)).unsqueeze(-1)
+    with torch.no_grad():
+        q1 = algo.nets["critic"].q1(td, a)
+        torch.testing.assert_close(algo.get_state_action_value(obs, a), q1, rtol=0, atol=0)
+        torch.manual_seed(5)
+        v = algo.get_state_value(obs)
+        assert v.shape == (len(S), 1)
+        if recipe == "iql":
+            expected = algo.nets["vf"](td)
+        elif recipe in ("cql", "td3_bc"):
+            expected = algo.nets["critic"].q1(td, algo.nets["actor"].act(td))
+        else:  # the value of the best of the same sampled candidates
+            torch.manual_seed(5)
+            expected = algo.nets["critic"].q1(td, algo.get_action(obs))
+        torch.testing.assert_close(v, expected, rtol=0, atol=0)
+
+
+def test_non_value_recipes_say_so(chain):
+    cfg = compose("bc", ["observation.modalities.obs.low_dim=[state]"])
+    _, _, algo = build(cfg, chain)
+    with pytest.raises(NotImplementedError, match="'bc' .* not a value algorithm"):
+        algo.get_state_value({"state": torch.zeros(2, N_STATES)})
 
 
 CHAIN_FAST = {"iql": (600, 0.05), "td3_bc": (600, 0.08), "cql": (1500, 0.12), "bcq": (600, 0.08),
