@@ -239,7 +239,20 @@ def check_override_keys(recipe: str, overrides) -> None:
     valid = [p for p, _ in _leaf_paths(ref)]
     prefixes = {p.rsplit(".", i)[0] for p in valid for i in range(p.count(".") + 1)}
     for o in overrides:
-        key = o.split("=", 1)[0].strip()
+        key, value = (x.strip() for x in o.split("=", 1))
+        if key.startswith("components.") and key.endswith(".recipe") and key in prefixes:
+            fixed = OmegaConf.select(ref, key)
+            if value not in list_recipes():
+                raise ConfigError(f"{key}: unknown recipe {value!r}{closest(value, list_recipes())}; available "
+                                  f"recipes: {', '.join(list_recipes())}")
+            if value != str(fixed):
+                name = key[len("components."):-len(".recipe")].replace(".components.", ".")
+                raise ConfigError(
+                    f"{key}={value}: a component's sub-recipe is part of recipe {recipe!r} ({fixed}); choose its "
+                    f"variant with its robomimic flags under algo.{name} (e.g. algo.planner.vae.enabled=false for a "
+                    "GL planner, algo.actor.gmm.enabled=true for a BC-RNN-GMM actor), or write a recipe that "
+                    "references another sub-recipe")
+            continue
         if key in ("recipe", "dataset") or key in prefixes:
             continue
         raise ConfigError(f"unknown config key {key!r}{closest(key, valid)}")

@@ -91,6 +91,11 @@ def test_bad_config_is_a_clear_error():
         compose("hbc", ["train.seq_length=8", "algo.planner.subgoal_horizon=8"])
     with pytest.raises(ConfigError, match="unknown recipe 'gl_vea'.*did you mean 'gl_vae'"):
         compose("hbc", ["components.planner.recipe=gl_vea"])
+    # robomimic picks a sub-algorithm's variant by flags; swapping the sub-recipe itself is not silently ignored
+    with pytest.raises(ConfigError, match=r"components\.planner\.recipe=gl: .*part of recipe 'hbc' \(gl_vae\).*"
+                                          r"algo\.planner"):
+        compose("hbc", ["components.planner.recipe=gl"])
+    assert compose("hbc", ["components.planner.recipe=gl_vae"]).components.planner.recipe == "gl_vae"
     with pytest.raises(ConfigError, match="components.planner.recipe: unknown recipe 'nope'"):
         expand_components({"components": {"planner": {"recipe": "nope"}}})
     with pytest.raises(ConfigError, match="components.actor: unknown keys.*did you mean 'goal_shapes_from'"):
