@@ -21,9 +21,12 @@ def train_steps(recipe, path, tiny, *extra):
     algo = algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)
     algo.set_train()
     losses = []
+    torch._dynamo.utils.counters.clear()
     for _ in range(STEPS):
         info = algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1)
         losses.append(algo.log_info(info)["Loss"])
+    if cfg.train.compile:  # the step really went through dynamo (an ignored flag would pass the comparison)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
     return losses, {k: v.detach().clone() for k, v in algo.nets.state_dict().items()}
 
 
