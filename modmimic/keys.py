@@ -55,3 +55,54 @@ def subgoal(key: str) -> tuple:
 
 # robomimic's collated batch dict names -> modmimic groups (used to accept robomimic-style batches).
 ROBOMIMIC_GROUPS = {"obs": (OBS,), "next_obs": (NEXT, OBS), "goal_obs": (GOAL,)}
+
+
+# --- declared keys ---------------------------------------------------------------------------------------------
+#
+# Every function a recipe names (batch functions, prepare steps, losses) declares what it reads from the batch and
+# what it produces. The recipe compiler checks, before anything runs, that every key a step reads is produced by the
+# data or by an earlier step, and warns about keys produced and never read. A function never writes into the batch:
+# a prepare step returns ``{key: value}`` for its declared ``writes``; a loss returns ``{"loss": scalar, <metric>:
+# detached scalar, ...}`` and, for a later loss of the same update, values under its declared ``writes`` (the engine
+# puts those into the step's batch).
+#
+# Entries are keys (``"action"``, ``("next", "reward")`` or the dotted ``"next.reward"``) or ``"{arg}"``: the key
+# is the value of the function's keyword argument ``arg`` as the recipe binds it (skipped when that value is None).
+# ``needs``: ``{net argument: (operation, ...)}`` a network must support (distribution heads: ``"log_prob"``,
+# ``"rsample"``, ``"sample"``, ``"mode"``, ``"rsample_with_log_prob"``), checked when the recipe is built.
+# ``context``: the run-time counters the function takes as keyword arguments (``"epoch"``, ``"step"``).
+
+def as_key(k):
+    """``"next.reward"`` -> ``("next", "reward")``; a plain name or a tuple as is."""
+    if isinstance(k, str) and "." in k:
+        return tuple(k.split("."))
+    if isinstance(k, list):
+        return tuple(k)
+    return k
+
+
+def declare(reads=(), writes=(), needs=None, context=()):
+    """Decorator declaring a step function's batch keys (see above). Sets ``fn.reads``, ``fn.writes``,
+    ``fn.needs`` and ``fn.context``."""
+
+    def wrap(fn):
+        fn.reads, fn.writes = tuple(reads), tuple(writes)
+        fn.needs = {k: tuple(v) for k, v in (needs or {}).items()}
+        fn.context = tuple(context)
+        return fn
+
+    return wrap
+
+
+def bound_keys(entries, kwargs: dict) -> list:
+    """Declared entries resolved against the bound keyword arguments: ``"{arg}"`` -> ``as_key(kwargs[arg])``
+    (dropped when None or absent); everything else through :func:`as_key`."""
+    out = []
+    for e in entries:
+        if isinstance(e, str) and e.startswith("{") and e.endswith("}"):
+            v = kwargs.get(e[1:-1])
+            if v is None:
+                continue
+            e = v
+        out.append(as_key(e))
+    return out
