@@ -8,13 +8,16 @@ import torch
 from tensordict import TensorDict
 
 from modmimic import keys as K
+from modmimic.keys import declare
 
 
+@declare(reads=[K.ACTION])
 def first_step(batch):
     """Single-step algorithms: every entry at the window's first step (robomimic ``[:, 0]``) -> ``[B]``."""
     return batch[:, 0] if batch.batch_dims == 2 else batch
 
 
+@declare(reads=[K.ACTION])
 def full_sequence(batch, open_loop: bool = False):
     """Sequence algorithms (BC-RNN): the whole window; ``open_loop`` replaces every observation by the first one
     (robomimic ``rnn.open_loop``)."""
@@ -26,6 +29,7 @@ def full_sequence(batch, open_loop: bool = False):
     return batch
 
 
+@declare(reads=[K.ACTION], writes=[K.LOSS_MASK])
 def transformer_window(batch, context_length: int, supervise_all_steps: bool = False,
                        pred_future_acs: bool = False):
     """BC-Transformer: observations ``[:, :context_length]``; actions of every step (``supervise_all_steps``, from
@@ -56,6 +60,7 @@ def transformer_window(batch, context_length: int, supervise_all_steps: bool = F
 DISCOUNT = (K.NEXT, "discount")  # [B, 1] float: the bootstrap discount of each transition (gamma ** steps)
 
 
+@declare(reads=[K.ACTION, K.REWARD, K.DONE, (K.NEXT, K.OBS)], writes=[DISCOUNT])
 def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_horizon: bool = False):
     """Windows ``[B, T]`` -> n-step transitions ``[B]`` (robomimic BCQ/CQL/TD3-BC ``process_batch_for_training``).
 
@@ -107,9 +112,11 @@ def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_h
 
 
 def next_state(batch):
-    """``batch["next"]`` as a state TensorDict (next observation, and the goal when the batch has one)."""
+    """``batch["next"]`` as a state TensorDict (next observation, and the goal when the batch has one); the batch is
+    never modified (:func:`n_step_transition` batches already carry the goal in ``next``)."""
     nxt = batch.get(K.NEXT)
     if K.GOAL in batch.keys() and K.GOAL not in nxt.keys():
+        nxt = nxt.clone(False)
         nxt.set(K.GOAL, batch.get(K.GOAL))
     return nxt
 
@@ -157,6 +164,7 @@ def subgoal_targets(batch, subgoal_horizon: int = 10, subgoal_keys=None, random_
     return {k: nobs.get(k)[:, subgoal_horizon - 1] for k in keys}
 
 
+@declare(reads=[(K.NEXT, K.OBS)], writes=[K.SUBGOAL])
 def subgoal_step(batch, subgoal_horizon: int = 10, subgoal_keys=None, random_subgoals: bool = False):
     """Planner batches (robomimic GL): the window's first step (``[B]``, as :func:`first_step`) plus the subgoal
     targets ``("subgoal", k)`` of :func:`subgoal_targets`."""
@@ -166,6 +174,7 @@ def subgoal_step(batch, subgoal_horizon: int = 10, subgoal_keys=None, random_sub
     return out
 
 
+@declare(reads=[(K.NEXT, K.OBS)], writes=["{goal_group}"])
 def subgoal_sequence(batch, subgoal_horizon: int = 10, subgoal_keys=None, actor_use_random_subgoals: bool = False,
                      goal_group: str = K.SUBGOAL, open_loop: bool = False):
     """Actor batches of a hierarchical recipe (HBC ``separate`` mode): the whole window (as :func:`full_sequence`)

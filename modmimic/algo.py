@@ -1,10 +1,12 @@
-"""The robomimic ``Algo`` facade over a recipe.
+"""The robomimic ``Algo`` facade over a recipe compiled into a program.
 
-``Algo`` builds what a recipe declares — networks (``nets``), target copies (``targets``), one optimizer and LR
-scheduler per ``algo.optim_params.<net>``, no-grad shared quantities (``prepare``), loss modules (``losses``), the
-ordered ``updates`` and the acting path (``act``) — and exposes robomimic's method set. ``train_on_batch`` runs the
-updates in the recipe's order; nothing algorithm-specific lives here. ``HierarchicalAlgo`` is the same facade over a
-recipe of sub-recipes (``components``: HBC, IRIS): one ``Algo`` per component, trained in the recipe's order.
+:class:`Builder` compiles a recipe — networks (``nets``), target copies (``targets``), one optimizer and LR scheduler
+per ``algo.optim_params.<net>``, no-grad shared quantities (``prepare``), loss functions (``losses``), the ordered
+``updates`` and, for hierarchical recipes, ``components`` — into one flat :class:`~modmimic.program.Program`
+(networks and optimizers by path, an ordered list of steps with declared keys, checked before anything runs).
+:class:`Algo` exposes robomimic's method set over it: ``train_on_batch`` is :func:`~modmimic.program.run_step`;
+nothing algorithm-specific lives here. A hierarchical recipe's components (HBC's planner and actor, IRIS's value
+planner) are views of the same program (``algo.components[<name>]``).
 
 Registry: ``register_algo_factory_func(name)`` registers ``fn(algo_config) -> recipe name`` for a robomimic algo
 name (the variant is chosen by config flags, as in robomimic); ``algo_factory(algo_name, config, obs_key_shapes,
@@ -17,22 +19,18 @@ import importlib
 import inspect
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
 from torch import nn
 
 from modmimic import keys as K
+from modmimic.program import (Call, NonFiniteLossError, Prepare, Program, Update, check_keys, run_step,
+                              soft_update)
 from modmimic.config import ConfigError, closest, obs_keys, to_plain
 
 REGISTERED_ALGO_FACTORY_FUNCS: "OrderedDict[str, callable]" = OrderedDict()
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or Inf; names the term."""
 
 
 def register_algo_factory_func(algo_name: str):
@@ -194,56 +192,6 @@ def scheduler_from_params(optimizer, optim_params: dict, num_epochs: int | None 
     raise ConfigError(f"scheduler_type must be 'multistep', 'linear' or 'cosine', got {kind!r}")
 
 
-# --- recipe pieces ------------------------------------------------------------------------------------------
-
-@dataclass
-class Loss:
-    """A loss module bound to its networks and hyperparameters. A network argument bound to a disabled network
-    (``nets.<name>.enabled: false``) receives ``None``. Functions that declare ``epoch`` / ``step`` parameters get
-    the epoch / the global gradient step."""
-    name: str
-    fn: callable
-    nets: dict
-    kwargs: dict
-    wants_epoch: bool
-    wants_step: bool = False
-
-    def __call__(self, batch, modules, epoch, step=0):
-        extra = {"epoch": epoch} if self.wants_epoch else {}
-        if self.wants_step:
-            extra["step"] = step
-        nets = {arg: (modules[n] if n is not None else None) for arg, n in self.nets.items()}
-        return self.fn(batch, **nets, **self.kwargs, **extra)
-
-
-@dataclass
-class Update:
-    """One optimizer step: (its own no-grad ``prepare``) -> weighted sum of losses -> backward -> (clip) -> step of
-    every listed optimizer -> polyak of targets.
-
-    ``optimizers``: the networks stepped (robomimic's per-network optimizers; several when one loss trains a network
-    and, e.g., its learnable weight). ``max_grad_norm`` clips the first of them, each ensemble member separately
-    with ``clip_per_member`` (robomimic steps every critic with its own optimizer). ``every = n``: the update runs on
-    the n-th, 2n-th, ... step (robomimic's TD3 ``actor_update_counter % update_freq == 0`` after the increment)."""
-    name: str
-    losses: dict
-    optimizers: list
-    every: int = 1
-    start_epoch: int = -1
-    end_epoch: int = -1
-    max_grad_norm: float | None = None
-    clip_per_member: bool = False
-    targets: list = field(default_factory=list)
-    prepare: list = field(default_factory=list)
-
-    @property
-    def optimizer(self) -> str | None:
-        return self.optimizers[0] if self.optimizers else None
-
-    def active(self, epoch: int, step: int) -> bool:
-        return ((self.start_epoch < 0 or epoch >= self.start_epoch)
-                and (self.end_epoch < 0 or epoch < self.end_epoch) and (step + 1) % self.every == 0)
-
 
 def _as_tuple_key(k):
     if isinstance(k, str) and "." in k:
@@ -292,6 +240,296 @@ def normalize_obs(td: TensorDict, stats: dict, groups=((K.OBS,), (K.NEXT, K.OBS)
     return td
 
 
+# --- compiling a recipe into a program ---------------------------------------------------------------------------
+
+def _join(scope: tuple, name: str) -> str:
+    return ".".join((*scope, name))
+
+
+def bind_call(where: str, spec, nets_at, disabled=(), batch_fn: bool = False) -> Call:
+    """A recipe entry ``{fn: <dotted path>, nets: {arg: net}, **kwargs}`` bound into a :class:`Call`.
+
+    ``nets_at(name) -> (module, path)`` finds a network (KeyError when there is none); a network in ``disabled`` is
+    passed as None. Unknown arguments, undeclared context arguments and networks lacking a declared distribution
+    operation are configuration errors naming ``where``."""
+    spec = to_plain(spec)
+    fn = resolve(spec.pop("fn"))
+    net_names = {a: n for a, n in (spec.pop("nets", None) or {}).items()} if not batch_fn else {}
+    nets, paths = {}, {}
+    for arg, name in net_names.items():
+        if name is None or name in disabled:
+            nets[arg] = None
+            continue
+        try:
+            nets[arg], paths[arg] = nets_at(name)
+        except KeyError as e:
+            raise ConfigError(f"{where}: network {name!r} does not exist ({e.args[0]})") from None
+    params = inspect.signature(fn).parameters
+    context = tuple(getattr(fn, "context", ()))
+    for c in ("epoch", "step"):
+        if c in params and c not in context and c not in spec:
+            raise ConfigError(f"{where}: {getattr(fn, '__qualname__', fn)} takes {c!r} but does not declare it: "
+                              f"decorate it with modmimic.keys.declare(context=({c!r},))")
+    check_kwargs(fn, {**{a: None for a in nets}, **spec, **{c: None for c in context}}, where)
+    bound = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    bound.update(spec)
+    for arg, ops in getattr(fn, "needs", {}).items():
+        net = nets.get(arg)
+        have = getattr(net, "distribution_ops", None) if net is not None else None
+        missing = [o for o in ops if have is not None and o not in have]
+        if missing:
+            raise ConfigError(f"{where}: {getattr(fn, '__qualname__', fn)} needs {', '.join(missing)} from the "
+                              f"distribution of network {net_names[arg]!r} ({type(net).__name__}), which offers only "
+                              f"{', '.join(sorted(have)) or 'none'}")
+    return Call(where, fn, nets, spec, paths, context, K.bound_keys(getattr(fn, "reads", ()), bound),
+                K.bound_keys(getattr(fn, "writes", ()), bound))
+
+
+def data_keys(config: DictConfig) -> list:
+    """The keys the window sampler provides for ``config`` (what the first step of a program may read)."""
+    t = config.train
+    out = [K.OBS, K.ACTION, K.MASK, K.IS_INIT, K.INDEX, K.EPISODE]
+    if t.get("hdf5_load_next_obs", True):
+        out.append((K.NEXT, K.OBS))
+    if "rewards" in (config.get("requires") or []) or "rewards" in list(t.get("dataset_keys") or []):
+        out += [K.REWARD, K.DONE, K.TERMINATED]
+    if t.get("goal_mode"):
+        out.append(K.GOAL)
+    return out
+
+
+class Builder:
+    """Compiles a (possibly hierarchical) recipe config into a :class:`Program` (see :mod:`modmimic.program`)."""
+
+    def __init__(self, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device):
+        self.root, self.ac_dim, self.device = config, int(ac_dim), torch.device(device)
+        self.obs_key_shapes = {k: tuple(v) for k, v in obs_key_shapes.items()}
+        self.program = Program(recipe=str(config.recipe_name), nets=nn.ModuleDict(), data_keys=data_keys(config))
+        self.shapes = {}  # scope -> {"obs": ..., "goal": ..., "subgoal": ...}
+        self.recipes = {}  # scope -> recipe name
+        self.configs = {}  # scope -> the component's config
+
+    def net_at(self, scope: tuple):
+        def find(name):
+            if name in self.program.disabled:
+                raise KeyError(f"{name!r} is disabled")
+            path = _join(scope, name) if scope else name
+            for p in (path, name):  # a component's own network, or any network by its full path
+                try:
+                    return self.program.net(p), p
+                except AttributeError:
+                    continue
+            raise KeyError(f"networks: {sorted(self._paths())}")
+
+        return find
+
+    def _paths(self):
+        return [n for n, m in self.program.nets.named_modules() if n and not n.count(".") > 3]
+
+    def build(self, config: DictConfig, scope: tuple = (), prefix: str = "", goal_shapes=None) -> None:
+        if config.get("components"):
+            return self._build_hierarchical(config, scope, prefix)
+        where = lambda s: f"{'/'.join(scope) + '/' if scope else ''}{s}"  # noqa: E731
+        shapes = {"obs": self._shapes(config, "obs"),
+                  "goal": self._shapes(config, "goal") if goal_shapes is None else dict(goal_shapes),
+                  "subgoal": self._shapes(config, "subgoal") if "subgoal" in config.observation.modalities else {}}
+        self.shapes[scope], self.recipes[scope], self.configs[scope] = shapes, str(config.recipe_name), config
+        nets = self._nets_at(scope)
+        self._build_nets(config, scope, nets, shapes, where)
+        self._build_optimizers(config, scope)
+        bspec = config.get("batch") or {"fn": "modmimic.components.batching.first_step"}
+        self.program.batch.append((scope, bind_call(where("batch"), bspec, None, batch_fn=True)))
+        p = self.program
+        net_at = self.net_at(scope)
+        prepare = [bind_call(where(f"prepare[{i}]"), s, net_at, self._disabled(scope))
+                   for i, s in enumerate(config.get("prepare") or [])]
+        if prepare:
+            p.steps.append(Prepare(where("prepare"), prepare, scope))
+        losses = {n: bind_call(where(f"losses.{n}"), s, net_at, self._disabled(scope))
+                  for n, s in config.losses.items() if s is not None}
+        for i, spec in enumerate(config.updates):
+            self._bind_update(i, spec, scope, prefix, losses, where)
+
+    def _nets_at(self, scope: tuple) -> nn.ModuleDict:
+        nets = self.program.nets
+        for s in scope:
+            if s not in nets:
+                nets[s] = nn.ModuleDict()
+            nets = nets[s]
+        return nets
+
+    def _disabled(self, scope):
+        return {p.split(".")[-1] for p in self.program.disabled if p.rsplit(".", 1)[0] == ".".join(scope)} \
+            if scope else {p for p in self.program.disabled if "." not in p}
+
+    def _shapes(self, config, group: str) -> dict:
+        out = {}
+        for k in obs_keys(config, group):
+            if k not in self.obs_key_shapes:
+                raise ConfigError(f"observation key {k!r} (observation.modalities.{group}) is not in the dataset; "
+                                  f"dataset keys: {sorted(self.obs_key_shapes)}{closest(k, self.obs_key_shapes)}")
+            out[k] = self.obs_key_shapes[k]
+        return out
+
+    def _build_nets(self, config, scope, nets, shapes, where) -> None:
+        p = self.program
+        for name, spec in config.nets.items():
+            if spec is None:
+                continue
+            spec = to_plain(spec)
+            if not spec.pop("enabled", True):
+                p.disabled.add(_join(scope, name))
+                continue
+            builder = resolve(spec.pop("_target_"))
+            kwargs = dict(obs_shapes=shapes["obs"], ac_dim=self.ac_dim, goal_shapes=shapes["goal"], **spec)
+            if "subgoal_shapes" in inspect.signature(builder).parameters:
+                kwargs.setdefault("subgoal_shapes", shapes["subgoal"] or None)
+            check_kwargs(builder, kwargs, where(f"nets.{name}"))
+            try:
+                nets[name] = builder(**kwargs).to(self.device)
+            except ValueError as e:
+                raise ConfigError(f"{where(f'nets.{name}')}: {e}") from None
+        for name, spec in (config.get("targets") or {}).items():
+            if spec is None:
+                continue
+            src = spec.source
+            if _join(scope, src) in p.disabled:
+                p.disabled.add(_join(scope, name))
+                continue
+            if src not in nets:
+                raise ConfigError(f"{where(f'targets.{name}')}: source network {src!r} does not exist "
+                                  f"(nets: {list(nets)})")
+            nets[name] = copy.deepcopy(nets[src]).requires_grad_(False).eval()
+            p.targets[_join(scope, name)] = (_join(scope, src), float(spec.get("tau", 0.005)))
+
+    def _build_optimizers(self, config, scope) -> None:
+        p = self.program
+        for name, op in to_plain(config.algo.get("optim_params") or {}).items():
+            path = _join(scope, name)
+            if path in p.targets or path in p.disabled:
+                continue
+            try:
+                net = p.net(path)
+            except AttributeError:
+                continue
+            opt = optimizer_from_params(net.parameters(), op)
+            p.optimizers[path] = opt
+            p.schedulers[path] = scheduler_from_params(
+                opt, op, op.get("num_epochs", config.train.num_epochs),
+                op.get("num_train_batches", config.experiment.epoch_every_n_steps))
+            p.per_batch[path] = bool(op["learning_rate"].get("step_every_batch", False)) or \
+                op["learning_rate"].get("scheduler_type") == "cosine"
+
+    def _bind_update(self, i, spec, scope, prefix, losses, where) -> None:
+        p = self.program
+        spec = to_plain(spec)
+        name = spec.pop("name", f"update{i}")
+        w = where(f"updates[{i}] ({name})")
+        opts = spec.pop("optimizer", None)
+        opts = [] if opts is None else [opts] if isinstance(opts, str) else list(opts)
+        pre = [bind_call(f"{w}.prepare[{j}]", s, self.net_at(scope), self._disabled(scope))
+               for j, s in enumerate(spec.pop("prepare", None) or [])]
+        weights = dict(spec.pop("losses"))
+        u = Update(name=name, losses=[], optimizers=[_join(scope, o) for o in opts], scope=scope, prefix=prefix,
+                   every=int(spec.pop("every", 1) or 1), start_epoch=int(spec.pop("start_epoch", -1)),
+                   end_epoch=int(spec.pop("end_epoch", -1)), max_grad_norm=spec.pop("max_grad_norm", None),
+                   clip_per_member=bool(spec.pop("clip_per_member", False)),
+                   targets=[_join(scope, t) for t in (spec.pop("targets", None) or [])])
+        if spec:
+            raise ConfigError(f"{w}: unknown keys {sorted(spec)}{closest(sorted(spec)[0], UPDATE_KEYS)}; an update "
+                              f"has {', '.join(UPDATE_KEYS)}")
+        if u.optimizers and u.optimizers[0] in p.disabled:
+            return  # it steps a disabled network: the update does not exist
+        for lname, weight in weights.items():
+            if lname not in losses:
+                raise ConfigError(f"{w}: uses loss {lname!r}, which the recipe does not define"
+                                  f"{closest(lname, losses)} (losses: {list(losses)})")
+            u.losses.append((lname, losses[lname], float(weight)))
+        for o in u.optimizers:
+            if o not in p.optimizers:
+                raise ConfigError(f"{w}: no optimizer for network {o.split('.')[-1]!r}; add "
+                                  f"algo.optim_params.{o.split('.')[-1]}")
+        u.targets = [t for t in u.targets if t not in p.disabled]
+        for t in u.targets:
+            if t not in p.targets:
+                raise ConfigError(f"{w}: {t.split('.')[-1]!r} is not a target network "
+                                  f"(targets: {[x.split('.')[-1] for x in p.targets]})")
+        if pre:
+            p.steps.append(Prepare(f"{w}.prepare", pre, scope))
+        p.steps.append(u)
+
+    def _build_hierarchical(self, config, scope, prefix) -> None:
+        """Components built in order as namespaced programs (``scope + (name,)``, log prefix ``<prefix>Name/``);
+        the recipe's ``updates`` list which component trains when, with optional no-grad ``prepare`` steps over
+        the whole batch right before it (HBC cascade: the actor's subgoals from the planner just updated)."""
+        from modmimic.config import component_config
+
+        self.recipes[scope], self.configs[scope] = str(config.recipe_name), config
+        p = self.program
+        comps = {}
+        fed = set()
+        for name, spec in config.components.items():
+            if spec is None:
+                continue
+            sub_cfg = _with_component_variant(config, name, component_config(config, name))
+            gs = None
+            if spec.get("goal_shapes_from"):
+                src = _join(scope, str(spec.goal_shapes_from))
+                try:
+                    gs = dict(p.net(src).actor_goal_shapes)
+                except AttributeError:
+                    raise ConfigError(f"components.{name}.goal_shapes_from: no network {spec.goal_shapes_from!r} "
+                                      f"among the components built before {name!r} ({list(comps)})") from None
+                fed.add(name)
+            comps[name] = (sub_cfg, gs, f"{prefix}{spec.get('log_prefix') or name}/")
+        sub_programs = {}
+        for name, (sub_cfg, gs, pre) in comps.items():
+            n_steps = len(p.steps)
+            try:
+                self.build(sub_cfg, scope + (name,), pre, gs)
+            except ConfigError as e:
+                raise ConfigError(f"component {name!r} ({sub_cfg.recipe_name}): {e}") from None
+            sub_programs[name] = p.steps[n_steps:]
+            del p.steps[n_steps:]
+            p.components[_join(scope, name)] = pre
+        shapes = {"obs": {}, "goal": {}, "subgoal": {}}
+        for name in comps:
+            sh = self.shapes[scope + (name,)] if scope + (name,) in self.shapes else self._merged(scope + (name,))
+            shapes["obs"].update(sh["obs"])
+            shapes["subgoal"].update(sh["subgoal"])
+            if name not in fed:  # an environment goal (not a subgoal a planner feeds)
+                shapes["goal"].update(sh["goal"])
+        self.shapes[scope] = shapes
+        for i, u in enumerate(config.updates):
+            u = to_plain(u)
+            name = u.pop("component")
+            w = f"{'/'.join(scope) + '/' if scope else ''}updates[{i}] (component {name})"
+            pre = [bind_call(f"{w}.prepare[{j}]", s, self.net_at(scope)) for j, s in enumerate(u.pop("prepare", None)
+                                                                                                 or [])]
+            if u:
+                raise ConfigError(f"{w}: unknown keys {sorted(u)}; a hierarchical recipe's update names a component "
+                                  "and an optional prepare list")
+            if pre:
+                p.steps.append(Prepare(f"{w}.prepare", pre, scope))
+            p.steps.extend(sub_programs[name])
+
+    def _merged(self, scope):
+        return self.shapes[scope]
+
+
+UPDATE_KEYS = ("name", "losses", "optimizer", "every", "start_epoch", "end_epoch", "max_grad_norm", "clip_per_member",
+               "targets", "prepare")
+
+
+def compile_recipe(config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu", goal_shapes=None):
+    """``(program, builder)``: ``config`` compiled into a :class:`Program`, its keys checked (see
+    :func:`modmimic.program.check_keys`)."""
+    b = Builder(config, obs_key_shapes, ac_dim, device)
+    b.build(config, (), "", goal_shapes)
+    check_keys(b.program, str(config.recipe_name))
+    return b.program, b
+
+
 VALUE_FNS = ("state", "state_action")
 
 
@@ -307,42 +545,96 @@ def _from_spec(spec, nets, where: str):
         raise ConfigError(f"{where}: {e}") from None
 
 
+class NetPaths:
+    """Networks by path: ``nets["actor.policy"]`` is the ``policy`` network of the ``actor`` component (nested
+    components: ``"value_planner.value.critic"``); a flat recipe's ``nets["policy"]``. Read-only."""
+
+    def __init__(self, nets: nn.ModuleDict):
+        self.nets = nets
+
+    def __getitem__(self, path: str) -> nn.Module:
+        try:
+            return self.nets.get_submodule(str(path))
+        except AttributeError:
+            raise KeyError(path) from None
+
+    def __contains__(self, path) -> bool:
+        try:
+            self[path]
+            return True
+        except KeyError:
+            return False
+
+    def __iter__(self):
+        return iter(self.nets)
+
+    def __repr__(self) -> str:
+        return f"NetPaths({list(self.nets)})"
+
+
+def _nest(flat: dict) -> dict:
+    """``{"a.b": x}`` -> ``{"a": {"b": x}}`` (a hierarchical recipe's optimizers nested by component)."""
+    out = {}
+    for path, v in flat.items():
+        *parents, last = path.split(".")
+        d = out
+        for p in parents:
+            d = d.setdefault(p, {})
+        d[last] = v
+    return out
+
+
+def _unnest(nested: dict, path: str):
+    d = nested
+    for p in path.split("."):
+        d = d[p]
+    return d
+
+
 class Algo:
-    """A recipe built into networks, optimizers, losses and updates, with robomimic's ``Algo`` methods."""
+    """A recipe compiled into a :class:`~modmimic.program.Program`, with robomimic's ``Algo`` methods.
+
+    ``train_on_batch`` is :func:`~modmimic.program.run_step` of the program; nothing algorithm-specific lives here.
+    A hierarchical recipe (HBC, IRIS) is one program too; ``components[<name>]`` are views of its components (their
+    networks, optimizers, shapes, acting path and value queries, robomimic's sub-algorithms), ``paths`` finds any
+    network by path (``paths["actor.policy"]``)."""
 
     def __init__(self, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu",
-                 goal_shapes: dict | None = None):
+                 goal_shapes: dict | None = None, *, _view=None):
         self._bind(config, obs_key_shapes, ac_dim, device)
-        self.obs_shapes = self._shapes("obs")
-        # goal_shapes: set by a hierarchical parent that feeds this component's goal (HBC rewires the actor's goal
-        # to the planner's subgoals, robomimic does it at construction)
-        self.goal_shapes = self._shapes("goal") if goal_shapes is None else dict(goal_shapes)
-        self.subgoal_shapes = self._shapes("subgoal") if "subgoal" in config.observation.modalities else {}
-        self.nets = nn.ModuleDict()
-        self.target_specs = {}
-        self.disabled = set()  # networks a recipe declares but turned off (nets.<name>.enabled: false)
-        self._build_nets()
-        self.nets.to(self.device)
-        self.optimizers, self.lr_schedulers, self.step_every_batch = {}, {}, {}
-        self._build_optimizers()
-        self.batch_fn = self._bind_batch_fn()
-        self.prepare = [self._bind_loss(f"prepare[{i}]", spec) for i, spec in enumerate(config.get("prepare") or [])]
-        self.prepare_out = [_as_tuple_key(k) for spec in (config.get("prepare") or []) for k in (spec.get("out") or [])]
-        self.losses = {n: self._bind_loss(n, spec) for n, spec in config.losses.items() if spec is not None}
-        self.updates = [u for u in (self._bind_update(i, u) for i, u in enumerate(config.updates)) if u is not None]
-        self._build_inference(self.nets)
+        if _view is None:
+            program, builder = compile_recipe(config, obs_key_shapes, ac_dim, device, goal_shapes)
+            scope = ()
+        else:
+            program, builder, scope = _view
+        self.program, self.scope, self._builder = program, scope, builder
+        self.nets = program.nets if not scope else program.net(".".join(scope))
+        self.paths = NetPaths(self.nets)
+        sh = builder.shapes[scope]
+        self.obs_shapes, self.goal_shapes, self.subgoal_shapes = dict(sh["obs"]), dict(sh["goal"]), dict(sh["subgoal"])
+        pre = "".join(f"{s}." for s in scope)
+        self.optimizers = {p[len(pre):]: o for p, o in program.optimizers.items() if p.startswith(pre)}
+        self.lr_schedulers = {p[len(pre):]: s for p, s in program.schedulers.items() if p.startswith(pre)}
+        self.target_specs = {p[len(pre):]: (s[len(pre):], tau) for p, (s, tau) in program.targets.items()
+                             if p.startswith(pre)}
+        self.components, self.log_prefixes = OrderedDict(), {}
+        own = program.components.get(".".join(scope), "")
+        for path, prefix in program.components.items():
+            parts = tuple(path.split("."))
+            if parts[:-1] == scope:
+                self.components[parts[-1]] = Algo(builder.configs[parts], obs_key_shapes, ac_dim, device,
+                                                  _view=(program, builder, parts))
+                self.log_prefixes[parts[-1]] = prefix[len(own):-1]
+        self._build_inference(self.paths)
         self._step = 0
         self.check_finite = True
-        self._writes_batch = bool(self.prepare) or any(u.prepare for u in self.updates)
-        self._opt_step = {}
         self._fresh_batch = None
-        self._polyak_pairs = {}  # target -> (target params, source params, tau, buffer pairs), see soft_update
-        if config.train.get("compile", False):
+        if _view is None and config.train.get("compile", False):
             self.compile()
 
     # --- construction ---------------------------------------------------------------------------------------
     def _bind(self, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device) -> None:
-        """The attributes robomimic's ``Algo`` exposes, shared by flat and hierarchical algorithms."""
+        """The attributes robomimic's ``Algo`` exposes."""
         self.config = self.global_config = config
         self.algo_config, self.obs_config = config.algo, config.observation
         self.algo_name, self.recipe_name = config.algo_name, config.recipe_name
@@ -361,118 +653,38 @@ class Algo:
                               f"value_fns has {', '.join(VALUE_FNS)}")
         self.value_fns = {k: _from_spec(v, nets, f"value_fns.{k}") for k, v in fns.items() if v is not None}
 
-    def _shapes(self, group: str) -> dict:
-        out = {}
-        for k in obs_keys(self.config, group):
-            if k not in self.obs_key_shapes:
-                raise ConfigError(f"observation key {k!r} (observation.modalities.{group}) is not in the dataset; "
-                                  f"dataset keys: {sorted(self.obs_key_shapes)}{closest(k, self.obs_key_shapes)}")
-            out[k] = self.obs_key_shapes[k]
-        return out
+    @property
+    def steps(self) -> list:
+        """The program's steps that belong to this algorithm (all of them at the top)."""
+        n = len(self.scope)
+        return [s for s in self.program.steps if s.scope[:n] == self.scope]
 
-    def _build_nets(self):
-        for name, spec in self.config.nets.items():
-            if spec is None:
-                continue
-            spec = {k: v for k, v in to_plain(spec).items() if v is not None}
-            if not spec.pop("enabled", True):
-                self.disabled.add(name)
-                continue
-            builder = resolve(spec.pop("_target_"))
-            kwargs = dict(obs_shapes=self.obs_shapes, ac_dim=self.ac_dim, goal_shapes=self.goal_shapes, **spec)
-            if "subgoal_shapes" in inspect.signature(builder).parameters:
-                kwargs.setdefault("subgoal_shapes", self.subgoal_shapes or None)
-            check_kwargs(builder, kwargs, f"nets.{name}")
-            try:
-                self.nets[name] = builder(**kwargs)
-            except ValueError as e:
-                raise ConfigError(f"nets.{name}: {e}") from None
-        for name, spec in (self.config.get("targets") or {}).items():
-            if spec is None:
-                continue
-            src = spec.source
-            if src in self.disabled:
-                self.disabled.add(name)
-                continue
-            if src not in self.nets:
-                raise ConfigError(f"targets.{name}: source network {src!r} does not exist (nets: {list(self.nets)})")
-            tgt = copy.deepcopy(self.nets[src]).requires_grad_(False).eval()
-            self.nets[name] = tgt
-            self.target_specs[name] = (src, float(spec.get("tau", 0.005)))
+    @property
+    def losses(self) -> dict:
+        """This algorithm's bound losses by name (a component's own, not its sub-components')."""
+        return {lname: call for s in self.steps if isinstance(s, Update) and s.scope == self.scope
+                for lname, call, _ in s.losses}
 
-    def _build_optimizers(self):
-        optim_params = to_plain(self.algo_config.get("optim_params") or {})
-        for name, p in optim_params.items():
-            if name not in self.nets or name in self.target_specs:
-                continue
-            opt = optimizer_from_params(self.nets[name].parameters(), p)
-            self.optimizers[name] = opt
-            self.lr_schedulers[name] = scheduler_from_params(
-                opt, p, p.get("num_epochs", self.config.train.num_epochs),
-                p.get("num_train_batches", self.config.experiment.epoch_every_n_steps))
-            self.step_every_batch[name] = bool(p["learning_rate"].get("step_every_batch", False)) or \
-                p["learning_rate"].get("scheduler_type") == "cosine"
-
-    def _bind_batch_fn(self):
-        spec = to_plain(self.config.get("batch") or {"fn": "modmimic.components.batching.first_step"})
-        fn = resolve(spec.pop("fn"))
-        check_kwargs(fn, spec, "batch")
-        return lambda b: fn(b, **spec)
-
-    def _bind_loss(self, name, spec) -> Loss:
-        spec = to_plain(spec)
-        fn = resolve(spec.pop("fn"))
-        nets = {a: n for a, n in (spec.pop("nets", None) or {}).items() if n is not None}
-        spec.pop("out", None)
-        # a null the function does not take is a key a variant recipe nulled out of its base: ignore it
-        params = inspect.signature(fn).parameters
-        spec = {k: v for k, v in spec.items() if v is not None or k in params}
-        for arg, net in list(nets.items()):
-            if net in self.disabled:
-                nets[arg] = None
-            elif net not in self.nets:
-                raise ConfigError(f"losses.{name}: network {net!r} does not exist (nets: {list(self.nets)})")
-        check_kwargs(fn, {**{a: None for a in nets}, **spec}, f"losses.{name}")
-        return Loss(name, fn, nets, spec, "epoch" in params, "step" in params)
-
-    def _bind_update(self, i, spec) -> Update | None:
-        """An :class:`Update`, or None when it steps a disabled network (the update does not exist then)."""
-        spec = to_plain(spec)
-        name = spec.pop("name", f"update{i}")
-        opts = spec.pop("optimizer", None)
-        opts = [] if opts is None else [opts] if isinstance(opts, str) else list(opts)
-        prepare = [self._bind_loss(f"updates[{i}].prepare[{j}]", p) for j, p in enumerate(spec.pop("prepare", None)
-                                                                                           or [])]
-        u = Update(name=name, losses=dict(spec.pop("losses")), optimizers=opts,
-                   every=int(spec.pop("every", 1) or 1), start_epoch=int(spec.pop("start_epoch", -1)),
-                   end_epoch=int(spec.pop("end_epoch", -1)), max_grad_norm=spec.pop("max_grad_norm", None),
-                   clip_per_member=bool(spec.pop("clip_per_member", False)),
-                   targets=list(spec.pop("targets", None) or []), prepare=prepare)
-        if spec:
-            raise ConfigError(f"updates[{i}] ({name}): unknown keys {sorted(spec)}; expected name, losses, "
-                              "optimizer, every, start_epoch, end_epoch, max_grad_norm, clip_per_member, targets, "
-                              "prepare")
-        if u.optimizers and u.optimizers[0] in self.disabled:
-            return None
-        for opt in u.optimizers:
-            if opt not in self.optimizers:
-                raise ConfigError(f"updates[{i}] ({name}): no optimizer for network {opt!r}; add "
-                                  f"algo.optim_params.{opt}")
-        u.targets = [t for t in u.targets if t not in self.disabled]
-        for t in u.targets:
-            if t not in self.target_specs:
-                raise ConfigError(f"updates[{i}] ({name}): {t!r} is not a target network "
-                                  f"(targets: {list(self.target_specs)})")
-        return u
+    @property
+    def updates(self) -> list:
+        return [s for s in self.steps if isinstance(s, Update) and s.scope == self.scope]
 
     # --- robomimic Algo API ----------------------------------------------------------------------------------
     def process_batch_for_training(self, batch):
-        """Window batch (modmimic TensorDict or robomimic dict) -> the recipe's training batch on the device."""
+        """Window batch (modmimic TensorDict or robomimic dict) -> the recipe's training batch on the device: the
+        batch function's output, or for a hierarchical recipe one batch per component, ``batch[<name>]``."""
         if not isinstance(batch, TensorDict):
             batch = batch_from_robomimic(batch)
         if batch.device != self.device:
             batch = batch.to(self.device)
-        out = self.batch_fn(batch)
+        n = len(self.scope)
+        fns = [(s[n:], c) for s, c in self.program.batch if s[:n] == self.scope]
+        if len(fns) == 1 and not fns[0][0]:
+            out = fns[0][1](batch)
+        else:
+            out = TensorDict({}, batch_size=batch.batch_size[:1], device=self.device)
+            for scope, call in fns:
+                out.set(scope, call(batch))
         # a batch built here is this step's own: train_on_batch may write into it without copying it first
         self._fresh_batch = id(out) if out is not batch else None
         return out
@@ -483,144 +695,123 @@ class Algo:
         return batch if obs_normalization_stats is None else normalize_obs(batch, obs_normalization_stats)
 
     def train_on_batch(self, batch, epoch: int, validate: bool = False) -> dict:
-        """Run the recipe's updates in order on one batch; with ``validate`` compute losses without stepping.
-
-        ``prepare`` functions write shared no-grad quantities into (a shallow copy of) the batch once, before the
-        updates; an update's own ``prepare`` runs right before it, so it sees the networks the earlier updates of
-        this step have just changed."""
-        info = {}
-        total = None
-        step = self._step
+        """One training step (:func:`~modmimic.program.run_step`): the recipe's steps in order; with ``validate``
+        losses only, nothing stepped. Returns the log values as tensors (no host sync; :meth:`log_info` reads
+        them)."""
+        if self.scope:
+            raise RuntimeError(f"component {'.'.join(self.scope)!r} is trained by its hierarchical algorithm's "
+                               "train_on_batch")
         with torch.set_grad_enabled(not validate):
-            if self._writes_batch and id(batch) != self._fresh_batch:
+            if self.program.writes_batch and id(batch) != self._fresh_batch:
                 batch = batch.clone(False)
             self._fresh_batch = None
-            if self.prepare:
-                self._run_prepare(self.prepare, batch, epoch, step)
-            for u in self.updates:
-                if not u.active(epoch, step):
-                    continue
-                if u.prepare:
-                    self._run_prepare(u.prepare, batch, epoch, step)
-                loss = None
-                for lname, weight in u.losses.items():
-                    out = self.losses[lname](batch, self.nets, epoch, step)
-                    term = out["loss"]
-                    if self.check_finite and not bool(torch.isfinite(term)):
-                        raise NonFiniteLossError(
-                            f"loss {lname!r} (update {u.name!r}) is {term.item()} at epoch {epoch}, step {step}")
-                    loss = weight * term if loss is None else loss + weight * term
-                    for k, v in out.items():
-                        info[f"{lname}/{k}"] = v.detach() if torch.is_tensor(v) else v
-                total = loss.detach() if total is None else total + loss.detach()
-                if not validate and u.optimizers:
-                    self._step_update(u, loss, info)
-        if total is not None:
-            info["Loss"] = total
+            try:
+                info = run_step(self.program, batch, epoch, self._step, validate, self.check_finite)
+            except NonFiniteLossError as e:
+                raise NonFiniteLossError(self._name_component(str(e))) from None
         if not validate:
             self._step += 1
-            self.on_gradient_step()
         return info
+
+    def _name_component(self, msg: str) -> str:
+        for path, prefix in sorted(self.program.components.items(), key=lambda x: -len(x[1])):
+            if f"loss '{prefix}" in msg:
+                name = path.split(".")[-1]
+                return f"component {name!r} ({self._builder.recipes[tuple(path.split('.'))]}): " + \
+                    msg.replace(f"loss '{prefix}", "loss '")
+        return msg
 
     def compile(self) -> None:
         """``train.compile``: every prepare and loss function, and every optimizer step, through ``torch.compile``
         (the backward of a compiled loss is compiled too). The first steps are slow while graphs compile."""
         backend = self.config.train.get("compile_backend", "inductor")
-        bound = [*self.prepare, *self.losses.values(), *(p for u in self.updates for p in u.prepare)]
-        for b in bound:
-            if not getattr(b.fn, "_modmimic_compiled", False):
-                b.fn = torch.compile(b.fn, backend=backend)
-                b.fn._modmimic_compiled = True
+        for c in self.program.calls():
+            if not getattr(c.fn, "_modmimic_compiled", False):
+                c.fn = torch.compile(c.fn, backend=backend)
+                c.fn._modmimic_compiled = True
         # every optimizer's step is the same code object guarded on the instance: allow one graph per optimizer
         import torch._dynamo as dynamo  # (binds only ``dynamo``: a bare ``import torch._dynamo`` shadows ``torch``)
 
         cfg = dynamo.config
-        cfg.recompile_limit = max(cfg.recompile_limit, 8 * len(self.optimizers) + 8)
-        self._opt_step = {k: torch.compile(o.step, backend=backend) for k, o in self.optimizers.items()}
-
-    def _run_prepare(self, prepare, batch, epoch, step) -> None:
-        with torch.no_grad():
-            for p in prepare:
-                for k, v in p(batch, self.nets, epoch, step).items():
-                    batch.set(_as_tuple_key(k), v)
-
-    def _step_update(self, u: Update, loss, info: dict) -> None:
-        opts = [self.optimizers[o] for o in u.optimizers]
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if u.max_grad_norm is not None:
-            net = self.nets[u.optimizers[0]]
-            groups = list(net.members) if u.clip_per_member and hasattr(net, "members") else [net]
-            for i, g in enumerate(groups):
-                suffix = str(i + 1) if len(groups) > 1 else ""
-                info[f"{u.name}/grad_norm{suffix}"] = torch.nn.utils.clip_grad_norm_(g.parameters(), u.max_grad_norm)
-        for name, opt in zip(u.optimizers, opts):
-            self._opt_step.get(name, opt.step)()
-        for t in u.targets:
-            self.soft_update(t)
+        cfg.recompile_limit = max(cfg.recompile_limit, 8 * len(self.program.optimizers) + 8)
+        self.program.opt_step.update({k: torch.compile(o.step, backend=backend)
+                                      for k, o in self.program.optimizers.items()})
 
     @torch.no_grad()
     def soft_update(self, target: str) -> None:
         """Polyak: ``target <- (1 - tau) * target + tau * source``."""
-        pairs = self._polyak_pairs.get(target)
-        if pairs is None:  # listing a module's parameters costs more than the lerp of small nets: list them once
-            src, tau = self.target_specs[target]
-            t, s = self.nets[target], self.nets[src]
-            pairs = self._polyak_pairs[target] = (list(t.parameters()), list(s.parameters()), tau,
-                                                  list(zip(t.buffers(), s.buffers())))
-        tp, sp, tau, bufs = pairs
-        torch._foreach_lerp_(tp, sp, tau)
-        for tb, sb in bufs:
-            tb.copy_(sb)
+        soft_update(self.program, ".".join((*self.scope, target)))
 
     def on_gradient_step(self) -> None:
-        for k, sch in self.lr_schedulers.items():
-            if sch is not None and self.step_every_batch[k]:
-                sch.step()
+        """Per-batch LR schedules step inside :meth:`train_on_batch` (part of the program's step)."""
 
     def on_epoch_end(self, epoch: int) -> None:
         for k, sch in self.lr_schedulers.items():
-            if sch is not None and not self.step_every_batch[k]:
+            if sch is not None and not self.program.per_batch.get(".".join((*self.scope, k))):
                 sch.step()
 
     def learning_rates(self, prefix: str = "") -> dict:
-        """``{"Optimizer/<prefix><net>0_lr": lr}`` (robomimic's names; a component's prefix is ``Actor/`` etc.)."""
-        return {f"Optimizer/{prefix}{k}0_lr": opt.param_groups[0]["lr"] for k, opt in self.optimizers.items()}
+        """``{"Optimizer/<prefix><net>0_lr": lr}`` (robomimic's names; a component's networks as
+        ``Optimizer/Actor/policy0_lr``)."""
+        out = {}
+        for path, opt in self.optimizers.items():
+            full = ".".join((*self.scope, path))
+            comp, _, net = full.rpartition(".")
+            pre = self.program.components.get(comp, "")
+            if self.scope:
+                pre = pre[len(self.program.components[".".join(self.scope)]):]
+            out[f"Optimizer/{prefix}{pre}{net}0_lr"] = opt.param_groups[0]["lr"]
+        return out
 
     def log_info(self, info: dict) -> dict:
-        out = {k: (v.item() if torch.is_tensor(v) else float(v)) for k, v in info.items()}
+        """The step's (or epoch-averaged) log values as floats, plus the learning rates: one host sync for all the
+        tensors together."""
+        keys = [k for k, v in info.items() if torch.is_tensor(v)]
+        vals = torch.stack([info[k].detach().float().reshape(()) for k in keys]).tolist() if keys else []
+        out = {k: (vals[keys.index(k)] if k in keys else float(v)) for k, v in info.items()}
         out.update(self.learning_rates())
         return out
 
     def set_train(self) -> None:
         self.nets.train()
         for t in self.target_specs:
-            self.nets[t].eval()
+            self.paths[t].eval()
 
     def set_eval(self) -> None:
         self.nets.eval()
 
+    @property
+    def check_finite(self) -> bool:
+        return self._check_finite
+
+    @check_finite.setter
+    def check_finite(self, value: bool) -> None:
+        self._check_finite = bool(value)
+
     def serialize(self) -> dict:
+        """``nets``: one state dict (a hierarchical recipe's as ``<component>.<net>.*``); optimizers and LR schedulers
+        by network (nested by component); the step counter."""
         return {"nets": self.nets.state_dict(),
-                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                "lr_schedulers": {k: (s.state_dict() if s is not None else None) for k, s in self.lr_schedulers.items()},
+                "optimizers": _nest({k: o.state_dict() for k, o in self.optimizers.items()}),
+                "lr_schedulers": _nest({k: (s.state_dict() if s is not None else None)
+                                        for k, s in self.lr_schedulers.items()}),
                 "step": self._step}
 
     def deserialize(self, model_dict: dict, load_optimizers: bool = False) -> None:
         if "nets" not in model_dict:  # robomimic: a bare state_dict of the nets
             model_dict = {"nets": model_dict}
-        self._polyak_pairs = {}
+        self.program._polyak.clear()
         try:
             self.nets.load_state_dict(model_dict["nets"])
         except RuntimeError as e:
             raise ConfigError(f"checkpoint weights do not fit recipe {self.recipe_name!r}: {e}") from None
         if load_optimizers:
             for k, o in self.optimizers.items():
-                o.load_state_dict(model_dict["optimizers"][k])
+                o.load_state_dict(_unnest(model_dict["optimizers"], k))
             for k, s in self.lr_schedulers.items():
-                if s is not None and model_dict["lr_schedulers"].get(k) is not None:
-                    s.load_state_dict(model_dict["lr_schedulers"][k])
+                sd = _unnest(model_dict["lr_schedulers"], k)
+                if s is not None and sd is not None:
+                    s.load_state_dict(sd)
             self._step = int(model_dict.get("step", 0))
 
     def _obs_td(self, obs_dict, goal_dict=None) -> TensorDict:
@@ -665,229 +856,6 @@ class Algo:
         """Per-episode state reset (RNN hidden state, context, subgoal): all environments, or where ``done``."""
         self.act_path.reset(batch_size, done)
 
-    def __repr__(self) -> str:
-        return f"Algo(recipe={self.recipe_name!r}, algo_name={self.algo_name!r})\n{self.nets}"
-
-
-class NetPaths:
-    """The networks of a hierarchical algorithm by path: ``nets["actor.policy"]`` is the ``policy`` network of the
-    ``actor`` component (nested components: ``"value_planner.value.critic"``). Read-only."""
-
-    def __init__(self, nets: nn.ModuleDict):
-        self.nets = nets
-
-    def __getitem__(self, path: str) -> nn.Module:
-        try:
-            return self.nets.get_submodule(str(path))
-        except AttributeError:
-            raise KeyError(path) from None
-
-    def __contains__(self, path) -> bool:
-        try:
-            self[path]
-            return True
-        except KeyError:
-            return False
-
-    def __iter__(self):
-        return iter(self.nets)
-
-    def __repr__(self) -> str:
-        return f"NetPaths({list(self.nets)})"
-
-
-class HierarchicalAlgo(Algo):
-    """A recipe of sub-recipes (robomimic ``HierarchicalAlgo``: HBC, IRIS, and IRIS's ValuePlanner).
-
-    Each ``components.<name>`` is built as its own algorithm from :func:`~modmimic.config.component_config` (its
-    ``algo.<name>``/``observation.<name>`` sections; the variant chosen by its algo's flags, as robomimic's
-    sub-factories do), with its networks, optimizers, schedulers, batch and updates. ``nets`` holds them as
-    ``nets[<name>]``; recipes name a component's network by path (``actor.policy``).
-
-    * ``process_batch_for_training``: one batch per component from the same windows, ``batch[<name>]``.
-    * ``train_on_batch``: the recipe's ``updates`` list which component trains, in order; an entry's ``prepare``
-      (no grad, over every network by path) writes into the whole batch right before that component trains
-      (HBC cascade: the actor's subgoals from the planner just updated). Logs are prefixed with each component's
-      ``log_prefix`` (``Planner/...``, ``Actor/...``); ``Loss`` is the sum of the components'.
-    * ``goal_shapes_from: <net path>``: the component's goal shapes are that network's ``actor_goal_shapes`` (the
-      HBC actor reads the planner's subgoal keys, or its latent).
-    * checkpoints: ``nets`` is one state dict; optimizers, schedulers and step counters are nested by component.
-    """
-
-    def __init__(self, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu",
-                 goal_shapes: dict | None = None):
-        from modmimic.config import component_config
-
-        self._bind(config, obs_key_shapes, ac_dim, device)
-        self.nets = nn.ModuleDict()
-        self.paths = NetPaths(self.nets)
-        self.components, self.log_prefixes = OrderedDict(), {}
-        fed = set()
-        for name, spec in config.components.items():
-            if spec is None:
-                continue
-            sub_cfg = _with_component_variant(config, name, component_config(config, name))
-            gs = None
-            if spec.get("goal_shapes_from"):
-                src = str(spec.goal_shapes_from)
-                if src not in self.paths:
-                    raise ConfigError(f"components.{name}.goal_shapes_from: no network {src!r} among the components "
-                                      f"built before {name!r} ({list(self.components)})")
-                gs = dict(self.paths[src].actor_goal_shapes)
-                fed.add(name)
-            shapes = {**self.obs_key_shapes, **(gs or {})}
-            cls = HierarchicalAlgo if sub_cfg.get("components") else Algo
-            try:
-                sub = cls(sub_cfg, shapes, ac_dim, device, goal_shapes=gs)
-            except ConfigError as e:
-                raise ConfigError(f"component {name!r} ({sub_cfg.recipe_name}): {e}") from None
-            self.components[name] = sub
-            self.nets[name] = sub.nets
-            self.log_prefixes[name] = str(spec.get("log_prefix") or name)
-        self.obs_shapes, self.goal_shapes, self.subgoal_shapes = {}, {}, {}
-        for name, sub in self.components.items():
-            self.obs_shapes.update(sub.obs_shapes)
-            self.subgoal_shapes.update(sub.subgoal_shapes)
-            if name not in fed:  # an environment goal (not a subgoal a planner feeds)
-                self.goal_shapes.update(sub.goal_shapes)
-        self.target_specs, self.disabled = {}, set()
-        # every component's optimizers and schedulers by network path (checkpoints nest them by component)
-        self.optimizers = {f"{n}.{k}": o for n, sub in self.components.items() for k, o in sub.optimizers.items()}
-        self.lr_schedulers = {f"{n}.{k}": s for n, sub in self.components.items() for k, s in sub.lr_schedulers.items()}
-        self.steps = []
-        for i, u in enumerate(config.updates):
-            u = to_plain(u)
-            name = u.pop("component")
-            prepare = [self._bind_loss(f"updates[{i}].prepare[{j}]", p) for j, p in enumerate(u.pop("prepare", None)
-                                                                                                 or [])]
-            if u:
-                raise ConfigError(f"updates[{i}] (component {name!r}): unknown keys {sorted(u)}; a hierarchical "
-                                  "recipe's update names a component and an optional prepare list")
-            self.steps.append((name, prepare))
-        self.prepare = []
-        self._build_inference(self.paths)
-        self._step = 0
-        self.check_finite = True
-        self._writes_batch = any(p for _, p in self.steps)
-        self._fresh_batch = None
-
-    def _bind_loss(self, name, spec) -> Loss:
-        spec = to_plain(spec)
-        fn = resolve(spec.pop("fn"))
-        nets = {a: n for a, n in (spec.pop("nets", None) or {}).items() if n is not None}
-        spec.pop("out", None)
-        for arg, net in nets.items():
-            if net not in self.paths:
-                raise ConfigError(f"{name}: network {net!r} does not exist (components: {list(self.components)}; "
-                                  "name a component's network by path, e.g. planner.goal_network)")
-        check_kwargs(fn, {**{a: None for a in nets}, **spec}, name)
-        params = inspect.signature(fn).parameters
-        return Loss(name, fn, nets, spec, "epoch" in params, "step" in params)
-
-    def _run_prepare(self, prepare, batch, epoch, step) -> None:
-        with torch.no_grad():
-            for p in prepare:
-                for k, v in p(batch, self.paths, epoch, step).items():
-                    batch.set(_as_tuple_key(k), v)
-
-    # --- robomimic Algo API ----------------------------------------------------------------------------------
-    def process_batch_for_training(self, batch):
-        """One training batch per component from the same windows: ``{<name>: component batch}``."""
-        if not isinstance(batch, TensorDict):
-            batch = batch_from_robomimic(batch)
-        if batch.device != self.device:
-            batch = batch.to(self.device)
-        parts = {name: sub.process_batch_for_training(batch) for name, sub in self.components.items()}
-        out = TensorDict(parts, batch_size=batch.batch_size[:1], device=self.device)
-        for name, sub in self.components.items():  # the parts stay the components' own fresh batches
-            sub._fresh_batch = id(out.get(name)) if sub._fresh_batch is not None else None
-        self._fresh_batch = id(out)
-        return out
-
-    def train_on_batch(self, batch, epoch: int, validate: bool = False) -> dict:
-        info, total = {}, None
-        with torch.set_grad_enabled(not validate):
-            if self._writes_batch and id(batch) != self._fresh_batch:
-                batch = batch.clone(False)
-            self._fresh_batch = None
-            for name, prepare in self.steps:
-                if prepare:
-                    self._run_prepare(prepare, batch, epoch, self._step)
-                try:
-                    out = self.components[name].train_on_batch(batch.get(name), epoch, validate=validate)
-                except NonFiniteLossError as e:
-                    raise NonFiniteLossError(f"component {name!r} ({self.components[name].recipe_name}): {e}") from None
-                prefix = self.log_prefixes[name]
-                for k, v in out.items():
-                    info[f"{prefix}/{k}"] = v
-                if "Loss" in out:
-                    total = out["Loss"] if total is None else total + out["Loss"]
-        if total is not None:
-            info["Loss"] = total
-        if not validate:
-            self._step += 1
-        return info
-
-    def compile(self) -> None:
-        for sub in self.components.values():
-            sub.compile()
-
-    def on_gradient_step(self) -> None:
-        pass  # each component steps its own per-batch schedulers in its train_on_batch
-
-    def on_epoch_end(self, epoch: int) -> None:
-        for sub in self.components.values():
-            sub.on_epoch_end(epoch)
-
-    def learning_rates(self, prefix: str = "") -> dict:
-        out = {}
-        for name, sub in self.components.items():
-            out.update(sub.learning_rates(f"{prefix}{self.log_prefixes[name]}/"))
-        return out
-
-    def set_train(self) -> None:
-        for sub in self.components.values():
-            sub.set_train()
-
-    def set_eval(self) -> None:
-        for sub in self.components.values():
-            sub.set_eval()
-
-    @property
-    def check_finite(self) -> bool:
-        return self._check_finite
-
-    @check_finite.setter
-    def check_finite(self, value: bool) -> None:
-        self._check_finite = bool(value)
-        for sub in self.components.values():
-            sub.check_finite = bool(value)
-
-    def serialize(self) -> dict:
-        """``nets``: one state dict (``<component>.<net>.*``); optimizers, schedulers and steps by component."""
-        parts = {name: sub.serialize() for name, sub in self.components.items()}
-        return {"nets": self.nets.state_dict(),
-                "optimizers": {n: p["optimizers"] for n, p in parts.items()},
-                "lr_schedulers": {n: p["lr_schedulers"] for n, p in parts.items()},
-                "step": {"self": self._step, **{n: p["step"] for n, p in parts.items()}}}
-
-    def deserialize(self, model_dict: dict, load_optimizers: bool = False) -> None:
-        if "nets" not in model_dict:
-            model_dict = {"nets": model_dict}
-        nets = model_dict["nets"]
-        try:
-            self.nets.load_state_dict(nets)
-        except RuntimeError as e:
-            raise ConfigError(f"checkpoint weights do not fit recipe {self.recipe_name!r}: {e}") from None
-        for name, sub in self.components.items():
-            part = {"nets": {k[len(name) + 1:]: v for k, v in nets.items() if k.startswith(name + ".")}}
-            if load_optimizers:
-                part.update(optimizers=model_dict["optimizers"][name], lr_schedulers=model_dict["lr_schedulers"][name],
-                            step=model_dict["step"][name])
-            sub.deserialize(part, load_optimizers=load_optimizers)
-        if load_optimizers:
-            self._step = int(model_dict["step"]["self"])
-
     # --- robomimic HierarchicalAlgo / PlannerAlgo -------------------------------------------------------------
     @torch.no_grad()
     def get_subgoal_predictions(self, obs_dict, goal_dict=None) -> TensorDict:
@@ -904,17 +872,26 @@ class HierarchicalAlgo(Algo):
         return getattr(self.act_path, "current_subgoal", None)
 
     def __repr__(self) -> str:
-        parts = "\n".join(f"  {n} ({s.recipe_name}): {s!r}".replace("\n", "\n  ") for n, s in self.components.items())
-        return f"HierarchicalAlgo(recipe={self.recipe_name!r}, algo_name={self.algo_name!r})\n{parts}"
+        if self.components:
+            parts = "\n".join(f"  {n} ({s.recipe_name}): {s!r}".replace("\n", "\n  ")
+                              for n, s in self.components.items())
+            return f"HierarchicalAlgo(recipe={self.recipe_name!r}, algo_name={self.algo_name!r})\n{parts}"
+        return f"Algo(recipe={self.recipe_name!r}, algo_name={self.algo_name!r})\n{self.nets}"
+
+
+class HierarchicalAlgo(Algo):
+    """An :class:`Algo` whose recipe has components (HBC, IRIS): the same program engine; kept as a name for
+    ``isinstance`` checks."""
 
 
 def _component_overrides(config: DictConfig, name: str) -> dict:
     """The structure a hierarchical recipe file sets on component ``name`` (beyond naming its sub-recipe), resolved
     in ``config``: what a component keeps when its flags select another variant of its sub-recipe."""
-    from modmimic.config import STRUCTURE_SECTIONS, recipes_dir
+    from modmimic.config import STRUCTURE_SECTIONS, find_recipe
 
-    path = recipes_dir() / f"{config.recipe_name}.yaml"
-    if not path.exists():
+    try:
+        path = find_recipe(str(config.recipe_name))
+    except ConfigError:
         return {}
     spec = (OmegaConf.load(path).get("components") or {}).get(name) or {}
     own = {k: v for k, v in spec.items() if k in STRUCTURE_SECTIONS}

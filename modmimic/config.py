@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 
 
 def recipes_dir() -> Path:
+    """The recipes shipped with modmimic."""
     return Path(str(importlib.resources.files("modmimic.recipes")))
 
 
@@ -32,8 +33,65 @@ def base_config_path() -> Path:
     return Path(str(importlib.resources.files("modmimic.conf"))) / "base.yaml"
 
 
+RECIPE_PATH_ENV = "MODMIMIC_RECIPE_PATH"
+_FILES: dict = {}  # recipe name -> the file it was loaded from (recipes given by path)
+
+
+def recipe_dirs() -> list[Path]:
+    """Where recipes are looked up by name: the folders of ``$MODMIMIC_RECIPE_PATH`` (``os.pathsep``-separated), in
+    order, then the shipped recipes. A user's recipe of the same name as a shipped one wins."""
+    extra = [Path(p).expanduser() for p in os.environ.get(RECIPE_PATH_ENV, "").split(os.pathsep) if p.strip()]
+    return [*extra, recipes_dir()]
+
+
+def is_recipe_path(recipe: str) -> bool:
+    return str(recipe).endswith((".yaml", ".yml")) or os.sep in str(recipe) or "/" in str(recipe)
+
+
+def find_recipe(recipe: str) -> Path:
+    """The file of ``recipe``: a path to a ``.yaml`` file, or a name looked up in :func:`recipe_dirs`."""
+    recipe = str(recipe)
+    if is_recipe_path(recipe):
+        path = Path(recipe).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {recipe}" + ("" if path.is_absolute()
+                                                                    else f" (relative to {os.getcwd()})"))
+        return path.resolve()
+    if recipe in _FILES:
+        return _FILES[recipe]
+    for d in recipe_dirs():
+        path = d / f"{recipe}.yaml"
+        if path.is_file():
+            return path
+    raise ConfigError(f"unknown recipe {recipe!r}{closest(recipe, list_recipes())}; available recipes: "
+                      f"{', '.join(list_recipes())} (a recipe may also be a path to a .yaml file, or live in a folder "
+                      f"of ${RECIPE_PATH_ENV})")
+
+
 def list_recipes() -> list[str]:
-    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+    """Every recipe name: the shipped ones and those in ``$MODMIMIC_RECIPE_PATH``."""
+    names = set()
+    for d in recipe_dirs():
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.yaml"))
+    return sorted(names)
+
+
+def recipe_description(recipe: str) -> str:
+    """A recipe's header comment up to its first blank or non-comment line, joined into one line."""
+    lines = []
+    try:
+        with open(find_recipe(recipe)) as f:
+            for line in f:
+                if not line.startswith("#"):
+                    break
+                text = line.lstrip("#").strip()
+                if not text or (lines and line.startswith("#  ")):
+                    break
+                lines.append(text)
+    except (OSError, ConfigError):
+        pass
+    return " ".join(lines)
 
 
 def closest(name: str, options) -> str:
@@ -42,20 +100,33 @@ def closest(name: str, options) -> str:
 
 
 def check_recipe_name(recipe: str) -> None:
-    if recipe in _BROKEN:
-        raise ConfigError(f"recipe {recipe!r} is broken: {_BROKEN[recipe]}")
-    if recipe not in list_recipes():
-        raise ConfigError(f"unknown recipe {recipe!r}{closest(recipe, list_recipes())}; "
-                          f"available recipes: {', '.join(list_recipes())}")
+    find_recipe(recipe)
+
+
+def recipe_key(recipe: str) -> str:
+    """The name under which ``recipe`` (a name or a path) is registered in hydra's ConfigStore (group ``recipe``)."""
+    register_configs()
+    if not is_recipe_path(recipe):
+        key = str(recipe)
+    else:
+        import hashlib
+
+        path = find_recipe(recipe)
+        key = f"file_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        _FILES[key] = path
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="recipe", name=key, node=recipe_node(key), package="_global_")
+    return key
 
 
 _REGISTERED = False
 
 
 def register_configs() -> None:
-    """Register the base config (``modmimic_base``) and every recipe (group ``recipe``, package ``_global_``) in
-    hydra's ConfigStore, so ``recipe=<name>`` selects one and recipes can inherit from each other
-    (``defaults: [bc, _self_]``)."""
+    """Register the base config (``modmimic_base``) in hydra's ConfigStore; recipes are registered (group
+    ``recipe``, package ``_global_``, their parents merged in, see :func:`recipe_node`) as they are used, by
+    :func:`recipe_key`."""
     global _REGISTERED
     if _REGISTERED:
         return
@@ -65,16 +136,60 @@ def register_configs() -> None:
     base = OmegaConf.load(base_config_path())
     base_with_defaults = OmegaConf.merge({"defaults": ["_self_", {"recipe": "bc"}]}, base)
     cs.store(name="modmimic_base", node=base_with_defaults)
-    for name in list_recipes():
-        node = OmegaConf.load(recipes_dir() / f"{name}.yaml")
-        if "components" in node:  # hierarchical: stored with its sub-recipes grafted in (see expand_components)
-            try:
-                node = recipe_node(name)
-            except ConfigError as e:  # a broken hierarchical recipe fails when it is used, not for every recipe
-                _BROKEN[name] = e
-                continue
-        cs.store(group="recipe", name=name, node=node, package="_global_")
     _REGISTERED = True
+    recipe_key("bc")
+
+
+# --- recipe files: inheritance and shared defaults ------------------------------------------------------------------
+#
+# A recipe may extend others (``defaults: [bcq, _self_]``). Values (``algo``, ``train``, ``observation``, ...) merge
+# key by key. In the structure sections (``nets``, ``targets``, ``losses``, ``value_fns``, ``batch``, ``act``) an
+# entry whose builder (``_target_``) or function (``fn``) the recipe changes replaces its parent's entry whole (a
+# variant that builds something else writes what it builds and never nulls out arguments it inherited); an entry
+# with the same builder merges; ``<entry>: null`` removes one. Every ``algo.optim_params.<net>`` starts from
+# ``modmimic/conf/optim_params.yaml`` (robomimic's optimizer block), so a recipe writes only what differs.
+
+STRUCTURE_ENTRIES = ("nets", "targets", "losses", "value_fns")  # sections of named entries
+
+
+def _builder(entry):
+    return (entry.get("_target_") or entry.get("fn")) if isinstance(entry, dict) else None
+
+
+def _merge_recipe(parent: DictConfig, child: DictConfig) -> DictConfig:
+    """``child`` over ``parent`` (see above): a structure entry (or ``batch`` / ``act``) whose builder or function
+    the child changes replaces the parent's entry whole; a null entry removes it."""
+    child_c = OmegaConf.to_container(child, resolve=False)
+    parent_c = OmegaConf.to_container(parent, resolve=False)
+    for s in ("batch", "act"):
+        if _builder(child_c.get(s)) not in (None, _builder(parent_c.get(s))):
+            parent_c.pop(s, None)
+    for s in STRUCTURE_ENTRIES:
+        mine, theirs = child_c.get(s) or {}, parent_c.get(s) or {}
+        for name, entry in mine.items():
+            if entry is None or _builder(entry) not in (None, _builder(theirs.get(name))):
+                theirs.pop(name, None)
+    out = OmegaConf.merge(parent_c, child_c)
+    for s in STRUCTURE_ENTRIES:
+        if out.get(s) is not None:
+            for name in [n for n, v in out[s].items() if v is None]:
+                del out[s][name]
+    return out
+
+
+def optim_defaults() -> dict:
+    return OmegaConf.to_container(OmegaConf.load(base_config_path().parent / "optim_params.yaml"))
+
+
+def _with_optim_defaults(node: DictConfig) -> DictConfig:
+    op = (node.get("algo") or {}).get("optim_params")
+    if not op:
+        return node
+    defaults = optim_defaults()
+    for name in list(op.keys()):
+        if op[name] is not None:
+            op[name] = OmegaConf.merge(defaults, op[name])
+    return node
 
 
 # --- hierarchical recipes: components ------------------------------------------------------------------------
@@ -93,7 +208,6 @@ def register_configs() -> None:
 # the sub-recipe uses it. The parent's own values for these keys are merged over the grafted ones. ``train`` and
 # ``experiment`` are shared, as in robomimic. Sub-recipes may be hierarchical themselves (IRIS: a value planner).
 
-_BROKEN: dict = {}
 COMPONENT_KEYS = ("recipe", "algo_name", "log_prefix", "goal_shapes_from")  # besides the structure sections
 _ROOTED = re.compile(r"\$\{(algo|observation)([.}])")
 
@@ -118,18 +232,31 @@ def _follow_parent(node, prefix: str):
 
 
 def recipe_node(name: str, _stack=()) -> DictConfig:
-    """A recipe file with its ``defaults`` parents merged in and its components expanded (interpolations kept)."""
-    check_recipe_name(name)
-    if name in _stack:
-        raise ConfigError(f"recipe {name!r} includes itself through {' -> '.join(_stack + (name,))}")
-    raw = OmegaConf.load(recipes_dir() / f"{name}.yaml")
+    """A recipe file with its ``defaults`` parents merged in (see above), optimizer defaults filled in and its
+    components expanded (interpolations kept). ``name``: a recipe name or a path to a ``.yaml`` file."""
+    path = find_recipe(name)
+    if str(path) in _stack:
+        raise ConfigError(f"recipe {name!r} includes itself through {' -> '.join(map(str, _stack + (path,)))}")
+    raw = OmegaConf.load(path)
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"recipe file {path} is not a YAML mapping")
     parents = list(raw.pop("defaults", None) or [])
     if "_self_" not in parents:
         parents.append("_self_")
     node = OmegaConf.create()
     for p in parents:
-        node = OmegaConf.merge(node, raw if p == "_self_" else recipe_node(str(p), _stack + (name,)))
-    return expand_components(node, _stack + (name,))
+        if p == "_self_":
+            node = _merge_recipe(node, raw)
+            continue
+        p = str(p)
+        if is_recipe_path(p) and not os.path.isabs(p):  # a parent path is relative to the recipe's folder
+            p = str(path.parent / p)
+        node = _merge_recipe(node, recipe_node(p, _stack + (str(path),)))
+    if node.get("recipe_name") is None:
+        node.recipe_name = path.stem
+    if is_recipe_path(name) or not (recipes_dir() / f"{name}.yaml").is_file():
+        _FILES.setdefault(str(node.recipe_name), path)
+    return expand_components(_with_optim_defaults(node), _stack + (str(path),))
 
 
 def expand_components(node, _stack=()) -> DictConfig:
@@ -151,9 +278,10 @@ def expand_components(node, _stack=()) -> DictConfig:
             raise ConfigError(f"components.{name}: a component names its sub-recipe, e.g. "
                               f"components.{name}.recipe=bc_rnn")
         sub_name = str(spec["recipe"])
-        if sub_name not in list_recipes():
-            raise ConfigError(f"components.{name}.recipe: unknown recipe {sub_name!r}"
-                              f"{closest(sub_name, list_recipes())}; available recipes: {', '.join(list_recipes())}")
+        try:
+            find_recipe(sub_name)
+        except ConfigError as e:
+            raise ConfigError(f"components.{name}.recipe: {e}") from None
         sub = OmegaConf.to_container(recipe_node(sub_name, _stack), resolve=False)
         graft = {"recipe": sub_name, "algo_name": sub.get("algo_name"), "log_prefix": name}
         for s in STRUCTURE_SECTIONS:
@@ -176,15 +304,14 @@ def compose(recipe: str = "bc", overrides=()) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import ConfigCompositionException
 
-    check_recipe_name(recipe)
-    register_configs()
+    key = recipe_key(recipe)
     overrides = list(overrides)
-    check_override_keys(recipe, overrides)
+    check_override_keys(key, overrides)
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     try:
         with initialize(version_base="1.3", config_path=None):
-            cfg = hydra_compose("modmimic_base", overrides=[f"recipe={recipe}", *overrides])
+            cfg = hydra_compose("modmimic_base", overrides=[f"recipe={key}", *overrides])
     except ConfigCompositionException as e:
         raise ConfigError(str(e.__cause__ or e)) from None
     finally:
@@ -192,7 +319,7 @@ def compose(recipe: str = "bc", overrides=()) -> DictConfig:
             GlobalHydra.instance().clear()
     cfg = finalize(cfg)
     if overrides:
-        check_types(cfg, default_config(recipe))
+        check_types(cfg, default_config(key))
     return cfg
 
 
@@ -337,10 +464,12 @@ def validate(cfg: DictConfig, where: str = "") -> None:
                 raise ConfigError(f"components.{n}: unknown keys {unknown}"
                                   f"{closest(unknown[0], COMPONENT_KEYS + STRUCTURE_SECTIONS)}; a component has "
                                   f"{', '.join(COMPONENT_KEYS)} and the structure sections of its sub-recipe")
-            if comp.get("recipe") is None or str(comp.recipe) not in list_recipes():
-                r = comp.get("recipe")
-                raise ConfigError(f"components.{n}.recipe: unknown recipe {r!r}{closest(r, list_recipes())}; "
-                                  f"available recipes: {', '.join(list_recipes())}")
+            if comp.get("recipe") is None:
+                raise ConfigError(f"components.{n}.recipe: a component names its sub-recipe")
+            try:
+                find_recipe(str(comp.recipe))
+            except ConfigError as e:
+                raise ConfigError(f"components.{n}.recipe: {e}") from None
             component_config(cfg, n, where)
         return
     names = [n for n, spec in cfg.losses.items() if spec is not None]

@@ -20,6 +20,8 @@ Sequence batches are ``[B, T]``; single-step batches are ``[B]``.
 """
 from __future__ import annotations
 
+import re
+
 OBS = "observation"
 NEXT = "next"
 ACTION = "action"
@@ -95,14 +97,14 @@ def declare(reads=(), writes=(), needs=None, context=()):
 
 
 def bound_keys(entries, kwargs: dict) -> list:
-    """Declared entries resolved against the bound keyword arguments: ``"{arg}"`` -> ``as_key(kwargs[arg])``
-    (dropped when None or absent); everything else through :func:`as_key`."""
+    """Declared entries resolved against the bound keyword arguments: a string with ``{arg}`` fields is formatted
+    with them (dropped when a named argument is None or absent), then split at dots (:func:`as_key`)."""
     out = []
     for e in entries:
-        if isinstance(e, str) and e.startswith("{") and e.endswith("}"):
-            v = kwargs.get(e[1:-1])
-            if v is None:
+        if isinstance(e, str) and "{" in e:
+            names = re.findall(r"\{(\w+)\}", e)
+            if any(kwargs.get(n) is None for n in names):
                 continue
-            e = v
+            e = e.format(**{n: kwargs[n] for n in names})
         out.append(as_key(e))
     return out

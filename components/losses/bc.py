@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from modmimic import keys as K
+from modmimic.keys import declare
 
 
 def supervised(batch, *tensors):
@@ -22,6 +23,7 @@ def cosine_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1.0 - F.cosine_similarity(pred, target, dim=-1)).mean()
 
 
+@declare(reads=[K.ACTION])
 def bc_regression(batch, policy, *, l2_weight: float = 1.0, l1_weight: float = 0.0, cos_weight: float = 0.0,
                   cos_dims: int = 3) -> dict:
     """robomimic BC loss: ``l2_weight * MSE + l1_weight * SmoothL1 + cos_weight * cosine(a[..., :cos_dims])``
@@ -34,6 +36,7 @@ def bc_regression(batch, policy, *, l2_weight: float = 1.0, l1_weight: float = 0
     return {"loss": loss, "l2_loss": l2.detach(), "l1_loss": l1.detach(), "cosine_loss": cos.detach()}
 
 
+@declare(reads=[K.ACTION], needs={"policy": ("log_prob",)})
 def nll(batch, policy) -> dict:
     """``-mean log pi(a | s)`` for a policy returning a distribution (Gaussian, GMM, tanh-wrapped) whose batch
     shape equals the batch's (``[B]`` or ``[B, T]``)."""

@@ -17,17 +17,19 @@ import math
 import torch
 
 from modmimic import keys as K
+from modmimic.keys import declare
 from modmimic.components.batching import next_state
 
 ACTOR_LOG_PROB = "actor_log_prob"
 CQL_WEIGHT_MAX = 1.0e6
 
 
+@declare(reads=[K.ACTION], writes=["{keep_log_prob}"], needs={"policy": ("rsample_with_log_prob", "log_prob")}, context=("step",))
 def sac_actor(batch, policy, critic, log_alpha, bc_start_steps: int = 0, step: int = 0,
               keep_log_prob: str = ACTOR_LOG_PROB) -> dict:
     """``mean(alpha * log pi(a~|s) - min_i Q_i(s, a~))`` with ``a~ ~ pi(s)`` reparameterised; for the first
-    ``bc_start_steps`` steps the Q term is ``log pi(a_data|s)`` instead. Stores the detached ``log pi(a~|s)`` under
-    ``keep_log_prob`` for :func:`entropy_temperature`."""
+    ``bc_start_steps`` steps the Q term is ``log pi(a_data|s)`` instead. Returns the detached ``log pi(a~|s)`` under
+    ``keep_log_prob`` (a declared write) for :func:`entropy_temperature` of the same update."""
     dist = policy(batch)
     a, log_prob = dist.rsample_with_log_prob()
     alpha = log_alpha().exp().detach()
@@ -36,10 +38,11 @@ def sac_actor(batch, policy, critic, log_alpha, bc_start_steps: int = 0, step: i
     else:
         baseline = critic(batch, a).min(0).values[..., 0]
     loss = (alpha * log_prob - baseline).mean()
-    batch.set(keep_log_prob, log_prob.detach())
-    return {"loss": loss, "log_prob": log_prob.detach().mean(), "entropy_weight": alpha}
+    return {"loss": loss, "log_prob": log_prob.detach().mean(), "entropy_weight": alpha,
+            keep_log_prob: log_prob.detach()}
 
 
+@declare(reads=[K.ACTION, "{log_prob_key}"])
 def entropy_temperature(batch, log_alpha, target_entropy="default", log_prob_key: str = ACTOR_LOG_PROB) -> dict:
     """``-mean(log_alpha * (log pi + target_entropy))`` (``"default"``: ``-|A|``). ``target_entropy=None`` keeps
     ``alpha`` fixed at ``exp(log_alpha)`` (robomimic: 1) and the loss is zero."""
@@ -77,6 +80,7 @@ def cql_gap(q_candidates: torch.Tensor, log_density: torch.Tensor, q_data: torch
     return min_q_weight * (lse - q_data.mean((1, 2)))
 
 
+@declare(reads=[K.ACTION, (K.NEXT, K.OBS), "{pred_key}"], needs={"policy": ("rsample_with_log_prob",)})
 def cql_penalty(batch, critic, policy, log_weight, num_random_actions: int = 10, min_q_weight: float = 1.0,
                 target_q_gap: float | None = 5.0, cql_weight: float = 1.0, pred_key: str | None = None) -> dict:
     """Sum over critics of ``w * (gap_i - target_q_gap)``.

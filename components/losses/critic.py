@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from modmimic import keys as K
+from modmimic.keys import declare
 from modmimic.components.batching import DISCOUNT, next_state
 
 Q_TARGET = "q_target"
@@ -63,11 +64,13 @@ def next_q_value(critic, state, actions: torch.Tensor, ensemble_weight: float = 
 
 # --- targets (prepare functions) ---------------------------------------------------------------------------------
 
+@declare(reads=[K.REWARD, K.DONE, (K.NEXT, K.OBS)], writes=[Q_TARGET])
 def value_target(batch, value, discount: float | None = None) -> dict:
     """IQL: ``r + (1 - done) * gamma * V(s')``."""
     return {Q_TARGET: bootstrap(batch, value(next_state(batch)), discount)}
 
 
+@declare(reads=[K.REWARD, K.DONE, (K.NEXT, K.OBS)], writes=[Q_TARGET])
 def actor_target(batch, actor, critic, ensemble_weight: float = 1.0, noise_std: float = 0.0,
                  noise_clip: float = 0.5, discount: float | None = None) -> dict:
     """TD3 (-BC): next action ``clip(actor'(s') + clip(N(0, noise_std^2), +-noise_clip), -1, 1)`` (target policy
@@ -79,6 +82,7 @@ def actor_target(batch, actor, critic, ensemble_weight: float = 1.0, noise_std: 
     return {Q_TARGET: bootstrap(batch, next_q_value(critic, nxt, a, ensemble_weight), discount)}
 
 
+@declare(reads=[K.REWARD, K.DONE, (K.NEXT, K.OBS)], writes=[Q_TARGET], needs={"policy": ("rsample", "rsample_with_log_prob")})
 def policy_target(batch, policy, critic, log_alpha=None, num_samples: int = 1, deterministic_backup: bool = True,
                   ensemble_weight: float = 1.0, discount: float | None = None) -> dict:
     """CQL/SAC: ``a' ~ pi(s')``; the target critics' min (max over ``num_samples`` samples per member when > 1);
@@ -98,19 +102,20 @@ def policy_target(batch, policy, critic, log_alpha=None, num_samples: int = 1, d
 
 # --- losses ------------------------------------------------------------------------------------------------------
 
+@declare(reads=[K.ACTION, "{target_key}"], writes=["{keep_pred}"])
 def td_loss(batch, critic, target_key: str = Q_TARGET, use_huber: bool = False, keep_pred: str | None = None) -> dict:
     """Sum over ensemble members of ``MSE(Q_i(s, a), y)`` (``SmoothL1`` with ``use_huber``), ``y = batch[target_key]``.
 
     Members are independent, so one optimizer step on the sum equals robomimic's step of one optimizer per member
-    (Adam is per parameter). ``keep_pred`` stores the predictions as ``[B, N, 1]`` *with their graph* in the batch
-    under that key, for a later loss of the same update (the CQL penalty's data term)."""
+    (Adam is per parameter). ``keep_pred`` returns the predictions as ``[B, N, 1]`` *with their graph* under that key
+    (a declared write), for a later loss of the same update (the CQL penalty's data term)."""
     q = critic(batch, batch.get(K.ACTION))  # [N, B, 1]
     y = batch.get(target_key).unsqueeze(0).expand_as(q)
     err = F.smooth_l1_loss(q, y, reduction="none") if use_huber else (q - y).pow(2)
     per_member = err.mean((1, 2))
-    if keep_pred is not None:
-        batch.set(keep_pred, q.movedim(0, 1))
     out = {"loss": per_member.sum(), "q_pred": q.detach().mean(), "q_target": y.detach().mean()}
+    if keep_pred is not None:
+        out[keep_pred] = q.movedim(0, 1)
     for i in range(per_member.shape[0]):
         out[f"critic{i + 1}_loss"] = per_member[i].detach()
     return out
@@ -133,6 +138,7 @@ def project_values_onto_atoms(values: torch.Tensor, probabilities: torch.Tensor,
     return (weights * probabilities.unsqueeze(-2)).sum(-1)
 
 
+@declare(reads=[K.ACTION, "{target_key}"])
 def c51_loss(batch, critic, target_key: str = "q_target_probs") -> dict:
     """``KL(target || softmax(logits))`` averaged over the batch (robomimic ``KLDivLoss(reduction="batchmean")``)."""
     logits = critic.logits(batch, batch.get(K.ACTION))

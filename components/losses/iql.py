@@ -5,19 +5,21 @@ Shared quantities of one step, computed once before the updates (recipe ``prepar
 * ``q_target``   = ``r + (1 - done) * gamma * V(s')`` (:func:`~modmimic.components.losses.critic.value_target`);
 * ``q_data_min`` = ``min_i Q'_i(s, a)`` of the target critics (:func:`min_target_q`).
 
-:func:`expectile_value` writes the detached ``V(s)`` it predicts (``value_pred``) for :func:`awr_actor`, so the
-actor's advantage uses ``V`` from before the value step, as in robomimic (which computes every loss first).
+:func:`value_prediction` (a prepare step too) keeps ``V(s)`` (``value_pred``) for :func:`awr_actor`, so the actor's
+advantage uses ``V`` from before the value step, as in robomimic (which computes every loss first).
 """
 from __future__ import annotations
 
 import torch
 
 from modmimic import keys as K
+from modmimic.keys import declare
 
 Q_DATA_MIN = "q_data_min"
 VALUE_PRED = "value_pred"
 
 
+@declare(reads=[K.ACTION], writes=[Q_DATA_MIN])
 def min_target_q(batch, critic) -> dict:
     """``{q_data_min: min_i Q'_i(s, a)}`` for the data actions (prepare)."""
     return {Q_DATA_MIN: critic(batch, batch.get(K.ACTION)).min(0).values}
@@ -28,13 +30,18 @@ def expectile_weights(err: torch.Tensor, quantile: float) -> torch.Tensor:
     return torch.where(err > 0, 1.0 - quantile, quantile)
 
 
-def expectile_value(batch, value, quantile: float = 0.9, q_key: str = Q_DATA_MIN, keep_value: str = VALUE_PRED) -> dict:
-    """Expectile regression of ``V(s)`` onto ``q_key``: ``mean(w * (V - q)^2)``; stores the detached ``V(s)`` under
-    ``keep_value``."""
+@declare(writes=[VALUE_PRED])
+def value_prediction(batch, value) -> dict:
+    """``{value_pred: V(s)}`` (prepare: the value before this step's value update)."""
+    return {VALUE_PRED: value(batch)}
+
+
+@declare(reads=["{q_key}"])
+def expectile_value(batch, value, quantile: float = 0.9, q_key: str = Q_DATA_MIN) -> dict:
+    """Expectile regression of ``V(s)`` onto ``q_key``: ``mean(w * (V - q)^2)``."""
     v = value(batch)
     err = v - batch.get(q_key)
     loss = (expectile_weights(err, quantile) * err.pow(2)).mean()
-    batch.set(keep_value, v.detach())
     return {"loss": loss, "v_pred": v.detach().mean()}
 
 
@@ -49,6 +56,7 @@ def awr_weights(adv: torch.Tensor, beta: float = 1.0, clip_adv_value: float | No
     return w.clamp(-100.0, 100.0) if use_final_clip else w
 
 
+@declare(reads=[K.ACTION, "{q_key}", "{value_key}"], needs={"policy": ("log_prob",)})
 def awr_actor(batch, policy, beta: float = 1.0, clip_adv_value: float | None = None, use_final_clip: bool = True,
               filter_type: str = "exp", q_key: str = Q_DATA_MIN, value_key: str = VALUE_PRED) -> dict:
     """Advantage-weighted regression: ``mean(-log pi(a|s) * w(q - V))`` with detached weights."""

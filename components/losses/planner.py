@@ -8,9 +8,11 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from modmimic import keys as K
+from modmimic.keys import declare
 from modmimic.components.losses.vae import gumbel_temperature
 
 
+@declare(reads=[K.SUBGOAL])
 def subgoal_mse(batch, planner) -> dict:
     """robomimic GL: ``sum_k MSE(planner(batch)[k], batch["subgoal", k])`` over the subgoal keys (each key's MSE
     averaged over its elements and the batch)."""
@@ -20,6 +22,7 @@ def subgoal_mse(batch, planner) -> dict:
     return {"loss": loss, "goal_loss": loss.detach(), **{f"goal_{k}_loss": v.detach() for k, v in per_key.items()}}
 
 
+@declare(reads=[K.SUBGOAL], context=("epoch",))
 def subgoal_vae_elbo(batch, planner, *, kl_weight: float = 1.0, epoch: int = 0, init_temp: float = 1.0,
                      temp_anneal_step: float = 0.001, min_temp: float = 0.3) -> dict:
     """robomimic GL_VAE: ``recons + kl_weight * KL`` of the subgoal VAE (:class:`GLVAEPlanner`), the categorical
@@ -55,6 +58,7 @@ def latent_subgoal_targets(batch, planner, prior_correction: bool = False, num_p
     return {(K.SUBGOAL, LATENT_SUBGOAL): z}
 
 
+@declare(reads=["{actor_batch}"], writes=["{actor_batch}.{goal_group}"])
 def actor_subgoals(batch, planner, sampler=None, critic=None, mode: str = "separate", latent: bool = False,
                    prior_correction: bool = False, num_prior_samples: int = 100, num_samples: int = 100,
                    num_action_samples: int = 100, actor_batch: str = "actor", goal_group: str = K.SUBGOAL) -> dict:

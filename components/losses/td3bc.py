@@ -6,8 +6,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from modmimic import keys as K
+from modmimic.keys import declare
 
 
+@declare(reads=[K.ACTION])
 def td3_bc_actor(batch, actor, critic, alpha: float = 2.5) -> dict:
     """``-lambda * mean Q_1(s, pi(s)) + MSE(pi(s), a)`` with ``lambda = alpha / mean|Q_1|`` (detached)."""
     a = actor(batch)

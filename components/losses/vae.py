@@ -1,6 +1,9 @@
 """VAE evidence lower bound (robomimic BC_VAE, BCQ's action sampler): ``reconstruction + kl_weight * KL``."""
 from __future__ import annotations
 
+from modmimic import keys as K
+from modmimic.keys import declare
+
 
 def gumbel_temperature(epoch: int, init_temp: float = 1.0, temp_anneal_step: float = 0.001,
                        min_temp: float = 0.3) -> float:
@@ -8,6 +11,7 @@ def gumbel_temperature(epoch: int, init_temp: float = 1.0, temp_anneal_step: flo
     return max(init_temp - epoch * temp_anneal_step, min_temp)
 
 
+@declare(reads=[K.ACTION], context=("epoch",))
 def vae_elbo(batch, vae, *, kl_weight: float = 1.0, epoch: int = 0, init_temp: float = 1.0,
              temp_anneal_step: float = 0.001, min_temp: float = 0.3, freeze_encoder: bool = False) -> dict:
     """Negative ELBO of ``vae(batch)`` (a :class:`VAEActor`-like module returning ``reconstruction_loss`` and
