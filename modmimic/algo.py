@@ -466,8 +466,7 @@ class Builder:
 
         self.recipes[scope], self.configs[scope] = str(config.recipe_name), config
         p = self.program
-        comps = {}
-        fed = set()
+        comps, fed, sub_programs = [], set(), {}
         for name, spec in config.components.items():
             if spec is None:
                 continue
@@ -479,11 +478,9 @@ class Builder:
                     gs = dict(p.net(src).actor_goal_shapes)
                 except AttributeError:
                     raise ConfigError(f"components.{name}.goal_shapes_from: no network {spec.goal_shapes_from!r} "
-                                      f"among the components built before {name!r} ({list(comps)})") from None
+                                      f"among the components built before {name!r} ({comps})") from None
                 fed.add(name)
-            comps[name] = (sub_cfg, gs, f"{prefix}{spec.get('log_prefix') or name}/")
-        sub_programs = {}
-        for name, (sub_cfg, gs, pre) in comps.items():
+            pre = f"{prefix}{spec.get('log_prefix') or name}/"
             n_steps = len(p.steps)
             try:
                 self.build(sub_cfg, scope + (name,), pre, gs)
@@ -492,9 +489,10 @@ class Builder:
             sub_programs[name] = p.steps[n_steps:]
             del p.steps[n_steps:]
             p.components[_join(scope, name)] = pre
+            comps.append(name)
         shapes = {"obs": {}, "goal": {}, "subgoal": {}}
         for name in comps:
-            sh = self.shapes[scope + (name,)] if scope + (name,) in self.shapes else self._merged(scope + (name,))
+            sh = self.shapes[scope + (name,)]
             shapes["obs"].update(sh["obs"])
             shapes["subgoal"].update(sh["subgoal"])
             if name not in fed:  # an environment goal (not a subgoal a planner feeds)
@@ -512,9 +510,6 @@ class Builder:
             if pre:
                 p.steps.append(Prepare(f"{w}.prepare", pre, scope))
             p.steps.extend(sub_programs[name])
-
-    def _merged(self, scope):
-        return self.shapes[scope]
 
 
 UPDATE_KEYS = ("name", "losses", "optimizer", "every", "start_epoch", "end_epoch", "max_grad_norm", "clip_per_member",

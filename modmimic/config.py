@@ -163,12 +163,12 @@ def _merge_recipe(parent: DictConfig, child: DictConfig) -> DictConfig:
     parent_c = OmegaConf.to_container(parent, resolve=False)
     for s in ("batch", "act"):
         if _builder(child_c.get(s)) not in (None, _builder(parent_c.get(s))):
-            parent_c.pop(s, None)
+            parent_c[s] = None
     for s in STRUCTURE_ENTRIES:
         mine, theirs = child_c.get(s) or {}, parent_c.get(s) or {}
         for name, entry in mine.items():
-            if entry is None or _builder(entry) not in (None, _builder(theirs.get(name))):
-                theirs.pop(name, None)
+            if name in theirs and (entry is None or _builder(entry) not in (None, _builder(theirs[name]))):
+                theirs[name] = None  # replaced in place: the networks keep their order (and initialisation)
     out = OmegaConf.merge(parent_c, child_c)
     for s in STRUCTURE_ENTRIES:
         if out.get(s) is not None:

@@ -262,6 +262,9 @@ def test_sac_actor_and_entropy_temperature():
     assert torch.allclose(out["loss"], ref, atol=1e-6)
     out["loss"].backward()
     assert log_alpha.grad is None  # alpha is detached in the actor loss (robomimic steps it separately)
+    assert "actor_log_prob" not in batch.keys()  # losses never write into the batch: the engine does
+    assert cql.sac_actor.writes == ("{keep_log_prob}",) and not out["actor_log_prob"].requires_grad
+    batch["actor_log_prob"] = out["actor_log_prob"]
     ent = cql.entropy_temperature(batch, lambda: log_alpha, "default")
     assert torch.allclose(ent["loss"], -(log_alpha * (batch["actor_log_prob"] - 2.0)).mean())
     assert not cql.entropy_temperature(batch, lambda: log_alpha, None)["loss"].requires_grad
@@ -278,7 +281,8 @@ def test_expectile_weights_and_value_loss():
     out = iql.expectile_value(batch, v, quantile=0.7)
     e = v(batch) - batch["q_data_min"]
     assert torch.allclose(out["loss"], (torch.where(e > 0, 0.3, 0.7) * e ** 2).mean())
-    assert not batch["value_pred"].requires_grad
+    assert "value_pred" not in batch.keys()  # V(s) for the actor is its own prepare step
+    assert torch.equal(iql.value_prediction(batch, v)["value_pred"], v(batch))
 
 
 def test_awr_weights_with_clipping():
