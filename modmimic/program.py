@@ -135,10 +135,18 @@ def _part(batch, scope: tuple):
     return batch.get(scope) if scope else batch
 
 
+def _declared(key, writes) -> bool:
+    """``key`` is one of ``writes`` or inside one of them (a declared group: ``("actor", "subgoal")``)."""
+    if key in writes:
+        return True
+    t = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(w, tuple) and t[:len(w)] == w for w in writes)
+
+
 def _write(part, call: Call, out: dict) -> None:
     for k, v in out.items():
         key = K.as_key(k)
-        if key not in call.writes:
+        if not _declared(key, call.writes):
             raise KeyError(f"{call.where} ({call.name}) returned {key!r}, which it does not declare among its writes "
                            f"{call.writes}: declare it with modmimic.keys.declare(writes=...)")
         part.set(key, v)
@@ -151,8 +159,8 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
     Runs the steps in order; an update's losses are summed with their weights, and unless ``validate`` the sum is
     back-propagated, clipped and stepped. Returns the log values as tensors, unsynchronised: ``"<prefix><loss>/<term>"``
     for every loss term, ``"<prefix><update>/grad_norm"`` when clipping, ``"<prefix>Loss"`` per component and
-    ``"Loss"`` for the whole step. ``check_finite``: a NaN/Inf sum of the step's losses raises
-    :class:`NonFiniteLossError` naming the first non-finite term (one host sync per step)."""
+    ``"Loss"`` for the whole step. ``check_finite``: before an update steps anything, a NaN/Inf among its loss terms
+    raises :class:`NonFiniteLossError` naming the term (one host sync per update; logging never syncs)."""
     info, totals, terms = {}, {}, []
     for s in program.steps:
         part = _part(batch, s.scope)
@@ -174,12 +182,13 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
             info[f"{s.prefix}{lname}/loss"] = term.detach()
             for k, v in out.items():
                 info[f"{s.prefix}{lname}/{k}"] = v.detach() if torch.is_tensor(v) else v
+        if check_finite:
+            _check_finite(terms, epoch, step)
+        terms.clear()
         d = loss.detach()
         totals[s.prefix] = d if s.prefix not in totals else totals[s.prefix] + d
         if not validate and s.optimizers:
             _backward_and_step(program, s, loss, info)
-    if check_finite and terms:
-        _check_finite(terms, epoch, step)
     if totals:
         total, nested = None, {}
         for prefix, t in totals.items():

@@ -167,14 +167,14 @@ def test_cascade_trains_the_actor_on_the_planner_just_updated(reach_hdf5, tiny, 
     _, sampler, algo = build("hbc", reach_hdf5, tiny, "algo.mode=cascade", f"algo.planner.vae.enabled={planner_vae}")
     algo.set_train()
     seen = {}
-    actor = algo.components["actor"]
-    train_actor = actor.train_on_batch
+    bc = algo.components["actor"].losses["bc"]  # the actor's loss sees the batch its update trains on
+    fn = bc.fn
 
-    def spy(batch, epoch, validate=False):
+    def spy(batch, **kw):
         seen["batch"] = batch.clone()
-        return train_actor(batch, epoch, validate)
+        return fn(batch, **kw)
 
-    actor.train_on_batch = spy
+    bc.fn = spy
     torch.manual_seed(0)
     b = algo.process_batch_for_training(sampler.sample())
     before = {k: v.clone() for k, v in algo.paths["planner.goal_network"].state_dict().items()}
@@ -197,14 +197,16 @@ def test_iris_cascade_trains_the_actor_on_the_value_planners_choice(reach_hdf5, 
 
     _, sampler, algo = build("iris", reach_hdf5, tiny, "algo.mode=cascade", "algo.value_planner.num_samples=5",
                              "algo.value_planner.value.critic.num_action_samples_rollout=3")
-    (prepare,) = algo.steps[1][1]
+    (step,) = [s for s in algo.steps if not s.scope]  # the one step over the whole batch: the actor's subgoals
+    (prepare,) = step.calls
     assert prepare.fn is actor_subgoals and prepare.kwargs["num_samples"] == 5
-    assert prepare.nets == {"planner": "value_planner.planner.goal_network", "sampler": "value_planner.value.action_sampler",
-                            "critic": "value_planner.value.critic"}
+    assert prepare.net_paths == {"planner": "value_planner.planner.goal_network",
+                                 "sampler": "value_planner.value.action_sampler", "critic": "value_planner.value.critic"}
+    assert prepare.writes == [("actor", K.SUBGOAL)]
     b = algo.process_batch_for_training(sampler.sample())
     torch.manual_seed(4)
     with torch.no_grad():
-        out = prepare(b, algo.paths, 1)
+        out = prepare(b, 1)
     torch.manual_seed(4)
     vp = ValuePlanner(algo.paths, "value_planner.planner.goal_network",
                       BestActionValue(algo.paths, "value_planner.value.action_sampler", "value_planner.value.critic",
@@ -223,10 +225,9 @@ def test_latent_subgoals_train_the_actor_on_planner_latents(reach_hdf5, tiny):
                              "algo.latent_subgoal.prior_correction.enabled=true",
                              "algo.latent_subgoal.prior_correction.num_samples=5")
     seen = {}
-    actor = algo.components["actor"]
-    train_actor = actor.train_on_batch
-    actor.train_on_batch = lambda batch, epoch, validate=False: (seen.setdefault("b", batch.clone()),
-                                                                 train_actor(batch, epoch, validate))[1]
+    bc = algo.components["actor"].losses["bc"]
+    fn = bc.fn
+    bc.fn = lambda batch, **kw: (seen.setdefault("b", batch.clone()), fn(batch, **kw))[1]
     algo.set_train()
     algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1)
     z = seen["b"][(K.SUBGOAL, LATENT_SUBGOAL)]
