@@ -925,8 +925,11 @@ def algo_factory(algo_name: str, config: DictConfig, obs_key_shapes: dict, ac_di
     if algo_name != config.algo_name:
         raise ConfigError(f"algo_factory got algo name {algo_name!r} but the config is for {config.algo_name!r}")
     if algo_name in REGISTERED_ALGO_FACTORY_FUNCS:
+        from modmimic.config import recipes_dir
+
         recipe = REGISTERED_ALGO_FACTORY_FUNCS[algo_name](config.algo)
-        if recipe != config.recipe_name:
+        # robomimic's flags pick among the shipped variants; a user's own recipe keeps its structure
+        if recipe != config.recipe_name and (recipes_dir() / f"{config.recipe_name}.yaml").is_file():
             from modmimic.config import with_recipe_structure
 
             config = with_recipe_structure(config, recipe)

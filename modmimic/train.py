@@ -18,7 +18,7 @@ import sys
 import traceback
 import warnings
 
-from modmimic.config import ConfigError, base_config_path, compose, list_recipes, recipes_dir
+from modmimic.config import ConfigError, base_config_path, compose, list_recipes, recipe_description
 
 PROG = "modmimic.train"
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
@@ -32,26 +32,25 @@ _FAILURES: list = []
 # --- help -------------------------------------------------------------------------------------------------------
 
 def recipe_summary(name: str) -> str:
-    """First line of a recipe's header comment."""
-    try:
-        with open(recipes_dir() / f"{name}.yaml") as f:
-            for line in f:
-                if line.startswith("#"):
-                    return line.lstrip("# ").strip()
-    except OSError:
-        pass
-    return ""
+    """A recipe's one-line description (its header comment)."""
+    return recipe_description(name)
 
 
 def usage() -> str:
+    import shutil
+    import textwrap
+
     width = max(len(r) for r in list_recipes())
-    recipes = "\n".join(f"  {r.ljust(width)}  {recipe_summary(r)}" for r in list_recipes())
+    cols = max(80, shutil.get_terminal_size((120, 20)).columns)
+    recipes = "\n".join(textwrap.fill(recipe_summary(r), cols, initial_indent=f"  {r.ljust(width)}  ",
+                                       subsequent_indent=" " * (width + 4)) for r in list_recipes())
     return f"""usage: python -m {PROG} [recipe=<name>] [dataset=<path.hdf5>] [key=value ...] [-m] [--cfg job]
 
 Train a robot-learning policy on a robomimic-format HDF5 dataset (without dataset=, on the small dataset
 embedded in modmimic). Arguments are hydra overrides with robomimic's config section names.
 
-recipes (recipe=<name>, default bc):
+recipes (recipe=<name>, default bc; or recipe=<path/to/recipe.yaml>; $MODMIMIC_RECIPE_PATH adds folders;
+`python -m modmimic.recipe explain <recipe>` prints one compiled):
 {recipes}
 
 common overrides:
@@ -238,6 +237,20 @@ def _task(overrides: list[str], multirun: bool, cfg=None):
         sys.exit(code)
 
 
+def recipe_keys(args: list[str]) -> list[str]:
+    """``recipe=<path.yaml>`` (also in a sweep list) -> ``recipe=<registered key>``: hydra's config group holds the
+    recipe file under a name (see :func:`modmimic.config.recipe_key`); names pass unchanged."""
+    from modmimic.config import is_recipe_path, recipe_key
+
+    out = []
+    for a in args:
+        if a.startswith("recipe="):
+            values = a.split("=", 1)[1].split(",")
+            a = "recipe=" + ",".join(recipe_key(v) if is_recipe_path(v) else v for v in values)
+        out.append(a)
+    return out
+
+
 def _run_hydra(args: list[str], cfg=None) -> None:
     """Hand the command line to hydra. ``cfg``: the single run's config, already built and validated."""
     import hydra
@@ -245,6 +258,7 @@ def _run_hydra(args: list[str], cfg=None) -> None:
     from hydra.types import RunMode
 
     register()
+    args = recipe_keys(args)
 
     @hydra.main(config_path=None, config_name="modmimic_train", version_base="1.3")
     def hydra_main(_cfg):

@@ -1,0 +1,244 @@
+"""The step engine: recipes compile to a flat program with declared keys, checked before anything runs; recipes
+load from anywhere; ``python -m modmimic.recipe explain`` shows the program."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from modmimic import keys as K
+from modmimic.algo import algo_factory
+from modmimic.config import ConfigError, compose, list_recipes
+from modmimic.program import Prepare, Update, run_step
+
+SHAPES = {"pos": (2,), "goal_pos": (2,), "vel": (2,)}
+
+
+def build(recipe, *overrides, tiny=None):
+    cfg = compose(recipe, [*(tiny(recipe) if tiny else []), *overrides])
+    return algo_factory(cfg.algo_name, cfg, SHAPES, 2)
+
+
+def write(path, text):
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_every_shipped_recipe_compiles_with_its_keys_checked(tiny):
+    for recipe in list_recipes():
+        algo = build(recipe, tiny=tiny)
+        assert algo.program.steps, recipe
+        for s in algo.program.steps:
+            assert isinstance(s, (Prepare, Update))
+
+
+def test_a_loss_reading_an_unproduced_key_fails_at_build_time(tmp_path, tiny):
+    # IQL without the prepare step that keeps V(s) for the actor (what used to crash at step 1 with a TypeError)
+    r = write(tmp_path / "iql_no_value.yaml", """\
+        defaults: [iql, _self_]
+        recipe_name: iql_no_value
+        prepare:
+          - fn: modmimic.components.losses.critic.value_target
+            nets: {value: vf}
+          - fn: modmimic.components.losses.iql.min_target_q
+            nets: {critic: critic_target}
+        """)
+    with pytest.raises(ConfigError) as e:
+        build(str(r), *tiny("iql"))
+    msg = str(e.value)
+    assert "iql_no_value" in msg and "losses.actor" in msg and "awr_actor" in msg and "'value_pred'" in msg
+    assert "no step of the recipe produces it" in msg
+
+
+def test_a_key_produced_too_late_names_its_producer(tmp_path, tiny):
+    # the value prediction moved into the actor's own update: still read by nothing before, but a prepare of the
+    # critic update reading it must run after it
+    r = write(tmp_path / "late.yaml", """\
+        defaults: [iql, _self_]
+        recipe_name: late
+        prepare:
+          - fn: modmimic.components.losses.critic.value_target
+            nets: {value: vf}
+        updates:
+          - name: critic
+            losses: {critic: 1.0}
+            optimizer: critic
+            targets: [critic_target]
+          - name: vf
+            losses: {vf: 1.0}
+            optimizer: vf
+            prepare:
+              - fn: modmimic.components.losses.iql.min_target_q
+                nets: {critic: critic_target}
+          - name: actor
+            losses: {actor: 1.0}
+            optimizer: actor
+            prepare:
+              - fn: modmimic.components.losses.iql.value_prediction
+                nets: {value: vf}
+        """)
+    algo = build(str(r), *tiny("iql"))  # every read is produced before it: builds
+    assert [type(s).__name__ for s in algo.program.steps] == ["Prepare", "Update", "Prepare", "Update", "Prepare",
+                                                               "Update"]
+    r2 = write(tmp_path / "late2.yaml", """\
+        defaults: [iql, _self_]
+        recipe_name: late2
+        prepare:
+          - fn: modmimic.components.losses.critic.value_target
+            nets: {value: vf}
+          - fn: modmimic.components.losses.iql.value_prediction
+            nets: {value: vf}
+        updates:
+          - name: critic
+            losses: {critic: 1.0}
+            optimizer: critic
+            targets: [critic_target]
+          - name: vf
+            losses: {vf: 1.0}
+            optimizer: vf
+          - name: actor
+            losses: {actor: 1.0}
+            optimizer: actor
+            prepare:
+              - fn: modmimic.components.losses.iql.min_target_q
+                nets: {critic: critic_target}
+        """)
+    with pytest.raises(ConfigError, match=r"late2.*losses.vf \(expectile_value\) reads 'q_data_min'.*produced by "
+                                          r"updates\[2\] \(actor\).prepare\[0\], which must run before it"):
+        build(str(r2), *tiny("iql"))
+
+
+def test_a_produced_key_nobody_reads_is_a_warning(tiny):
+    with pytest.warns(UserWarning, match=r"recipe 'iql': losses.critic produces 'q_kept', which no later step reads"):
+        build("iql", "+losses.critic.keep_pred=q_kept", tiny=tiny)
+
+
+def test_unknown_and_null_arguments_are_errors(tiny):
+    with pytest.raises(ConfigError, match=r"unknown argument 'use_hubr' \(did you mean 'use_huber'\?\)"):
+        build("iql", "+losses.critic.use_hubr=true", tiny=tiny)
+
+
+def test_losses_never_write_into_the_batch_the_engine_writes_declared_outputs(reach_hdf5, tiny):
+    from modmimic.config import all_obs_keys
+    from modmimic.data.hdf5 import load_episode_store
+    from modmimic.data.sampler import WindowSampler
+
+    cfg = compose("cql", [*tiny("cql"), "observation.modalities.obs.low_dim=[pos,goal_pos,vel]"])
+    store = load_episode_store(str(reach_hdf5), all_obs_keys(cfg), load_next_obs=True)
+    algo = algo_factory("cql", cfg, store.obs_shapes(), store.ac_dim)
+    b = algo.process_batch_for_training(WindowSampler(store, 8, seed=0).sample())
+    before = set(b.keys(include_nested=True, leaves_only=True))
+    algo.set_train()
+    info = run_step(algo.program, b.clone(False), epoch=1, step=0)
+    assert set(b.keys(include_nested=True, leaves_only=True)) == before
+    # the declared outputs: the critic's predictions (for the penalty) and the actor's log-prob (for the temperature)
+    writes = {c.where: c.writes for s in algo.program.steps if isinstance(s, Update) for _, c, _ in s.losses}
+    assert writes["losses.critic"] == ["q_data"] and writes["losses.actor"] == ["actor_log_prob"]
+    assert all(torch.is_tensor(v) for k, v in info.items() if k != "Loss")
+
+
+def test_distribution_needs_are_checked_at_build_time(tiny):
+    from modmimic.algo import bind_call
+
+    class NoLogProb(torch.nn.Module):
+        distribution_ops = frozenset({"sample", "mode"})
+
+    with pytest.raises(ConfigError, match="needs log_prob from the distribution of network 'p'"):
+        bind_call("losses.bc", {"fn": "modmimic.components.losses.bc.nll", "nets": {"policy": "p"}},
+                  lambda n: (NoLogProb(), n))
+
+
+def test_explain_lists_the_steps_in_update_order():
+    from modmimic.recipe import explain
+
+    text = explain("iql")
+    order = [text.index(s) for s in ("value_prediction", "value_target", "min_target_q", "update 'critic'",
+                                     "update 'vf'", "update 'actor'", "polyak critic_target")]
+    assert order[:6] == sorted(order[:6]) and text.index("update 'critic'") < order[6] < text.index("update 'vf'")
+    assert "reads action, q_data_min, value_pred" in text and "acting: Direct(net=actor)" in text
+    hbc = explain("hbc")
+    assert hbc.index("[planner] update") < hbc.index("prepare (no grad)  actor_subgoals") < hbc.index("[actor] update")
+
+
+MY_LOSS = """\
+import torch.nn.functional as F
+
+from modmimic import keys as K
+from modmimic.keys import declare
+
+
+@declare(reads=[K.ACTION])
+def huber_bc(batch, policy, delta: float = 1.0) -> dict:
+    loss = F.huber_loss(policy(batch), batch[K.ACTION], delta=delta)
+    return {"loss": loss}
+"""
+
+MY_RECIPE = """\
+# My BC: robomimic's BC with a Huber loss from my own module.
+defaults: [bc, _self_]
+recipe_name: my_bc
+losses:
+  bc:
+    fn: my_losses.huber_bc
+    nets: {policy: policy}
+    delta: 0.5
+"""
+
+
+def test_a_recipe_from_outside_the_repo_trains(tmp_path, reach_hdf5):
+    """recipe=<path> and $MODMIMIC_RECIPE_PATH, with a loss from the user's own importable module."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "my_losses.py").write_text(MY_LOSS)
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "my_bc.yaml").write_text(MY_RECIPE)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "lib"), "MODMIMIC_RECIPE_PATH": str(tmp_path / "recipes")}
+    common = [f"dataset={reach_hdf5}", "train.num_epochs=1", "experiment.epoch_every_n_steps=3", "train.batch_size=8",
+              "algo.actor_layer_dims=[16]", "observation.modalities.obs.low_dim=[pos,goal_pos,vel]",
+              "experiment.rollout.enabled=false", "experiment.logging.log_tb=false", f"train.output_dir={tmp_path}/runs"]
+    for recipe in ("recipes/my_bc.yaml", "my_bc"):
+        p = subprocess.run([sys.executable, "-m", "modmimic.train", f"recipe={recipe}", *common], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+    runs = list((tmp_path / "runs" / "test").iterdir())
+    assert len(runs) == 2 and all((r / "models" / "last.pth").is_file() for r in runs)
+    p = subprocess.run([sys.executable, "-m", "modmimic.recipe", "list"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    import re
+
+    assert re.search(r"^my_bc +My BC: robomimic's BC with a Huber loss from my own module\.$", p.stdout, re.M)
+    p = subprocess.run([sys.executable, "-m", "modmimic.recipe", "explain", "my_bc", f"dataset={reach_hdf5}",
+                        "observation.modalities.obs.low_dim=[pos,goal_pos,vel]"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0 and "loss bc x1 = huber_bc(policy=policy)" in p.stdout, p.stderr
+
+
+def test_variants_replace_entries_instead_of_nulling_keys():
+    """bcq_gmm builds a GMM action sampler: its entry replaces bcq's VAE entry (no inherited VAE arguments)."""
+    cfg = compose("bcq_gmm")
+    assert set(cfg.nets.action_sampler) == {"_target_", "backbone", "head", "layer_dims", "head_kwargs"}
+    assert set(cfg.losses.action_sampler) == {"fn", "nets"}
+    assert "bc" not in compose("bc_gmm").losses  # `bc: null` removes the regression loss
+    # a variant with the same builder merges: bc_rnn only changes the backbone of bc's policy
+    assert compose("bc_rnn").nets.policy.head == "deterministic"
+    # optimizer blocks start from the shared defaults
+    assert compose("bc").algo.optim_params.policy.learning_rate.decay_factor == 0.1
+    assert compose("iql").algo.optim_params.vf.learning_rate.decay_factor == 0.0
+
+
+def test_sync_free_step_info_stays_on_device(reach_hdf5, tiny):
+    from modmimic.config import all_obs_keys
+    from modmimic.data.hdf5 import load_episode_store
+    from modmimic.data.sampler import WindowSampler
+
+    cfg = compose("iql", [*tiny("iql"), "observation.modalities.obs.low_dim=[pos,goal_pos,vel]"])
+    store = load_episode_store(str(reach_hdf5), all_obs_keys(cfg), load_next_obs=True)
+    algo = algo_factory("iql", cfg, store.obs_shapes(), store.ac_dim)
+    algo.set_train()
+    info = algo.train_on_batch(algo.process_batch_for_training(WindowSampler(store, 8, seed=0).sample()), 1)
+    assert all(torch.is_tensor(v) for v in info.values())
+    logged = algo.log_info(info)
+    assert isinstance(logged["Loss"], float) and logged["Loss"] == pytest.approx(float(info["Loss"]))
+    assert {"critic/loss", "vf/loss", "actor/loss", "Optimizer/critic0_lr"} <= set(logged)
