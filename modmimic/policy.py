@@ -127,10 +127,12 @@ def save_checkpoint(path: str, ckpt: dict) -> None:
 def _weights_only_reason(e: BaseException) -> str:
     """The line of torch's weights-only refusal that names the offending global."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    skip = ("weights only load failed", "check the documentation", "(1)", "(2)", "in pytorch 2.6")
     for ln in lines:
-        if "WeightsUnpickler error" in ln or "Unsupported global" in ln or "Unsupported operand" in ln:
-            return ln.replace("WeightsUnpickler error: ", "")[:300]
-    return (lines[-1] if lines else type(e).__name__)[:300]
+        if "GLOBAL" in ln or "WeightsUnpickler error" in ln or "unsupported" in ln.lower():
+            return ln.replace("WeightsUnpickler error: ", "").split(" Please use")[0][:300]
+    rest = [ln for ln in lines if not ln.lower().startswith(skip)]
+    return (rest[0] if rest else type(e).__name__)[:300]
 
 
 def read_checkpoint_file(path: str):
