@@ -168,6 +168,9 @@ def _field(ckpt: dict, key: str, types, source: str, what: str):
 def _json_config(text, source: str, key: str) -> dict:
     if isinstance(text, dict):
         return text
+    if not isinstance(text, str):
+        raise CheckpointError(f"{source}: checkpoint field {key!r} must be a JSON string or a dict, got "
+                              f"{type(text).__name__}")
     try:
         cfg = json.loads(text)
     except (ValueError, RecursionError) as e:

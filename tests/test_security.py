@@ -369,7 +369,7 @@ def test_malformed_checkpoints_are_checkpoint_errors(last, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz")
     seen = {"ok": 0, "refused": 0}
 
-    @settings(max_examples=120, deadline=None, derandomize=True,
+    @settings(max_examples=120, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(case=malformed(raw, data))
     def check(case):
