@@ -196,13 +196,13 @@ def _component(nets, spec, what: str):
         path = spec.pop("fn", None)
         if path is None:
             raise ValueError(f"act.{what}: a component spec needs 'fn' (the class path), got keys {sorted(spec)}")
-        import importlib
+        from modmimic.config import ConfigError
+        from modmimic.trust import resolve  # names from a stored config resolve only inside trusted modules
 
-        mod, _, attr = str(path).rpartition(".")
         try:
-            cls = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"act.{what}: cannot import {path!r}: {e}") from None
+            cls = resolve(path)
+        except ConfigError as e:
+            raise ValueError(f"act.{what}: {e}") from None
         return cls(nets, **spec)
     return spec
 

@@ -15,7 +15,6 @@ ac_dim, device)`` builds the algorithm.
 from __future__ import annotations
 
 import copy
-import importlib
 import inspect
 import math
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from modmimic import keys as K
+from modmimic import trust as _trust
 from modmimic.program import (Call, NonFiniteLossError, Prepare, Program, Update, check_keys, run_step,
                               soft_update)
 from modmimic.config import ConfigError, closest, obs_keys, to_plain
@@ -130,13 +130,11 @@ def iris_recipe_from_flags(algo_config) -> str:
     return "iris"
 
 
-def resolve(path: str):
-    """Import ``package.module.attr``."""
-    mod, _, attr = str(path).rpartition(".")
-    try:
-        return getattr(importlib.import_module(mod), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot import {path!r}: {e}") from None
+def resolve(path: str, trusted="scope"):
+    """Import ``package.module.attr``. ``trusted``: the modules it may come from (default: the current
+    :func:`modmimic.trust.trusting` scope, which a config read from a checkpoint or run directory narrows to
+    ``modmimic.*``; ``None``: anywhere). See :mod:`modmimic.trust`."""
+    return _trust.resolve(path, trusted)
 
 
 def check_kwargs(fn, kwargs: dict, what: str) -> None:

@@ -416,9 +416,23 @@ def check_types(cfg: DictConfig, reference: DictConfig) -> None:
             raise ConfigError(f"config key {path!r} must be {type(ref[path]).__name__}, got {v!r}")
 
 
+def check_run_name(name) -> None:
+    """``experiment.name`` names one folder under ``train.output_dir``: no path separators, not ``.``/``..``, not
+    absolute, not empty, so a run never writes outside ``train.output_dir``."""
+    text = "" if name is None else str(name)
+    seps = [s for s in (os.sep, os.altsep, "/") if s]
+    if not text.strip() or text in (".", "..") or any(s in text for s in seps) or "\0" in text \
+            or os.path.isabs(text):
+        raise ConfigError(f"experiment.name must be a plain folder name (runs go to <train.output_dir>/"
+                          f"<experiment.name>/<timestamp>), got {name!r}: no path separators, '.', '..' or absolute "
+                          "paths; choose the parent folder with train.output_dir")
+
+
 def validate(cfg: DictConfig, where: str = "") -> None:
     """Consistency checks that do not need data (those that do live in the Algo builder). ``where``: the
     component path (``"planner."``) of a sub-config, for messages that name the full key."""
+    if not where and cfg.get("experiment") is not None and "name" in cfg.experiment:
+        check_run_name(cfg.experiment.name)
     composite = bool(cfg.get("components"))
     for section in ("algo_name", "recipe_name", "train", "algo", "observation", "updates", "act") + \
             (() if composite else ("nets",)):

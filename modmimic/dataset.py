@@ -1,7 +1,7 @@
 """Dataset tools for robomimic-format HDF5 files.
 
     python -m modmimic.dataset info <file.hdf5> [--filter-key K] [--strict]
-    python -m modmimic.dataset split <file.hdf5> [--valid-fraction 0.1] [--seed 0] [--filter-key K]
+    python -m modmimic.dataset split <file.hdf5> [--valid-fraction 0.1] [--seed 0] [--filter-key K] [--overwrite]
 
 ``info`` prints the number of demos and samples, demo length statistics, every per-step dataset of a demo with its
 shape, dtype and value range over the (filtered) demos, the filter keys, the environment metadata, and checks that
@@ -10,7 +10,8 @@ makes a violation exit with status 1).
 
 ``split`` writes ``mask/train`` and ``mask/valid`` (``mask/<K>_train``, ``mask/<K>_valid`` when splitting the demos
 of filter key ``K``), chosen by a seeded shuffle, so the same seed always gives the same split. Nothing else in
-the file is touched.
+the file is touched; existing masks of those names are replaced only with ``--overwrite`` (without it the command
+says what it would change, exits 2 and leaves the file as it was).
 
 :func:`dataset_entry` and :func:`with_data` tell which file a training config reads (``train.data``, or the
 embedded default dataset). This module does not import torch, so the command line rejects bad input quickly.
@@ -231,15 +232,25 @@ def split_demos(demos: list[str], valid_fraction: float, seed: int) -> tuple[lis
     return train, [d for i, d in enumerate(demos) if i in valid]
 
 
-def write_split(path: str, valid_fraction: float = 0.1, seed: int = 0, filter_key: str | None = None) -> dict:
-    """Write (or replace) the train/valid filter keys; returns ``{mask name: demo names}``."""
-    with _open(path, "r+") as f:
+def write_split(path: str, valid_fraction: float = 0.1, seed: int = 0, filter_key: str | None = None,
+                overwrite: bool = False) -> dict:
+    """Write the train/valid filter keys (replace existing ones only with ``overwrite``); returns
+    ``{mask name: demo names}``."""
+    with _open(path, "r") as f:  # decide before opening for writing: a refusal leaves the file untouched
         demos = demo_names(f, filter_key, path)
         if not demos:
             raise ToolError(f"{path}: no demos to split")
         train, valid = split_demos(demos, valid_fraction, seed)
         prefix = f"{filter_key}_" if filter_key else ""
         out = {f"{prefix}train": train, f"{prefix}valid": valid}
+        existing = {n: int(f["mask"][n].shape[0]) for n in out if "mask" in f and n in f["mask"]}
+    if existing and not overwrite:
+        change = "; ".join(f"mask/{n} ({existing[n]} demos -> {len(out[n])})" if n in existing
+                           else f"mask/{n} (new, {len(out[n])} demos)" for n in out)
+        raise ToolError(f"{path} already has {', '.join(f'mask/{n}' for n in existing)}; this split (seed {seed}, "
+                        f"--valid-fraction {valid_fraction}) would replace {change}. Pass --overwrite to replace "
+                        "them; nothing was changed")
+    with _open(path, "r+") as f:
         mask = f.require_group("mask")
         for name, names in out.items():
             if name in mask:
@@ -263,6 +274,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--valid-fraction", type=float, default=0.1)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--filter-key", default=None, help="split the demos of mask/<KEY> into <KEY>_train/<KEY>_valid")
+    s.add_argument("--overwrite", action="store_true", help="replace existing masks of the same names")
     return ap
 
 
@@ -276,7 +288,7 @@ def main(argv=None) -> int:
             else:
                 print_info(info)
             return 1 if args.strict and info["actions_in_unit_range"] is False else 0
-        out = write_split(args.path, args.valid_fraction, args.seed, args.filter_key)
+        out = write_split(args.path, args.valid_fraction, args.seed, args.filter_key, args.overwrite)
         for name, names in out.items():
             print(f"mask/{name}: {len(names)} demos")
         return 0

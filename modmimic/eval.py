@@ -41,6 +41,7 @@ ARGS = {
     "video_episodes": (int, None, "render only the first n episodes (default all)"),
     "camera": (str, None, "camera to render (robosuite default agentview)"),
     "write_dataset": (str, None, "write the rollouts to this robomimic HDF5 file"),
+    "overwrite": (bool, False, "let write_dataset= replace an existing file"),
     "json": (str, None, "write the summary and every episode as JSON here"),
     "timeout": (float, 120.0, "seconds an environment worker may take to answer before it counts as hung"),
     "quiet": (bool, False, "print only the summary"),
@@ -103,24 +104,40 @@ def parse_args(argv: list[str]) -> dict:
             raise ArgumentError(f"{k} must be a positive integer, got {out[k]!r}")
     if out["horizon"] is not None and out["horizon"] < 1:
         raise ArgumentError(f"horizon must be a positive integer, got {out['horizon']!r}")
+    check_overwrite(out["write_dataset"], out["overwrite"])
     return out
+
+
+def check_overwrite(path: str | None, overwrite: bool) -> None:
+    """``write_dataset=`` never replaces an existing file unless ``overwrite=true`` says so."""
+    if path is None or overwrite or not os.path.lexists(path):
+        return
+    what = "a directory" if os.path.isdir(path) else f"an existing file of {os.path.getsize(path)} bytes"
+    raise ArgumentError(f"write_dataset={path} is {what}; writing the rollouts would replace it with a new robomimic "
+                        "HDF5 file. Pass overwrite=true to replace it, or choose another path")
 
 
 def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | None = None,
              seed: int = DEFAULT_SEED, terminate_on_success: bool = True, env: str | None = None,
              device: str = "cpu", video: str | None = None, video_skip: int = 5, video_size: int = 512,
              video_episodes: int | None = None, camera: str | None = None, write_dataset: str | None = None,
-             timeout: float = 120.0, on_episode=None, json_path: str | None = None) -> dict:
+             timeout: float = 120.0, on_episode=None, json_path: str | None = None, overwrite: bool = False,
+             trusted_modules=None) -> dict:
     """Evaluate a checkpoint (path or loaded dict). Returns the summary (:func:`modmimic.rollout.summarize` plus
-    ``Episodes_per_Second``, ``Wall_Seconds``, ``env_name``, ``horizon``) with ``episodes``: one dict per episode."""
+    ``Episodes_per_Second``, ``Wall_Seconds``, ``env_name``, ``horizon``) with ``episodes``: one dict per episode.
+    ``write_dataset`` must not exist unless ``overwrite``; ``trusted_modules``: see
+    :func:`modmimic.policy.policy_from_checkpoint`."""
     import torch
+
+    check_overwrite(write_dataset, overwrite)
 
     from modmimic.envs import EnvError
     from modmimic.policy import policy_from_checkpoint
     from modmimic.rollout import rollout, summarize, write_episodes
 
     policy, ckpt = policy_from_checkpoint(device=device, ckpt_path=None if isinstance(checkpoint, dict) else checkpoint,
-                                          ckpt_dict=checkpoint if isinstance(checkpoint, dict) else None)
+                                          ckpt_dict=checkpoint if isinstance(checkpoint, dict) else None,
+                                          trusted_modules=trusted_modules)
     env_meta = ckpt.get("env_metadata") or {}
     if not env_meta:
         raise EnvError("the checkpoint has no env metadata (its training dataset had no data.attrs['env_args']), so "

@@ -26,7 +26,7 @@ import sys
 import time
 import warnings
 
-from modmimic.config import ConfigError
+from modmimic.config import ConfigError, check_run_name
 from modmimic.io import _atomic_write_bytes, atomic_write_text
 
 RUN_MARKER = os.path.join("models", "last.pth")
@@ -36,6 +36,7 @@ PLOT_EVERY_S = 10.0
 def make_run_dir(cfg) -> str:
     """A new ``<output_dir>/<experiment.name>/<timestamp>[_<n>]`` with ``logs/`` and ``models/`` (never an
     existing directory; safe against concurrent runs)."""
+    check_run_name(cfg.experiment.name)
     root = os.path.join(os.path.abspath(os.path.expanduser(str(cfg.train.output_dir))), str(cfg.experiment.name))
     os.makedirs(root, exist_ok=True)
     stamp = time.strftime("%Y%m%d%H%M%S")
@@ -67,6 +68,7 @@ def find_run_dir(output_dir: str, name: str | None = None, resume_dir: str | Non
     out = os.path.abspath(os.path.expanduser(str(output_dir)))
     if is_run_dir(out):
         return out
+    check_run_name(name)
     root = os.path.join(out, str(name))
     runs = [p for p in glob.glob(os.path.join(root, "*")) if is_run_dir(p)]
     if not runs:

@@ -1,22 +1,35 @@
 """Self-describing checkpoints, ``RolloutPolicy`` and ``policy_from_checkpoint``.
 
-A checkpoint (``torch.save`` of a dict, written atomically) holds everything needed to rebuild and run a policy:
+A checkpoint (``torch.save`` of a dict of plain containers, written atomically) holds everything needed to rebuild
+and run a policy:
 
-    format / format_version       "modmimic-checkpoint", 1
+    format / format_version       "modmimic-checkpoint", 2
     versions                      modmimic, torch, tensordict, python
     algo_name, recipe_name
-    config                        the resolved config (plain dict)
+    config                        the resolved config, as a JSON string (a plain dict once loaded)
     shape_metadata                {ac_dim, all_shapes, all_obs_keys, action_keys}
     env_metadata                  the dataset's env_args
     obs_normalization_stats       {key: {offset, scale}} as nested lists, or None
     action_normalization_stats    {action key: {offset, scale}} as nested lists, or None
     model                         Algo.serialize()
     variable_state                training counters (epoch, best scores, ...), set by the trainer
-    trainer_state                 optional: sampler / RNG states for bit-exact resume
+    trainer_state                 optional: sampler / RNG states (tensors, lists, numbers) and the unresolved config
+                                  (a JSON string) for bit-exact resume
+
+Checkpoints are data, never code. The file holds only dicts, lists, tuples, strings, numbers, booleans, None and
+tensors (:func:`save_checkpoint` refuses anything else), and :func:`load_checkpoint` reads it with
+``torch.load(weights_only=True)``: a file with any other pickled object is refused (:class:`CheckpointError`)
+without running it. The loaded dict's shape is checked field by field before use. The config's callables
+(``_target_``, ``fn``) resolve only inside ``modmimic.*`` unless the caller trusts more modules
+(``trusted_modules=`` or ``MODMIMIC_TRUSTED_MODULES``, see :mod:`modmimic.trust`). Format 1 (modmimic before this
+format, which pickled numpy objects) is refused: retrain.
 """
 from __future__ import annotations
 
+import json
+import os
 import platform
+from collections import Counter, OrderedDict
 
 import numpy as np
 import torch
@@ -27,20 +40,22 @@ from modmimic.algo import Algo, algo_factory
 from modmimic.config import ConfigError, config_factory
 from modmimic.data.stats import stats_from_lists, stats_to_lists
 from modmimic.io import atomic_torch_save
+from modmimic.trust import UntrustedNameError, check_config_names, stored_config_modules, trusting
 
 FORMAT = "modmimic-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+JSON_FIELDS = (("config",), ("trainer_state", "config"))  # stored as JSON strings, plain dicts once loaded
 
 
 class CheckpointError(ValueError):
-    """A file is not a (compatible) modmimic checkpoint."""
+    """A file is not a (compatible) modmimic checkpoint, or it is refused (it would run code)."""
 
 
 def versions() -> dict:
     import tensordict
 
-    return {"modmimic": modmimic.__version__, "torch": torch.__version__, "tensordict": tensordict.__version__,
-            "python": platform.python_version()}
+    return {"modmimic": str(modmimic.__version__), "torch": str(torch.__version__),
+            "tensordict": str(tensordict.__version__), "python": platform.python_version()}
 
 
 def make_checkpoint(algo: Algo, obs_normalization_stats=None, action_normalization_stats=None, env_meta=None,
@@ -61,36 +76,246 @@ def make_checkpoint(algo: Algo, obs_normalization_stats=None, action_normalizati
     }
 
 
+# --- storage: plain containers only ------------------------------------------------------------------------
+
+_PLAIN_DICTS = (dict, OrderedDict, Counter)  # what torch.load(weights_only=True) rebuilds
+_PLAIN_LEAVES = (str, int, float, bool, type(None), torch.Tensor, torch.nn.Parameter, torch.Size)
+
+
+def check_plain(obj, where: str = "checkpoint") -> None:
+    """Raise ``TypeError`` naming the first entry that ``torch.load(weights_only=True)`` could not read back."""
+    if type(obj) in _PLAIN_DICTS:
+        for k, v in obj.items():
+            if type(k) not in (str, int):
+                raise TypeError(f"{where}: key {k!r} is a {type(k).__name__}; checkpoint keys are str or int")
+            check_plain(v, f"{where}.{k}")
+    elif type(obj) in (list, tuple):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+    elif type(obj) not in _PLAIN_LEAVES:  # exact types: a str subclass (torch's TorchVersion) pickles its class
+        raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}; a checkpoint holds only "
+                        "dicts, lists, tuples, str, numbers, bool, None and tensors (convert it first)")
+
+
+def _config_text(cfg, where: str) -> str:
+    text = json.dumps(cfg)
+    if json.loads(text) != cfg:
+        raise TypeError(f"checkpoint {where} does not survive a JSON round trip (non-string keys or tuples?)")
+    return text
+
+
+def encode_checkpoint(ckpt: dict) -> dict:
+    """The stored form of a checkpoint dict: configs as JSON strings; every entry plain (checked)."""
+    out = dict(ckpt)
+    for path in JSON_FIELDS:
+        parent = out
+        for k in path[:-1]:
+            if not isinstance(parent.get(k), dict):
+                parent = None
+                break
+            parent[k] = parent = dict(parent[k])
+        if parent is not None and isinstance(parent.get(path[-1]), dict):
+            parent[path[-1]] = _config_text(parent[path[-1]], ".".join(path))
+    check_plain(out)
+    return out
+
+
 def save_checkpoint(path: str, ckpt: dict) -> None:
-    atomic_torch_save(ckpt, path)
+    atomic_torch_save(encode_checkpoint(ckpt), path)
 
 
-def load_checkpoint(path_or_dict) -> dict:
-    if isinstance(path_or_dict, dict):
-        ckpt = path_or_dict
-    else:
+def _weights_only_reason(e: BaseException) -> str:
+    """The line of torch's weights-only refusal that names the offending global."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    skip = ("weights only load failed", "check the documentation", "(1)", "(2)", "in pytorch 2.6")
+    for ln in lines:
+        if "GLOBAL" in ln or "WeightsUnpickler error" in ln or "unsupported" in ln.lower():
+            return ln.replace("WeightsUnpickler error: ", "").split(" Please use")[0][:300]
+    rest = [ln for ln in lines if not ln.lower().startswith(skip)]
+    return (rest[0] if rest else type(e).__name__)[:300]
+
+
+def read_checkpoint_file(path: str):
+    """``torch.load(path, map_location="cpu", weights_only=True)``, every failure a :class:`CheckpointError`."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}" if not os.path.exists(path)
+                              else f"checkpoint {path} is not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - refused pickles, truncated files, not a torch file at all
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise CheckpointError(
+                f"{path}: refused: it contains pickled objects that would run code when loaded "
+                f"({_weights_only_reason(e)}). modmimic loads checkpoints as data only (tensors, numbers, strings, "
+                "containers); a checkpoint written by modmimic before checkpoint format 2 also stores numpy objects: "
+                "retrain with this version") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e)[:300]}") from None
+
+
+def _field(ckpt: dict, key: str, types, source: str, what: str):
+    if key not in ckpt:
+        raise CheckpointError(f"{source}: the checkpoint has no {key!r} field ({what}); it is incomplete or not "
+                              "written by modmimic")
+    v = ckpt[key]
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in (types if isinstance(types, tuple)
+                                                                         else (types,))):
+        names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise CheckpointError(f"{source}: checkpoint field {key!r} ({what}) must be {names}, got "
+                              f"{type(v).__name__}")
+    return v
+
+
+def _json_config(text, source: str, key: str) -> dict:
+    if isinstance(text, dict):
+        return text
+    if not isinstance(text, str):
+        raise CheckpointError(f"{source}: checkpoint field {key!r} must be a JSON string or a dict, got "
+                              f"{type(text).__name__}")
+    try:
+        cfg = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{source}: checkpoint field {key!r} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{source}: checkpoint field {key!r} must hold a JSON object, got "
+                              f"{type(cfg).__name__}")
+    return cfg
+
+
+def _shape_metadata(sm: dict, source: str) -> None:
+    ac = sm.get("ac_dim")
+    if not isinstance(ac, int) or isinstance(ac, bool) or ac < 1:
+        raise CheckpointError(f"{source}: shape_metadata.ac_dim must be a positive int, got {ac!r}")
+    shapes = sm.get("all_shapes")
+    if not isinstance(shapes, dict) or not all(
+            isinstance(k, str) and isinstance(v, (list, tuple)) and all(isinstance(d, int) and not isinstance(d, bool)
+                                                                        and d >= 0 for d in v)
+            for k, v in shapes.items()):
+        raise CheckpointError(f"{source}: shape_metadata.all_shapes must map observation keys to lists of ints, got "
+                              f"{str(shapes)[:200]}")
+    keys = sm.get("action_keys")
+    if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+        raise CheckpointError(f"{source}: shape_metadata.action_keys must be a list of str, got {str(keys)[:200]}")
+
+
+def _stats(stats, source: str, key: str) -> None:
+    if stats is None:
+        return
+    ok = isinstance(stats, dict) and all(
+        isinstance(k, str) and isinstance(d, dict) and all(isinstance(n, str) for n in d) for k, d in stats.items())
+    if ok:
         try:
-            ckpt = torch.load(path_or_dict, map_location="cpu", weights_only=False)
-        except FileNotFoundError:
-            raise CheckpointError(f"checkpoint not found: {path_or_dict}") from None
-        except Exception as e:  # truncated / not a torch file
-            raise CheckpointError(f"cannot read checkpoint {path_or_dict}: {type(e).__name__}: {e}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path_or_dict if not isinstance(path_or_dict, dict) else 'dict'} is not a modmimic "
-                              "checkpoint (no 'format': 'modmimic-checkpoint' entry)")
-    if ckpt.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint format version {ckpt['format_version']} is newer than this modmimic "
+            stats_from_lists(stats)
+        except (ValueError, TypeError):
+            ok = False
+    if not ok:
+        raise CheckpointError(f"{source}: checkpoint field {key!r} must be None or {{key: {{offset, scale}}}} with "
+                              f"numeric lists, got {str(stats)[:200]}")
+
+
+def check_checkpoint(raw, source: str = "checkpoint") -> dict:
+    """Validate a loaded checkpoint's fields and types; returns it with its JSON configs parsed (a new dict)."""
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        got = f"a {type(raw).__name__}" + (f" with keys {sorted(map(str, raw))[:8]}" if isinstance(raw, dict) else "")
+        raise CheckpointError(f"{source} is not a modmimic checkpoint: {got}, without the 'format': "
+                              f"'{FORMAT}' entry (a bare state_dict or another library's checkpoint?)")
+    version = raw.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{source}: checkpoint field 'format_version' must be int, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{source}: checkpoint format version {version} is newer than this modmimic's "
                               f"({FORMAT_VERSION}); upgrade modmimic")
+    if version < FORMAT_VERSION:
+        raise CheckpointError(f"{source}: checkpoint format version {version} is from an older modmimic, which this "
+                              f"version (format {FORMAT_VERSION}) no longer reads: retrain the policy")
+    ckpt = dict(raw)
+    _field(ckpt, "algo_name", str, source, "the robomimic algo name")
+    _field(ckpt, "recipe_name", str, source, "the recipe")
+    ckpt["config"] = _json_config(_field(ckpt, "config", (str, dict), source, "the training config"), source, "config")
+    _shape_metadata(_field(ckpt, "shape_metadata", dict, source, "observation shapes and action dim"), source)
+    model = _field(ckpt, "model", dict, source, "the network weights")
+    nets = model.get("nets", model)
+    if not isinstance(nets, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                             for k, v in nets.items()):
+        raise CheckpointError(f"{source}: checkpoint field model.nets must map parameter names to tensors")
+    for key in ("env_metadata", "variable_state", "trainer_state"):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
+            raise CheckpointError(f"{source}: checkpoint field {key!r} must be a dict or None, got "
+                                  f"{type(ckpt[key]).__name__}")
+    ckpt["env_metadata"] = ckpt.get("env_metadata") or {}
+    ckpt["variable_state"] = ckpt.get("variable_state") or {}
+    for key in ("obs_normalization_stats", "action_normalization_stats"):
+        _stats(ckpt.get(key), source, key)
+    ts = ckpt.get("trainer_state")
+    if ts is not None and ts.get("config") is not None:
+        ckpt["trainer_state"] = {**ts, "config": _json_config(ts["config"], source, "trainer_state.config")}
     return ckpt
 
 
-def algo_from_checkpoint(ckpt, device="cpu", load_optimizers: bool = False) -> Algo:
+def load_checkpoint(path_or_dict) -> dict:
+    """A checkpoint (path, or a dict such as :func:`make_checkpoint` returns) loaded without unpickling objects and
+    checked field by field; configs as plain dicts. Every problem is a :class:`CheckpointError`; the file is only
+    read."""
+    if isinstance(path_or_dict, dict):
+        return check_checkpoint(path_or_dict, "checkpoint dict")
+    path = os.fspath(path_or_dict)
+    return check_checkpoint(read_checkpoint_file(path), path)
+
+
+def check_weights(algo: Algo, nets: dict, source: str) -> None:
+    """The checkpoint's weights against the networks its own metadata builds: names of what is missing, unexpected
+    or of another shape (a few, not the whole state dict)."""
+    want = {k: tuple(v.shape) for k, v in algo.nets.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in nets.items()}
+    missing = [k for k in want if k not in have]
+    unexpected = [k for k in have if k not in want]
+    shapes = [f"{k} is {list(have[k])} in the checkpoint, {list(want[k])} for the recipe" for k in want
+              if k in have and have[k] != want[k]]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape ({'; '.join(shapes[:3])}{'; ...' if len(shapes) > 3 else ''})")
+    if missing:
+        parts.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}"
+                     f"{', ...' if len(unexpected) > 3 else ''})")
+    raise CheckpointError(f"{source}: the weights do not fit recipe {algo.recipe_name!r} built from the checkpoint's "
+                          f"config and shape_metadata (ac_dim {algo.ac_dim}, observations "
+                          f"{dict(algo.obs_key_shapes)}): {', '.join(parts)} parameters")
+
+
+def algo_from_checkpoint(ckpt, device="cpu", load_optimizers: bool = False, trusted_modules=None,
+                         source: str | None = None) -> Algo:
+    """The algorithm a checkpoint (path or dict) describes, with its weights. The config's callables resolve only
+    inside ``modmimic.*``, ``MODMIMIC_TRUSTED_MODULES`` and ``trusted_modules`` (a list of module names).
+    ``source``: how messages name the checkpoint."""
+    source = source or (os.fspath(ckpt) if isinstance(ckpt, (str, os.PathLike)) else "checkpoint")
     ckpt = load_checkpoint(ckpt)
-    config = config_factory(ckpt["algo_name"], ckpt["config"])
+    modules = stored_config_modules(trusted_modules)
+    try:
+        check_config_names(ckpt["config"], modules, "its config")
+    except UntrustedNameError as e:
+        raise CheckpointError(f"{source}: refused: {e}") from None
     sm = ckpt["shape_metadata"]
-    algo = algo_factory(ckpt["algo_name"], config, {k: tuple(v) for k, v in sm["all_shapes"].items()},
-                        sm["ac_dim"], device)
-    algo.deserialize(ckpt["model"], load_optimizers=load_optimizers)
+    try:
+        with trusting(modules):
+            config = config_factory(ckpt["algo_name"], ckpt["config"])
+            algo = algo_factory(ckpt["algo_name"], config, {k: tuple(v) for k, v in sm["all_shapes"].items()},
+                                sm["ac_dim"], device)
+    except UntrustedNameError as e:
+        raise CheckpointError(f"{source}: refused: its recipe {e}") from None
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: its config does not build an algorithm: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a malformed config (wrong types deep inside) is bad input
+        raise CheckpointError(f"{source}: its config does not build an algorithm: {type(e).__name__}: "
+                              f"{str(e)[:300]}") from None
+    model = ckpt["model"]
+    check_weights(algo, model.get("nets", model), source)
+    try:
+        algo.deserialize(model, load_optimizers=load_optimizers)
+    except (ConfigError, KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{source}: cannot load its model state: {type(e).__name__}: {str(e)[:300]}") from None
     return algo
 
 
@@ -153,14 +378,25 @@ class RolloutPolicy:
         return f"RolloutPolicy({self.policy.recipe_name})"
 
 
-def policy_from_checkpoint(device="cpu", ckpt_path=None, ckpt_dict=None, verbose: bool = False):
-    """``(RolloutPolicy, checkpoint dict)`` from a checkpoint path or dict (robomimic's signature)."""
+def policy_from_checkpoint(device="cpu", ckpt_path=None, ckpt_dict=None, verbose: bool = False,
+                           trusted_modules=None):
+    """``(RolloutPolicy, checkpoint dict)`` from a checkpoint path or dict (robomimic's signature).
+    ``trusted_modules``: modules besides ``modmimic`` (and ``MODMIMIC_TRUSTED_MODULES``) whose callables the
+    checkpoint's config may name (its own components); the default trusts none."""
+    if ckpt_dict is None and ckpt_path is None:
+        raise CheckpointError("policy_from_checkpoint needs ckpt_path or ckpt_dict")
     ckpt = load_checkpoint(ckpt_dict if ckpt_dict is not None else ckpt_path)
-    algo = algo_from_checkpoint(ckpt, device)
+    algo = algo_from_checkpoint(ckpt, device, trusted_modules=trusted_modules,
+                                source=str(ckpt_path) if ckpt_dict is None else None)
     algo.set_eval()
-    policy = RolloutPolicy(algo, stats_from_lists(ckpt.get("obs_normalization_stats")),
-                           stats_from_lists(ckpt.get("action_normalization_stats")),
-                           ckpt["shape_metadata"].get("action_keys"))
+    try:
+        policy = RolloutPolicy(algo, stats_from_lists(ckpt.get("obs_normalization_stats")),
+                               stats_from_lists(ckpt.get("action_normalization_stats")),
+                               ckpt["shape_metadata"].get("action_keys"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{ckpt_path or 'checkpoint'}: its action_normalization_stats do not fit "
+                              f"shape_metadata.action_keys {ckpt['shape_metadata'].get('action_keys')}: "
+                              f"{type(e).__name__}: {e}") from None
     if verbose:
         print(algo)
     return policy, ckpt

@@ -88,7 +88,8 @@ def check_policy_fits(policy, obs: dict, action_dimension: int, env_name: str = 
             raise RolloutError(f"observation {k!r} has shape {got} in {where}, but the policy was trained on shape "
                                f"{tuple(shape)}: the checkpoint comes from another task or robot")
     if int(algo.ac_dim) != int(action_dimension):
-        raise RolloutError(f"the policy acts with {algo.ac_dim}-D actions, {where} takes {action_dimension}-D actions")
+        raise RolloutError(f"action dim {algo.ac_dim} in the checkpoint, {action_dimension} in {where}: the policy "
+                           "was trained for another robot or controller")
 
 
 class _Slot:

@@ -50,8 +50,9 @@ from modmimic.data.requirements import check_requirements
 from modmimic.data.sampler import WindowSampler
 from modmimic.dataset import dataset_entry, with_data
 from modmimic.logger import RUN_MARKER, RunLogger, find_run_dir, make_run_dir, tee_stdout
-from modmimic.policy import (CheckpointError, RolloutPolicy, load_checkpoint, make_checkpoint,
+from modmimic.policy import (CheckpointError, RolloutPolicy, check_weights, load_checkpoint, make_checkpoint,
                              save_checkpoint)
+from modmimic.trust import UntrustedNameError, check_config_names, stored_config_modules, trusting
 
 
 
@@ -162,15 +163,27 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python's, numpy's and torch's global RNG states as plain containers and tensors (checkpoints hold no other
+    objects)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state = {"python": {"version": version, "internal": list(internal), "gauss_next": gauss},
+             "numpy": {"bit_generator": str(np_state["bit_generator"]),
+                       "key": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
+                       "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                       "gauss": float(np_state["gauss"])},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    p, n = state["python"], state["numpy"]
+    random.setstate((int(p["version"]), tuple(int(x) for x in p["internal"]), p["gauss_next"]))
+    np.random.set_state({"bit_generator": str(n["bit_generator"]),
+                         "state": {"key": np.asarray(n["key"].numpy(), dtype=np.uint32), "pos": int(n["pos"])},
+                         "has_gauss": int(n["has_gauss"]), "gauss": float(n["gauss"])})
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -299,8 +312,13 @@ def rollout_scalars(rollout: dict) -> dict:
 def resume_config(run_dir: str, overrides=()) -> DictConfig:
     """The config a run was trained with (from its ``last.pth``), with ``overrides`` (``key=value`` strings, e.g.
     ``train.num_epochs=100``) applied and ``resume``/``resume_dir`` set."""
-    ckpt = load_checkpoint(os.path.join(run_dir, RUN_MARKER))
+    marker = os.path.join(run_dir, RUN_MARKER)
+    ckpt = load_checkpoint(marker)
     stored = (ckpt.get("trainer_state") or {}).get("config") or ckpt["config"]
+    try:  # a run directory is data: its config names callables only inside the trusted modules
+        check_config_names(stored, stored_config_modules(), "its config")
+    except UntrustedNameError as e:
+        raise CheckpointError(f"{marker}: refused: {e}") from None
     stored = OmegaConf.create(stored)
     skip = ("recipe", "resume", "resume_dir", "train.output_dir", "hydra")
     overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in skip
@@ -321,6 +339,28 @@ def resume_config(run_dir: str, overrides=()) -> DictConfig:
     return finalize(cfg)
 
 
+def restore_run(algo: Algo, data: TrainData, ckpt: dict, source: str) -> tuple[int, int, dict]:
+    """Networks, optimizers, schedulers, samplers and RNG states from a run's ``last.pth``; returns
+    ``(start epoch, global step, best scores)``. A checkpoint that does not fit is a :class:`CheckpointError`."""
+    model = ckpt["model"]
+    check_weights(algo, model.get("nets", model), source)
+    try:
+        algo.deserialize(model, load_optimizers=True)
+        ts, vs = ckpt["trainer_state"], ckpt["variable_state"]
+        data.train_sampler.load_state_dict(ts["samplers"]["train"])
+        if data.valid_sampler is not None and ts["samplers"].get("valid") is not None:
+            data.valid_sampler.load_state_dict(ts["samplers"]["valid"])
+        set_rng_state(ts["rng"])
+        start_epoch, global_step = int(vs["epoch"]) + 1, int(vs["global_step"])
+        best = {"valid_loss": float(vs["best_valid_loss"]), "success_rate": float(vs["best_success_rate"]),
+                "return": float(vs["best_return"])}
+    except (ConfigError, KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        what = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {str(e)[:300]}"
+        raise CheckpointError(f"{source}: cannot resume from it: its trainer state, variable state or optimizer "
+                              f"state does not fit this run ({what})") from None
+    return start_epoch, global_step, best
+
+
 # --- checkpoints ------------------------------------------------------------------------------------------------
 
 def write_checkpoint(path: str, ckpt: dict) -> None:
@@ -334,8 +374,10 @@ def write_checkpoint(path: str, ckpt: dict) -> None:
 
     from modmimic.io import _atomic_write_bytes
 
+    from modmimic.policy import encode_checkpoint
+
     buf = _io.BytesIO()
-    torch.save(ckpt, buf)
+    torch.save(encode_checkpoint(ckpt), buf)
     data = buf.getbuffer()
     chunk = max(1, len(data) // 20)
 
@@ -381,7 +423,9 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
 
     seed_everything(int(cfg.train.seed))
     data = build_data(cfg, device)
-    algo = algo_factory(cfg.algo_name, cfg, data.obs_shapes, data.ac_dim, device)
+    # a resumed run's config was read back from its run directory: its callables resolve only in trusted modules
+    with trusting(stored_config_modules() if resume else None):
+        algo = algo_factory(cfg.algo_name, cfg, data.obs_shapes, data.ac_dim, device)
     n_train = cfg.experiment.epoch_every_n_steps
     if n_train is None:  # robomimic: a full pass over the train split
         n_train = max(1, len(data.train_sampler) // int(cfg.train.batch_size))
@@ -398,20 +442,15 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     start_epoch, global_step = 1, 0
     best = {"valid_loss": math.inf, "success_rate": -math.inf, "return": -math.inf}
     if resume:
-        algo.deserialize(ckpt["model"], load_optimizers=True)
-        ts, vs = ckpt["trainer_state"], ckpt["variable_state"]
-        data.train_sampler.load_state_dict(ts["samplers"]["train"])
-        if data.valid_sampler is not None and ts["samplers"].get("valid") is not None:
-            data.valid_sampler.load_state_dict(ts["samplers"]["valid"])
-        set_rng_state(ts["rng"])
-        start_epoch, global_step = int(vs["epoch"]) + 1, int(vs["global_step"])
-        best = {"valid_loss": vs["best_valid_loss"], "success_rate": vs["best_success_rate"],
-                "return": vs["best_return"]}
+        start_epoch, global_step, best = restore_run(algo, data, ckpt, os.path.join(run_dir, RUN_MARKER))
         del ckpt
     else:
         if cfg.experiment.ckpt_path:  # robomimic: start from a checkpoint's weights (ignored when resuming)
-            init = load_checkpoint(os.path.abspath(os.path.expanduser(str(cfg.experiment.ckpt_path))))
-            algo.deserialize(init["model"], load_optimizers=False)
+            init_path = os.path.abspath(os.path.expanduser(str(cfg.experiment.ckpt_path)))
+            init = load_checkpoint(init_path)
+            model = init["model"]
+            check_weights(algo, model.get("nets", model), f"experiment.ckpt_path={init_path}")
+            algo.deserialize(model, load_optimizers=False)
             del init
         run_dir = make_run_dir(cfg)
     models_dir = os.path.join(run_dir, "models")

@@ -78,16 +78,16 @@ def test_split_is_reproducible_and_touches_nothing_else(data, tmp_path):
     copy = tmp_path / "copy.hdf5"
     shutil.copy(data, copy)
     r = subprocess.run([sys.executable, "-m", "modmimic.dataset", "split", str(data), "--valid-fraction", "0.25",
-                        "--seed", "5"], capture_output=True, text=True)
+                        "--seed", "5", "--overwrite"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "mask/valid: 3 demos" in r.stdout
     assert contents(data) == before
     m1 = masks(data)
     assert len(m1["valid"]) == 3 and len(m1["train"]) == 9 and not set(m1["train"]) & set(m1["valid"])
     assert sorted(m1["train"] + m1["valid"], key=lambda n: int(n[5:])) == [f"demo_{i}" for i in range(12)]
-    assert main(["split", str(copy), "--valid-fraction", "0.25", "--seed", "5"]) == 0
+    assert main(["split", str(copy), "--valid-fraction", "0.25", "--seed", "5", "--overwrite"]) == 0
     assert masks(copy) == m1  # same seed, same split
-    assert main(["split", str(data), "--valid-fraction", "0.25", "--seed", "6"]) == 0
+    assert main(["split", str(data), "--valid-fraction", "0.25", "--seed", "6", "--overwrite"]) == 0
     assert masks(data)["valid"] != m1["valid"]  # replaced, with another seed's draw
     assert contents(data) == before
 
@@ -113,7 +113,7 @@ def test_split_feeds_training(tmp_path, tiny):
 
     p = tmp_path / "fresh.hdf5"
     make_reach_dataset(str(p), n_demos=10, valid_fraction=0.0)
-    assert main(["split", str(p), "--valid-fraction", "0.2", "--seed", "1"]) == 0
+    assert main(["split", str(p), "--valid-fraction", "0.2", "--seed", "1", "--overwrite"]) == 0
     cfg = compose("bc", [f"train.data={p}", "experiment.validate=true", "train.hdf5_filter_key=train",
                          "train.hdf5_validation_filter_key=valid", *tiny("bc")])
     d = build_data(cfg)

@@ -18,7 +18,8 @@ from modmimic.data.sampler import WindowSampler
 from modmimic.data.synthetic import make_reach_dataset, reach_expert, write_robomimic_hdf5
 from modmimic.envs import EnvError, env_from_metadata
 from modmimic.envs.vector import EnvWorkerError, LocalEnvs, WorkerEnvs
-from modmimic.policy import RolloutPolicy, make_checkpoint, policy_from_checkpoint, save_checkpoint
+from modmimic.policy import (RolloutPolicy, load_checkpoint, make_checkpoint, policy_from_checkpoint,
+                             save_checkpoint)
 from modmimic.rollout import RolloutError, rollout, run_episodes, summarize, wilson_interval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -259,7 +260,7 @@ def test_eval_bad_input(ckpts, reach, tmp_path, eval_main):
     r = run_eval(f"checkpoint={ckpts['bc']}", "episodes=many")
     assert r.returncode == 2 and "episodes must be int" in r.stderr
     # a checkpoint whose env metadata names an unknown env type
-    ck = torch.load(ckpts["bc"], weights_only=False)
+    ck = load_checkpoint(ckpts["bc"])
     ck["env_metadata"] = {"env_name": "Lift", "type": 9, "env_kwargs": {}}
     bad = str(tmp_path / "badtype.pth")
     save_checkpoint(bad, ck)
