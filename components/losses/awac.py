@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 
 from modmimic import keys as K
+from modmimic.keys import declare
 from modmimic.components.losses.iql import Q_DATA_MIN, awr_actor
 
 V_PI = "v_pi"
 
 
-@K.declare(reads=[K.OBS, K.ACTION], writes=[Q_DATA_MIN, V_PI], needs={"policy": ("sample",)})
+@declare(reads=[K.OBS, K.ACTION], writes=[Q_DATA_MIN, V_PI], needs={"policy": ("sample",)})
 def advantage(batch, policy, critic, num_action_samples: int = 1) -> dict:
     """Prepare: ``{q_data_min: min_i Q_i(s, a), v_pi: mean over num_action_samples of min_i Q_i(s, a' ~ pi(s))}``,
     both ``[B, 1]``; ``awr_actor`` takes their difference as the advantage."""
@@ -31,7 +32,7 @@ def advantage(batch, policy, critic, num_action_samples: int = 1) -> dict:
     return {Q_DATA_MIN: q_data, V_PI: v}
 
 
-@K.declare(reads=[K.OBS, K.ACTION, "{q_key}", "{value_key}"], needs={"policy": ("log_prob",)})
+@declare(reads=[K.OBS, K.ACTION, "{q_key}", "{value_key}"], needs={"policy": ("log_prob",)})
 def awac_actor(batch, policy, beta: float = 1.0, max_weight: float | None = 20.0, q_key: str = Q_DATA_MIN,
                value_key: str = V_PI) -> dict:
     """``mean(-min(exp(A / beta), max_weight) * log pi(a|s))`` with ``A = q_key - value_key`` (detached weights).
