@@ -103,6 +103,22 @@ def td3_bc_recipe_from_flags(algo_config) -> str:
     return "td3_bc"
 
 
+@register_algo_factory_func("awac")
+def awac_recipe_from_flags(algo_config) -> str:
+    """AWAC (not in robomimic): its settings checked before anything is built."""
+    if algo_config.actor.net.type != "gaussian":
+        raise ConfigError(f"AWAC's actor samples its next actions with their log-density: algo.actor.net.type must be "
+                          f"'gaussian' (tanh-squashed), got {algo_config.actor.net.type!r}")
+    adv = algo_config.adv
+    if not adv.beta > 0:
+        raise ConfigError(f"algo.adv.beta must be > 0, got {adv.beta}")
+    if adv.max_weight is not None and not adv.max_weight > 0:
+        raise ConfigError(f"algo.adv.max_weight must be > 0 or null (no clip), got {adv.max_weight}")
+    if adv.num_action_samples < 1:
+        raise ConfigError(f"algo.adv.num_action_samples must be >= 1, got {adv.num_action_samples}")
+    return "awac"
+
+
 @register_algo_factory_func("gl")
 def gl_recipe_from_flags(algo_config) -> str:
     """robomimic's GL dispatch: the VAE planner when ``algo.vae.enabled`` (its default), else the deterministic one."""
