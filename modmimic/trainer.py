@@ -508,6 +508,9 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     terminal). Returns ``{"run_dir", "epoch", "global_step", "best_valid_loss", "best_success_rate", "metrics"}``
     (``metrics``: the last epoch's scalars)."""
     t_start = time.perf_counter()
+    from modmimic.train import check_package
+
+    check_package()  # a folder named modmimic/ shadowing the package would fail only when a checkpoint is written
     cfg = with_data(cfg)
     device = device_of(cfg)
     resume = bool(cfg.get("resume")) or bool(cfg.get("resume_dir"))
