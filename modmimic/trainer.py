@@ -584,7 +584,7 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
             why = f"no simulator installed: {why}"
     if rollout_fn is not None and any(rollout_due(cfg, e) for e in range(start_epoch, last_epoch + 1)):
         rollout_fn, why = prepare_rollouts(rollout_fn, cfg, data.env_meta)
-    if cfg.experiment.rollout.enabled and rollout_fn is None:
+    if cfg.experiment.rollout.enabled and rollout_fn is None and why is not None:
         warnings.warn(f"experiment.rollout.enabled is true, but environment rollouts are unavailable ({why}): they "
                       "are skipped (set experiment.rollout.enabled=false to silence this)", stacklevel=2)
     policy = None
