@@ -227,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     try:
+        from modmimic.train import check_package
+
+        check_package()
         a = parse_args(argv)
         quiet = a.pop("quiet")
 

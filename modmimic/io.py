@@ -6,8 +6,6 @@ import io
 import os
 import tempfile
 
-import torch
-
 
 def current_umask() -> int:
     """The process umask (read from ``/proc`` where possible: setting it to read it is not thread-safe)."""
@@ -55,5 +53,7 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def atomic_torch_save(obj, path: str) -> None:
     buf = io.BytesIO()
+    import torch  # (lazily: the logger imports this module on paths that report errors before torch loads)
+
     torch.save(obj, buf)
     _atomic_write_bytes(path, lambda f: f.write(buf.getbuffer()))

@@ -3,8 +3,10 @@
 ``make_run_dir`` creates ``<train.output_dir>/<experiment.name>/<YYYYmmddHHMMSS>[_<n>]`` (never an existing
 directory, never a prompt); ``find_run_dir`` locates the run a ``resume=true`` continues.
 
-Logging: one JSON object per epoch (``logs/metrics.jsonl``), TensorBoard event files (``logs/tb``), a PNG
-of the training/validation loss curves (``logs/curves.png``) and an optional copy of stdout (``logs/log.txt``).
+Logging: one JSON object per epoch (``logs/metrics.jsonl``), TensorBoard event files (``logs/tb``, rollout videos
+included), optionally Weights & Biases (``logs/wandb``, the same scalars, the resolved config and rollout videos), a
+PNG of every loss term per update and the rollout success rate (``logs/curves.png``) and an optional copy of stdout
+(``logs/log.txt``).
 
 Scalar names follow robomimic's namespaces: ``Train/<name>``, ``Valid/<name>``, ``Rollout/<metric>/<env>``,
 ``Optimizer/<net>0_lr``, ``Timing_Stats/<Train|Valid>_<what>`` (minutes) and ``System/<what>``.
@@ -106,13 +108,17 @@ class RunLogger:
     dropped, and TensorBoard purges its events from that epoch on.
     """
 
-    def __init__(self, log_dir: str, log_tb: bool = True, start_epoch: int = 1, plot: bool = True):
+    def __init__(self, log_dir: str, log_tb: bool = True, start_epoch: int = 1, plot: bool = True, wandb_run=None):
         self.log_dir = log_dir
+        self.wandb = wandb_run  # a wandb run (start_wandb) or None
+        self.plotted: dict = {}
         os.makedirs(log_dir, exist_ok=True)
         self.jsonl_path = os.path.join(log_dir, "metrics.jsonl")
         self.png_path = os.path.join(log_dir, "curves.png")
         self.records = [r for r in read_metrics(self.jsonl_path) if r.get("epoch", 0) < start_epoch]
         if os.path.exists(self.jsonl_path):  # resume: drop epochs after the checkpoint and any torn last line
+            from modmimic.io import atomic_write_text
+
             atomic_write_text(self.jsonl_path, "".join(self._line(r) for r in self.records))
         self.plot = plot
         self._last_plot, self._plot_cost, self._plot_pending = -math.inf, 0.0, False
@@ -144,6 +150,9 @@ class RunLogger:
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(k, v, epoch)
             self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log({"epoch": epoch, **{k: v for k, v in scalars.items()
+                                              if isinstance(v, (int, float)) and not isinstance(v, bool)}})
         if self.plot:
             # redraw at most every PLOT_EVERY_S seconds (and never more than 5% of the time); close() draws the rest
             if time.monotonic() - self._last_plot >= max(PLOT_EVERY_S, 20 * self._plot_cost):
@@ -152,8 +161,10 @@ class RunLogger:
                 self._plot_pending = True
 
     def plot_curves(self) -> None:
-        """``curves.png``: Train/Loss and Valid/Loss against the epoch (log scale when positive), and the rollout
-        success rates in a second panel once there are any."""
+        """``curves.png``: one panel per update (``total``, then e.g. ``critic``, ``vf``, ``actor``) with every loss
+        term of that update, training and validation side by side (log scale when positive), and a panel of rollout
+        success rates with their 95 % Wilson interval once there are any. All panels share the epoch axis, so a
+        single rollout point sits at its epoch. :attr:`plotted` holds what was drawn (:func:`curve_panels`)."""
         t0 = time.monotonic()
         try:
             import matplotlib
@@ -164,33 +175,51 @@ class RunLogger:
         except ImportError:
             self.plot = False
             return
+        panels = curve_panels(self.records)
+        self.plotted = panels
+        if not panels:
+            self._plot_pending = False
+            return
+        epochs = [r["epoch"] for r in self.records if isinstance(r.get("epoch"), int)]
+        lo, hi = (min(epochs), max(epochs)) if epochs else (0, 1)
+        n = len(panels)
+        cols = min(n, 3)
+        rows = (n + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+        for ax, (title, series) in zip(axes.flat, panels.items()):
+            success = title == "rollout success rate"
+            positive = True
+            terms = sorted({label.split(" ", 1)[-1] for label in series})  # train and valid of a term: one colour
+            for label, pts in series.items():
+                xs = [p[0] for p in pts]
+                ys = [p[1] for p in pts]
+                marker = "o" if len(pts) < 30 else None
+                style = "--" if label.startswith("valid") else "-"
+                if success and len(pts[0]) == 4:
+                    err = [[y - p[2] for y, p in zip(ys, pts)], [p[3] - y for y, p in zip(ys, pts)]]
+                    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=f"{label} (95% CI)")
+                    if len(pts) > 1:
+                        ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], alpha=0.15)
+                else:
+                    ax.plot(xs, ys, style, marker=marker, label=label,
+                            color=f"C{terms.index(label.split(' ', 1)[-1]) % 10}")
+                positive &= all(y > 0 for y in ys)
+            if success:
+                ax.set_ylim(-0.02, 1.02)
+                ax.set_ylabel("success rate")
+            elif positive and series:
+                ax.set_yscale("log")
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            ax.set_xlim(lo - 0.5, hi + 0.5)  # every panel on the run's epochs, even with one point
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        for ax in list(axes.flat)[n:]:
+            ax.set_visible(False)
+        fig.tight_layout()
+        from modmimic.io import _atomic_write_bytes
 
-        def series(name):
-            return [(r["epoch"], r[name]) for r in self.records if isinstance(r.get(name), (int, float))]
-
-        success = sorted({k for r in self.records for k in r if k.startswith("Rollout/Success_Rate/")})
-        fig, axes = plt.subplots(1, 2 if success else 1, figsize=(11 if success else 6, 4), squeeze=False)
-        ax = axes[0, 0]
-        positive = True
-        for name in ("Train/Loss", "Valid/Loss"):
-            pts = series(name)
-            if pts:
-                ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, label=name)
-                positive &= all(v > 0 for _, v in pts)
-        if positive and ax.lines:
-            ax.set_yscale("log")
-        ax.set_ylabel("loss")
-        for name in success:
-            pts = series(name)
-            axes[0, 1].plot(*zip(*pts), marker="o" if len(pts) < 30 else None, label=name.split("/")[-1])
-            axes[0, 1].set_ylabel("rollout success rate")
-            axes[0, 1].set_ylim(-0.02, 1.02)
-        for a in axes[0]:
-            a.set_xlabel("epoch")
-            a.xaxis.set_major_locator(MaxNLocator(integer=True))
-            a.grid(True, alpha=0.3)
-            if a.lines:
-                a.legend()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
         plt.close(fig)
@@ -198,12 +227,124 @@ class RunLogger:
         self._plot_cost = time.monotonic() - t0
         self._last_plot, self._plot_pending = time.monotonic(), False
 
+    def log_video(self, tag: str, path: str, epoch: int) -> None:
+        """A rollout video (an MP4 written by :class:`modmimic.envs.video.VideoWriter`) to TensorBoard (an animated
+        image, as ``add_video`` writes) and to Weights & Biases, when they are on."""
+        if self.tb is None and self.wandb is None:
+            return
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({tag: wandb.Video(path, format="mp4"), "epoch": epoch})
+        if self.tb is not None:
+            try:
+                summary = video_summary(tag, path)
+            except Exception as e:  # noqa: BLE001 - a video that cannot be read back must not stop training
+                warnings.warn(f"cannot add {path} to TensorBoard: {e}")
+                return
+            self.tb._get_file_writer().add_summary(summary, epoch)
+            self.tb.flush()
+
     def close(self) -> None:
+        """Draw what is pending and close the writers (idempotent)."""
         if self._plot_pending:
             self.plot_curves()
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+    def discard(self) -> None:
+        """Close the writers without drawing (the run directory is about to be removed)."""
+        self._plot_pending = False
+        self.close()
+
+
+def curve_panels(records: list[dict]) -> dict:
+    """What ``curves.png`` shows, from the metrics records: ``{panel title: {series label: [(epoch, value), ...]}}``.
+
+    Loss terms are the ``Train/...`` and ``Valid/...`` scalars whose last name part contains ``loss`` (any case).
+    ``Train/Loss`` (the sum) goes to the panel ``total``; ``Train/<update>/<term>`` to the panel ``<update>`` (IQL:
+    ``critic`` with ``loss``, ``critic1_loss``, ``critic2_loss``; ``vf``; ``actor``), labelled ``train <term>`` and
+    ``valid <term>``. Rollout success rates go to ``rollout success rate`` as ``(epoch, rate, low, high)`` with the
+    Wilson interval when the records have it."""
+    panels: dict = {}
+    for r in records:
+        epoch = r.get("epoch")
+        if not isinstance(epoch, int):
+            continue
+        for k, v in r.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                continue
+            parts = k.split("/")
+            if parts[0] in ("Train", "Valid") and "loss" in parts[-1].lower():
+                title = "total" if len(parts) == 2 else "/".join(parts[1:-1])
+                label = f"{parts[0].lower()} {parts[-1]}"
+                panels.setdefault(title, {}).setdefault(label, []).append((epoch, float(v)))
+            elif k.startswith("Rollout/Success_Rate/"):
+                env = k[len("Rollout/Success_Rate/"):]
+                low, high = r.get(f"Rollout/Success_Rate_CI95_Low/{env}"), r.get(f"Rollout/Success_Rate_CI95_High/{env}")
+                point = (epoch, float(v)) if low is None or high is None else (epoch, float(v), float(low), float(high))
+                panels.setdefault("rollout success rate", {}).setdefault(env, []).append(point)
+    order = ["total"] + sorted(t for t in panels if t not in ("total", "rollout success rate"))
+    return {t: dict(sorted(panels[t].items())) for t in order + ["rollout success rate"] if t in panels}
+
+
+def read_video_frames(path: str, every: int = 1, max_frames: int = 600):
+    """RGB frames ``[T, H, W, 3]`` uint8 of an MP4 (imageio's ffmpeg plugin)."""
+    import imageio
+    import numpy as np
+
+    reader = imageio.get_reader(path, format="ffmpeg")
+    try:
+        frames = [f for i, f in enumerate(reader) if i % every == 0][:max_frames]
+    finally:
+        reader.close()
+    return np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+def video_summary(tag: str, path: str, fps: int = 10, max_side: int = 256):
+    """The TensorBoard summary ``SummaryWriter.add_video`` writes (an animated GIF in an image summary), made
+    without moviepy (which ``add_video`` needs and modmimic does not depend on)."""
+    import numpy as np
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    frames = read_video_frames(path)
+    if len(frames) == 0:
+        raise ValueError(f"{path} has no frames")
+    h, w = frames.shape[1:3]
+    scale = min(1.0, max_side / max(h, w))
+    images = [Image.fromarray(np.asarray(f)) for f in frames]
+    if scale < 1.0:
+        images = [im.resize((max(1, int(w * scale)), max(1, int(h * scale)))) for im in images]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    image = Summary.Image(height=images[0].height, width=images[0].width, colorspace=3,
+                          encoded_image_string=buf.getvalue())
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
+
+
+def start_wandb(cfg, run_dir: str):
+    """A Weights & Biases run for ``run_dir`` (``experiment.logging.wandb_proj_name``), with the resolved config;
+    files go to ``<run_dir>/logs/wandb``. ``WANDB_MODE=offline`` (or ``disabled``) is honoured by wandb itself. The
+    run id is derived from the run directory, so a resumed run continues the same wandb run."""
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("experiment.logging.log_wandb=true needs the wandb package: pip install 'modmimic[wandb]'"
+                          ) from None
+    from omegaconf import OmegaConf
+
+    name = f"{cfg.experiment.name}_{os.path.basename(run_dir)}"
+    run_id = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:64]
+    folder = os.path.join(run_dir, "logs")
+    os.makedirs(folder, exist_ok=True)
+    return wandb.init(project=str(cfg.experiment.logging.wandb_proj_name), name=name, id=run_id, resume="allow",
+                      dir=folder, config=OmegaConf.to_container(cfg, resolve=True), settings=wandb.Settings(
+                          console="off", silent=True))
 
 
 class Tee:

@@ -387,17 +387,72 @@ def write_episodes(path: str, episodes: list[Episode], env_meta: dict, **writer_
 TRAIN_ROLLOUT_SEED = 200_000  # + train.seed: initial states no demo generator (seeds 0, 1, ...) has used
 
 
+class RolloutProgress:
+    """``on_episode`` callback that shows rollout progress: episodes done, successes so far, episodes per second.
+
+    ``bar``: a tqdm bar on stderr (None: when stderr is a terminal); otherwise a line on stdout at most every
+    ``every_s`` seconds. :meth:`close` prints the final line (always, unless ``enabled`` is False)."""
+
+    def __init__(self, total: int, desc: str = "rollout", bar=None, every_s: float = 10.0, enabled: bool = True):
+        import sys
+
+        self.total, self.desc, self.every_s, self.enabled = int(total), desc, every_s, enabled
+        self.done = self.successes = 0
+        self.t0 = self._last = time.perf_counter()
+        self.bar = None
+        if enabled and (bar or (bar is None and sys.stderr.isatty())):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc=desc, unit="ep", leave=False, file=sys.stderr, dynamic_ncols=True)
+
+    def line(self) -> str:
+        dt = time.perf_counter() - self.t0
+        rate = self.done / dt if dt > 0 else float("nan")
+        return (f"  {self.desc}: {self.done}/{self.total} episodes, {self.successes} successes, "
+                f"{rate:.2f} episodes/s, {dt:.1f}s")
+
+    def __call__(self, ep: Episode) -> None:
+        self.done += 1
+        self.successes += int(bool(ep.success))
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(successes=self.successes, refresh=False)
+        elif time.perf_counter() - self._last >= self.every_s and self.done < self.total:
+            self._last = time.perf_counter()
+            print(self.line(), flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.enabled:
+            print(self.line(), flush=True)
+
+
 class TrainingRollouts:
     """Rollout hook of :func:`modmimic.trainer.train`: ``experiment.rollout.n`` episodes of at most
-    ``experiment.rollout.horizon`` steps in the dataset's environment (made once, reused every epoch), the same
-    initial states every time (comparable across epochs), torch's RNG forked so rollouts do not change training.
-    With ``experiment.render_video`` an MP4 per rollout epoch goes to ``<run dir>/videos/<env>_epoch_<e>.mp4``.
-    Returns ``{env name: {"Success_Rate", "Return", "Horizon", ..., "Time_Episode"}}``."""
+    ``experiment.rollout.horizon`` steps in the dataset's environment (made once by :meth:`prepare`, reused every
+    epoch), the same initial states every time (comparable across epochs), torch's RNG forked so rollouts do not
+    change training. With ``experiment.render_video`` an MP4 per rollout epoch goes to
+    ``<run dir>/videos/<env>_epoch_<e>.mp4`` (:attr:`videos` maps env name to the latest). Progress (episodes,
+    successes, episodes/s) is shown while it runs (``progress``: None = a bar when stderr is a terminal, else lines;
+    False = nothing). Returns ``{env name: {"Success_Rate", "Return", "Horizon", ..., "Time_Episode"}}``."""
 
-    def __init__(self, num_envs: int = 1):
+    def __init__(self, num_envs: int = 1, progress=None):
         self.num_envs = num_envs
+        self.progress = progress
         self.envs = None
         self.env_name = None
+        self.videos: dict = {}
+
+    def prepare(self, cfg, env_meta: dict) -> str:
+        """Make the environment now (start-up: a missing simulator or an unusable environment shows before training);
+        returns its name. Raises ImportError (simulator missing) or :class:`modmimic.data.hdf5.DatasetError`."""
+        if self.envs is None:
+            self._make(cfg, env_meta)
+        return self.env_name
 
     def _make(self, cfg, env_meta: dict):
         from omegaconf import OmegaConf
@@ -431,6 +486,8 @@ class TrainingRollouts:
         video = None
         if cfg.experiment.render_video and run_dir is not None:
             video = VideoWriter(os.path.join(run_dir, "videos", f"{self.env_name}_epoch_{epoch}.mp4"))
+        progress = RolloutProgress(int(r.n), desc=f"epoch {epoch}/{cfg.train.num_epochs} rollout {self.env_name}",
+                                   bar=self.progress, enabled=self.progress is not False)
         t0 = time.perf_counter()
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # a batch of a few observations: one thread is fastest
@@ -440,11 +497,14 @@ class TrainingRollouts:
                 eps = run_episodes(policy, self.envs, int(r.n), int(r.horizon),
                                    seed=TRAIN_ROLLOUT_SEED + int(cfg.train.seed),
                                    terminate_on_success=bool(r.terminate_on_success), video=video,
-                                   video_skip=int(cfg.experiment.video_skip))
+                                   video_skip=int(cfg.experiment.video_skip), on_episode=progress)
         finally:
             torch.set_num_threads(threads)
+            progress.close()
             if video is not None:
                 video.close()
+        if video is not None and video.frames:
+            self.videos[self.env_name] = video.path
         m = summarize(eps)
         m["Time_Episode"] = (time.perf_counter() - t0) / 60 / max(1, len(eps))
         return {self.env_name: m}
@@ -456,4 +516,4 @@ class TrainingRollouts:
 
 
 __all__ = ["Episode", "RolloutError", "run_episodes", "rollout", "summarize", "wilson_interval", "DatasetWriter",
-           "write_episodes", "split_masks", "TrainingRollouts", "LocalEnvs", "EnvError"]
+           "write_episodes", "split_masks", "TrainingRollouts", "RolloutProgress", "LocalEnvs", "EnvError"]

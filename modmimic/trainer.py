@@ -32,6 +32,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import sys
 import time
 import traceback
@@ -49,7 +50,7 @@ from modmimic.data.hdf5 import DatasetError, EpisodeStore, load_episode_store
 from modmimic.data.requirements import check_requirements
 from modmimic.data.sampler import WindowSampler
 from modmimic.dataset import dataset_entry, with_data
-from modmimic.logger import RUN_MARKER, RunLogger, find_run_dir, make_run_dir, tee_stdout
+from modmimic.logger import RUN_MARKER, RunLogger, find_run_dir, make_run_dir, start_wandb, tee_stdout
 from modmimic.policy import (CheckpointError, RolloutPolicy, check_weights, load_checkpoint, make_checkpoint,
                              save_checkpoint)
 from modmimic.trust import UntrustedNameError, check_config_names, stored_config_modules, trusting
@@ -281,30 +282,166 @@ def no_rollouts(policy: RolloutPolicy, epoch: int, cfg: DictConfig, env_meta: di
     return None
 
 
-def default_rollout_fn():
+def default_rollout_fn(progress=None):
     """``(rollout function, None)``: the environment rollouts of :mod:`modmimic.rollout`; or ``(None, reason)`` when
-    they cannot be imported."""
+    they cannot be imported. ``progress``: see :class:`modmimic.rollout.TrainingRollouts`."""
     try:
         from modmimic.rollout import TrainingRollouts
     except ImportError as e:
         return None, str(e)
-    return TrainingRollouts(), None
+    return TrainingRollouts(progress=progress), None
 
 
 def rollout_due(cfg: DictConfig, epoch: int) -> bool:
+    """Every ``experiment.rollout.rate`` epochs after ``warmstart``, and at ``train.num_epochs`` with
+    ``experiment.rollout.at_end`` (configs saved before that key existed: off)."""
     r = cfg.experiment.rollout
-    return bool(r.enabled) and epoch > int(r.warmstart) and int(r.rate) > 0 and epoch % int(r.rate) == 0
+    if not r.enabled:
+        return False
+    if bool(r.get("at_end", False)) and epoch == int(cfg.train.num_epochs):
+        return True
+    return epoch > int(r.warmstart) and int(r.rate) > 0 and epoch % int(r.rate) == 0
+
+
+def prepare_rollouts(rollout_fn, cfg: DictConfig, env_meta: dict):
+    """``(rollout function or None, why not)``: make the environment now when the hook can (``prepare``), so a
+    missing simulator or an environment that cannot be created shows at start-up, not after the first epochs."""
+    prepare = getattr(rollout_fn, "prepare", None)
+    if rollout_fn is None or prepare is None:
+        return rollout_fn, None
+    try:
+        prepare(cfg, env_meta)
+    except ImportError as e:
+        return None, f"no simulator installed: {e}"
+    except (DatasetError, ValueError) as e:
+        return None, f"the environment cannot be created: {e}"
+    return rollout_fn, None
+
+
+def rollout_plan(cfg: DictConfig, rollout_fn, why: str | None, start_epoch: int, last_epoch: int,
+                 env_name: str | None = None) -> str:
+    """The start-up line that says when rollouts happen in this invocation, or that they do not and why."""
+    r = cfg.experiment.rollout
+    num_epochs = int(cfg.train.num_epochs)
+    if not r.enabled:
+        return "rollouts: none (experiment.rollout.enabled=false)"
+    if rollout_fn is None:
+        return f"rollouts: none ({why or 'no rollout function'})"
+    due = [e for e in range(start_epoch, last_epoch + 1) if rollout_due(cfg, e)]
+    if not due:
+        reason = (f"experiment.rollout.rate={r.rate} > train.num_epochs={num_epochs}" if int(r.rate) > num_epochs
+                  else f"none of epochs {start_epoch}-{last_epoch} is a multiple of experiment.rollout.rate={r.rate}"
+                  f" after warmstart {r.warmstart}")
+        if last_epoch < num_epochs:
+            reason += f"; this invocation stops at train.stop_after_epoch={last_epoch}"
+        elif not r.get("at_end", False):
+            reason += " and experiment.rollout.at_end=false"
+        return f"rollouts: none in epochs {start_epoch}-{last_epoch} ({reason})"
+    shown = ", ".join(map(str, due)) if len(due) <= 6 else f"{', '.join(map(str, due[:3]))}, ..., {due[-1]}"
+    where = f" in {env_name}" if env_name else ""
+    return (f"rollouts: {r.n} episodes{where} (horizon {r.horizon}) at epoch{'s' if len(due) > 1 else ''} {shown}"
+            f" (every {r.rate} epochs{', and at the last epoch' if r.get('at_end', False) else ''})")
 
 
 def rollout_scalars(rollout: dict) -> dict:
     out = {}
     for env_name, m in rollout.items():
         for k, v in m.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
             if k.startswith("Time_"):
                 out[f"Timing_Stats/Rollout_{env_name}_{k[5:]}"] = v
             else:
                 out[f"Rollout/{k}/{env_name}"] = v
     return out
+
+
+
+def obs_key_hint(e: DatasetError, cfg: DictConfig, path: str) -> DatasetError:
+    """``e`` (an observation key the recipe names is not in the dataset) with the override that fixes it: the
+    dataset's low-dim keys (the base config's defaults when the dataset has them all). robomimic's TD3-BC config,
+    for one, observes D4RL's single key ``flat``."""
+    msg = str(e)
+    if "observation key" not in msg or "not found" not in msg:
+        return e
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            demo = next(iter(f["data"]))
+            obs = f["data"][demo]["obs"]
+            low_dim = [k for k in obs if obs[k].ndim <= 2]
+    except (OSError, KeyError, StopIteration):
+        return e
+    from modmimic.config import base_config_path
+
+    default = list(OmegaConf.load(base_config_path()).observation.modalities.obs.low_dim)
+    keys = default if all(k in low_dim for k in default) else low_dim
+    wanted = list(cfg.observation.modalities.obs.low_dim)
+    d4rl = " (the recipe follows robomimic's config for D4RL files, whose one observation key is 'flat')" \
+        if wanted == ["flat"] else ""
+    return DatasetError(f"{msg}. recipe {cfg.recipe_name} observes {wanted}{d4rl}; for this dataset add "
+                        f"observation.modalities.obs.low_dim=[{','.join(keys)}]")
+
+
+def epoch_line(epoch: int, num_epochs: int, scalars: dict, rollout: dict | None, seconds: dict) -> str:
+    """The terminal line of one epoch: losses, rollout success (Wilson 95 % interval), speed, and where the
+    epoch's time went (``seconds``: ``{"train", "valid", "rollout"}``)."""
+    line = f"epoch {epoch}/{num_epochs}  train Loss {scalars.get('Train/Loss', float('nan')):.5g}"
+    if scalars.get("Valid/Loss") is not None:
+        line += f"  valid Loss {scalars['Valid/Loss']:.5g}"
+    for env_name, m in (rollout or {}).items():
+        if "Success_Rate" in m:
+            line += f"  {env_name} success {m['Success_Rate']:.3f}"
+            if "Success_Rate_CI95_Low" in m:
+                line += (f" [{m['Success_Rate_CI95_Low']:.2f}, {m['Success_Rate_CI95_High']:.2f}]"
+                         f" ({m.get('Num_Success', '?')}/{m.get('Num_Episodes', '?')})")
+    sps = scalars.get("Timing_Stats/Train_Steps_per_Second")
+    if sps is not None:
+        line += f"  {sps:.1f} steps/s"
+    line += "  " + " + ".join(f"{k} {v:.1f}s" for k, v in seconds.items() if v > 0 or k == "train")
+    return line
+
+
+def wilson_text(m: dict) -> str:
+    """``0.940 [0.84, 0.98] (47/50)`` of one environment's rollout metrics."""
+    text = f"{m['Success_Rate']:.3f}"
+    if "Success_Rate_CI95_Low" in m:
+        text += f" (95% CI [{m['Success_Rate_CI95_Low']:.2f}, {m['Success_Rate_CI95_High']:.2f}]"
+        text += f", {m['Num_Success']}/{m['Num_Episodes']})" if "Num_Episodes" in m else ")"
+    return text
+
+
+def run_summary(run_dir: str, best_paths: dict, final_rollout: tuple | None, best_rollout: tuple | None,
+                seconds: dict, wall: float) -> str:
+    """The end-of-run summary: run directory, best checkpoints, final and best success rate (Wilson interval),
+    and the wall time split into train / validation / rollouts."""
+    lines = [f"run directory: {run_dir}"]
+    for what, path in best_paths.items():
+        lines.append(f"  {what}: {path}")
+    if final_rollout is None:
+        lines.append("  success rate: not evaluated in this run (no rollouts)")
+    else:
+        for env_name, m in final_rollout[1].items():
+            if "Success_Rate" in m:
+                lines.append(f"  final success rate ({env_name}, epoch {final_rollout[0]}): {wilson_text(m)}")
+        for env_name, m in (best_rollout[1] if best_rollout else {}).items():
+            if "Success_Rate" in m:
+                lines.append(f"  best success rate ({env_name}, epoch {best_rollout[0]}): {wilson_text(m)}")
+    other = max(0.0, wall - sum(seconds.values()))
+    lines.append(f"  wall time {wall:.1f}s: train {seconds.get('train', 0):.1f}s, validation "
+                 f"{seconds.get('valid', 0):.1f}s, rollouts {seconds.get('rollout', 0):.1f}s, other {other:.1f}s")
+    return "\n".join(lines)
+
+
+def discard_unfinished_run(run_dir: str, logger) -> bool:
+    """Remove a new run directory that holds no checkpoint (interrupted before its first epoch ended), so no
+    empty folder looks like a run. Returns whether it was removed."""
+    if os.path.exists(os.path.join(run_dir, RUN_MARKER)):
+        return False
+    logger.discard()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not os.path.exists(run_dir)
 
 
 # --- resume -------------------------------------------------------------------------------------------------
@@ -412,6 +549,10 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     ("auto": :func:`default_rollout_fn`; None: no rollouts). ``progress``: tqdm bars (None: when stderr is a
     terminal). Returns ``{"run_dir", "epoch", "global_step", "best_valid_loss", "best_success_rate", "metrics"}``
     (``metrics``: the last epoch's scalars)."""
+    t_start = time.perf_counter()
+    from modmimic.train import check_package
+
+    check_package()  # a folder named modmimic/ shadowing the package would fail only when a checkpoint is written
     cfg = with_data(cfg)
     device = device_of(cfg)
     resume = bool(cfg.get("resume")) or bool(cfg.get("resume_dir"))
@@ -422,7 +563,10 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
                               "it can be loaded as a policy but not resumed")
 
     seed_everything(int(cfg.train.seed))
-    data = build_data(cfg, device)
+    try:
+        data = build_data(cfg, device)
+    except DatasetError as e:
+        raise obs_key_hint(e, cfg, dataset_entry(cfg)["path"] or default_dataset_path()) from None
     # a resumed run's config was read back from its run directory: its callables resolve only in trusted modules
     with trusting(stored_config_modules() if resume else None):
         algo = algo_factory(cfg.algo_name, cfg, data.obs_shapes, data.ac_dim, device)
@@ -465,27 +609,35 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     save_config_yaml(cfg, os.path.join(run_dir, "config.yaml"))
 
     log_cfg = cfg.experiment.logging
-    if log_cfg.log_wandb:
-        warnings.warn("experiment.logging.log_wandb is not supported by modmimic; logging to TensorBoard and "
-                      "logs/metrics.jsonl only", stacklevel=2)
     log_txt = os.path.join(run_dir, "logs", "log.txt") if log_cfg.terminal_output_to_txt else None
-    logger = RunLogger(os.path.join(run_dir, "logs"), log_tb=bool(log_cfg.log_tb), start_epoch=start_epoch)
+    wandb_run = start_wandb(cfg, run_dir) if log_cfg.log_wandb else None
+    logger = RunLogger(os.path.join(run_dir, "logs"), log_tb=bool(log_cfg.log_tb), start_epoch=start_epoch,
+                       wandb_run=wandb_run)
     save_cfg = cfg.experiment.save
+    why = None
     if not cfg.experiment.rollout.enabled:
         rollout_fn = None
     elif isinstance(rollout_fn, str) and rollout_fn == "auto":
-        rollout_fn, why = default_rollout_fn()
-        if rollout_fn is None:
-            warnings.warn(f"experiment.rollout.enabled is true, but environment rollouts are unavailable ({why}): they "
-                          "are skipped (set experiment.rollout.enabled=false to silence this)", stacklevel=2)
+        rollout_fn, why = default_rollout_fn(progress)
+        if why is not None:
+            why = f"no simulator installed: {why}"
+    if rollout_fn is not None and any(rollout_due(cfg, e) for e in range(start_epoch, last_epoch + 1)):
+        rollout_fn, why = prepare_rollouts(rollout_fn, cfg, data.env_meta)
+    if cfg.experiment.rollout.enabled and rollout_fn is None and why is not None:
+        warnings.warn(f"experiment.rollout.enabled is true, but environment rollouts are unavailable ({why}): they "
+                      "are skipped (set experiment.rollout.enabled=false to silence this)", stacklevel=2)
     policy = None
     last_save_time = time.time()
+    seconds = {"train": 0.0, "valid": 0.0, "rollout": 0.0}
+    final_rollout = best_rollout = None
     try:
         with tee_stdout(log_txt):
             print(f"modmimic.train: recipe {cfg.recipe_name} on {data.path} "
                   f"({data.train_store.num_samples} samples, {len(data.train_store.demos)} demos"
                   f"{'' if data.valid_store is None else f', {len(data.valid_store.demos)} validation demos'}); "
                   f"run directory {run_dir}" + (f"; resuming at epoch {start_epoch}" if resume else ""))
+            print("modmimic.train: " + rollout_plan(cfg, rollout_fn, why, start_epoch, last_epoch,
+                                                    getattr(rollout_fn, "env_name", None)), flush=True)
             for epoch in range(start_epoch, last_epoch + 1):
                 desc = f"epoch {epoch}/{num_epochs}"
                 try:
@@ -496,6 +648,7 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
                             else "no checkpoint was written yet")
                     raise NonFiniteLossError(f"{e}; training stopped, {good}") from None
                 global_step += n_train
+                epoch_seconds = {"train": 60 * train_m["Time_Epoch"], "valid": 0.0, "rollout": 0.0}
                 algo.on_epoch_end(epoch)
                 scalars = namespaced("Train", train_m)
                 if data.valid_sampler is not None:
@@ -504,19 +657,25 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
                                             progress=progress, desc=f"{desc} valid")
                     algo.set_train()
                     scalars.update(namespaced("Valid", valid_m))
+                    epoch_seconds["valid"] = 60 * valid_m["Time_Epoch"]
                 rollout = None
                 if rollout_fn is not None and rollout_due(cfg, epoch):
                     if policy is None:
                         policy = RolloutPolicy(algo, data.obs_normalization_stats, data.action_normalization_stats,
                                                list(cfg.train.action_keys))
                     algo.set_eval()
+                    t_rollout = time.perf_counter()
                     try:
                         rollout = rollout_fn(policy, epoch, cfg, data.env_meta, run_dir=run_dir)
                     except ImportError as e:  # a simulator is not installed: train on without rollouts
                         warnings.warn(f"rollouts are skipped for the rest of this run: {e}", stacklevel=2)
                         rollout_fn = None
                     algo.set_train()
+                    epoch_seconds["rollout"] = time.perf_counter() - t_rollout
                     scalars.update(rollout_scalars(rollout or {}))
+                    scalars["Timing_Stats/Rollout"] = epoch_seconds["rollout"] / 60
+                    if rollout:
+                        final_rollout = (epoch, rollout)
                 scalars["System/RAM Usage (MB)"] = _ram_mb()
 
                 # which checkpoints this epoch writes
@@ -533,6 +692,7 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
                     ret = [m["Return"] for m in rollout.values() if "Return" in m]
                     if sr and float(np.mean(sr)) > best["success_rate"]:
                         best["success_rate"] = float(np.mean(sr))
+                        best_rollout = (epoch, rollout)
                         if save_cfg.enabled:
                             names.append("best_rollout_success.pth")
                             if save_cfg.on_best_rollout_success_rate:
@@ -549,6 +709,8 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
                     last_save_time = time.time()
 
                 logger.record(epoch, scalars, step=global_step)
+                for env_name, path in (getattr(rollout_fn, "videos", None) or {}).items() if rollout else ():
+                    logger.log_video(f"Rollout/Video/{env_name}", path, epoch)
                 ckpt = make_checkpoint(
                     algo, data.obs_normalization_stats, data.action_normalization_stats, data.env_meta,
                     variable_state={"epoch": epoch, "global_step": global_step,
@@ -565,17 +727,22 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
                 write_checkpoint(last_path, ckpt)
                 del ckpt
 
-                line = f"epoch {epoch}/{num_epochs}  train Loss {scalars.get('Train/Loss', float('nan')):.5g}"
-                if valid_loss is not None:
-                    line += f"  valid Loss {valid_loss:.5g}"
-                for env_name, m in (rollout or {}).items():
-                    if "Success_Rate" in m:
-                        line += f"  {env_name} success {m['Success_Rate']:.3f}"
-                line += f"  {train_m['Steps_per_Second']:.1f} steps/s  {60 * train_m['Time_Epoch']:.1f}s"
-                print(line, flush=True)
+                print(epoch_line(epoch, num_epochs, scalars, rollout, epoch_seconds), flush=True)
+                for k, v in epoch_seconds.items():
+                    seconds[k] += v
                 result.update(epoch=epoch, global_step=global_step, best_valid_loss=best["valid_loss"],
                               best_success_rate=best["success_rate"], metrics=scalars)
+            best_paths = {what: os.path.join(models_dir, name) for what, name in
+                          (("best validation checkpoint", "best_validation.pth"),
+                           ("best rollout success checkpoint", "best_rollout_success.pth"),
+                           ("last checkpoint", "last.pth")) if os.path.exists(os.path.join(models_dir, name))}
+            result["summary"] = run_summary(run_dir, best_paths, final_rollout, best_rollout, seconds,
+                                            time.perf_counter() - t_start)
+            print(result["summary"], flush=True)
     except BaseException as e:
+        if isinstance(e, KeyboardInterrupt) and not resume and discard_unfinished_run(run_dir, logger):
+            e.modmimic_discarded_run_dir = run_dir  # the CLI says so instead of pointing at an empty folder
+            raise
         # keep the whole traceback next to the run's logs; the CLI prints a one-paragraph summary
         try:
             with open(os.path.join(run_dir, "logs", "error.txt"), "a") as f:

@@ -130,9 +130,12 @@ def test_bc_rnn_end_to_end_and_resume_equals_uninterrupted(reach_hdf5, tmp_path)
 def test_default_dataset_main_job(tmp_path):
     """No dataset=: the embedded default dataset and its observation keys."""
     r = cli(["recipe=bc_rnn", "train.output_dir=o", "train.num_epochs=1", "experiment.epoch_every_n_steps=2",
-             "algo.rnn.hidden_dim=16", "algo.actor_layer_dims=[16]", "train.batch_size=4"], tmp_path)
+             "algo.rnn.hidden_dim=16", "algo.actor_layer_dims=[16]", "train.batch_size=4",
+             # rollouts happen at the last epoch (experiment.rollout.at_end): two short episodes, no video
+             "experiment.rollout.n=2", "experiment.rollout.horizon=5", "experiment.render_video=false"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "lift.hdf5" in r.stdout
+    assert "rollouts: 2 episodes in Lift (horizon 5) at epoch 1" in r.stdout and "Lift success 0.000" in r.stdout
     (run_dir,) = runs(tmp_path / "o")
     ckpt = check_policy(os.path.join(run_dir, "models", "last.pth"), "bc_rnn")
     assert ckpt["env_metadata"]["env_name"] == "Lift"

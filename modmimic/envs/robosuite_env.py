@@ -49,14 +49,20 @@ def import_robosuite():
                        "pip install 'mujoco==3.3.7' (or reinstall 'modmimic[sim]')")
     import logging
 
-    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            import robosuite
-        except ImportError as e:
-            raise SimulatorNotInstalled(f"this dataset's environment needs robosuite, which cannot be imported "
-                                        f"({e}): pip install 'modmimic[sim]'") from None
+    # robosuite logs warnings on import that do not concern modmimic's tasks (no private macro file, no
+    # robosuite_models, no mink IK for GR1): silence logging up to WARNING while it is imported
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                import robosuite
+            except ImportError as e:
+                raise SimulatorNotInstalled(f"this dataset's environment needs robosuite, which cannot be imported "
+                                            f"({e}): pip install 'modmimic[sim]'") from None
+    finally:
+        logging.disable(previous)
     if not robosuite.__version__.startswith("1.5"):
         raise EnvError(f"robosuite {robosuite.__version__} is installed; modmimic's adapter needs robosuite 1.5 "
                        "(pip install 'robosuite==1.5.2')")
@@ -121,19 +127,21 @@ class RobosuiteEnv:
             kw["controller_configs"] = convert_controller_config(kw["controller_configs"], robots[0])
         else:
             kw["controller_configs"] = default_controller_config(robots[0])
-        offscreen = bool(render or use_image_obs)
+        # Video rendering must not change the episodes: the environment is made exactly as without ``render`` (robosuite
+        # builds an offscreen renderer only for camera observations) and :meth:`render` attaches a render context to
+        # the current simulator when it is first asked for a frame. (Setting ``hard_reset=False`` to keep one GL context
+        # would change every episode: a hard reset redraws the object sizes from the environment's generator.)
+        offscreen = bool(use_image_obs)
         self._meta_kwargs = copy.deepcopy(kw)
         kw.update(has_renderer=False, has_offscreen_renderer=offscreen, ignore_done=True, use_object_obs=True,
                   use_camera_obs=bool(use_image_obs))
-        if offscreen:  # a hard reset would rebuild the (slow) offscreen GL context on every episode
-            kw.setdefault("hard_reset", False)
         if not use_image_obs:
             kw["camera_depths"] = False
         try:
             self.env = suite.make(self.name, **kw)
         except TypeError as e:
             raise EnvError(f"robosuite.make({self.name!r}, ...) rejected the dataset's env_kwargs: {e}") from None
-        self.render_enabled = offscreen
+        self.render_enabled = bool(render or use_image_obs)
         self._kwargs = kw
         self._version = suite.__version__
 
@@ -208,8 +216,20 @@ class RobosuiteEnv:
         if not self.render_enabled:
             raise EnvError(f"{self.name} was created without offscreen rendering; create it with render=True")
         cam = camera_name or "agentview"
+        self._ensure_render_context()
         img = self.env.sim.render(height=int(height), width=int(width), camera_name=cam)
         return np.ascontiguousarray(img[::-1])
+
+    def _ensure_render_context(self) -> None:
+        """An offscreen render context on the current simulator (a hard reset makes a new one); reads nothing and
+        writes nothing of the simulator state."""
+        sim = self.env.sim
+        if sim._render_context_offscreen is None:
+            from robosuite.utils.binding_utils import MjRenderContextOffscreen
+
+            ctx = MjRenderContextOffscreen(sim, device_id=self.env.render_gpu_device_id)  # attaches itself to sim
+            ctx.vopt.geomgroup[0] = 1 if self.env.render_collision_mesh else 0
+            ctx.vopt.geomgroup[1] = 1 if self.env.render_visual_mesh else 0
 
     def serialize(self) -> dict:
         kw = copy.deepcopy(self._meta_kwargs)
