@@ -44,7 +44,8 @@ def compare(name: str, variants: list, steps: int, repeats: int, threads: int) -
 
 def modmimic_setup(store, recipe: str, batch_size: int, overrides=(), seed: int = 0):
     """``(step, algo)``: one modmimic training step as the training loop runs it (sample windows, process the
-    batch, ``train_on_batch``, ``log_info``) for ``recipe`` on ``store``."""
+    batch, ``train_on_batch``; the step's log values stay on the device, as the loop reads them once per epoch) for
+    ``recipe`` on ``store``."""
     from modmimic.algo import algo_factory
     from modmimic.config import compose
     from modmimic.data.sampler import WindowSampler
@@ -57,8 +58,7 @@ def modmimic_setup(store, recipe: str, batch_size: int, overrides=(), seed: int 
     algo.set_train()
 
     def step():
-        info = algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1)
-        return algo.log_info(info)["Loss"]
+        return algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1)["Loss"]
 
     return step, algo
 
