@@ -140,10 +140,13 @@ def read_checkpoint_file(path: str):
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}" if not os.path.exists(path)
                               else f"checkpoint {path} is not a file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    pickled = head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # torch's zip format, or a bare pickle
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - refused pickles, truncated files, not a torch file at all
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
+        if pickled and ("weights only" in str(e).lower() or "weights_only" in str(e)):
             raise CheckpointError(
                 f"{path}: refused: it contains pickled objects that would run code when loaded "
                 f"({_weights_only_reason(e)}). modmimic loads checkpoints as data only (tensors, numbers, strings, "
