@@ -185,17 +185,29 @@ def available_memory_bytes(device) -> int | None:
     dev = torch.device(device)
     if dev.type == "cuda":
         return int(torch.cuda.mem_get_info(dev)[0])
+    limits = []
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+            limits += [int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:")]
+    except (OSError, ValueError):
         pass
-    return None
+    try:  # a container's memory limit (cgroup v2)
+        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
+            limits.append(int(f.read()) - int(g.read()))
+    except (OSError, ValueError):  # no cgroup v2, or "max"
+        pass
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]  # ulimit -v
+    if soft != resource.RLIM_INFINITY:
+        try:
+            with open("/proc/self/statm") as f:
+                limits.append(soft - int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError):
+            limits.append(soft)
+    return min(limits) if limits else None
 
 
 BATCH_COPIES = 4  # a batch exists as gathered rows, the normalized batch, and network inputs/activations at least
+MEMORY_SHARE = 0.5  # of the available memory, what one batch may take (the rest: networks, optimizer, the store)
 
 
 def check_batch_size(t, sampler: WindowSampler, device) -> None:
@@ -203,14 +215,14 @@ def check_batch_size(t, sampler: WindowSampler, device) -> None:
     estimate is ``batch_size x window steps x bytes per step x BATCH_COPIES``."""
     store = sampler.store
     steps = int(t.seq_length) + int(t.frame_stack) - 1 + (1 if t.goal_mode else 0)
-    row = store.flat.shape[1] * 4 + sum(int(np.prod(u.shape[1:])) for u in store.uint8.values())
+    row = store.flat.shape[1] * 4 + sum(int(np.prod(u.shape[1:])) for u in store.uint8.values()) + 8  # + index
     need = int(t.batch_size) * steps * row * BATCH_COPIES
     have = available_memory_bytes(device)
-    if have is not None and need > have:
+    if have is not None and need > MEMORY_SHARE * have:
         raise ConfigError(
             f"train.batch_size={t.batch_size} needs about {need / 2**30:.3g} GiB per batch ({steps} steps x {row} "
-            f"bytes per step x {BATCH_COPIES} copies), more than the {have / 2**30:.3g} GiB available on {device}; "
-            f"the train split has {len(sampler)} windows: lower train.batch_size")
+            f"bytes per step x {BATCH_COPIES} copies), more than half of the {have / 2**30:.3g} GiB available on "
+            f"{device}; the train split has {len(sampler)} windows: lower train.batch_size")
 
 
 # --- randomness -----------------------------------------------------------------------------------------------
