@@ -374,7 +374,7 @@ def _need(ok: bool, key: str, v, what: str, why: str = "") -> None:
 def check_values(cfg: DictConfig, where: str = "") -> None:
     """Counts, rates and schedules that would make a run train nothing, never stop, or step the wrong way: step
     counts and epoch periods are positive ints (or null where robomimic allows it), rollout settings positive,
-    learning rates positive, LR schedules increasing epochs with a usable decay factor, gradient clipping positive,
+    learning rates not negative, LR schedules increasing epochs with a usable decay factor, gradient clipping positive,
     ``train.stop_after_epoch`` within ``train.num_epochs``."""
     t, ex = cfg.train, cfg.get("experiment")
     if ex is not None:
@@ -427,8 +427,8 @@ def _check_optim_params(node, prefix: str) -> None:
 
 def _check_one_optimizer(p: DictConfig, key: str) -> None:
     lr = p.learning_rate
-    _need(_is_num(lr.get("initial")) and lr.initial > 0, f"{key}.learning_rate.initial", lr.get("initial"),
-          "a positive number")
+    _need(_is_num(lr.get("initial")) and lr.initial >= 0, f"{key}.learning_rate.initial", lr.get("initial"),
+          "a number >= 0 (0 freezes the network)")
     schedule = lr.get("epoch_schedule")
     schedule = [] if schedule is None else list(schedule)
     kind = lr.get("scheduler_type", "multistep")

@@ -334,7 +334,7 @@ def test_paths_hydra_cannot_lex_work_unquoted(reach_hdf5, tmp_path, capsys, monk
     (lambda d: None, ["train.batch_size=100000000"], "train.batch_size=100000000 needs about"),
     (lambda d: None, ["experiment.epoch_every_n_steps=0"], "experiment.epoch_every_n_steps must be"),
     (lambda d: None, ["algo.optim_params.policy.learning_rate.initial=-1"],
-     "algo.optim_params.policy.learning_rate.initial must be a positive number"),
+     "algo.optim_params.policy.learning_rate.initial must be a number >= 0"),
 ])
 def test_bad_paths_and_values_exit_2_before_training(make, args, expected, reach_hdf5, tmp_path, capsys,
                                                       monkeypatch):

@@ -190,7 +190,9 @@ def load_episode_store(
         if demo_limit is not None:
             demos = demos[:demo_limit]
         if not demos:
-            raise DatasetError(f"{path}: no demos" + (f" in mask/{filter_key}" if filter_key else ""))
+            others = C.skipped_groups(f["data"])
+            raise DatasetError(f"{path}: no demos" + (f" in mask/{filter_key}" if filter_key else "") +
+                               (f"; data/ holds {', '.join(sorted(others)[:5])}, not named demo_<N>" if others else ""))
         data = f["data"]
         errors, _ = C.check_demos(f, demos, path, keys=[])  # num_samples of every demo
         if errors:
@@ -282,12 +284,13 @@ def load_episode_store(
             for d, L, o in zip(demos, lengths, offsets):
                 rows = slice(int(o), int(o) + L)
                 block = np.empty((L, width), dtype=np.float32)
+                pending = []  # (moments dict, key, array): merged once the block is known to be finite
                 for key, rel, shape in float_entries:
                     arr = read(d, rel, L, shape).reshape(L, -1)
                     a, b, _ = columns[key]
                     block[:, a:b] = arr
                     if key[0] == K.OBS:
-                        obs_moments[key[1]] = S.merge_moments(obs_moments[key[1]], S.moments(arr))
+                        pending.append((obs_moments, key[1], arr))
                 a = columns[K.ACTION][0]
                 for name, dim in zip(action_keys, act_dims):
                     arr = read(d, name, L, None).reshape(L, -1)
@@ -295,7 +298,7 @@ def load_episode_store(
                         raise DatasetError(
                             f"{path}: data/{d}/{name} has {arr.shape[1]} dims, demo {demos[0]} has {dim}")
                     block[:, a:a + dim] = arr
-                    act_moments[name] = S.merge_moments(act_moments[name], S.moments(arr))
+                    pending.append((act_moments, name, arr))
                     a += dim
                 if load_rewards:
                     block[:, columns[K.REWARD][0]] = read(d, "rewards", L, None).reshape(L)
@@ -307,6 +310,8 @@ def load_episode_store(
                     key = next(k for k, (s, e, _) in columns.items() if s <= col < e)
                     raise DatasetError(f"{path}: data/{d}/{hdf5_name(key, col)} has NaN or Inf values (batch key {key}, "
                                        f"row {row}); training on them would diverge: fix or drop the demo")
+                for moments_of, k, arr in pending:
+                    moments_of[k] = S.merge_moments(moments_of[k], S.moments(arr))
                 flat[rows] = torch.from_numpy(block)
                 _test_slow_memmap(flat)
 
