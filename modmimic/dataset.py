@@ -326,7 +326,7 @@ def main(argv=None) -> int:
             else:
                 print_info(info)
             if info["errors"]:
-                print(f"{PROG}: error: {args.path}: training would refuse this file: {info['errors'][0]}"
+                print(f"{PROG}: error: training would refuse this file: {info['errors'][0]}"
                       + (f" (and {len(info['errors']) - 1} more problems, listed above)" if len(info["errors"]) > 1
                          else ""), file=sys.stderr)
                 return 2

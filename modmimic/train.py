@@ -145,6 +145,7 @@ def build_config(overrides: list[str]):
     the run was trained with plus these overrides."""
     from omegaconf import OmegaConf
 
+    from modmimic.data.check import path_problem
     from modmimic.dataset import DatasetNotFound, dataset_entry, with_data
     from modmimic.logger import check_dir_creatable, find_run_dir, unfinished_run
 
@@ -183,11 +184,10 @@ def build_config(overrides: list[str]):
     else:
         cfg = compose(recipe or "bc", rest)
     path = dataset_entry(with_data(cfg))["path"]
-    if os.path.isdir(path):
-        raise DatasetNotFound(f"dataset path {path} is a directory, not an HDF5 file; pass the .hdf5 file inside it")
-    if not os.path.isfile(path):
-        raise DatasetNotFound(f"dataset file not found: {path}" + ("" if os.path.isabs(str(dataset_entry(cfg)["path"]))
-                                                                 else f" (relative to {os.getcwd()})"))
+    problem = path_problem(path)
+    if problem:
+        raise DatasetNotFound(problem + ("" if os.path.isabs(str(dataset_entry(cfg)["path"]))
+                                         else f" (relative to {os.getcwd()})"))
     check_dir_creatable(cfg.train.output_dir, "train.output_dir")
     if cfg.train.hdf5_memmap_dir:
         check_dir_creatable(cfg.train.hdf5_memmap_dir, "train.hdf5_memmap_dir")

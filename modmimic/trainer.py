@@ -181,7 +181,8 @@ def warn_about_data(cfg: DictConfig, store: EpisodeStore, action_config: dict) -
 
 
 def available_memory_bytes(device) -> int | None:
-    """Free memory of ``device`` (CUDA: the device's; CPU: the kernel's MemAvailable). None when unknown."""
+    """Free memory of ``device``: CUDA, the device's; CPU, the least of the kernel's MemAvailable, the cgroup's
+    remaining limit and the room left under ``ulimit -v``. None when unknown."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return int(torch.cuda.mem_get_info(dev)[0])
