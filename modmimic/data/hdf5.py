@@ -308,8 +308,8 @@ def load_episode_store(
                     col = int(np.nonzero(bad.any(axis=0))[0][0])
                     row = int(np.nonzero(bad[:, col])[0][0])
                     key = next(k for k, (s, e, _) in columns.items() if s <= col < e)
-                    raise DatasetError(f"{path}: data/{d}/{hdf5_name(key, col)} has NaN or Inf values (batch key {key}, "
-                                       f"row {row}); training on them would diverge: fix or drop the demo")
+                    raise DatasetError(f"{path}: data/{d}/{hdf5_name(key, col)} has NaN or Inf values "
+                                       f"(batch key {key}, row {row}); training on them would diverge: fix or drop the demo")
                 for moments_of, k, arr in pending:
                     moments_of[k] = S.merge_moments(moments_of[k], S.moments(arr))
                 flat[rows] = torch.from_numpy(block)
