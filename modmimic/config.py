@@ -8,6 +8,7 @@ typos the way robomimic's key-locked configs do.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import importlib.resources
 import os
@@ -440,8 +441,9 @@ def validate(cfg: DictConfig, where: str = "") -> None:
             raise ConfigError(f"config has no {section!r} section: not a modmimic config")
     t = cfg.train
     for k in ("seq_length", "frame_stack", "batch_size", "num_epochs"):
-        if not isinstance(t[k], int) or t[k] < 1:
+        if not isinstance(t[k], int) or isinstance(t[k], bool) or t[k] < 1:
             raise ConfigError(f"train.{k} must be a positive int, got {t[k]!r}")
+    check_values(cfg, where)
     a = cfg.algo
     if a.get("rnn") is not None and a.rnn.get("enabled") and a.rnn.horizon > t.seq_length:
         raise ConfigError(f"algo.{where}rnn.horizon ({a.rnn.horizon}) is longer than train.seq_length "
@@ -497,6 +499,98 @@ def validate(cfg: DictConfig, where: str = "") -> None:
             if opt not in cfg.nets:
                 raise ConfigError(f"update {u.get('name')!r} steps optimizer {opt!r}, but there is no network of "
                                   f"that name (nets: {list(cfg.nets)})")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _need(ok: bool, key: str, v, what: str, why: str = "") -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {what}, got {v!r}" + (f": {why}" if why else ""))
+
+
+def check_values(cfg: DictConfig, where: str = "") -> None:
+    """Counts, rates and schedules that would make a run train nothing, never stop, or step the wrong way: step
+    counts and epoch periods are positive ints (or null where robomimic allows it), rollout settings positive,
+    learning rates not negative, LR schedules increasing epochs with a usable decay factor, gradient clipping positive,
+    ``train.stop_after_epoch`` within ``train.num_epochs``."""
+    t, ex = cfg.train, cfg.get("experiment")
+    if ex is not None:
+        for k in ("epoch_every_n_steps", "validation_epoch_every_n_steps"):
+            v = ex.get(k)
+            _need(v is None or (_is_int(v) and v >= 1), f"experiment.{k}", v,
+                  "a positive int (or null: one pass over the split)", "an epoch of no steps trains nothing")
+        save = ex.get("save") or {}
+        v = save.get("every_n_epochs")
+        _need(v is None or (_is_int(v) and v >= 1), "experiment.save.every_n_epochs", v,
+              "a positive int or null (null: no periodic checkpoints)")
+        v = save.get("every_n_seconds")
+        _need(v is None or (_is_num(v) and v > 0), "experiment.save.every_n_seconds", v, "a positive number or null")
+        for e in list(save.get("epochs") or []):
+            _need(_is_int(e) and e >= 1, "experiment.save.epochs", list(save.epochs), "a list of positive ints")
+        r = ex.get("rollout") or {}
+        for k, lo in (("n", 1), ("horizon", 1), ("rate", 1), ("warmstart", 0)):
+            if k in r:
+                _need(_is_int(r[k]) and r[k] >= lo, f"experiment.rollout.{k}", r[k],
+                      "a positive int" if lo else "an int >= 0",
+                      "to run no rollouts set experiment.rollout.enabled=false")
+        if "video_skip" in ex:
+            _need(_is_int(ex.video_skip) and ex.video_skip >= 1, "experiment.video_skip", ex.video_skip,
+                  "a positive int")
+    v = t.get("max_grad_norm")
+    _need(v is None or (_is_num(v) and v > 0), "train.max_grad_norm", v, "a positive number or null (no clipping)")
+    v = t.get("stop_after_epoch")
+    _need(v is None or (_is_int(v) and 1 <= v <= t.num_epochs), "train.stop_after_epoch", v,
+          f"null or an int in [1, train.num_epochs={t.num_epochs}]",
+          "a later epoch would never be reached (raise train.num_epochs to train longer)")
+    v = t.get("num_data_workers")
+    _need(v is None or (_is_int(v) and v >= 0), "train.num_data_workers", v, "an int >= 0")
+    _check_optim_params(cfg.algo, f"algo.{where}")
+
+
+def _check_optim_params(node, prefix: str) -> None:
+    """Every ``optim_params.<net>`` under ``node`` (recipes nest them per network group)."""
+    if not isinstance(node, DictConfig):
+        return
+    for k in node.keys():
+        child = node._get_node(k)
+        if k == "optim_params" and isinstance(child, DictConfig):
+            for net in child.keys():
+                p = child.get(net)
+                if isinstance(p, DictConfig) and isinstance(p.get("learning_rate"), DictConfig):
+                    _check_one_optimizer(p, f"{prefix}optim_params.{net}")
+        elif isinstance(child, DictConfig):
+            _check_optim_params(child, f"{prefix}{k}.")
+
+
+def _check_one_optimizer(p: DictConfig, key: str) -> None:
+    lr = p.learning_rate
+    _need(_is_num(lr.get("initial")) and lr.initial >= 0, f"{key}.learning_rate.initial", lr.get("initial"),
+          "a number >= 0 (0 freezes the network)")
+    schedule = lr.get("epoch_schedule")
+    schedule = [] if schedule is None else list(schedule)
+    kind = lr.get("scheduler_type", "multistep")
+    if schedule and kind in ("multistep", "linear"):
+        ok = all(_is_int(e) and e >= 1 for e in schedule) and all(a < b for a, b in zip(schedule, schedule[1:]))
+        _need(ok, f"{key}.learning_rate.epoch_schedule", schedule, "strictly increasing epochs >= 1")
+        f = lr.get("decay_factor")
+        if kind == "multistep":
+            _need(_is_num(f) and f > 0, f"{key}.learning_rate.decay_factor", f,
+                  "a positive number (the LR is multiplied by it at each epoch of the schedule)")
+        else:
+            _need(_is_num(f) and 0 <= f <= 1, f"{key}.learning_rate.decay_factor", f,
+                  "a number in [0, 1] (the final fraction of the LR of a linear schedule)")
+    if kind == "cosine" and lr.get("warmup_steps") is not None:
+        _need(_is_int(lr.warmup_steps) and lr.warmup_steps >= 0, f"{key}.learning_rate.warmup_steps",
+              lr.warmup_steps, "an int >= 0")
+    reg = p.get("regularization")
+    if isinstance(reg, DictConfig) and "L2" in reg:
+        _need(_is_num(reg.L2) and reg.L2 >= 0, f"{key}.regularization.L2", reg.L2, "a number >= 0")
 
 
 def component_config(cfg: DictConfig, name: str, where: str = "") -> DictConfig:

@@ -6,7 +6,9 @@
 ``info`` prints the number of demos and samples, demo length statistics, every per-step dataset of a demo with its
 shape, dtype and value range over the (filtered) demos, the filter keys, the environment metadata, and checks that
 the actions lie in [-1, 1] (robomimic's requirement unless ``train.action_config`` normalizes them; ``--strict``
-makes a violation exit with status 1).
+makes a violation exit with status 1). It also runs training's structural checks (:mod:`modmimic.data.check`):
+a file that training would refuse (a demo without steps, a dataset whose row count differs from ``num_samples``,
+non-numeric observations or actions, NaN/Inf in what training reads) is listed and exits with status 2.
 
 ``split`` writes ``mask/train`` and ``mask/valid`` (``mask/<K>_train``, ``mask/<K>_valid`` when splitting the demos
 of filter key ``K``), chosen by a seeded shuffle, so the same seed always gives the same split. Nothing else in
@@ -30,6 +32,7 @@ import numpy as np
 from omegaconf import DictConfig, open_dict
 
 from modmimic.config import ConfigError, to_plain
+from modmimic.data import check as C
 from modmimic.data.default import OBS_KEYS as DEFAULT_OBS_KEYS, default_dataset_path
 
 PROG = "modmimic.dataset"
@@ -44,8 +47,9 @@ class DatasetNotFound(ConfigError):
 
 
 def _open(path: str, mode: str = "r") -> h5py.File:
-    if not os.path.exists(path):
-        raise ToolError(f"dataset file not found: {path}")
+    problem = C.path_problem(path)
+    if problem:
+        raise ToolError(problem)
     try:
         return h5py.File(path, mode)
     except OSError as e:
@@ -60,15 +64,18 @@ def _demo_key(name: str):
 
 
 def demo_names(f: h5py.File, filter_key: str | None = None, path: str = "") -> list[str]:
-    if "data" not in f:
+    if not isinstance(f.get("data"), h5py.Group):
         raise ToolError(f"{path}: no 'data' group; not a robomimic dataset")
     if filter_key is None:
         names = [n for n in f["data"] if n.startswith("demo")]
     else:
-        if "mask" not in f or filter_key not in f["mask"]:
-            have = sorted(f["mask"]) if "mask" in f else []
+        if not isinstance(f.get("mask"), h5py.Group) or not isinstance(f["mask"].get(filter_key), h5py.Dataset):
+            have = sorted(f["mask"]) if isinstance(f.get("mask"), h5py.Group) else []
             raise ToolError(f"{path}: filter key {filter_key!r} not found in mask/ (available: {have})")
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(f["mask"][filter_key])]
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(f["mask"][filter_key]).ravel()]
+        missing = [n for n in names if n not in f["data"]]
+        if missing:
+            raise ToolError(f"{path}: mask/{filter_key} names demos that do not exist: {missing[:5]}")
     return sorted(names, key=_demo_key)
 
 
@@ -130,28 +137,47 @@ def dataset_info(path: str, filter_key: str | None = None) -> dict:
         if not demos:
             raise ToolError(f"{path}: no demos" + (f" in mask/{filter_key}" if filter_key else ""))
         data = f["data"]
-        lengths = np.array([int(data[d].attrs.get("num_samples", 0)) for d in demos])
+        errors, warnings = C.check_demos(f, demos, path)  # what training would refuse, and what it ignores
+        skipped = C.skipped_warning(path, [n for n in C.skipped_groups(data) if not n.startswith("demo")])
+        warnings += [skipped] if skipped else []
+        lengths = np.array([_num_samples(data[d]) for d in demos])
         keys = {}
-        for name, ds in _datasets(data[demos[0]]):
-            if name == "model_file":  # the compressed MJCF XML (read_model_file), not a per-step dataset
-                continue
-            keys[name] = {"shape": list(ds.shape[1:]), "dtype": str(ds.dtype), "min": None, "max": None}
+        for d in demos:  # every per-step dataset of any demo; shape and dtype as in the first demo that has it
+            for name, ds in _datasets(data[d]) if isinstance(data[d], h5py.Group) else ():
+                if name == "model_file" or name in keys:  # model_file: the compressed MJCF XML, not per step
+                    continue
+                keys[name] = {"shape": list(ds.shape[1:]), "dtype": str(ds.dtype), "min": None, "max": None}
         for d in demos:
+            if not isinstance(data[d], h5py.Group):
+                continue  # check_demos reported it
             for name, entry in keys.items():
                 if name not in data[d]:
                     entry["missing_in"] = entry.get("missing_in", 0) + 1
+                    if name.startswith("obs/") or name == "actions":  # every recipe reads these
+                        errors.append(f"{path}: data/{d}/{name} is missing (other demos have it)")
+                    elif C.is_training_dataset(name):
+                        warnings.append(f"{path}: data/{d}/{name} is missing (other demos have it); recipes that "
+                                        "read it refuse this file")
                     continue
+                if isinstance(data[d][name], h5py.Dataset) and list(data[d][name].shape[1:]) != entry["shape"] \
+                        and C.is_training_dataset(name):
+                    errors.append(f"{path}: data/{d}/{name} has shape {tuple(data[d][name].shape[1:])} per step, "
+                                  f"other demos have {tuple(entry['shape'])}")
                 if entry["dtype"] == "uint8" and len(entry["shape"]) >= 2:
                     continue  # images: shape and dtype only (ranges would read every frame)
                 ds = data[d][name]
-                if ds.dtype.kind not in "fiub" or ds.size == 0:
+                if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "fiub" or ds.size == 0:
                     continue
                 arr = ds[()]
-                lo, hi = float(np.min(arr)), float(np.max(arr))
-                entry["min"] = lo if entry["min"] is None else min(entry["min"], lo)
-                entry["max"] = hi if entry["max"] is None else max(entry["max"], hi)
-                if ds.dtype.kind == "f" and not np.isfinite(arr).all():
+                finite = arr[np.isfinite(arr)] if ds.dtype.kind == "f" else arr
+                if finite.size:
+                    lo, hi = float(np.min(finite)), float(np.max(finite))
+                    entry["min"] = lo if entry["min"] is None else min(entry["min"], lo)
+                    entry["max"] = hi if entry["max"] is None else max(entry["max"], hi)
+                if finite.size != arr.size:
                     entry["non_finite_in"] = entry.get("non_finite_in", 0) + 1
+                    (errors if C.is_training_dataset(name) else warnings).append(
+                        f"{path}: data/{d}/{name} has NaN or Inf values")
         masks = {}
         if "mask" in f:
             for k in f["mask"]:
@@ -159,15 +185,33 @@ def dataset_info(path: str, filter_key: str | None = None) -> dict:
         raw = data.attrs.get("env_args")
         try:
             env = json.loads(raw) if raw is not None else None
-        except json.JSONDecodeError:
+            if env is not None and not isinstance(env, dict):
+                raise TypeError(f"{type(env).__name__} JSON, expected an object")
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
             env = {"unparsable": str(raw)[:200]}
+            errors.append(f"{path}: data.attrs['env_args'] is not valid JSON ({type(e).__name__}: {e})")
         total_attr = data.attrs.get("total")
     act = keys.get("actions")
     action_ok = None if act is None or act["min"] is None else (act["min"] >= -1.0 and act["max"] <= 1.0)
     return {"path": path, "filter_key": filter_key, "num_demos": len(demos), "num_samples": int(lengths.sum()),
-            "total_attr": None if total_attr is None else int(total_attr),
+            "total_attr": _as_int(total_attr),
             "length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
-            "keys": keys, "filter_keys": masks, "env_meta": env, "actions_in_unit_range": action_ok}
+            "keys": keys, "filter_keys": masks, "env_meta": env, "actions_in_unit_range": action_ok,
+            "errors": errors, "warnings": warnings}
+
+
+def _as_int(v):
+    try:
+        return None if v is None else int(np.asarray(v).reshape(()))
+    except (TypeError, ValueError):
+        return None
+
+
+def _num_samples(demo) -> int:
+    try:
+        return int(np.asarray(demo.attrs.get("num_samples", 0)).reshape(()))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _fmt(v):
@@ -201,6 +245,12 @@ def print_info(info: dict, out=None) -> None:
         if e.get("non_finite_in"):
             extra += f"  NaN/Inf in {e['non_finite_in']} demos"
         p(f"  {k.ljust(width)}  {str(tuple(e['shape'])):<14} {e['dtype']:<8} [{_fmt(e['min'])}, {_fmt(e['max'])}]{extra}")
+    for w in info.get("warnings", []):
+        p(f"WARNING: {w}")
+    for e in info.get("errors", []):
+        p(f"ERROR: {e}")
+    if info.get("errors"):
+        p(f"=> training would refuse this file ({len(info['errors'])} problems)")
     ok = info["actions_in_unit_range"]
     if ok is None:
         p("action range: no 'actions' dataset")
@@ -287,6 +337,11 @@ def main(argv=None) -> int:
                 print(json.dumps(info, indent=2))
             else:
                 print_info(info)
+            if info["errors"]:
+                print(f"{PROG}: error: training would refuse this file: {info['errors'][0]}"
+                      + (f" (and {len(info['errors']) - 1} more problems, listed above)" if len(info["errors"]) > 1
+                         else ""), file=sys.stderr)
+                return 2
             return 1 if args.strict and info["actions_in_unit_range"] is False else 0
         out = write_split(args.path, args.valid_fraction, args.seed, args.filter_key, args.overwrite)
         for name, names in out.items():
@@ -298,9 +353,10 @@ def main(argv=None) -> int:
     except ToolError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    except (OSError, KeyError, ValueError) as e:
-        print(f"{PROG}: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    except (OSError, KeyError, ValueError, TypeError, AttributeError) as e:  # unreadable or mis-structured file
+        print(f"{PROG}: error: {args.path}: cannot read it as a robomimic dataset ({type(e).__name__}: {e})",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

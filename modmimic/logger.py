@@ -54,6 +54,35 @@ def make_run_dir(cfg) -> str:
     raise RuntimeError(f"cannot create a new run directory under {root}")
 
 
+def check_dir_creatable(path, key: str) -> None:
+    """Raise :class:`ConfigError` naming ``key`` when directory ``path`` cannot exist: a part of it is a file, or
+    its nearest existing parent is not writable. Nothing is created."""
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    p = path
+    while not os.path.exists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    if not os.path.isdir(p):
+        raise ConfigError(f"{key}={path} cannot be a directory: {p} is a file")
+    if p != path and not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path} cannot be created: {p} is not writable")
+    if p == path and not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path} is not writable")
+
+
+def unfinished_run(output_dir: str, name: str | None = None, resume_dir: str | None = None) -> str | None:
+    """The newest run directory that holds a ``config.yaml`` but no checkpoint (its process ended before the first
+    epoch did): ``resume_dir`` itself, else one under ``<output_dir>/<name>/``. None when there is none."""
+    if resume_dir:
+        cands = [os.path.abspath(os.path.expanduser(str(resume_dir)))]
+    else:
+        cands = glob.glob(os.path.join(os.path.abspath(os.path.expanduser(str(output_dir))), str(name), "*"))
+    cands = [p for p in cands if os.path.isfile(os.path.join(p, "config.yaml")) and not is_run_dir(p)]
+    return max(cands, key=lambda p: os.path.getmtime(os.path.join(p, "config.yaml"))) if cands else None
+
+
 def is_run_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, RUN_MARKER))
 

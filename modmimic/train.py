@@ -78,6 +78,36 @@ def rewrite_dataset(args: list[str]) -> list[str]:
     return ["train.data=" + a.split("=", 1)[1] if a.startswith("dataset=") else a for a in args]
 
 
+PATH_KEYS = ("train.data", "train.output_dir", "train.hdf5_memmap_dir", "resume_dir", "experiment.ckpt_path")
+QUOTING = ("hydra's override grammar needs quotes around values with non-ASCII letters or any of ()[]{}=,'\" "
+           "and the like: write key='value' (in a shell: \"key='my données (1).hdf5'\")")
+
+
+def _parses(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        OverridesParser.create().parse_overrides([override])
+        return True
+    except HydraException:
+        return False
+
+
+def quote_paths(args: list[str]) -> list[str]:
+    """Paths (``train.data=``, ``train.output_dir=``, ...) that hydra's lexer rejects as they are (non-ASCII
+    letters, parentheses, ``=``) are single-quoted for it, so any file name works unquoted on the command line.
+    Values that already parse (including sweeps ``a.hdf5,b.hdf5``) or contain a quote are left alone."""
+    out = []
+    for a in args:
+        key, sep, value = a.partition("=")
+        if (sep and key.lstrip("+") in PATH_KEYS and value and "'" not in value and '"' not in value
+                and not _parses(a)):
+            a = f"{key}='{value}'"
+        out.append(a)
+    return out
+
+
 def split_args(args: list[str]) -> tuple[list[str], list[str], bool]:
     """``(hydra flags, overrides, multirun)``."""
     flags, overrides, i = [], [], 0
@@ -105,7 +135,7 @@ def _parse(overrides: list[str]) -> dict:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
-        raise ConfigError(f"cannot parse the command line: {e}") from None
+        raise ConfigError(f"cannot parse the command line ({QUOTING}): {str(e).splitlines()[0]}") from None
     return {o.key_or_group: o.value() for o in parsed if not o.is_delete()}
 
 
@@ -114,7 +144,9 @@ def build_config(overrides: list[str]):
     the run was trained with plus these overrides."""
     from omegaconf import OmegaConf
 
+    from modmimic.data.check import path_problem
     from modmimic.dataset import DatasetNotFound, dataset_entry, with_data
+    from modmimic.logger import check_dir_creatable, find_run_dir, unfinished_run
 
     values = _parse(overrides)
     recipe = values.get("recipe")
@@ -125,14 +157,26 @@ def build_config(overrides: list[str]):
     if values.get("resume") not in (None, True, False):
         raise ConfigError(f"config key 'resume' must be bool, got {values['resume']!r}")
     if values.get("resume") or resume_dir:
-        from modmimic.logger import find_run_dir
-
         base = OmegaConf.load(base_config_path())
-        run_dir = find_run_dir(values.get("train.output_dir", base.train.output_dir),
-                               values.get("experiment.name", base.experiment.name), resume_dir)
-        from modmimic.trainer import resume_config
+        where = (values.get("train.output_dir", base.train.output_dir),
+                 values.get("experiment.name", base.experiment.name), resume_dir)
+        try:
+            run_dir, unfinished = find_run_dir(*where), None
+        except ConfigError:
+            unfinished = unfinished_run(*where)
+            if unfinished is None:
+                raise
+        if unfinished is None:
+            from modmimic.trainer import resume_config
 
-        cfg = resume_config(run_dir, rest)
+            cfg = resume_config(run_dir, rest)
+        else:  # killed before its first checkpoint: nothing to continue, so start it again
+            from modmimic.trainer import restart_config
+
+            cfg = restart_config(unfinished, rest)
+            run_dir = unfinished
+            print(f"{PROG}: {unfinished} has no checkpoint (the run ended before its first epoch did): starting it "
+                  "from scratch with its config.yaml, in a new run directory", file=sys.stderr, flush=True)
         if recipe is not None and recipe != cfg.recipe_name:
             raise ConfigError(f"recipe={recipe} but the run in {run_dir} was trained with recipe "
                               f"{cfg.recipe_name!r}; drop recipe= when resuming")
@@ -140,9 +184,13 @@ def build_config(overrides: list[str]):
         quick_check_keys(recipe or "bc", rest)
         cfg = compose(recipe or "bc", rest)
     path = dataset_entry(with_data(cfg))["path"]
-    if not os.path.isfile(path):
-        raise DatasetNotFound(f"dataset file not found: {path}" + ("" if os.path.isabs(str(dataset_entry(cfg)["path"]))
-                                                                 else f" (relative to {os.getcwd()})"))
+    problem = path_problem(path)
+    if problem:
+        raise DatasetNotFound(problem + ("" if os.path.isabs(str(dataset_entry(cfg)["path"]))
+                                         else f" (relative to {os.getcwd()})"))
+    check_dir_creatable(cfg.train.output_dir, "train.output_dir")
+    if cfg.train.hdf5_memmap_dir:
+        check_dir_creatable(cfg.train.hdf5_memmap_dir, "train.hdf5_memmap_dir")
     return cfg
 
 
@@ -191,7 +239,7 @@ def sweep_combinations(overrides: list[str]) -> list[list[str]]:
         parsed = OverridesParser.create().parse_overrides(overrides)
         return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     except HydraException as e:
-        raise ConfigError(f"cannot parse the sweep: {e}") from None
+        raise ConfigError(f"cannot parse the sweep ({QUOTING}): {str(e).splitlines()[0]}") from None
 
 
 # --- errors -----------------------------------------------------------------------------------------------------
@@ -343,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     warnings.formatwarning = lambda message, category, *a, **k: f"{PROG}: warning: {message}\n"
-    args = rewrite_dataset(args)
+    args = quote_paths(rewrite_dataset(args))
     _, overrides, multirun = split_args(args)
     try:  # compose and validate every job before anything runs
         check_package()

@@ -50,7 +50,9 @@ from modmimic.data.hdf5 import DatasetError, EpisodeStore, load_episode_store
 from modmimic.data.requirements import check_requirements
 from modmimic.data.sampler import WindowSampler
 from modmimic.dataset import dataset_entry, with_data
-from modmimic.logger import RUN_MARKER, RunLogger, find_run_dir, make_run_dir, start_wandb, tee_stdout
+from modmimic.data.check import action_range_warning
+from modmimic.logger import (RUN_MARKER, RunLogger, check_dir_creatable, find_run_dir, make_run_dir, start_wandb,
+                             tee_stdout)
 from modmimic.policy import (CheckpointError, RolloutPolicy, check_weights, load_checkpoint, make_checkpoint,
                              save_checkpoint)
 from modmimic.trust import UntrustedNameError, check_config_names, stored_config_modules, trusting
@@ -119,6 +121,8 @@ def build_data(cfg: DictConfig, device="cpu") -> TrainData:
         return load_episode_store(path, keys, action_keys, filter_key=filter_key, load_next_obs=t.hdf5_load_next_obs,
                                   load_rewards=None, memmap_dir=memmap, demo_limit=entry.get("demo_limit"))
 
+    if t.hdf5_memmap_dir:
+        check_dir_creatable(t.hdf5_memmap_dir, "train.hdf5_memmap_dir")
     train_store = load(entry.get("filter_key") or t.hdf5_filter_key, "train")
     check_requirements(cfg, train_store)  # offline RL: rewards, dones, next observations
     valid_store = load(t.hdf5_validation_filter_key, "valid") if cfg.experiment.validate else None
@@ -137,6 +141,11 @@ def build_data(cfg: DictConfig, device="cpu") -> TrainData:
         raise ConfigError(f"train.action_config: {e}") from None
     normalized = any((action_config.get(k) or {}).get("normalization") not in (None, "none", "None")
                      for k in action_keys)
+    for store in (train_store, valid_store):
+        if store is not None and store.memmap_path:
+            print(f"modmimic.train: {'reusing' if store.memmap_reused else 'built'} the memory-mapped episode store "
+                  f"{store.memmap_path}", flush=True)
+    warn_about_data(cfg, train_store, action_config)
 
     def sampler(store, stream):
         try:
@@ -148,10 +157,76 @@ def build_data(cfg: DictConfig, device="cpu") -> TrainData:
         except ValueError as e:
             raise DatasetError(f"{path}: {e}") from None
 
-    return TrainData(path=path, train_store=train_store, train_sampler=sampler(train_store, 0),
+    train_sampler = sampler(train_store, 0)
+    check_batch_size(t, train_sampler, device)
+    return TrainData(path=path, train_store=train_store, train_sampler=train_sampler,
                      valid_store=valid_store, valid_sampler=sampler(valid_store, 1) if valid_store else None,
                      obs_normalization_stats=obs_stats, action_normalization_stats=action_stats,
                      env_meta=train_store.env_meta)
+
+
+def warn_about_data(cfg: DictConfig, store: EpisodeStore, action_config: dict) -> None:
+    """Warnings for data that trains but probably not as meant: un-normalized actions outside [-1, 1] (robomimic
+    expects normalized actions), ``train.seq_length`` longer than every demo (each window is mostly padding)."""
+    for k, m in store.action_moments.items():
+        if (action_config.get(k) or {}).get("normalization") in (None, "none", "None") and m is not None:
+            msg = action_range_warning(store.path, k, float(np.min(m["min"])), float(np.max(m["max"])))
+            if msg:
+                warnings.warn(msg, stacklevel=2)
+    longest = int(store.lengths.max())
+    t = cfg.train
+    if t.seq_length > longest:
+        warnings.warn(f"train.seq_length={t.seq_length} is longer than the longest demo ({longest} steps) of "
+                      f"{store.path}: every window is padded with repeated last steps", stacklevel=2)
+    if t.frame_stack > longest:
+        warnings.warn(f"train.frame_stack={t.frame_stack} is longer than the longest demo ({longest} steps) of "
+                      f"{store.path}: every window is padded with repeated first steps", stacklevel=2)
+
+
+def available_memory_bytes(device) -> int | None:
+    """Free memory of ``device``: CUDA, the device's; CPU, the least of the kernel's MemAvailable, the cgroup's
+    remaining limit and the room left under ``ulimit -v``. None when unknown."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            limits += [int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:")]
+    except (OSError, ValueError):
+        pass
+    try:  # a container's memory limit (cgroup v2)
+        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
+            limits.append(int(f.read()) - int(g.read()))
+    except (OSError, ValueError):  # no cgroup v2, or "max"
+        pass
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]  # ulimit -v
+    if soft != resource.RLIM_INFINITY:
+        try:
+            with open("/proc/self/statm") as f:
+                limits.append(soft - int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError):
+            limits.append(soft)
+    return min(limits) if limits else None
+
+
+BATCH_COPIES = 4  # a batch exists as gathered rows, the normalized batch, and network inputs/activations at least
+MEMORY_SHARE = 0.5  # of the available memory, what one batch may take (the rest: networks, optimizer, the store)
+
+
+def check_batch_size(t, sampler: WindowSampler, device) -> None:
+    """Refuse a ``train.batch_size`` whose batches cannot fit in memory before the first one is allocated; the
+    estimate is ``batch_size x window steps x bytes per step x BATCH_COPIES``."""
+    store = sampler.store
+    steps = int(t.seq_length) + int(t.frame_stack) - 1 + (1 if t.goal_mode else 0)
+    row = store.flat.shape[1] * 4 + sum(int(np.prod(u.shape[1:])) for u in store.uint8.values()) + 8  # + index
+    need = int(t.batch_size) * steps * row * BATCH_COPIES
+    have = available_memory_bytes(device)
+    if have is not None and need > MEMORY_SHARE * have:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} needs about {need / 2**30:.3g} GiB per batch ({steps} steps x {row} "
+            f"bytes per step x {BATCH_COPIES} copies), more than half of the {have / 2**30:.3g} GiB available on "
+            f"{device}; the train split has {len(sampler)} windows: lower train.batch_size")
 
 
 # --- randomness -----------------------------------------------------------------------------------------------
@@ -456,7 +531,32 @@ def resume_config(run_dir: str, overrides=()) -> DictConfig:
         check_config_names(stored, stored_config_modules(), "its config")
     except UntrustedNameError as e:
         raise CheckpointError(f"{marker}: refused: {e}") from None
-    stored = OmegaConf.create(stored)
+    cfg = with_overrides(OmegaConf.create(stored), overrides)
+    with open_dict(cfg):
+        cfg.resume = True
+        cfg.resume_dir = run_dir
+    return finalize(cfg)
+
+
+def restart_config(run_dir: str, overrides=()) -> DictConfig:
+    """The config of a run that ended before its first checkpoint (its ``config.yaml``) with ``overrides`` applied,
+    set to start from scratch (a new run directory)."""
+    try:
+        stored = OmegaConf.load(os.path.join(run_dir, "config.yaml"))
+    except Exception as e:  # noqa: BLE001 - yaml and omegaconf raise many kinds
+        raise ConfigError(f"{run_dir}/config.yaml cannot be read ({e}); start a new run without resume=true") from None
+    if not isinstance(stored, DictConfig) or "recipe_name" not in stored:
+        raise ConfigError(f"{run_dir}/config.yaml is not a modmimic config; start a new run without resume=true")
+    cfg = with_overrides(stored, overrides)
+    with open_dict(cfg):
+        cfg.resume = False
+        cfg.resume_dir = None
+    return finalize(cfg)
+
+
+def with_overrides(stored: DictConfig, overrides=()) -> DictConfig:
+    """``stored`` (a run's config) with ``key=value`` overrides applied, checked against its recipe; run-selection
+    keys (``recipe``, ``resume``, ``resume_dir``, ``train.output_dir``) and hydra's are ignored."""
     skip = ("recipe", "resume", "resume_dir", "train.output_dir", "hydra")
     overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in skip
                  and not o.startswith("hydra")]
@@ -470,10 +570,7 @@ def resume_config(run_dir: str, overrides=()) -> DictConfig:
             else:
                 k = k.lstrip("+")
                 OmegaConf.update(cfg, k, OmegaConf.select(composed, k), merge=False, force_add=True)
-    with open_dict(cfg):
-        cfg.resume = True
-        cfg.resume_dir = run_dir
-    return finalize(cfg)
+    return cfg
 
 
 def restore_run(algo: Algo, data: TrainData, ckpt: dict, source: str) -> tuple[int, int, dict]:
@@ -562,6 +659,8 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
         raise CheckpointError(f"{run_dir}/{RUN_MARKER} has no trainer state (not written by modmimic.train); "
                               "it can be loaded as a policy but not resumed")
 
+    if not resume:
+        check_dir_creatable(cfg.train.output_dir, "train.output_dir")
     seed_everything(int(cfg.train.seed))
     try:
         data = build_data(cfg, device)

@@ -1,4 +1,9 @@
-"""Window contents on a hand-made robomimic HDF5, element by element."""
+"""Window contents on a hand-made robomimic HDF5, element by element; the memory-mapped store; structural
+checks."""
+import multiprocessing
+import os
+import shutil
+
 import h5py
 import numpy as np
 import pytest
@@ -212,3 +217,86 @@ def test_window_starts_index_math():
                                pad_seq_length=False, pad_frame_stack=False)
     # demo 0 (L=3): n = 3 - 1 - 1 = 1 window at t=1; demo 1 (L=1): none
     assert starts.tolist() == [1] and ep.tolist() == [0]
+
+
+def store_dirs(root):
+    return sorted(n for n in os.listdir(root) if not n.startswith(".store-"))
+
+
+def test_memmap_store_is_keyed_and_reused(tiny, tmp_path):
+    """The store is keyed by file contents + filter key + layout: the same load reuses it (same values, no
+    rebuild), another filter key or other contents get their own, a killed build is discarded."""
+    mm = str(tmp_path / "mm")
+    a = load_episode_store(tiny, ["x", "y"], memmap_dir=mm)
+    assert not a.memmap_reused and store_dirs(mm) == [os.path.basename(a.memmap_path)]
+    stamp = os.stat(os.path.join(a.memmap_path, "flat.memmap")).st_mtime_ns
+    b = load_episode_store(tiny, ["x", "y"], memmap_dir=mm)
+    assert b.memmap_reused and b.memmap_path == a.memmap_path
+    assert os.stat(os.path.join(a.memmap_path, "flat.memmap")).st_mtime_ns == stamp
+    assert torch.equal(torch.as_tensor(a.flat), torch.as_tensor(b.flat))
+    for k in a.obs_moments:  # the statistics come back from the store exactly
+        for f in ("n", "mean", "sqdiff", "min", "max"):
+            assert np.array_equal(a.obs_moments[k][f], b.obs_moments[k][f])
+    assert a.action_normalization_stats({"actions": {"normalization": "min_max"}})["actions"]["scale"].tolist() == \
+        b.action_normalization_stats({"actions": {"normalization": "min_max"}})["actions"]["scale"].tolist()
+    c = load_episode_store(tiny, ["x", "y"], filter_key="train", memmap_dir=mm)
+    assert not c.memmap_reused and c.memmap_path != a.memmap_path
+    with h5py.File(tiny, "r+") as f:  # other contents, same name and layout
+        f["data/demo_0/obs/x"][0] = [7.0, 7.0]
+    d = load_episode_store(tiny, ["x", "y"], memmap_dir=mm)
+    assert not d.memmap_reused and d.memmap_path not in (a.memmap_path, c.memmap_path)
+    assert float(torch.as_tensor(d.flat)[0, 0]) == 7.0
+    # a build that a killed process left behind is discarded, never taken for a store
+    shutil.rmtree(d.memmap_path)
+    os.makedirs(os.path.join(mm, ".build-" + os.path.basename(d.memmap_path)[6:] + "-999999"))
+    e = load_episode_store(tiny, ["x", "y"], memmap_dir=mm)
+    assert not e.memmap_reused and e.memmap_path == d.memmap_path
+    assert not [n for n in os.listdir(mm) if n.startswith(".build-")]
+
+
+def _load_in_child(path, mm, q):
+    s = load_episode_store(path, ["x", "y"], memmap_dir=mm)
+    q.put((s.memmap_path, s.memmap_reused, torch.as_tensor(s.flat).sum().item()))
+
+
+def test_memmap_store_concurrent_builds_share_one(tiny, tmp_path):
+    """Two processes loading at once (a sweep's jobs): one builds under the lock, the other reuses it."""
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    mm = str(tmp_path / "mm")
+    procs = [ctx.Process(target=_load_in_child, args=(tiny, mm, q)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    out = [q.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert out[0][0] == out[1][0] and sorted(r for _, r, _ in out) == [False, True] and out[0][2] == out[1][2]
+    assert len(store_dirs(mm)) == 1
+
+
+def test_structural_errors_name_demo_and_key(tmp_path):
+    """Refused before anything is allocated, naming the demo and dataset."""
+    p = str(tmp_path / "bad.hdf5")
+    good = {"obs": {"x": np.zeros((3, 2))}, "actions": np.zeros((3, 2))}
+    write_robomimic_hdf5(p, [good, {"obs": {"x": np.zeros((0, 2))}, "actions": np.zeros((0, 2))}])
+    with pytest.raises(DatasetError, match=r"data/demo_1 is empty \(num_samples=0\)"):
+        load_episode_store(p, ["x"], load_next_obs=False)
+    write_robomimic_hdf5(p, [good, {"obs": {"x": np.array([[b"a", b"b"]] * 3)}, "actions": np.zeros((3, 2))}])
+    with pytest.raises(DatasetError, match=r"data/demo_1/obs/x has dtype \|S1"):
+        load_episode_store(p, ["x"], load_next_obs=False)
+    write_robomimic_hdf5(p, [good, {"obs": {"x": np.zeros((2, 2))}, "actions": np.zeros((3, 2))}])
+    with pytest.raises(DatasetError, match=r"data/demo_1/obs/x has 2 rows but num_samples=3"):
+        load_episode_store(p, ["x"], load_next_obs=False)
+    with pytest.raises(DatasetError, match="is a directory"):
+        load_episode_store(str(tmp_path), ["x"])
+
+
+def test_non_demo_groups_warn(tmp_path):
+    p = str(tmp_path / "t.hdf5")
+    write_robomimic_hdf5(p, [{"obs": {"x": np.zeros((3, 2))}, "actions": np.zeros((3, 2))}] * 2)
+    with h5py.File(p, "r+") as f:
+        f["data"].move("demo_1", "traj_7")
+    with pytest.warns(UserWarning, match=r"not named demo_<N> \(traj_7\)"):
+        s = load_episode_store(p, ["x"], load_next_obs=False)
+    assert s.demos == ["demo_0"]

@@ -118,3 +118,34 @@ def test_split_feeds_training(tmp_path, tiny):
                          "train.hdf5_validation_filter_key=valid", *tiny("bc")])
     d = build_data(cfg)
     assert d.train_store.demos == masks(p)["train"] and d.valid_store.demos == masks(p)["valid"]
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ({"obs": {"x": np.zeros((0, 3))}, "actions": np.zeros((0, 2))}, "data/demo_1 is empty (num_samples=0)"),
+    ({"obs": {"x": np.zeros((4, 3))}, "actions": np.zeros((5, 2))}, "data/demo_1/obs/x has 4 rows but num_samples=5"),
+    ({"obs": {"x": np.array([[b"a"] * 3] * 5)}, "actions": np.zeros((5, 2))}, "data/demo_1/obs/x has dtype |S1"),
+    ({"obs": {"x": np.full((5, 3), np.inf)}, "actions": np.zeros((5, 2))}, "data/demo_1/obs/x has NaN or Inf"),
+    ({"obs": {"x": np.zeros((5, 4))}, "actions": np.zeros((5, 2))}, "data/demo_1/obs/x has shape (4,) per step"),
+    ({"obs": {"y": np.zeros((5, 3))}, "actions": np.zeros((5, 2))}, "data/demo_1/obs/x is missing"),
+])
+def test_info_flags_what_training_refuses(bad, expected, tmp_path, capsys):
+    """info lists the problem and exits 2 when training would refuse the file; it reads, never writes."""
+    p = tmp_path / "bad.hdf5"
+    good = {"obs": {"x": np.zeros((5, 3))}, "actions": np.zeros((5, 2))}
+    write_robomimic_hdf5(str(p), [good, bad])
+    before = p.read_bytes()
+    assert main(["info", str(p)]) == 2
+    cap = capsys.readouterr()
+    assert f"ERROR: {p}: {expected}" in cap.out and "training would refuse this file" in cap.err
+    assert len(cap.err.strip().splitlines()) == 1 and p.read_bytes() == before
+
+
+def test_info_warns_about_what_training_skips(tmp_path, capsys):
+    p = tmp_path / "t.hdf5"
+    demo = {"obs": {"x": np.zeros((5, 3))}, "actions": np.zeros((5, 2)), "states": np.zeros((5, 2))}
+    write_robomimic_hdf5(str(p), [demo, dict(demo, states=np.zeros((4, 2)))])
+    with h5py.File(p, "r+") as f:
+        f["data"].move("demo_0", "traj_0")
+    assert main(["info", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "not named demo_<N> (traj_0)" in out and "data/demo_1/states has 4 rows but num_samples=5" in out

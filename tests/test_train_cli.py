@@ -3,6 +3,7 @@ policies, CLI resume equal to an uninterrupted run, SIGKILL during a checkpoint 
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -242,3 +243,109 @@ def test_bad_input_exit_status_from_the_shell(tmp_path):
     assert r.returncode == 2
     assert "did you mean 'train.num_epochs'" in r.stderr
     assert os.listdir(tmp_path) == []
+
+
+def memmap_listing(root):
+    return {sub: sorted(n for n in os.listdir(os.path.join(root, sub)) if not n.startswith(".store-"))
+            for sub in sorted(os.listdir(root))} if os.path.isdir(root) else {}
+
+
+@pytest.mark.slow
+def test_memmap_build_sigkill_then_rerun_resume_and_sweep_reuse(reach_hdf5, tmp_path):
+    """SIGKILL in the middle of the memory-mapped store's build leaves no store that looks finished; the same
+    command then builds it, and a resume and both jobs of a sweep reuse it (no 'already exists')."""
+    args = ["recipe=bc", f"dataset={reach_hdf5}", "train.output_dir=o", *TINY, "train.num_epochs=1",
+            "experiment.logging.log_tb=false", "train.hdf5_memmap_dir=mm"]
+    p = subprocess.Popen([sys.executable, "-m", "modmimic.train", *args], cwd=tmp_path,
+                         env=dict(os.environ, MODMIMIC_TEST_SLOW_MEMMAP="0.5"), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        deadline, killed = time.time() + 120, False
+        while time.time() < deadline and p.poll() is None:
+            if any(n.startswith(".build-") for n in memmap_listing(tmp_path / "mm").get("train", [])):
+                time.sleep(1.0)  # a few demos into the 12 x 0.5 s build
+                p.send_signal(signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.05)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert killed and p.returncode == -signal.SIGKILL
+    (left,) = memmap_listing(tmp_path / "mm")["train"]
+    assert left.startswith(".build-")  # the interrupted build, never renamed into place
+    r = cli(args, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "built the memory-mapped episode store" in r.stdout
+    (store,) = memmap_listing(tmp_path / "mm")["train"]
+    assert store.startswith("store-")
+    flat = tmp_path / "mm" / "train" / store / "flat.memmap"
+    stamp = os.stat(flat).st_mtime_ns
+    r = cli(["resume=true", "train.output_dir=o", "train.num_epochs=2"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "reusing the memory-mapped episode store" in r.stdout
+    (run_dir,) = runs(tmp_path / "o")
+    assert load_checkpoint(os.path.join(run_dir, "models", "last.pth"))["variable_state"]["epoch"] == 2
+    r = cli(["-m", *args, "train.seed=0,1"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("reusing the memory-mapped episode store") == 2
+    assert memmap_listing(tmp_path / "mm")["train"] == [store] and os.stat(flat).st_mtime_ns == stamp
+
+
+def test_resume_without_checkpoint_starts_from_scratch(reach_hdf5, tmp_path, capsys, monkeypatch):
+    """A run that died before its first checkpoint (config.yaml, no models/last.pth): resume=true says so and
+    starts it again, with its config and the new overrides, in a new run directory."""
+    from modmimic.config import save_config_yaml
+    from modmimic.dataset import with_data
+    from modmimic.logger import make_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    cfg = with_data(compose("bc", [f"train.data={reach_hdf5}", "train.output_dir=o", *TINY, "train.seed=7",
+                                   "experiment.logging.log_tb=false"]))
+    dead = make_run_dir(cfg)  # what train() has done when epoch 1 starts
+    save_config_yaml(cfg, os.path.join(dead, "config.yaml"))
+    assert main(["resume=true", "train.output_dir=o", "train.num_epochs=1"]) == 0
+    err = capsys.readouterr().err
+    assert f"{dead} has no checkpoint" in err and "starting it from scratch" in err
+    (new,) = [d for d in runs(tmp_path / "o") if d != dead]
+    ckpt = load_checkpoint(os.path.join(new, "models", "last.pth"))
+    assert ckpt["variable_state"]["epoch"] == 1 and ckpt["config"]["train"]["seed"] == 7
+    # nothing at all to resume is still an error
+    assert main(["resume=true", "train.output_dir=elsewhere"]) == 2
+    assert "no run to resume" in capsys.readouterr().err
+
+
+def test_paths_hydra_cannot_lex_work_unquoted(reach_hdf5, tmp_path, capsys, monkeypatch):
+    """Non-ASCII letters, spaces, parentheses and '=' in a dataset path: quoted for hydra automatically; other
+    unparsable values get a message that shows the quoting."""
+    odd = tmp_path / "données (copie)=1 é.hdf5"
+    shutil.copy(reach_hdf5, odd)
+    monkeypatch.chdir(tmp_path)
+    assert main([f"dataset={odd}", "train.output_dir=o", *TINY, "train.num_epochs=1",
+                 "experiment.logging.log_tb=false"]) == 0
+    assert str(odd) in capsys.readouterr().out
+    assert main([f"dataset={odd}", "experiment.name=café"]) == 2
+    err = capsys.readouterr().err
+    assert "key='value'" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("make, args, expected", [
+    (lambda d: (d / "f").write_text("x"), ["train.output_dir=f"], "train.output_dir="),
+    (lambda d: (d / "f").write_text("x"), ["train.hdf5_memmap_dir=f/mm"], "train.hdf5_memmap_dir="),
+    (lambda d: (d / "dd").mkdir(), ["dataset=dd"], "is a directory"),
+    (lambda d: None, ["train.batch_size=100000000"], "train.batch_size=100000000 needs about"),
+    (lambda d: None, ["experiment.epoch_every_n_steps=0"], "experiment.epoch_every_n_steps must be"),
+    (lambda d: None, ["algo.optim_params.policy.learning_rate.initial=-1"],
+     "algo.optim_params.policy.learning_rate.initial must be a number >= 0"),
+])
+def test_bad_paths_and_values_exit_2_before_training(make, args, expected, reach_hdf5, tmp_path, capsys,
+                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make(tmp_path)
+    before = snapshot(tmp_path)
+    has_data = any(a.startswith("dataset=") for a in args)
+    code = main([*([] if has_data else [f"dataset={reach_hdf5}"]), *TINY, "experiment.logging.log_tb=false", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+    assert snapshot(tmp_path) == before and not os.path.exists(tmp_path / "runs")

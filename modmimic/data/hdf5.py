@@ -7,8 +7,13 @@ given ``memmap_dir``, in a memory-mapped file filled demo by demo (for data larg
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import shutil
+import time
+import warnings
 from dataclasses import dataclass, field
 
 import h5py
@@ -16,7 +21,10 @@ import numpy as np
 import torch
 
 from modmimic import keys as K
+from modmimic.data import check as C
 from modmimic.data import stats as S
+
+MEMMAP_FORMAT = 1  # bump when the store's file layout changes: older stores are then rebuilt, never misread
 
 
 class DatasetError(ValueError):
@@ -24,8 +32,9 @@ class DatasetError(ValueError):
 
 
 def open_hdf5(path: str) -> h5py.File:
-    if not os.path.exists(path):
-        raise DatasetError(f"dataset file not found: {path}")
+    problem = C.path_problem(path)
+    if problem:
+        raise DatasetError(problem)
     try:
         return h5py.File(path, "r")
     except OSError as e:
@@ -41,18 +50,21 @@ def _demo_sort_key(name: str) -> int:
 
 def list_demos(f: h5py.File, filter_key: str | None = None, path: str = "") -> list[str]:
     """Demo names in robomimic's order, optionally restricted to ``mask/<filter_key>``."""
-    if "data" not in f:
+    if not isinstance(f.get("data"), h5py.Group):
         raise DatasetError(f"{path}: no 'data' group; not a robomimic dataset")
     if filter_key is not None:
-        if "mask" not in f or filter_key not in f["mask"]:
-            have = sorted(f["mask"].keys()) if "mask" in f else []
+        if not isinstance(f.get("mask"), h5py.Group) or not isinstance(f["mask"].get(filter_key), h5py.Dataset):
+            have = sorted(f["mask"].keys()) if isinstance(f.get("mask"), h5py.Group) else []
             raise DatasetError(f"{path}: filter key {filter_key!r} not found in mask/ (available: {have})")
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(f["mask"][filter_key])]
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(f["mask"][filter_key]).ravel()]
         missing = [n for n in names if n not in f["data"]]
         if missing:
             raise DatasetError(f"{path}: mask/{filter_key} names demos that do not exist: {missing[:5]}")
     else:
         names = [n for n in f["data"].keys() if n.startswith("demo")]
+        skipped = C.skipped_warning(path, [n for n in C.skipped_groups(f["data"]) if not n.startswith("demo")])
+        if skipped:
+            warnings.warn(skipped, stacklevel=2)
     return sorted(names, key=_demo_sort_key)
 
 
@@ -63,10 +75,18 @@ def read_env_meta(path: str) -> dict:
         raw = f["data"].attrs.get("env_args")
         if raw is None:
             return {}
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path}: data.attrs['env_args'] is not valid JSON: {e}") from None
+        return parse_env_args(raw, path)
+
+
+def parse_env_args(raw, path: str) -> dict:
+    """``data.attrs['env_args']``: a JSON object (robomimic's environment metadata)."""
+    try:
+        out = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: data.attrs['env_args'] is not valid JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(out, dict):
+        raise DatasetError(f"{path}: data.attrs['env_args'] is {type(out).__name__} JSON, expected an object")
+    return out
 
 
 def read_model_file(demo: h5py.Group) -> str | None:
@@ -109,6 +129,8 @@ class EpisodeStore:
     env_meta: dict = field(default_factory=dict)
     obs_moments: dict = field(default_factory=dict)
     action_moments: dict = field(default_factory=dict)
+    memmap_path: str | None = None  # the memory-mapped store's directory, when there is one
+    memmap_reused: bool = False  # True when an earlier run built it (same file contents, filter key and layout)
 
     @property
     def num_samples(self) -> int:
@@ -168,13 +190,14 @@ def load_episode_store(
         if demo_limit is not None:
             demos = demos[:demo_limit]
         if not demos:
-            raise DatasetError(f"{path}: no demos" + (f" in mask/{filter_key}" if filter_key else ""))
+            others = C.skipped_groups(f["data"])
+            raise DatasetError(f"{path}: no demos" + (f" in mask/{filter_key}" if filter_key else "") +
+                               (f"; data/ holds {', '.join(sorted(others)[:5])}, not named demo_<N>" if others else ""))
         data = f["data"]
-        lengths = []
-        for d in demos:
-            if "num_samples" not in data[d].attrs:
-                raise DatasetError(f"{path}: data/{d} has no 'num_samples' attribute")
-            lengths.append(int(data[d].attrs["num_samples"]))
+        errors, _ = C.check_demos(f, demos, path, keys=[])  # num_samples of every demo
+        if errors:
+            raise DatasetError(_summary(errors))
+        lengths = [int(np.asarray(data[d].attrs["num_samples"]).reshape(())) for d in demos]
         first = data[demos[0]]
 
         # --- column layout from the first demo -----------------------------------------------------------
@@ -204,6 +227,12 @@ def load_episode_store(
                     if name not in data[d]:
                         raise DatasetError(f"{path}: data/{d} has no {name!r}, which this recipe needs")
 
+        # every dataset this load reads: present, numeric, one row per step, in every demo (before allocating)
+        rels = [rel for _, rel, _ in float_entries + uint8_entries] + list(action_keys)
+        errors, _ = C.check_demos(f, demos, path, keys=rels + (["rewards", "dones"] if load_rewards else []))
+        if errors:
+            raise DatasetError(_summary(errors))
+
         columns, width = {}, 0
         for key, _, shape in float_entries:
             n = int(np.prod(shape))
@@ -217,14 +246,6 @@ def load_episode_store(
             width += 2
 
         n_total = sum(lengths)
-        if memmap_dir is not None:
-            from tensordict import MemoryMappedTensor
-
-            os.makedirs(memmap_dir, exist_ok=True)
-            flat = MemoryMappedTensor.empty((n_total, width), dtype=torch.float32,
-                                            filename=os.path.join(memmap_dir, "flat.memmap"))
-        else:
-            flat = torch.empty((n_total, width), dtype=torch.float32)
         uint8 = {key: torch.empty((n_total, *shape), dtype=torch.uint8) for key, _, shape in uint8_entries}
 
         obs_moments = {k: None for k in obs_keys if K.obs(k) in columns}
@@ -246,43 +267,153 @@ def load_episode_store(
                     f"{path}: data/{demo_name}/{rel} has shape {tuple(arr.shape[1:])} per step, expected {shape}")
             return arr
 
+        def hdf5_name(key, col):
+            """The dataset inside a demo that column ``col`` of batch key ``key`` comes from."""
+            for k, rel, _ in float_entries:
+                if k == key:
+                    return rel
+            if key == K.ACTION:
+                a = columns[K.ACTION][0]
+                for name, dim in zip(action_keys, act_dims):
+                    if col < a + dim:
+                        return name
+                    a += dim
+            return "rewards" if key == K.REWARD else "dones"
+
+        def fill_flat(flat):
+            for d, L, o in zip(demos, lengths, offsets):
+                rows = slice(int(o), int(o) + L)
+                block = np.empty((L, width), dtype=np.float32)
+                pending = []  # (moments dict, key, array): merged once the block is known to be finite
+                for key, rel, shape in float_entries:
+                    arr = read(d, rel, L, shape).reshape(L, -1)
+                    a, b, _ = columns[key]
+                    block[:, a:b] = arr
+                    if key[0] == K.OBS:
+                        pending.append((obs_moments, key[1], arr))
+                a = columns[K.ACTION][0]
+                for name, dim in zip(action_keys, act_dims):
+                    arr = read(d, name, L, None).reshape(L, -1)
+                    if arr.shape[1] != dim:
+                        raise DatasetError(
+                            f"{path}: data/{d}/{name} has {arr.shape[1]} dims, demo {demos[0]} has {dim}")
+                    block[:, a:a + dim] = arr
+                    pending.append((act_moments, name, arr))
+                    a += dim
+                if load_rewards:
+                    block[:, columns[K.REWARD][0]] = read(d, "rewards", L, None).reshape(L)
+                    block[:, columns[K.DONE][0]] = read(d, "dones", L, None).reshape(L)
+                bad = ~np.isfinite(block)
+                if bad.any():
+                    col = int(np.nonzero(bad.any(axis=0))[0][0])
+                    row = int(np.nonzero(bad[:, col])[0][0])
+                    key = next(k for k, (s, e, _) in columns.items() if s <= col < e)
+                    raise DatasetError(f"{path}: data/{d}/{hdf5_name(key, col)} has NaN or Inf values "
+                                       f"(batch key {key}, row {row}); training on them would diverge: fix or drop the demo")
+                for moments_of, k, arr in pending:
+                    moments_of[k] = S.merge_moments(moments_of[k], S.moments(arr))
+                flat[rows] = torch.from_numpy(block)
+                _test_slow_memmap(flat)
+
+        layout = {"format": MEMMAP_FORMAT, "demos": demos, "lengths": lengths, "width": width,
+                  "columns": {repr(k): [a, b, list(sh)] for k, (a, b, sh) in columns.items()},
+                  "filter_key": filter_key, "action_keys": action_keys}
+        memmap_path, reused = None, False
+        if memmap_dir is None:
+            flat = torch.empty((n_total, width), dtype=torch.float32)
+            fill_flat(flat)
+        else:
+            flat, memmap_path, reused, moments = memmap_store(path, memmap_dir, layout, (n_total, width), fill_flat,
+                                                              lambda: (obs_moments, act_moments))
+            obs_moments, act_moments = moments
         for d, L, o in zip(demos, lengths, offsets):
             rows = slice(int(o), int(o) + L)
-            block = np.empty((L, width), dtype=np.float32)
-            for key, rel, shape in float_entries:
-                arr = read(d, rel, L, shape).reshape(L, -1)
-                a, b, _ = columns[key]
-                block[:, a:b] = arr
-                if key[0] == K.OBS:
-                    obs_moments[key[1]] = S.merge_moments(obs_moments[key[1]], S.moments(arr))
-            a = columns[K.ACTION][0]
-            for name, dim in zip(action_keys, act_dims):
-                arr = read(d, name, L, None).reshape(L, -1)
-                if arr.shape[1] != dim:
-                    raise DatasetError(f"{path}: data/{d}/{name} has {arr.shape[1]} dims, demo {demos[0]} has {dim}")
-                block[:, a:a + dim] = arr
-                act_moments[name] = S.merge_moments(act_moments[name], S.moments(arr))
-                a += dim
-            if load_rewards:
-                block[:, columns[K.REWARD][0]] = read(d, "rewards", L, None).reshape(L)
-                block[:, columns[K.DONE][0]] = read(d, "dones", L, None).reshape(L)
-            bad = ~np.isfinite(block)
-            if bad.any():
-                col = int(np.nonzero(bad.any(axis=0))[0][0])
-                name = next(str(k) for k, (s, e, _) in columns.items() if s <= col < e)
-                raise DatasetError(f"{path}: data/{d} has NaN or Inf values in {name} "
-                                   f"(row {int(np.nonzero(bad[:, col])[0][0])})")
-            flat[rows] = torch.from_numpy(block)
             for key, rel, shape in uint8_entries:
                 uint8[key][rows] = torch.from_numpy(read(d, rel, L, shape))
-        env_meta = {}
         raw = data.attrs.get("env_args")
-        if raw is not None:
-            try:
-                env_meta = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}: data.attrs['env_args'] is not valid JSON: {e}") from None
+        env_meta = {} if raw is None else parse_env_args(raw, path)
     return EpisodeStore(
         path=path, demos=demos, lengths=torch.tensor(lengths, dtype=torch.int64),
         offsets=torch.from_numpy(offsets), flat=flat, columns=columns, uint8=uint8, obs_keys=obs_keys,
-        action_keys=action_keys, env_meta=env_meta, obs_moments=obs_moments, action_moments=act_moments)
+        action_keys=action_keys, env_meta=env_meta, obs_moments=obs_moments, action_moments=act_moments,
+        memmap_path=memmap_path, memmap_reused=reused)
+
+
+def _summary(errors: list[str]) -> str:
+    more = f" (and {len(errors) - 3} more problems)" if len(errors) > 3 else ""
+    return "; ".join(errors[:3]) + more
+
+
+def _test_slow_memmap(flat) -> None:
+    """``MODMIMIC_TEST_SLOW_MEMMAP=<seconds>``: pause after each demo written to a memory-mapped store (tests kill
+    the process in the middle of a build)."""
+    delay = float(os.environ.get("MODMIMIC_TEST_SLOW_MEMMAP", "0") or 0)
+    if delay > 0 and type(flat) is not torch.Tensor:  # a MemoryMappedTensor
+        time.sleep(delay)
+
+
+def file_digest(path: str) -> str:
+    """BLAKE2b of the file's bytes (about 1 s per GB)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "blake2b").hexdigest()
+
+
+def memmap_store(path: str, memmap_dir: str, layout: dict, shape: tuple, fill, moments):
+    """The float buffer of an episode store in a memory-mapped file under ``memmap_dir``, keyed by the dataset's
+    contents (its BLAKE2b) and ``layout`` (demos, lengths, columns, filter key, action keys): the directory
+    ``store-<key>/`` holds ``flat.memmap`` and ``meta.npz`` (the statistics). A store that exists is reused as is;
+    otherwise ``fill(flat)`` writes it in ``.build-<key>-<pid>/``, renamed into place when complete, so a killed
+    build never leaves a store that looks finished. An exclusive lock on ``.store-<key>.lock`` makes concurrent jobs
+    (a sweep) build it once and share it. Returns ``(flat, store dir, reused, (obs moments, action moments))``."""
+    from tensordict import MemoryMappedTensor
+
+    try:
+        os.makedirs(memmap_dir, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(f"cannot create the memory-mapped store directory {memmap_dir} "
+                           f"(train.hdf5_memmap_dir): {e.strerror or e}") from None
+    key = hashlib.blake2b(json.dumps([file_digest(path), layout], sort_keys=True).encode(), digest_size=12).hexdigest()
+    final = os.path.join(memmap_dir, f"store-{key}")
+    with open(os.path.join(memmap_dir, f".store-{key}.lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the process ends, killed or not
+        try:
+            if not os.path.isdir(final):
+                for stale in os.listdir(memmap_dir):  # builds of this key that a killed process left behind
+                    if stale.startswith(f".build-{key}-"):
+                        shutil.rmtree(os.path.join(memmap_dir, stale), ignore_errors=True)
+                tmp = os.path.join(memmap_dir, f".build-{key}-{os.getpid()}")
+                os.makedirs(tmp)
+                flat = MemoryMappedTensor.empty(shape, dtype=torch.float32, filename=os.path.join(tmp, "flat.memmap"))
+                fill(flat)
+                obs_m, act_m = moments()
+                _save_moments(os.path.join(tmp, "meta.npz"), obs_m, act_m)
+                with open(os.path.join(tmp, "layout.json"), "w") as f:
+                    json.dump({"dataset": path, **layout}, f)
+                del flat
+                os.rename(tmp, final)
+                reused = False
+            else:
+                reused = True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    flat = MemoryMappedTensor.from_filename(os.path.join(final, "flat.memmap"), dtype=torch.float32, shape=shape)
+    return flat, final, reused, _load_moments(os.path.join(final, "meta.npz"))
+
+
+def _save_moments(path: str, obs_m: dict, act_m: dict) -> None:
+    arrays = {}
+    for group, ms in (("obs", obs_m), ("act", act_m)):
+        for k, m in ms.items():
+            for field_name, v in m.items():
+                arrays[f"{group}|{k}|{field_name}"] = np.asarray(v)
+    np.savez(path, **arrays)
+
+
+def _load_moments(path: str) -> tuple[dict, dict]:
+    out = {"obs": {}, "act": {}}
+    with np.load(path, allow_pickle=False) as z:
+        for name in z.files:
+            group, k, field_name = name.split("|")
+            v = z[name]
+            out[group].setdefault(k, {})[field_name] = int(v) if field_name == "n" else v
+    return out["obs"], out["act"]
