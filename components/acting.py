@@ -70,37 +70,132 @@ class Recurrent:
         return action
 
 
-class Context:
-    """Rolling context of the last ``context_length`` observations per environment (the frame-stack wrapper of
-    robomimic, kept inside the policy): at a reset the first observation fills the context, as robomimic's
-    ``FrameStackWrapper`` does. Acts with the network output at the last step (the first with
-    ``pred_future_acs``)."""
+class Chunked:
+    """Action-chunk execution, the one acting path of every chunking policy (Diffusion Policy, ACT, BC-Transformer
+    with ``pred_future_acs``).
 
-    def __init__(self, nets, net: str = "policy", context_length: int = 10, pred_future_acs: bool = False):
-        self.nets, self.net, self.K, self.pred_future_acs = nets, net, int(context_length), pred_future_acs
-        self.ctx, self.fresh = None, None
+    ``Chunked(nets, net: str, action_horizon: int, obs_horizon: int = 1, start: int = 0,
+    temporal_ensemble: bool = False, ensemble_k: float = 0.01)``
+
+    * The network ``nets[net]`` exposes ``predict_chunk(td) -> [B, Tp, A]``: ``td`` is a ``[B, obs_horizon]``
+      TensorDict of the last ``obs_horizon`` observations of each environment, oldest first (a ``[B]`` TensorDict of
+      the current observation when ``obs_horizon == 1``), with the same keys as the acting batch (observation and
+      goal groups). It is called under ``torch.no_grad`` (``get_action``) on the rows that re-plan, in env order.
+    * Observation history: per environment, the last ``obs_horizon`` observations; at an episode start the first
+      observation fills all of them (robomimic's ``FrameStackWrapper``).
+    * Execution: chunk index ``start`` is the current step (Diffusion Policy: ``To - 1``; ACT: 0). The actions
+      ``chunk[:, start : start + action_horizon]`` are executed one per step, then the environment re-plans on its
+      next step. ``Tp >= start + action_horizon`` is required.
+    * Temporal ensembling (ACT), ``temporal_ensemble=True``: every environment re-plans every step; the chunk
+      predicted ``j`` steps ago proposes its action ``start + j`` for the current step (``j < action_horizon``);
+      the action is the weighted mean of the proposals of every chunk predicted since the episode started, with
+      weights ``exp(-ensemble_k * i)`` normalised, ``i = 0`` the oldest proposal.
+    * ``reset(B)`` starts every environment afresh; ``reset(B, done)`` only those where the bool mask ``done`` is
+      True: their history, queued actions and ensemble are dropped; the other environments continue unchanged.
+    """
+
+    def __init__(self, nets, net: str, action_horizon: int, obs_horizon: int = 1, start: int = 0,
+                 temporal_ensemble: bool = False, ensemble_k: float = 0.01):
+        if action_horizon < 1 or obs_horizon < 1 or start < 0:
+            raise ValueError(f"chunked acting needs action_horizon >= 1, obs_horizon >= 1 and start >= 0, got "
+                             f"{action_horizon}, {obs_horizon}, {start}")
+        self.nets, self.net = nets, net
+        self.Ta, self.To, self.start = int(action_horizon), int(obs_horizon), int(start)
+        self.temporal_ensemble, self.ensemble_k = bool(temporal_ensemble), float(ensemble_k)
+        self.ctx = self.fresh = None
+        self.plan = self.cursor = None  # [B, Ta, A] queued actions, [B] next index (Ta: exhausted)
+        self.props = self.valid = None  # ensemble: [B, Ta, A] proposals by age j, [B, Ta] which exist
 
     def reset(self, batch_size: int, done: torch.Tensor | None = None) -> None:
         if done is None or self.fresh is None or len(self.fresh) != batch_size:
-            self.ctx, self.fresh = None, torch.ones(batch_size, dtype=torch.bool)
+            self.ctx = self.plan = self.cursor = self.props = self.valid = None
+            self.fresh = torch.ones(batch_size, dtype=torch.bool)
         else:
             self.fresh = self.fresh | done.cpu()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def _history(self, td: TensorDict) -> TensorDict:
+        """Push the current observation into each environment's history; the ``[B, To]`` window (``[B]``: To=1)."""
+        if self.To == 1:
+            return td
+        B = td.batch_size[0]
+        step = td.unsqueeze(1)
+        filled = step.expand(B, self.To)
+        if self.ctx is None:
+            self.ctx = filled.clone()
+        else:
+            fresh = self.fresh.to(td.device)[:, None].expand(B, self.To)
+            self.ctx = torch.where(fresh, filled, torch.cat([self.ctx[:, 1:], step], dim=1))
+        return self.ctx
+
+    def _chunk(self, window: TensorDict) -> torch.Tensor:
+        chunk = self.nets[self.net].predict_chunk(window)
+        if chunk.dim() != 3 or chunk.shape[1] < self.start + self.Ta:
+            raise ValueError(f"{self.net}.predict_chunk returned shape {tuple(chunk.shape)}: chunked acting needs "
+                             f"[B, Tp, A] with Tp >= start + action_horizon = {self.start + self.Ta}")
+        return chunk[:, self.start:self.start + self.Ta]
 
     def __call__(self, td: TensorDict) -> torch.Tensor:
         B = td.batch_size[0]
         if self.fresh is None or len(self.fresh) != B:
             self.reset(B)
-        step = td.unsqueeze(1)
-        if self.ctx is None:
-            self.ctx = step.expand(B, self.K).clone()
-        else:
-            fresh = self.fresh.to(td.device)
-            filled = step.expand(B, self.K)
-            shifted = torch.cat([self.ctx[:, 1:], step], dim=1)
-            self.ctx = torch.where(fresh[:, None].expand(B, self.K), filled, shifted)
+        window = self._history(td)
+        fresh = self.fresh
         self.fresh = torch.zeros(B, dtype=torch.bool)
-        out = self.nets[self.net].act(self.ctx)
-        return out[:, 0] if self.pred_future_acs else out[:, -1]
+        if self.temporal_ensemble:
+            return self._ensemble(self._chunk(window), fresh)
+        if self.plan is None:
+            self.cursor = torch.full((B,), self.Ta, dtype=torch.long)
+        self.cursor[fresh] = self.Ta
+        due = self.cursor >= self.Ta
+        if bool(due.all()):
+            self.plan = self._chunk(window)
+        elif bool(due.any()):
+            rows = due.nonzero().squeeze(1)
+            self.plan[rows.to(self.plan.device)] = self._chunk(window[rows.to(td.device)])
+        self.cursor[due] = 0
+        action = self.plan[torch.arange(B, device=self.plan.device), self.cursor.to(self.plan.device)]
+        self.cursor += 1
+        return action
+
+    def _ensemble(self, chunk: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        """``chunk`` ``[B, Ta, A]`` predicted now; the proposal of the chunk of age ``j`` is its action ``j``."""
+        B, Ta, _ = chunk.shape
+        dev = chunk.device
+        if self.props is None:
+            self.props = chunk.new_zeros(B, Ta, Ta, chunk.shape[-1])
+            self.valid = torch.zeros(B, Ta, dtype=torch.bool, device=dev)
+        keep = ~fresh.to(dev)[:, None]
+        self.props = torch.cat([chunk[:, None], self.props[:, :-1]], dim=1)  # [B, age j, offset, A]
+        self.valid = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=dev), self.valid[:, :-1] & keep], dim=1)
+        ages = torch.arange(Ta, device=dev)
+        proposals = self.props[:, ages, ages]  # [B, Ta, A]: age j proposes its action j
+        # exp(-k * i) with i = 0 the oldest of the n proposals is exp(-k * (n - 1 - j)), proportional to exp(k * j)
+        w = torch.exp(self.ensemble_k * (ages - (Ta - 1)).to(chunk.dtype)) * self.valid
+        w = w / w.sum(dim=1, keepdim=True)
+        return (w[..., None] * proposals).sum(dim=1)
+
+
+class Context(Chunked):
+    """BC-Transformer acting (robomimic ``BC_Transformer.get_action``): a rolling context of the last
+    ``context_length`` observations per environment (filled with the first observation at a reset, robomimic's
+    ``FrameStackWrapper``). The network's output over the context ``[B, T, A]`` is its chunk
+    (``net.predict_chunk``, :meth:`~modmimic.components.nets.policy.Policy.predict_chunk`): robomimic acts with the
+    last step, or with the first with ``pred_future_acs`` (the current step's action; the later steps are the
+    future actions, executed when ``action_horizon > 1`` or ensembled). A :class:`Chunked` path with
+    ``obs_horizon = context_length`` and ``start = 0 if pred_future_acs else context_length - 1``."""
+
+    def __init__(self, nets, net: str = "policy", context_length: int = 10, pred_future_acs: bool = False,
+                 action_horizon: int = 1, temporal_ensemble: bool = False, ensemble_k: float = 0.01):
+        if action_horizon > 1 and not pred_future_acs:
+            raise ValueError("act.action_horizon > 1 executes future actions: it needs "
+                             "algo.transformer.pred_future_acs=true (and supervise_all_steps)")
+        super().__init__(nets, net, action_horizon, obs_horizon=context_length,
+                         start=0 if pred_future_acs else context_length - 1,
+                         temporal_ensemble=temporal_ensemble, ensemble_k=ensemble_k)
+        self.K, self.pred_future_acs = int(context_length), pred_future_acs
 
 
 class SampleSelect:

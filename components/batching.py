@@ -55,6 +55,24 @@ def transformer_window(batch, context_length: int, supervise_all_steps: bool = F
     return out
 
 
+@declare(reads=[K.ACTION])
+def horizon_window(batch, obs_horizon: int, prediction_horizon: int, frame_stack: int):
+    """Diffusion Policy (robomimic ``DiffusionPolicyUNet.process_batch_for_training``): windows sampled with
+    ``train.frame_stack = To`` and ``train.seq_length = Tp`` (``To - 1 + Tp`` steps from ``t - To + 1``) ->
+    a ``[B]`` batch of observations ``[B, To, ...]`` (steps ``t - To + 1 .. t``, goals likewise) and the action
+    chunk ``[B, Tp, A]`` (steps ``t - To + 1 .. t + Tp - To``): chunk index ``To - 1`` is the current step ``t``."""
+    B, T = batch.batch_size
+    if frame_stack != obs_horizon or T < obs_horizon - 1 + prediction_horizon:
+        raise ValueError(f"windows of {T} steps with train.frame_stack={frame_stack} do not hold To={obs_horizon} "
+                         f"observations ending at the current step and Tp={prediction_horizon} actions: set "
+                         "train.frame_stack = algo.horizon.observation_horizon and train.seq_length = "
+                         "algo.horizon.prediction_horizon")
+    out = {K.OBS: batch.get(K.OBS)[:, :obs_horizon], K.ACTION: batch.get(K.ACTION)[:, :prediction_horizon]}
+    if K.GOAL in batch.keys():
+        out[K.GOAL] = batch.get(K.GOAL)[:, :obs_horizon]
+    return TensorDict(out, batch_size=[B], device=batch.device)
+
+
 # --- offline RL: n-step transitions ------------------------------------------------------------------------------
 
 DISCOUNT = (K.NEXT, "discount")  # [B, 1] float: the bootstrap discount of each transition (gamma ** steps)

@@ -26,7 +26,7 @@ from torch import nn
 
 from modmimic import keys as K
 from modmimic import trust as _trust
-from modmimic.program import (Call, NonFiniteLossError, Prepare, Program, Update, check_keys, run_step,
+from modmimic.program import (Call, NonFiniteLossError, Prepare, Program, Update, check_keys, ema_decay, run_step,
                               soft_update)
 from modmimic.config import ConfigError, closest, obs_keys, to_plain
 
@@ -117,6 +117,20 @@ def awac_recipe_from_flags(algo_config) -> str:
     if adv.num_action_samples < 1:
         raise ConfigError(f"algo.adv.num_action_samples must be >= 1, got {adv.num_action_samples}")
     return "awac"
+
+
+@register_algo_factory_func("diffusion_policy")
+def diffusion_policy_recipe_from_flags(algo_config) -> str:
+    """robomimic's dispatch (``unet.enabled``), plus the transformer denoiser robomimic leaves unimplemented."""
+    unet = bool(algo_config.get("unet") and algo_config.unet.enabled)
+    tr = bool(algo_config.get("transformer") and algo_config.transformer.enabled)
+    if unet == tr:
+        raise ConfigError("diffusion_policy: enable exactly one denoiser, algo.unet.enabled or "
+                          f"algo.transformer.enabled (got unet={unet}, transformer={tr})")
+    if bool(algo_config.ddpm.enabled) == bool(algo_config.ddim.enabled):
+        raise ConfigError("diffusion_policy: enable exactly one noise scheduler, algo.ddpm.enabled or "
+                          "algo.ddim.enabled")
+    return "diffusion_policy" if unet else "diffusion_transformer"
 
 
 @register_algo_factory_func("gl")
@@ -415,6 +429,12 @@ class Builder:
                                   f"(nets: {list(nets)})")
             nets[name] = copy.deepcopy(nets[src]).requires_grad_(False).eval()
             p.targets[_join(scope, name)] = (_join(scope, src), float(spec.get("tau", 0.005)))
+            if spec.get("ema") is not None:  # an EMA of the weights with a step-dependent decay (Diffusion Policy)
+                ema = to_plain(spec.ema)
+                if not ema.pop("enabled", True):
+                    ema["max_decay"] = 0.0  # EMA off: the target follows its source exactly
+                check_kwargs(ema_decay, {"step": 0, **ema}, where(f"targets.{name}.ema"))
+                p.ema[_join(scope, name)] = ema
 
     def _build_optimizers(self, config, scope) -> None:
         p = self.program
@@ -749,7 +769,7 @@ class Algo:
     @torch.no_grad()
     def soft_update(self, target: str) -> None:
         """Polyak: ``target <- (1 - tau) * target + tau * source``."""
-        soft_update(self.program, ".".join((*self.scope, target)))
+        soft_update(self.program, ".".join((*self.scope, target)), self._step)
 
     def on_gradient_step(self) -> None:
         """Per-batch LR schedules step inside :meth:`train_on_batch` (part of the program's step)."""

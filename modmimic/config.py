@@ -21,6 +21,10 @@ STRUCTURE_SECTIONS = ("batch", "nets", "targets", "prepare", "losses", "updates"
 DATA_REQUIREMENTS = ("rewards", "next_obs")  # what a recipe may declare under ``requires``
 
 
+# ``${minus:a,b}`` = a - b: a recipe value derived from another (Diffusion Policy acts from chunk index To - 1)
+OmegaConf.register_new_resolver("minus", lambda a, b: int(a) - int(b), replace=True)
+
+
 class ConfigError(ValueError):
     """A configuration is invalid: unknown key, wrong type, unknown recipe, or an inconsistent combination."""
 
@@ -449,7 +453,7 @@ def validate(cfg: DictConfig, where: str = "") -> None:
         raise ConfigError(f"algo.{where}rnn.horizon ({a.rnn.horizon}) is longer than train.seq_length "
                           f"({t.seq_length}): the RNN would act on longer sequences than it was trained on")
     tr = a.get("transformer")
-    if tr is not None and tr.get("enabled") and tr.context_length != t.frame_stack:
+    if tr is not None and tr.get("enabled") and "context_length" in tr and tr.context_length != t.frame_stack:
         raise ConfigError(f"algo.{where}transformer.context_length ({tr.context_length}) must equal "
                           f"train.frame_stack ({t.frame_stack})")
     sh = a.get("subgoal_horizon")

@@ -103,6 +103,7 @@ class Program:
     schedulers: dict = field(default_factory=dict)  # path -> LR scheduler or None
     per_batch: dict = field(default_factory=dict)  # path -> True when its scheduler steps every batch
     targets: dict = field(default_factory=dict)  # path -> (source path, tau)
+    ema: dict = field(default_factory=dict)  # path -> EMA schedule kwargs of ema_decay (tau = 1 - decay(step))
     batch: list = field(default_factory=list)  # [(scope, Call)]
     steps: list = field(default_factory=list)
     components: dict = field(default_factory=dict)  # scope path ("actor", "value_planner.value") -> log prefix
@@ -188,7 +189,7 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
         d = loss.detach()
         totals[s.prefix] = d if s.prefix not in totals else totals[s.prefix] + d
         if not validate and s.optimizers:
-            _backward_and_step(program, s, loss, info)
+            _backward_and_step(program, s, loss, info, step)
     if totals:
         total, nested = None, {}
         for prefix, t in totals.items():
@@ -216,7 +217,7 @@ def _check_finite(terms, epoch, step) -> None:
             raise NonFiniteLossError(f"loss {name!r} (update {update!r}) is {t.item()} at epoch {epoch}, step {step}")
 
 
-def _backward_and_step(program: Program, u: Update, loss, info: dict) -> None:
+def _backward_and_step(program: Program, u: Update, loss, info: dict, step: int = 0) -> None:
     opts = [program.optimizers[o] for o in u.optimizers]
     for opt in opts:
         opt.zero_grad(set_to_none=True)
@@ -236,12 +237,25 @@ def _backward_and_step(program: Program, u: Update, loss, info: dict) -> None:
     for path, opt in zip(u.optimizers, opts):
         program.opt_step.get(path, opt.step)()
     for t in u.targets:
-        soft_update(program, t)
+        soft_update(program, t, step)
+
+
+def ema_decay(step: int, power: float = 0.75, inv_gamma: float = 1.0, min_decay: float = 0.0,
+              max_decay: float = 0.9999, update_after_step: int = 0) -> float:
+    """The decay of an EMA target at its update after ``step`` earlier ones (the training step counter):
+    ``k = max(0, step - update_after_step - 1)``; 0 when ``k == 0`` (the first two updates copy the weights), else
+    ``clamp(1 - (1 + k / inv_gamma) ** -power, min_decay, max_decay)``. This is diffusers' ``EMAModel`` of the
+    version robomimic pins (0.11.1, defaults inv_gamma 1, min 0, max 0.9999) and Diffusion Policy's own."""
+    k = max(0, int(step) - int(update_after_step) - 1)
+    if k <= 0:
+        return 0.0
+    return max(min_decay, min(1.0 - (1.0 + k / inv_gamma) ** -power, max_decay))
 
 
 @torch.no_grad()
-def soft_update(program: Program, target: str) -> None:
-    """Polyak: ``target <- (1 - tau) * target + tau * source`` (buffers copied)."""
+def soft_update(program: Program, target: str, step: int | None = None) -> None:
+    """Polyak: ``target <- (1 - tau) * target + tau * source`` (buffers copied). An EMA target
+    (``program.ema``) uses ``tau = 1 - ema_decay(step, ...)`` at training step ``step``."""
     pairs = program._polyak.get(target)
     if pairs is None:  # listing a module's parameters costs more than the lerp of small nets: list them once
         src, tau = program.targets[target]
@@ -249,6 +263,10 @@ def soft_update(program: Program, target: str) -> None:
         pairs = program._polyak[target] = (list(t.parameters()), list(s.parameters()), tau,
                                            list(zip(t.buffers(), s.buffers())))
     tp, sp, tau, bufs = pairs
+    if target in program.ema:
+        if step is None:
+            raise ValueError(f"EMA target {target!r}: its decay depends on the training step; pass step")
+        tau = 1.0 - ema_decay(step, **program.ema[target])
     torch._foreach_lerp_(tp, sp, tau)
     for tb, sb in bufs:
         tb.copy_(sb)

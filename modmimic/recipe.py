@@ -77,7 +77,8 @@ def explain_text(algo) -> str:
     for path, m in flat.items():
         if path in p.targets:
             src, tau = p.targets[path]
-            lines.append(f"  {path:28} target of {src}, polyak tau {tau:g}")
+            lines.append(f"  {path:28} target of {src}, " + (_ema_text(p.ema[path]) if path in p.ema
+                                                                     else f"polyak tau {tau:g}"))
             continue
         n = sum(x.numel() for x in m.parameters() if x.requires_grad)
         lines.append(f"  {path:28} {type(m).__name__:18} {n:>10,}")
@@ -113,7 +114,8 @@ def explain_text(algo) -> str:
             if s.max_grad_norm is not None else ""
         lines.append(f"        -> steps {moves}{clip}")
         for t in s.targets:
-            lines.append(f"        -> polyak {t} <- {p.targets[t][0]} (tau {p.targets[t][1]:g})")
+            lines.append(f"        -> polyak {t} <- {p.targets[t][0]} (" + (_ema_text(p.ema[t]) if t in p.ema
+                                                                               else f"tau {p.targets[t][1]:g}") + ")")
     lines.append("")
     act = to_plain(cfg.act)
     lines.append(f"acting: {_spec_text(act)}")
@@ -121,6 +123,13 @@ def explain_text(algo) -> str:
         if v is not None:
             lines.append(f"value query {k}: {_spec_text(v)}")
     return "\n".join(lines)
+
+
+def _ema_text(ema: dict) -> str:
+    if ema.get("max_decay", 0.9999) == 0.0:
+        return "EMA off (copy every step)"
+    return (f"EMA, decay 1 - (1 + k)^-{ema.get('power', 0.75):g} clamped to <= {ema.get('max_decay', 0.9999):g}, "
+            "k = step - 1")
 
 
 def _spec_text(spec) -> str:

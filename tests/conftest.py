@@ -21,8 +21,8 @@ REQUIRED = {"bcq_distributional": ["algo.critic.value_bounds=[0.0,1.0]"]}
 
 
 def tiny_overrides(recipe: str) -> list[str]:
-    """Overrides that shrink every network of ``recipe`` (layer lists -> [16], hidden/embedding sizes -> 16, one
-    layer, two heads) and observe the reach dataset's keys; generic so that later recipes get them too."""
+    """Overrides that shrink every network of ``recipe`` (layer lists -> [16], UNet levels -> [16, 32],
+    hidden/embedding sizes -> 16, one layer, two heads) and observe the reach dataset's keys; generic so that later recipes get them too."""
     from omegaconf import DictConfig, ListConfig
 
     from modmimic.config import default_config
@@ -40,11 +40,13 @@ def tiny_overrides(recipe: str) -> list[str]:
             elif isinstance(v, ListConfig):
                 if str(k).endswith("layer_dims") and len(v) > 0:
                     out.append(f"{path}=[16]")
-            elif k in ("hidden_dim", "embed_dim") and isinstance(v._value(), int):
+                elif k == "down_dims":  # diffusion UNet levels (GroupNorm: multiples of n_groups=8)
+                    out.append(f"{path}=[16,32]")
+            elif k in ("hidden_dim", "embed_dim", "n_emb", "diffusion_step_embed_dim") and isinstance(v._value(), int):
                 out.append(f"{path}=16")
-            elif k == "num_layers" and isinstance(v._value(), int):
+            elif k in ("num_layers", "n_layer") and isinstance(v._value(), int):
                 out.append(f"{path}=1")
-            elif k == "num_heads" and isinstance(v._value(), int):
+            elif k in ("num_heads", "n_head") and isinstance(v._value(), int):
                 out.append(f"{path}=2")
 
     walk(cfg.algo, "algo.")

@@ -16,7 +16,7 @@ from modmimic.trainer import (build_data, make_run_dir, resume_config, run_epoch
                               with_data)
 from modmimic.algo import algo_factory  # noqa: E402
 
-FAST_RESUME = ["bc", "bc_rnn", "bc_transformer", "hbc", "iris", "awac"]  # awac: offline RL, sampling prepare steps
+FAST_RESUME = ["bc", "bc_rnn", "bc_transformer", "hbc", "iris", "awac", "diffusion_policy"]  # awac: offline RL, sampling prepare steps
 
 
 def optim_params_paths(cfg, prefix="algo"):

@@ -80,6 +80,12 @@ class Policy(nn.Module):
     def act(self, td):
         return self.head.act(self.features(td)[0])
 
+    def predict_chunk(self, td):
+        """The evaluation actions over a ``[B, T]`` observation window, ``[B, T, A]`` (``[B, 1, A]`` for a ``[B]``
+        batch): a transformer's per-step outputs as the chunk of :class:`~modmimic.components.acting.Chunked`."""
+        a = self.act(td)
+        return a.unsqueeze(1) if a.dim() == 2 else a
+
     # --- step-wise inference (recurrent backbones) -------------------------------------------------------
     def initial_state(self, batch_size: int, device=None):
         return self.backbone.initial_state(batch_size, device)
