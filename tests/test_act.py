@@ -1,12 +1,14 @@
 """ACT (``act`` recipe): network shapes, the masked L1 + KL loss against hand computations, deterministic chunk
 prediction, learning on the reach data, checkpoint round trip, settings errors, and acting through the shared
 chunk acting path (``acting.Chunked``, branch diffusion: those tests run once it has merged)."""
+import json
 import math
 import os
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensordict import TensorDict
 
 from modmimic import keys as K
@@ -205,19 +207,21 @@ def test_checkpoint_round_trip_same_chunks(reach_hdf5, tmp_path):
 
 
 def test_bad_settings_name_their_keys():
-    for override, key in [("algo.act.num_heads=3", "algo.act.embed_dim"), ("algo.act.chunk_size=0", "algo.act.chunk_size"),
-                          ("algo.act.vae.latent_dim=0", "algo.act.vae.latent_dim"),
-                          ("algo.act.kl_weight=-1", "algo.act.kl_weight"),
-                          ("algo.act.dropout=1.5", "algo.act.dropout")]:
-        with pytest.raises(ConfigError, match=key):
-            cfg = act_config(override, "train.seq_length=8")
+    base = act_config("train.seq_length=8")
+    for key, value, message in [("algo.act.num_heads", 3, "algo.act.embed_dim"),
+                                ("algo.act.chunk_size", 0, "algo.act.chunk_size"),
+                                ("algo.act.vae.latent_dim", 0, "algo.act.vae.latent_dim"),
+                                ("algo.act.kl_weight", -1.0, "algo.act.kl_weight"),
+                                ("algo.act.dropout", 1.5, "algo.act.dropout"),
+                                ("algo.act.decoder.layers", 2, r"algo.act.decoder: unknown keys \['layers'\]")]:
+        cfg = base.copy()
+        OmegaConf.update(cfg, key, value, force_add=True)
+        with pytest.raises(ConfigError, match=message):
             algo_factory("act", cfg, SHAPES, 2)
     with pytest.raises(ConfigError, match="algo.act.chunk_size"):
         compose("act", [*SMALL, "train.seq_length=4"])
     with pytest.raises(ConfigError, match="frame_stack must be 1"):
         compose("act", [*SMALL, "train.frame_stack=2"])
-    with pytest.raises(ConfigError, match=r"algo.act.decoder: unknown keys \['layers'\]"):
-        algo_factory("act", act_config("+algo.act.decoder.layers=2"), SHAPES, 2)
 
 
 def test_shipped_recipe_builds_once_chunked_exists():
@@ -273,7 +277,9 @@ def test_act_learns_lift(tmp_path):
                        timeout=3600)
     assert r.returncode == 0, r.stderr[-3000:]
     (ckpt,) = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "o") for f in fs if f == "last.pth"]
-    e = subprocess.run([sys.executable, "-m", "modmimic.eval", f"checkpoint={ckpt}", "episodes=20", "horizon=200"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=3600)
+    e = subprocess.run([sys.executable, "-m", "modmimic.eval", f"checkpoint={ckpt}", "episodes=20", "horizon=200",
+                        "num_envs=2", "json=summary.json"], cwd=tmp_path, capture_output=True, text=True, timeout=3600)
     assert e.returncode == 0, e.stderr[-3000:]
-    assert "Success_Rate" in e.stdout
+    s = json.load(open(tmp_path / "summary.json"))
+    # not yet measured (acting.Chunked had not merged when this was written): BC reaches >= 0.85 on these demos
+    assert s["Success_Rate"] >= 0.7, f"ACT on 200 scripted Lift demos: {s['Num_Success']}/20 successes"
