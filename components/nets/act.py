@@ -97,7 +97,8 @@ class ACT(nn.Module):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown algo.act.activation {activation!r}: expected one of {sorted(_ACTIVATIONS)}")
         self.inputs = [(tuple(k) if isinstance(k, (list, tuple)) else k, tuple(s)) for k, s in inputs]
-        self.chunk_size, self.ac_dim, self.latent_dim, self.embed_dim = int(chunk_size), int(ac_dim), latent_dim, embed_dim
+        self.chunk_size, self.ac_dim = int(chunk_size), int(ac_dim)
+        self.latent_dim, self.embed_dim = int(latent_dim), int(embed_dim)
         layer = lambda: EncoderLayer(embed_dim, num_heads, hidden_dim, dropout, activation)  # noqa: E731
 
         # posterior encoder q(z | actions, obs): [CLS, obs, a_0 .. a_{k-1}] with fixed sinusoidal positions
