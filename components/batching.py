@@ -73,6 +73,24 @@ def horizon_window(batch, obs_horizon: int, prediction_horizon: int, frame_stack
     return TensorDict(out, batch_size=[B], device=batch.device)
 
 
+@declare(reads=[K.ACTION, K.MASK])
+def action_chunk(batch, chunk_size: int, frame_stack: int = 1):
+    """Action-chunking policies (ACT): ``[B, T]`` windows -> a ``[B]`` batch of the window's first step (its
+    observation, goal, ...) whose ``action`` is the chunk of the next ``chunk_size`` actions ``[B, chunk_size, A]``
+    and whose ``("collector", "mask")`` ``[B, chunk_size]`` is False where the chunk runs past the demo's end (the
+    sampler repeats the last step there). Needs ``train.seq_length >= chunk_size`` and ``train.frame_stack = 1``."""
+    if frame_stack != 1:
+        raise ValueError(f"action chunks start at the current observation: train.frame_stack must be 1, got "
+                         f"{frame_stack}")
+    if batch.batch_dims != 2 or batch.batch_size[1] < chunk_size:
+        raise ValueError(f"action chunks of {chunk_size} steps need [B, T >= {chunk_size}] windows, got batch size "
+                         f"{tuple(batch.batch_size)}: set train.seq_length = algo.act.chunk_size")
+    out = batch[:, 0]
+    out.set(K.ACTION, batch.get(K.ACTION)[:, :chunk_size])
+    out.set(K.MASK, batch.get(K.MASK)[:, :chunk_size])
+    return out
+
+
 # --- offline RL: n-step transitions ------------------------------------------------------------------------------
 
 DISCOUNT = (K.NEXT, "discount")  # [B, 1] float: the bootstrap discount of each transition (gamma ** steps)

@@ -133,6 +133,27 @@ def diffusion_policy_recipe_from_flags(algo_config) -> str:
     return "diffusion_policy" if unet else "diffusion_transformer"
 
 
+@register_algo_factory_func("act")
+def act_recipe_from_flags(algo_config) -> str:
+    """ACT (not in robomimic): its settings checked before anything is built."""
+    a = algo_config.act
+    for k in ("chunk_size", "embed_dim", "num_heads", "hidden_dim", "num_layers", "decoder.num_layers",
+              "vae.num_layers", "vae.latent_dim"):
+        v = OmegaConf.select(a, k)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"algo.act.{k} must be a positive int, got {v!r}")
+    if a.embed_dim % a.num_heads:
+        raise ConfigError(f"algo.act.embed_dim ({a.embed_dim}) must be divisible by algo.act.num_heads "
+                          f"({a.num_heads})")
+    if not 0.0 <= a.dropout < 1.0:
+        raise ConfigError(f"algo.act.dropout must be in [0, 1), got {a.dropout}")
+    if not a.kl_weight >= 0:
+        raise ConfigError(f"algo.act.kl_weight must be >= 0, got {a.kl_weight}")
+    if not math.isfinite(a.temporal_ensemble_k):
+        raise ConfigError(f"algo.act.temporal_ensemble_k must be a finite number, got {a.temporal_ensemble_k}")
+    return "act"
+
+
 @register_algo_factory_func("gl")
 def gl_recipe_from_flags(algo_config) -> str:
     """robomimic's GL dispatch: the VAE planner when ``algo.vae.enabled`` (its default), else the deterministic one."""

@@ -456,6 +456,15 @@ def validate(cfg: DictConfig, where: str = "") -> None:
     if tr is not None and tr.get("enabled") and "context_length" in tr and tr.context_length != t.frame_stack:
         raise ConfigError(f"algo.{where}transformer.context_length ({tr.context_length}) must equal "
                           f"train.frame_stack ({t.frame_stack})")
+    ch = a.get("act")
+    if isinstance(ch, DictConfig) and "chunk_size" in ch:  # action chunking (ACT): windows hold the whole chunk
+        if not isinstance(ch.chunk_size, int) or not 1 <= ch.chunk_size <= t.seq_length:
+            raise ConfigError(f"algo.{where}act.chunk_size ({ch.chunk_size!r}) must be an int in [1, "
+                              f"train.seq_length] (train.seq_length={t.seq_length}): set train.seq_length = "
+                              "algo.act.chunk_size")
+        if t.frame_stack != 1:
+            raise ConfigError(f"algo.{where}act: action chunks start at the current observation; train.frame_stack "
+                              f"must be 1, got {t.frame_stack}")
     sh = a.get("subgoal_horizon")
     if sh is not None and (not isinstance(sh, int) or isinstance(sh, bool) or not 1 <= sh <= t.seq_length):
         raise ConfigError(f"algo.{where}subgoal_horizon ({sh!r}) must be an int in [1, train.seq_length] "
