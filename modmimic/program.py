@@ -109,6 +109,7 @@ class Program:
     disabled: set = field(default_factory=set)
     data_keys: list = field(default_factory=list)
     opt_step: dict = field(default_factory=dict)  # compiled optimizer steps (train.compile)
+    grad_sync: object = None  # grad_sync(program, update) after each backward (data-parallel: modmimic.distributed)
     _polyak: dict = field(default_factory=dict)
 
     def net(self, path: str) -> nn.Module:
@@ -221,6 +222,8 @@ def _backward_and_step(program: Program, u: Update, loss, info: dict) -> None:
     for opt in opts:
         opt.zero_grad(set_to_none=True)
     loss.backward()
+    if program.grad_sync is not None:  # average the gradients over the ranks before clipping and stepping
+        program.grad_sync(program, u)
     if u.max_grad_norm is not None:
         net = program.net(u.optimizers[0])
         if u.clip_per_member and hasattr(net, "clip_grad_norm_per_member_"):
