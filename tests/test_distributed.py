@@ -103,15 +103,23 @@ def train_steps(group, recipe, path, overrides, steps=STEPS):
             "optim": {k: o.state_dict()["state"] for k, o in algo.optimizers.items()}, "windows": batches}
 
 
-@pytest.mark.parametrize("recipe", list(RECIPES))
+def _steps_and_grad_average(group, recipe, path, overrides):
+    return {**train_steps(group, recipe, path, overrides), "grads": _grad_average(group)}
+
+
+# one process start costs ~20-40 s on the shared 2-core CI machine: BC is fast, the rest slow
+@pytest.mark.parametrize("recipe", [r if r == "bc" else pytest.param(r, marks=pytest.mark.slow) for r in RECIPES])
 def test_two_ranks_equal_one_process_on_the_union_batch(recipe, reach_hdf5, tmp_path, tiny):
     overrides = [*tiny(recipe), *RECIPES[recipe]]
-    r0, r1 = spawn(train_steps, (recipe, reach_hdf5, overrides), tmp_path)
+    r0, r1 = spawn(_steps_and_grad_average, (recipe, reach_hdf5, overrides), tmp_path)
+    for r in (r0, r1):  # gradient averaging itself: missing gradients count as zero, none anywhere stays None
+        assert torch.equal(r["grads"]["a"], torch.full((3,), 1.5))  # (1 + 2) / 2
+        assert torch.equal(r["grads"]["b"], torch.full((3,), 2.0))  # (0 + 4) / 2
+        assert r["grads"]["none"]
     one = train_steps(distributed.SINGLE, recipe, reach_hdf5, overrides)
     for w0, w1, w in zip(r0["windows"], r1["windows"], one["windows"]):  # disjoint slices of the same batch
         assert torch.equal(torch.cat([w0, w1]), w)
     assert one["nets"].keys() == r0["nets"].keys()
-    moved = 0
     for k, v in one["nets"].items():
         assert torch.equal(r0["nets"][k], r1["nets"][k]), f"{k} differs between the ranks"
         torch.testing.assert_close(r0["nets"][k], v, rtol=0, atol=1e-6, msg=k)
@@ -134,13 +142,6 @@ def _grad_average(group):
     return {"a": a.grad, "b": b.grad, "none": c.grad is None}
 
 
-def test_average_grads_counts_missing_gradients_as_zero(tmp_path):
-    for r in spawn(_grad_average, (), tmp_path):
-        assert torch.equal(r["a"], torch.full((3,), 1.5))  # (1 + 2) / 2
-        assert torch.equal(r["b"], torch.full((3,), 2.0))  # (0 + 4) / 2
-        assert r["none"]
-
-
 # --- the training loop on 2 processes --------------------------------------------------------------------------
 
 def _train_runs(group, common):
@@ -154,6 +155,7 @@ def _train_runs(group, common):
             "epoch": resumed["epoch"], "rng": torch.get_rng_state()}
 
 
+@pytest.mark.slow
 def test_two_rank_training_resume_is_bit_exact_and_rank0_writes(reach_hdf5, tmp_path, tiny):
     from modmimic.policy import load_checkpoint
     from modmimic.trainer import train
@@ -200,6 +202,7 @@ def _train_with_batch(group, cfg_overrides):
     return {"error": ""}
 
 
+@pytest.mark.slow
 def test_batch_size_must_split_over_the_ranks(reach_hdf5, tmp_path, tiny):
     r0, r1 = spawn(_train_with_batch, ([f"train.data={reach_hdf5}", f"train.output_dir={tmp_path}",
                                         "train.batch_size=7", "train.num_epochs=1", *tiny("bc")],), tmp_path)
@@ -217,6 +220,7 @@ def _evaluate(group, ckpt, episodes):
     return {"summary": {k: v for k, v in s.items() if isinstance(v, (int, float))}, "episodes": s["episodes"]}
 
 
+@pytest.mark.slow
 def test_distributed_evaluation_equals_serial(reach_hdf5, tmp_path, tiny):
     from modmimic.eval import evaluate
     from modmimic.trainer import train
@@ -231,7 +235,6 @@ def test_distributed_evaluation_equals_serial(reach_hdf5, tmp_path, tiny):
     assert [e["index"] for e in r0["episodes"]] == list(range(7))
     for k in ("Success_Rate", "Num_Success", "Return", "Horizon"):
         assert r0["summary"][k] == r1["summary"][k] == serial[k]
-    assert 0 < serial["Num_Success"] < 7 or serial["Num_Success"] in (0, 7)  # the counts are compared above
 
 
 def test_episode_share_splits_by_index():
@@ -239,3 +242,23 @@ def test_episode_share_splits_by_index():
     assert distributed.episode_share(8, g) == [1, 4, 7]
     assert sorted(i for r in range(3) for i in distributed.episode_share(8, distributed.Group(rank=r, world=3))) \
         == list(range(8))
+
+
+@pytest.mark.slow
+def test_torchrun_cli_end_to_end(reach_hdf5, tmp_path, tiny):
+    """``torchrun --nproc-per-node 2 -m modmimic.train``: exit 0, one run directory, rank 0's log only."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+                        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "modmimic.train",
+                        f"dataset={reach_hdf5}", f"train.output_dir={tmp_path}", "train.batch_size=8",
+                        "train.num_epochs=2", "experiment.epoch_every_n_steps=3", "experiment.logging.log_tb=false",
+                        *tiny("bc")], capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = os.listdir(tmp_path / "test")
+    log = (tmp_path / "test" / run / "logs" / "log.txt").read_text()
+    assert log.count("epoch 2/2") == 1
+    assert len((tmp_path / "test" / run / "logs" / "metrics.jsonl").read_text().splitlines()) == 2
