@@ -641,6 +641,17 @@ def _unnest(nested: dict, path: str):
     return d
 
 
+def autocast_of(config, device):
+    """``train.amp``: None (full precision) or ``bf16`` (a factory of bfloat16 autocast contexts on ``device``)."""
+    amp = config.train.get("amp")
+    if amp in (None, "none", "None", False):
+        return None
+    if amp != "bf16":
+        raise ConfigError(f"train.amp must be null or bf16, got {amp!r}")
+    dev = torch.device(device).type
+    return lambda: torch.autocast(dev, dtype=torch.bfloat16)
+
+
 class Algo:
     """A recipe compiled into a :class:`~modmimic.program.Program`, with robomimic's ``Algo`` methods.
 
@@ -679,6 +690,8 @@ class Algo:
         self._step = 0
         self.check_finite = True
         self._fresh_batch = None
+        if _view is None:
+            program.autocast = autocast_of(config, self.device)
         if _view is None and config.train.get("compile", False):
             self.compile()
 
@@ -775,16 +788,21 @@ class Algo:
         """``train.compile``: every prepare and loss function, and every optimizer step, through ``torch.compile``
         (the backward of a compiled loss is compiled too). The first steps are slow while graphs compile."""
         backend = self.config.train.get("compile_backend", "inductor")
+        kw = {}
+        if self.config.train.get("cuda_graphs", False):  # CUDA graphs of the compiled steps (cudagraph trees)
+            if self.device.type != "cuda":
+                raise ConfigError(f"train.cuda_graphs=true needs device=cuda (got {self.device})")
+            kw["mode"] = "reduce-overhead"
         for c in self.program.calls():
             if not getattr(c.fn, "_modmimic_compiled", False):
-                c.fn = torch.compile(c.fn, backend=backend)
+                c.fn = torch.compile(c.fn, backend=backend, **kw)
                 c.fn._modmimic_compiled = True
         # every optimizer's step is the same code object guarded on the instance: allow one graph per optimizer
         import torch._dynamo as dynamo  # (binds only ``dynamo``: a bare ``import torch._dynamo`` shadows ``torch``)
 
         cfg = dynamo.config
         cfg.recompile_limit = max(cfg.recompile_limit, 8 * len(self.program.optimizers) + 8)
-        self.program.opt_step.update({k: torch.compile(o.step, backend=backend)
+        self.program.opt_step.update({k: torch.compile(o.step, backend=backend, **kw)
                                       for k, o in self.program.optimizers.items()})
 
     @torch.no_grad()

@@ -5,6 +5,9 @@ Works with any recipe: the policy is rebuilt by ``policy_from_checkpoint`` and t
 env metadata. Prints the success rate with a 95 % (Wilson) confidence interval, the mean return and episode length,
 and episodes per second. ``num_envs=K`` plays K episodes at a time in K worker processes with one batched policy
 call per step; episode ``i`` always starts from ``seed + i``, so the results do not depend on K.
+Under ``torchrun --nproc-per-node N -m modmimic.eval ...`` the episodes are split over the processes (episode ``i``
+on process ``i mod N``, still from ``seed + i``) and gathered on rank 0, which prints and writes the results (and
+renders the video of its own episodes): the same episodes, hence the same success rate, as one process.
 ``video=<out.mp4>`` writes an MP4 (offscreen EGL rendering), ``write_dataset=<out.hdf5>`` the rollouts as a
 robomimic dataset (actions, rewards, dones, states, model_file, obs, next_obs), ``json=<out.json>`` the summary and
 every episode.
@@ -122,14 +125,24 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
              device: str = "cpu", video: str | None = None, video_skip: int = 5, video_size: int = 512,
              video_episodes: int | None = None, camera: str | None = None, write_dataset: str | None = None,
              timeout: float = 120.0, on_episode=None, json_path: str | None = None, overwrite: bool = False,
-             trusted_modules=None) -> dict:
+             trusted_modules=None, group=None) -> dict:
     """Evaluate a checkpoint (path or loaded dict). Returns the summary (:func:`modmimic.rollout.summarize` plus
     ``Episodes_per_Second``, ``Wall_Seconds``, ``env_name``, ``horizon``) with ``episodes``: one dict per episode.
     ``write_dataset`` must not exist unless ``overwrite``; ``trusted_modules``: see
-    :func:`modmimic.policy.policy_from_checkpoint`."""
+    :func:`modmimic.policy.policy_from_checkpoint`. ``group``: the processes that share the episodes (default: every
+    process of a torchrun launch, see :mod:`modmimic.distributed`); every rank returns the whole summary, rank 0
+    writes the files."""
     import torch
 
+    from modmimic import distributed
+
     check_overwrite(write_dataset, overwrite)
+    if group is None:
+        group = distributed.setup(torch.device(device))
+        device = str(group.device)
+    record = write_dataset is not None  # every rank records; rank 0 writes the gathered episodes
+    if not group.is_main:
+        video = json_path = write_dataset = None
 
     from modmimic.envs import EnvError
     from modmimic.policy import policy_from_checkpoint
@@ -151,12 +164,14 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             eps = rollout(policy, env_meta, episodes, horizon, seed=seed, num_envs=num_envs,
-                          terminate_on_success=terminate_on_success, record=write_dataset is not None,
+                          terminate_on_success=terminate_on_success, record=record,
                           video_path=video, video_skip=video_skip, video_size=(video_size, video_size),
                           camera_name=camera, video_episodes=video_episodes, on_episode=on_episode, timeout=timeout,
-                          env_name=env)
+                          env_name=env, indices=distributed.episode_share(episodes, group) if group.active else None)
     finally:
         torch.set_num_threads(threads)
+    eps = distributed.gather_episodes(eps, group)
+    group.close()  # a process group this call created (torchrun); one made by the caller stays
     wall = time.perf_counter() - t0
     out = summarize(eps)
     out.update(Wall_Seconds=wall, Episodes_per_Second=len(eps) / wall, env_name=env or env_meta.get("env_name"),
@@ -231,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
         check_package()
         a = parse_args(argv)
-        quiet = a.pop("quiet")
+        quiet = a.pop("quiet") or int(os.environ.get("RANK", "0") or 0) > 0  # torchrun: rank 0 prints
 
         def on_episode(e):
             if not quiet:
@@ -243,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'s' if a['num_envs'] > 1 else ''}, seeds {a['seed']}..{a['seed'] + a['episodes'] - 1}",
                   flush=True)
         s = evaluate(a.pop("checkpoint"), json_path=a.pop("json"), on_episode=on_episode, **a)
+        if int(os.environ.get("RANK", "0") or 0) > 0:
+            return 0
         print(f"{s['env_name']}, horizon {s['horizon']}:\n{format_summary(s)}", flush=True)
         return 0
     except BaseException as e:  # noqa: BLE001 - every failure becomes a message and an exit status

@@ -18,6 +18,7 @@ produced by the data or an earlier step.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 
@@ -110,6 +111,8 @@ class Program:
     disabled: set = field(default_factory=set)
     data_keys: list = field(default_factory=list)
     opt_step: dict = field(default_factory=dict)  # compiled optimizer steps (train.compile)
+    grad_sync: object = None  # grad_sync(program, update) after each backward (data-parallel: modmimic.distributed)
+    autocast: object = None  # context factory around prepare and loss calls (train.amp=bf16); backward outside it
     _polyak: dict = field(default_factory=dict)
 
     def net(self, path: str) -> nn.Module:
@@ -163,10 +166,11 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
     ``"Loss"`` for the whole step. ``check_finite``: before an update steps anything, a NaN/Inf among its loss terms
     raises :class:`NonFiniteLossError` naming the term (one host sync per update; logging never syncs)."""
     info, totals, terms = {}, {}, []
+    autocast = program.autocast or contextlib.nullcontext
     for s in program.steps:
         part = _part(batch, s.scope)
         if isinstance(s, Prepare):
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 for c in s.calls:
                     _write(part, c, c(part, epoch, step))
             continue
@@ -174,7 +178,8 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
             continue
         loss = None
         for lname, call, weight in s.losses:
-            out = call(part, epoch, step)
+            with autocast():
+                out = call(part, epoch, step)
             term = out.pop("loss")
             if call.writes:
                 _write(part, call, {k: out.pop(k) for k in list(out) if K.as_key(k) in call.writes})
@@ -222,6 +227,8 @@ def _backward_and_step(program: Program, u: Update, loss, info: dict, step: int 
     for opt in opts:
         opt.zero_grad(set_to_none=True)
     loss.backward()
+    if program.grad_sync is not None:  # average the gradients over the ranks before clipping and stepping
+        program.grad_sync(program, u)
     if u.max_grad_norm is not None:
         net = program.net(u.optimizers[0])
         if u.clip_per_member and hasattr(net, "clip_grad_norm_per_member_"):

@@ -124,9 +124,13 @@ def _trajectory(s: _Slot) -> dict:
 def run_episodes(policy, envs, n: int, horizon: int, seed: int | None = 0, terminate_on_success: bool = True,
                  record: bool = False, initial_states: list | None = None, video=None, video_skip: int = 5,
                  video_size: tuple = (512, 512), camera_name: str | None = None, video_episodes: int | None = None,
-                 on_episode=None) -> list[Episode]:
+                 on_episode=None, indices: list | None = None) -> list[Episode]:
     """Play ``n`` episodes with ``policy`` (a :class:`modmimic.policy.RolloutPolicy`) in ``envs`` (a
     :class:`~modmimic.envs.vector.LocalEnvs` or :class:`~modmimic.envs.vector.WorkerEnvs`).
+
+    ``indices``: play only these episodes of the ``n`` (distributed evaluation: rank ``r`` of ``N`` plays
+    ``r, r + N, ...``); episode ``i`` starts from ``seed + i`` (or ``initial_states[i]``) as always, so the union of
+    the ranks' episodes is the serial evaluation's.
 
     ``video``: a :class:`~modmimic.envs.video.VideoWriter`; frames every ``video_skip`` steps of the first
     ``video_episodes`` episodes (all when None), appended episode by episode. ``on_episode(episode)`` is called as
@@ -138,6 +142,12 @@ def run_episodes(policy, envs, n: int, horizon: int, seed: int | None = 0, termi
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     if initial_states is not None and len(initial_states) < n:
         raise ValueError(f"{n} episodes but only {len(initial_states)} initial states")
+    order = list(range(n)) if indices is None else [int(i) for i in indices]
+    if any(not 0 <= i < n for i in order):
+        raise ValueError(f"episode indices {order} must lie in [0, {n})")
+    if not order:
+        return []
+    n = len(order)
     K = len(envs)
     obs_keys = list(policy.policy.obs_shapes)
     slots: list[_Slot | None] = [None] * K
@@ -157,7 +167,7 @@ def run_episodes(policy, envs, n: int, horizon: int, seed: int | None = 0, termi
 
     def send_start(j: int) -> None:
         nonlocal next_index
-        i = next_index
+        i = order[next_index]
         next_index += 1
         ep_seed = None if seed is None or initial_states is not None else int(seed) + i
         slots[j] = _Slot(i, ep_seed, time.perf_counter())
@@ -246,9 +256,11 @@ def rollout(policy, env_meta: dict, n: int, horizon: int, seed: int | None = 0, 
             terminate_on_success: bool = True, record: bool = False, video_path: str | None = None,
             video_skip: int = 5, video_size: tuple = (512, 512), camera_name: str | None = None,
             video_episodes: int | None = None, initial_states: list | None = None, on_episode=None,
-            timeout: float = 120.0, env_name: str | None = None) -> list[Episode]:
+            timeout: float = 120.0, env_name: str | None = None, indices: list | None = None) -> list[Episode]:
     """:func:`run_episodes` in freshly made environments (closed afterwards): ``num_envs == 1`` in this process,
-    more in worker processes."""
+    more in worker processes. ``indices``: play only these of the ``n`` episodes (see :func:`run_episodes`)."""
+    if indices is not None and not list(indices):
+        return []
     from modmimic.envs.video import VideoWriter
 
     make_kwargs = {"render": video_path is not None}
@@ -262,7 +274,7 @@ def rollout(policy, env_meta: dict, n: int, horizon: int, seed: int | None = 0, 
         return run_episodes(policy, envs, n, horizon, seed=seed, terminate_on_success=terminate_on_success,
                             record=record, initial_states=initial_states, video=video, video_skip=video_skip,
                             video_size=video_size, camera_name=camera_name, video_episodes=video_episodes,
-                            on_episode=on_episode)
+                            on_episode=on_episode, indices=indices)
     finally:
         if video is not None:
             video.close()
@@ -438,11 +450,16 @@ class TrainingRollouts:
     change training. With ``experiment.render_video`` an MP4 per rollout epoch goes to
     ``<run dir>/videos/<env>_epoch_<e>.mp4`` (:attr:`videos` maps env name to the latest). Progress (episodes,
     successes, episodes/s) is shown while it runs (``progress``: None = a bar when stderr is a terminal, else lines;
-    False = nothing). Returns ``{env name: {"Success_Rate", "Return", "Horizon", ..., "Time_Episode"}}``."""
+    False = nothing). Returns ``{env name: {"Success_Rate", "Return", "Horizon", ..., "Time_Episode"}}``.
 
-    def __init__(self, num_envs: int = 1, progress=None):
+    ``group`` (a :class:`modmimic.distributed.Group`, data-parallel training): episode ``i`` is played on rank
+    ``i mod N``, the episodes are gathered, and every rank returns the summary of all of them (rank 0 renders the
+    video of its episodes)."""
+
+    def __init__(self, num_envs: int = 1, progress=None, group=None):
         self.num_envs = num_envs
         self.progress = progress
+        self.group = group
         self.envs = None
         self.env_name = None
         self.videos: dict = {}
@@ -483,11 +500,15 @@ class TrainingRollouts:
         if self.envs is None:
             self._make(cfg, env_meta)
         r = cfg.experiment.rollout
+        from modmimic import distributed
+
+        group = self.group or distributed.SINGLE
         video = None
-        if cfg.experiment.render_video and run_dir is not None:
+        if cfg.experiment.render_video and run_dir is not None and group.is_main:
             video = VideoWriter(os.path.join(run_dir, "videos", f"{self.env_name}_epoch_{epoch}.mp4"))
-        progress = RolloutProgress(int(r.n), desc=f"epoch {epoch}/{cfg.train.num_epochs} rollout {self.env_name}",
-                                   bar=self.progress, enabled=self.progress is not False)
+        share = distributed.episode_share(int(r.n), group)
+        progress = RolloutProgress(len(share), desc=f"epoch {epoch}/{cfg.train.num_epochs} rollout {self.env_name}",
+                                   bar=self.progress, enabled=self.progress is not False and group.is_main)
         t0 = time.perf_counter()
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # a batch of a few observations: one thread is fastest
@@ -497,7 +518,8 @@ class TrainingRollouts:
                 eps = run_episodes(policy, self.envs, int(r.n), int(r.horizon),
                                    seed=TRAIN_ROLLOUT_SEED + int(cfg.train.seed),
                                    terminate_on_success=bool(r.terminate_on_success), video=video,
-                                   video_skip=int(cfg.experiment.video_skip), on_episode=progress)
+                                   video_skip=int(cfg.experiment.video_skip), on_episode=progress,
+                                   indices=share if group.active else None)
         finally:
             torch.set_num_threads(threads)
             progress.close()
@@ -505,6 +527,7 @@ class TrainingRollouts:
                 video.close()
         if video is not None and video.frames:
             self.videos[self.env_name] = video.path
+        eps = distributed.gather_episodes(eps, group)
         m = summarize(eps)
         m["Time_Episode"] = (time.perf_counter() - t0) / 60 / max(1, len(eps))
         return {self.env_name: m}

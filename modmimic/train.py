@@ -13,6 +13,7 @@ status: 2 for bad input (configuration, dataset, checkpoint), 1 for failures whi
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -346,6 +347,23 @@ def _task(overrides: list[str], multirun: bool, cfg=None):
         sys.exit(code)
 
 
+def without_hydra(overrides: list[str]) -> list[str]:
+    """A job's overrides without hydra's own (``hydra/launcher=joblib``, ``hydra.launcher.n_jobs=4``): those
+    configure the sweep, not the run."""
+    return [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+
+
+def record_job(sweep_dir: str, num: int, overrides: list[str], result) -> None:
+    """``<sweep dir>/jobs/<num>.json``: a sweep job's overrides and run directory (None when it failed), which
+    ``python -m modmimic.report <sweep dir>`` tabulates."""
+    from modmimic.io import atomic_write_text
+
+    os.makedirs(os.path.join(sweep_dir, "jobs"), exist_ok=True)
+    run_dir = None if not result else result.get("run_dir")
+    atomic_write_text(os.path.join(sweep_dir, "jobs", f"{int(num)}.json"),
+                      json.dumps({"num": int(num), "overrides": list(overrides), "run_dir": run_dir}))
+
+
 def recipe_keys(args: list[str]) -> list[str]:
     """``recipe=<path.yaml>`` (also in a sweep list) -> ``recipe=<registered key>``: hydra's config group holds the
     recipe file under a name (see :func:`modmimic.config.recipe_key`); names pass unchanged."""
@@ -374,6 +392,8 @@ def _run_hydra(args: list[str], cfg=None) -> None:
         hc = HydraConfig.get()
         multirun = hc.mode == RunMode.MULTIRUN
         result = _task(list(hc.overrides.task), multirun, None if multirun else cfg)
+        if multirun:
+            record_job(hc.sweep.dir, hc.job.num, list(hc.overrides.task), result)
         return None if result is None else result.get("best_valid_loss")
 
     argv0 = sys.argv[0]
@@ -396,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # compose and validate every job before anything runs
         check_package()
         jobs = sweep_combinations(overrides) if multirun else [overrides]
-        cfgs = [build_config(job) for job in jobs]
+        cfgs = [build_config(without_hydra(job)) for job in jobs]
     except BaseException as e:  # noqa: BLE001
         return report(e)
     _FAILURES.clear()

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from modmimic import distributed
 from modmimic.algo import Algo, NonFiniteLossError, algo_factory
 from modmimic.config import ConfigError, all_obs_keys, compose, finalize, save_config_yaml, to_plain
 from modmimic.data.default import default_dataset_path
@@ -652,8 +653,12 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     check_package()  # a folder named modmimic/ shadowing the package would fail only when a checkpoint is written
     cfg = with_data(cfg)
     device = device_of(cfg)
+    group = distributed.setup(device)  # torchrun: one process per device, rank 0 does the I/O
+    device = group.device
+    distributed.check_batch_size(cfg.train.batch_size, group)
     resume = bool(cfg.get("resume")) or bool(cfg.get("resume_dir"))
     run_dir = find_run_dir(cfg.train.output_dir, cfg.experiment.name, cfg.get("resume_dir")) if resume else None
+    run_dir = group.broadcast_object(run_dir)
     ckpt = load_checkpoint(os.path.join(run_dir, RUN_MARKER)) if resume else None
     if resume and not ckpt.get("trainer_state"):
         raise CheckpointError(f"{run_dir}/{RUN_MARKER} has no trainer state (not written by modmimic.train); "
@@ -663,7 +668,7 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
         check_dir_creatable(cfg.train.output_dir, "train.output_dir")
     seed_everything(int(cfg.train.seed))
     try:
-        data = build_data(cfg, device)
+        data = distributed.build_data_shared(build_data, cfg, device, group)
     except DatasetError as e:
         raise obs_key_hint(e, cfg, dataset_entry(cfg)["path"] or default_dataset_path()) from None
     # a resumed run's config was read back from its run directory: its callables resolve only in trusted modules
@@ -686,6 +691,10 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     best = {"valid_loss": math.inf, "success_rate": -math.inf, "return": -math.inf}
     if resume:
         start_epoch, global_step, best = restore_run(algo, data, ckpt, os.path.join(run_dir, RUN_MARKER))
+        note = distributed.restore_rank_rng(ckpt["trainer_state"], group, int(cfg.train.seed), set_rng_state,
+                                            seed_everything)
+        if note and group.is_main:
+            warnings.warn(note, stacklevel=2)
         del ckpt
     else:
         if cfg.experiment.ckpt_path:  # robomimic: start from a checkpoint's weights (ignored when resuming)
@@ -695,7 +704,15 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
             check_weights(algo, model.get("nets", model), f"experiment.ckpt_path={init_path}")
             algo.deserialize(model, load_optimizers=False)
             del init
-        run_dir = make_run_dir(cfg)
+        run_dir = group.broadcast_object(make_run_dir(cfg) if group.is_main else None)
+        if group.rank > 0:  # every rank its own stream of loss noise (rank 0 keeps the single-process one)
+            seed_everything(distributed.rank_seed(int(cfg.train.seed), group.rank))
+    distributed.attach(algo, group)  # identical start (rank 0's state), gradients averaged per update
+    distributed.shard_data(data, group)
+    if device.type == "cuda" and cfg.train.get("store_on_device", True):
+        for sampler in (data.train_sampler, data.valid_sampler):
+            if sampler is not None:
+                sampler.keep_on_device()
     models_dir = os.path.join(run_dir, "models")
     last_path = os.path.join(models_dir, "last.pth")
     result = {"run_dir": run_dir, "epoch": start_epoch - 1, "global_step": global_step,
@@ -704,14 +721,19 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
         print(f"modmimic.train: {run_dir} already finished epoch {start_epoch - 1} (train.num_epochs={num_epochs}"
               f"{'' if stop_after is None else f', train.stop_after_epoch={stop_after}'}); nothing to do")
         return result
-    _remove_stale_temps(models_dir)
-    save_config_yaml(cfg, os.path.join(run_dir, "config.yaml"))
+    if group.is_main:
+        _remove_stale_temps(models_dir)
+        save_config_yaml(cfg, os.path.join(run_dir, "config.yaml"))
 
     log_cfg = cfg.experiment.logging
-    log_txt = os.path.join(run_dir, "logs", "log.txt") if log_cfg.terminal_output_to_txt else None
-    wandb_run = start_wandb(cfg, run_dir) if log_cfg.log_wandb else None
-    logger = RunLogger(os.path.join(run_dir, "logs"), log_tb=bool(log_cfg.log_tb), start_epoch=start_epoch,
-                       wandb_run=wandb_run)
+    log_txt = os.path.join(run_dir, "logs", "log.txt") if log_cfg.terminal_output_to_txt and group.is_main else None
+    if group.is_main:
+        wandb_run = start_wandb(cfg, run_dir) if log_cfg.log_wandb else None
+        logger = RunLogger(os.path.join(run_dir, "logs"), log_tb=bool(log_cfg.log_tb), start_epoch=start_epoch,
+                           wandb_run=wandb_run)
+    else:
+        logger = distributed.NullLogger()
+        progress = False
     save_cfg = cfg.experiment.save
     why = None
     if not cfg.experiment.rollout.enabled:
@@ -720,6 +742,8 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
         rollout_fn, why = default_rollout_fn(progress)
         if why is not None:
             why = f"no simulator installed: {why}"
+    if rollout_fn is not None and group.active:  # episodes split over the ranks (or rank 0 alone plays them)
+        rollout_fn = distributed.shared_rollouts(rollout_fn, group)
     if rollout_fn is not None and any(rollout_due(cfg, e) for e in range(start_epoch, last_epoch + 1)):
         rollout_fn, why = prepare_rollouts(rollout_fn, cfg, data.env_meta)
     if cfg.experiment.rollout.enabled and rollout_fn is None and why is not None:
@@ -730,7 +754,7 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     seconds = {"train": 0.0, "valid": 0.0, "rollout": 0.0}
     final_rollout = best_rollout = None
     try:
-        with tee_stdout(log_txt):
+        with tee_stdout(log_txt), distributed.silenced(not group.is_main):
             print(f"modmimic.train: recipe {cfg.recipe_name} on {data.path} "
                   f"({data.train_store.num_samples} samples, {len(data.train_store.demos)} demos"
                   f"{'' if data.valid_store is None else f', {len(data.valid_store.demos)} validation demos'}); "
@@ -742,6 +766,7 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
                 try:
                     train_m = run_epoch(algo, data.train_sampler, n_train, epoch, validate=False, progress=progress,
                                         desc=f"{desc} train")
+                    train_m = group.mean_metrics(train_m)
                 except NonFiniteLossError as e:
                     good = (f"the last good checkpoint is {last_path} (epoch {epoch - 1})" if os.path.exists(last_path)
                             else "no checkpoint was written yet")
@@ -754,6 +779,7 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
                     with torch.no_grad():
                         valid_m = run_epoch(algo, data.valid_sampler, n_valid, epoch, validate=True,
                                             progress=progress, desc=f"{desc} valid")
+                        valid_m = group.mean_metrics(valid_m)
                     algo.set_train()
                     scalars.update(namespaced("Valid", valid_m))
                     epoch_seconds["valid"] = 60 * valid_m["Time_Epoch"]
@@ -810,21 +836,26 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
                 logger.record(epoch, scalars, step=global_step)
                 for env_name, path in (getattr(rollout_fn, "videos", None) or {}).items() if rollout else ():
                     logger.log_video(f"Rollout/Video/{env_name}", path, epoch)
-                ckpt = make_checkpoint(
-                    algo, data.obs_normalization_stats, data.action_normalization_stats, data.env_meta,
-                    variable_state={"epoch": epoch, "global_step": global_step,
-                                    "best_valid_loss": best["valid_loss"], "best_return": best["return"],
-                                    "best_success_rate": best["success_rate"]},
-                    trainer_state={"rng": rng_state(),
-                                   "samplers": {"train": data.train_sampler.state_dict(),
-                                                "valid": data.valid_sampler.state_dict()
-                                                if data.valid_sampler is not None else None},
-                                   "config": OmegaConf.to_container(cfg, resolve=False)},
-                    action_keys=list(cfg.train.action_keys))
-                for name in names:
-                    write_checkpoint(os.path.join(models_dir, name), ckpt)
-                write_checkpoint(last_path, ckpt)
-                del ckpt
+                trainer_state = {"rng": rng_state(),
+                                 "samplers": {"train": data.train_sampler.state_dict(),
+                                              "valid": data.valid_sampler.state_dict()
+                                              if data.valid_sampler is not None else None},
+                                 "config": OmegaConf.to_container(cfg, resolve=False)}
+                if group.active:  # every rank's RNG (the samplers' state is the same on every rank)
+                    trainer_state.update(rng_ranks=group.all_gather_object(trainer_state["rng"]),
+                                         world_size=group.world)
+                if group.is_main:
+                    ckpt = make_checkpoint(
+                        algo, data.obs_normalization_stats, data.action_normalization_stats, data.env_meta,
+                        variable_state={"epoch": epoch, "global_step": global_step,
+                                        "best_valid_loss": best["valid_loss"], "best_return": best["return"],
+                                        "best_success_rate": best["success_rate"]},
+                        trainer_state=trainer_state, action_keys=list(cfg.train.action_keys))
+                    for name in names:
+                        write_checkpoint(os.path.join(models_dir, name), ckpt)
+                    write_checkpoint(last_path, ckpt)
+                    del ckpt
+                group.barrier()  # no rank runs ahead of a checkpoint that is being written
 
                 print(epoch_line(epoch, num_epochs, scalars, rollout, epoch_seconds), flush=True)
                 for k, v in epoch_seconds.items():
@@ -839,7 +870,8 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
                                             time.perf_counter() - t_start)
             print(result["summary"], flush=True)
     except BaseException as e:
-        if isinstance(e, KeyboardInterrupt) and not resume and discard_unfinished_run(run_dir, logger):
+        if isinstance(e, KeyboardInterrupt) and not resume and group.is_main and \
+                discard_unfinished_run(run_dir, logger):
             e.modmimic_discarded_run_dir = run_dir  # the CLI says so instead of pointing at an empty folder
             raise
         # keep the whole traceback next to the run's logs; the CLI prints a one-paragraph summary
@@ -854,4 +886,5 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
         logger.close()
         if hasattr(rollout_fn, "close"):
             rollout_fn.close()
+        group.close()
     return result

@@ -38,6 +38,10 @@ class WindowSampler:
 
     ``shuffle=True`` walks random permutations of all windows (like a DataLoader with ``shuffle=True,
     drop_last=True``, but continuing across epochs); ``shuffle=False`` draws uniformly with replacement.
+    ``batch_size`` is the global batch: after :meth:`shard` (data-parallel training) this process returns its
+    ``batch_size / world`` slice of each global batch, all processes walking the same permutation.
+    :meth:`keep_on_device` moves the low-dim store and the index tables to the training device (GPU sampling, no
+    per-step host-to-device copy).
     Normalization (``(raw - offset) / scale``) is applied to the gathered block: observations, next observations
     and goals with the observation stats, the action vector with the per-action-key stats.
     """
@@ -68,6 +72,8 @@ class WindowSampler:
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(int(seed))
         self._perm, self._cursor = None, 0
+        self.rank, self.world = 0, 1
+        self._flat, self._offsets, self._idx_dev, self._perm_dev = store.flat, store.offsets, None, None
         self._affine = self._build_affine(obs_normalization_stats, action_normalization_stats)
         self._obs_keys = [k for k in store.columns if k[0] == K.OBS]
         self._next_keys = [k for k in store.columns if k[0] == K.NEXT and k[1] == K.OBS]
@@ -96,17 +102,58 @@ class WindowSampler:
                 a += d
         return offset.to(self.device), (1.0 / scale).to(self.device)
 
+    # --- data-parallel slices and device placement --------------------------------------------------------
+    def shard(self, rank: int, world: int) -> "WindowSampler":
+        """Sample slice ``rank`` of ``world`` equal slices of each global batch of ``batch_size`` windows."""
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"rank {rank} of world size {world}")
+        if self.batch_size % world:
+            raise ValueError(f"batch size {self.batch_size} (the global batch) is not divisible by the number of "
+                             f"processes {world}")
+        self.rank, self.world = int(rank), int(world)
+        return self
+
+    @property
+    def local_batch_size(self) -> int:
+        """Windows per :meth:`sample` in this process."""
+        return self.batch_size // self.world
+
+    def set_device(self, device) -> "WindowSampler":
+        """Serve batches on ``device`` (before :meth:`keep_on_device`)."""
+        self.device = torch.device(device)
+        if self._affine is not None:
+            self._affine = tuple(t.to(self.device) for t in self._affine)
+        return self
+
+    def keep_on_device(self) -> "WindowSampler":
+        """Copy the low-dim store (``store.flat``) and the window tables to ``self.device`` once; batches are then
+        gathered there (images stay in the host store). Same windows, same values as the host path."""
+        d = self.device
+        self._flat = self.store.flat.to(d)
+        self._offsets = self.store.offsets.to(d)
+        self.starts, self.episode, self.lo, self.hi = (t.to(d) for t in (self.starts, self.episode, self.lo, self.hi))
+        self.goal_row, self.rel = self.goal_row.to(d), self.rel.to(d)
+        self._idx_dev, self._perm_dev = d, None
+        return self
+
     # --- index selection ---------------------------------------------------------------------------------
     def _next_windows(self) -> torch.Tensor:
         B = self.batch_size
+        b = B // self.world
+        lo = self.rank * b
         if not self.shuffle:
-            return torch.randint(len(self.starts), (B,), generator=self.generator)
+            w = torch.randint(len(self.starts), (B,), generator=self.generator)[lo:lo + b]
+            return w if self._idx_dev is None else w.to(self._idx_dev)
         if self._perm is None or self._cursor + B > len(self._perm):
             n = len(self.starts)
             reps = -(-B // n)  # tiny datasets: concatenate permutations so one batch always fits
             self._perm = torch.cat([torch.randperm(n, generator=self.generator) for _ in range(reps)])
             self._cursor = 0
-        w = self._perm[self._cursor:self._cursor + B]
+            self._perm_dev = None
+        if self._idx_dev is not None and self._perm_dev is None:  # one copy per permutation, not per batch
+            self._perm_dev = self._perm.to(self._idx_dev)
+        perm = self._perm if self._idx_dev is None else self._perm_dev
+        w = perm[self._cursor + lo:self._cursor + lo + b]
         self._cursor += B
         return w
 
@@ -121,9 +168,11 @@ class WindowSampler:
     def gather(self, w: torch.Tensor) -> TensorDict:
         """The ``[len(w), T]`` TensorDict of windows ``w`` (indices into robomimic's window list)."""
         B, T = len(w), self.T
+        if self._idx_dev is not None:
+            w = w.to(self._idx_dev)
         raw = self.starts[w].unsqueeze(1) + self.rel
         rows = torch.maximum(torch.minimum(raw, self.hi[w].unsqueeze(1)), self.lo[w].unsqueeze(1))
-        block = self.store.flat[rows.reshape(-1)].to(self.device, non_blocking=True)
+        block = self._flat[rows.reshape(-1)].to(self.device, non_blocking=True)
         if self._affine is not None:
             block.sub_(self._affine[0]).mul_(self._affine[1])
         block = block.view(B, T, -1)
@@ -142,7 +191,7 @@ class WindowSampler:
                 nobs[key[2]] = block[..., a:b].view(B, T, *shape)
             nxt[K.OBS] = nobs
         for key, tensor in self.store.uint8.items():
-            g = tensor[rows.reshape(-1)].to(self.device).view(B, T, *tensor.shape[1:])
+            g = tensor[rows.reshape(-1).cpu()].to(self.device).view(B, T, *tensor.shape[1:])
             (obs if key[0] == K.OBS else nxt[K.OBS])[key[-1]] = g
         a, b, _ = cols[K.ACTION]
         out[K.ACTION] = block[..., a:b]
@@ -155,12 +204,12 @@ class WindowSampler:
         if nxt:
             out[K.NEXT] = nxt
         out[K.MASK[0]] = {K.MASK[1]: (raw == rows).to(self.device)}
-        out[K.IS_INIT] = (rows == self.store.offsets[self.episode[w]].unsqueeze(1)).to(self.device)
+        out[K.IS_INIT] = (rows == self._offsets[self.episode[w]].unsqueeze(1)).to(self.device)
         out[K.INDEX] = w.to(self.device).unsqueeze(1).expand(B, T)
         out[K.EPISODE] = self.episode[w].to(self.device).unsqueeze(1).expand(B, T)
         if self.goal_mode == "last":
             grow = self.goal_row[self.episode[w]]
-            gblock = self.store.flat[grow].to(self.device)
+            gblock = self._flat[grow].to(self.device)
             if self._affine is not None:
                 gblock.sub_(self._affine[0]).mul_(self._affine[1])
             goal = {}
@@ -169,7 +218,7 @@ class WindowSampler:
                 goal[key[2]] = gblock[:, a:b].view(B, 1, *shape).expand(B, T, *shape)
             for key, tensor in self.store.uint8.items():
                 if key[0] == K.NEXT:
-                    g = tensor[grow].to(self.device)
+                    g = tensor[grow.cpu()].to(self.device)
                     goal[key[-1]] = g.unsqueeze(1).expand(B, T, *g.shape[1:])
             out[K.GOAL] = goal
         # every entry is built here with the right shape and device: skip per-leaf validation
@@ -182,6 +231,7 @@ class WindowSampler:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self._perm, self._cursor = state["perm"], int(state["cursor"])
+        self._perm_dev = None
 
 
 class WindowDataset(torch.utils.data.Dataset):
