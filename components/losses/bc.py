@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from modmimic import keys as K
+from modmimic.keys import declare
 
 
 def supervised(batch, *tensors):
@@ -34,6 +35,7 @@ def bc_regression(batch, policy, *, l2_weight: float = 1.0, l1_weight: float = 0
     return {"loss": loss, "l2_loss": l2.detach(), "l1_loss": l1.detach(), "cosine_loss": cos.detach()}
 
 
+@declare(needs={"policy": ("log_prob",)})
 def nll(batch, policy) -> dict:
     """``-mean log pi(a | s)`` for a policy returning a distribution (Gaussian, GMM, tanh-wrapped) whose batch
     shape equals the batch's (``[B]`` or ``[B, T]``)."""

@@ -18,11 +18,13 @@ import torch
 
 from modmimic import keys as K
 from modmimic.components.batching import next_state
+from modmimic.keys import declare
 
 ACTOR_LOG_PROB = "actor_log_prob"
 CQL_WEIGHT_MAX = 1.0e6
 
 
+@declare(needs={"policy": ("rsample_with_log_prob", "log_prob")})
 def sac_actor(batch, policy, critic, log_alpha, bc_start_steps: int = 0, step: int = 0,
               keep_log_prob: str = ACTOR_LOG_PROB) -> dict:
     """``mean(alpha * log pi(a~|s) - min_i Q_i(s, a~))`` with ``a~ ~ pi(s)`` reparameterised; for the first
@@ -77,6 +79,7 @@ def cql_gap(q_candidates: torch.Tensor, log_density: torch.Tensor, q_data: torch
     return min_q_weight * (lse - q_data.mean((1, 2)))
 
 
+@declare(needs={"policy": ("rsample_with_log_prob",)})
 def cql_penalty(batch, critic, policy, log_weight, num_random_actions: int = 10, min_q_weight: float = 1.0,
                 target_q_gap: float | None = 5.0, cql_weight: float = 1.0, pred_key: str | None = None) -> dict:
     """Sum over critics of ``w * (gap_i - target_q_gap)``.

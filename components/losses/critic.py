@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from modmimic import keys as K
 from modmimic.components.batching import DISCOUNT, next_state
+from modmimic.keys import declare
 
 Q_TARGET = "q_target"
 
@@ -79,6 +80,7 @@ def actor_target(batch, actor, critic, ensemble_weight: float = 1.0, noise_std: 
     return {Q_TARGET: bootstrap(batch, next_q_value(critic, nxt, a, ensemble_weight), discount)}
 
 
+@declare(needs={"policy": ("rsample", "rsample_with_log_prob")})
 def policy_target(batch, policy, critic, log_alpha=None, num_samples: int = 1, deterministic_backup: bool = True,
                   ensemble_weight: float = 1.0, discount: float | None = None) -> dict:
     """CQL/SAC: ``a' ~ pi(s')``; the target critics' min (max over ``num_samples`` samples per member when > 1);

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from modmimic import keys as K
+from modmimic.keys import declare
 
 Q_DATA_MIN = "q_data_min"
 VALUE_PRED = "value_pred"
@@ -49,6 +50,7 @@ def awr_weights(adv: torch.Tensor, beta: float = 1.0, clip_adv_value: float | No
     return w.clamp(-100.0, 100.0) if use_final_clip else w
 
 
+@declare(needs={"policy": ("log_prob",)})
 def awr_actor(batch, policy, beta: float = 1.0, clip_adv_value: float | None = None, use_final_clip: bool = True,
               filter_type: str = "exp", q_key: str = Q_DATA_MIN, value_key: str = VALUE_PRED) -> dict:
     """Advantage-weighted regression: ``mean(-log pi(a|s) * w(q - V))`` with detached weights."""
