@@ -551,7 +551,13 @@ class Algo:
         loss.backward()
         if u.max_grad_norm is not None:
             net = self.nets[u.optimizers[0]]
-            groups = list(net.members) if u.clip_per_member and hasattr(net, "members") else [net]
+            if u.clip_per_member and hasattr(net, "clip_grad_norm_per_member_"):  # stacked ensemble members
+                norms = net.clip_grad_norm_per_member_(u.max_grad_norm)
+                for i in range(len(norms)):
+                    info[f"{u.name}/grad_norm{i + 1 if len(norms) > 1 else ''}"] = norms[i]
+                groups = []
+            else:
+                groups = list(net.members) if u.clip_per_member and hasattr(net, "members") else [net]
             for i, g in enumerate(groups):
                 suffix = str(i + 1) if len(groups) > 1 else ""
                 info[f"{u.name}/grad_norm{suffix}"] = torch.nn.utils.clip_grad_norm_(g.parameters(), u.max_grad_norm)
