@@ -31,7 +31,8 @@ def test_seeded_init_equals_independent_member_mlps_and_outputs_match(n):
         for (name, p), (ref_name, r) in zip(mine.named_parameters(), ref.named_parameters()):
             assert name == ref_name and torch.equal(p, r), name
     b = td()
-    for action in (b[K.ACTION], torch.rand(5, 4, A) * 2 - 1):  # one action, or 4 candidates per state
+    for action in (b[K.ACTION], torch.rand(5, 4, A) * 2 - 1, torch.rand(5, 120, A) * 2 - 1):
+        # one action, or candidates per state (600 rows: the per-member GEMM path for tall inputs)
         x = torch.cat([b[K.obs("x")].unsqueeze(-2).expand(*action.shape[:-1], 3) if action.dim() == 3
                        else b[K.obs("x")], action], -1)
         expected = torch.stack([0.5 + 1.5 * torch.tanh(r(x)) for r in refs])
@@ -41,7 +42,8 @@ def test_seeded_init_equals_independent_member_mlps_and_outputs_match(n):
         assert torch.allclose(q.q1(b, action), expected[0], atol=1e-6)
 
 
-def test_one_adam_with_per_member_clipping_equals_separate_optimizers_and_clips():
+@pytest.mark.parametrize("rows", [5, 600])  # the batched path and the per-member GEMM path for tall inputs
+def test_one_adam_with_per_member_clipping_equals_separate_optimizers_and_clips(rows):
     torch.manual_seed(0)
     q = QEnsemble(OBS, A, layer_dims=LAYERS, n=2)
     refs = [q.member(i) for i in range(2)]
@@ -49,8 +51,8 @@ def test_one_adam_with_per_member_clipping_equals_separate_optimizers_and_clips(
     ref_opts = [torch.optim.Adam(r.parameters(), lr=1e-2) for r in refs]
     max_norm = 0.05  # small: both members are clipped, by different factors
     for step in range(4):
-        b = td(seed=step)
-        y = torch.randn(5, 1, generator=torch.Generator().manual_seed(100 + step))
+        b = td(rows, seed=step)
+        y = torch.randn(rows, 1, generator=torch.Generator().manual_seed(100 + step))
         opt.zero_grad()
         ((q(b, b[K.ACTION]) - y) ** 2).mean((1, 2)).sum().backward()
         norms = q.clip_grad_norm_per_member_(max_norm)

@@ -63,6 +63,9 @@ class ValueNet(nn.Module):
         return _squash(self.net(self.encoder(td)), self.bounds)
 
 
+STACKED_MAX_ROWS = 512  # from this many input rows on, QEnsemble runs one GEMM per member (see QEnsemble._mlp)
+
+
 class StackedLinear(nn.Module):
     """``N`` independent linear layers as one: ``weight [N, in, out]``, ``bias [N, 1, out]``; ``forward(x)`` maps
     ``[N, M, in]`` (or a shared ``[M, in]``) to ``[N, M, out]`` with one ``baddbmm``."""
@@ -103,9 +106,23 @@ class QEnsemble(nn.Module):
         self.layers = nn.ModuleList(StackedLinear([ls[j] for ls in linears]) for j in range(len(linears[0])))
         self.bounds = _bounds(value_bounds)
 
+    def _member_mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Member ``i`` on ``[M, in]`` -> ``[M, 1]`` (``addmm`` on views of the stacked parameters)."""
+        last = len(self.layers) - 1
+        for j, layer in enumerate(self.layers):
+            x = layer.member(i, x)
+            if j < last:
+                x = torch.relu_(x)
+        return x
+
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        """``[M, in]`` -> ``[N, M, 1]``. The ReLU runs in place on the fresh matmul output (its backward needs only
-        its result): one large allocation less per layer, which matters for CQL's ``[N, B * 30, 400]`` candidates."""
+        """``[M, in]`` -> ``[N, M, 1]``: one ``baddbmm`` per layer for all members; for tall inputs (``M >=
+        STACKED_MAX_ROWS``, e.g. CQL's ``B * 30`` candidates) one ``addmm`` per member on views of the same stacked
+        weights, as a CPU GEMM per member beats the batched one there (measured: ~10 % at 1 024-30 720 rows, while
+        the batched op wins ~7 % at 100 rows). The ReLU runs in place on the fresh matmul output (its backward needs
+        only its result): one large allocation less per layer."""
+        if x.shape[0] >= STACKED_MAX_ROWS:
+            return torch.stack([self._member_mlp(i, x) for i in range(self.n)])
         last = len(self.layers) - 1
         for j, layer in enumerate(self.layers):
             x = layer(x)
@@ -122,13 +139,8 @@ class QEnsemble(nn.Module):
     def q1(self, td, action: torch.Tensor) -> torch.Tensor:
         """The first member only (robomimic scores actions with ``critic[0]``): ``[*action.shape[:-1], 1]``."""
         x = _state_action(self.encoder(td), action)
-        h = x.reshape(-1, x.shape[-1])
-        last = len(self.layers) - 1
-        for j, layer in enumerate(self.layers):
-            h = layer.member(0, h)
-            if j < last:
-                h = torch.relu_(h)
-        return _squash(h, self.bounds).view(*x.shape[:-1], 1)
+        q = self._member_mlp(0, x.reshape(-1, x.shape[-1]))
+        return _squash(q, self.bounds).view(*x.shape[:-1], 1)
 
     # --- per-member views ------------------------------------------------------------------------------------
     def member_state_dict(self, i: int) -> dict:
