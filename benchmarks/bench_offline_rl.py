@@ -19,7 +19,8 @@ CQL (300,400), batch 1024, 10 random + 10 + 10 policy candidates. Steps run inte
 with Lift-like low-dim keys (19 obs dims, 7-D actions), random rewards and dones.
 
 Usage: ``python benchmarks/bench_offline_rl.py [--threads 1] [--repeats 7] [--steps 20] [--only iql,td3_bc,cql]
-[--compile]``
+[--compile] [--profile N]``. ``--profile N`` then profiles ``N`` steps of each eager variant with
+``torch.profiler`` and prints, per variant, the ops taking the most self CPU time (where the time goes).
 """
 from __future__ import annotations
 
@@ -235,6 +236,19 @@ WORKLOADS = {
 }
 
 
+def profile(name: str, variants: list, steps: int, top: int = 12) -> None:
+    """Print (stderr) the ``top`` ops by self CPU time over ``steps`` steps of each variant."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    for w, s in variants:
+        s()
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                s()
+        print(f"--- {w}/{name}: {steps} steps", file=sys.stderr)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top), file=sys.stderr)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1)
@@ -242,6 +256,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--only", default="iql,td3_bc,cql")
     p.add_argument("--compile", action="store_true", help="also measure train.compile=true")
+    p.add_argument("--profile", type=int, default=0, help="profile this many steps of each eager variant")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -259,7 +274,11 @@ def main(argv=None):
                 variants.append(("modmimic+compile", modmimic_setup(store, recipe, B, [*extra, "train.compile=true"])[0]))
             torch.manual_seed(0)
             variants.append(("torch", bare_fn(BareData(store, B))))
-            compare(name, variants, steps, args.repeats, args.threads)
+            if args.repeats:
+                compare(name, variants, steps, args.repeats, args.threads)
+            if args.profile:
+                profile(name, [v for v in variants if "compile" not in v[0]],
+                        max(1, args.profile // 10) if recipe == "cql" else args.profile)
 
 
 if __name__ == "__main__":

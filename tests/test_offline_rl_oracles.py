@@ -84,6 +84,11 @@ def torchrl_actor_from_gaussian_policy(policy):
     return ProbabilisticTensorDictSequential(feats, prob)
 
 
+def members(ensemble):
+    """Copies of the stacked ensemble's members as plain MLPs (``nn.Sequential``, as torchrl gets them)."""
+    return [ensemble.member(i) for i in range(ensemble.n)]
+
+
 def assert_close_params(a: nn.Module, b: nn.Module, atol=1e-6):
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=atol), (n, (p - q).abs().max())
@@ -101,7 +106,7 @@ def test_iql_recipe_matches_torchrl_iqlloss_over_adam_steps():
     nets = algo.nets
     actor = torchrl_actor_from_gaussian_policy(nets["actor"])
     qs = [TensorDictModule(StateAction(copy.deepcopy(m)), in_keys=[OBS_KEY, K.ACTION],
-                           out_keys=["state_action_value"]) for m in nets["critic"].members]
+                           out_keys=["state_action_value"]) for m in members(nets["critic"])]
     value = TensorDictModule(copy.deepcopy(nets["vf"].net), in_keys=[OBS_KEY], out_keys=["state_value"])
     loss = IQLLoss(actor, qs, value, num_qvalue_nets=2, loss_function="l2", temperature=1.0 / beta,
                    expectile=quantile)
@@ -123,12 +128,12 @@ def test_iql_recipe_matches_torchrl_iqlloss_over_adam_steps():
     # the trajectories stayed together: same weights after the steps
     assert_close_params(nets["vf"].net, value.module)
     assert_close_params(nets["actor"].backbone, actor[0].module.backbone)
-    for i, m in enumerate(nets["critic"].members):
+    for i, m in enumerate(members(nets["critic"])):
         theirs = loss.qvalue_network_params.data[i]
         for (name, p) in m.named_parameters():
             key = tuple(["module", "mlp"] + name.split("."))
             assert torch.allclose(p, theirs.get(key), atol=1e-6), name
-    for i, m in enumerate(nets["critic_target"].members):
+    for i, m in enumerate(members(nets["critic_target"])):
         theirs = loss.target_qvalue_network_params.data[i]
         for (name, p) in m.named_parameters():
             assert torch.allclose(p, theirs.get(tuple(["module", "mlp"] + name.split("."))), atol=1e-6), name
@@ -145,7 +150,7 @@ def test_td3_bc_recipe_matches_torchrl_td3bcloss_with_seeded_noise():
     nets = algo.nets
     actor = TensorDictModule(PolicyOnTensor(copy.deepcopy(nets["actor"])), in_keys=[OBS_KEY], out_keys=[K.ACTION])
     qs = [TensorDictModule(StateAction(copy.deepcopy(m)), in_keys=[OBS_KEY, K.ACTION],
-                           out_keys=["state_action_value"]) for m in nets["critic"].members]
+                           out_keys=["state_action_value"]) for m in members(nets["critic"])]
     loss = TD3BCLoss(actor, qs, bounds=(-1.0, 1.0), num_qvalue_nets=2, policy_noise=0.2, noise_clip=0.5,
                      alpha=alpha, loss_function="l2")
     loss.make_value_estimator(ValueEstimators.TD0, gamma=gamma)
@@ -177,7 +182,7 @@ def test_td3_bc_recipe_matches_torchrl_td3bcloss_with_seeded_noise():
             opt_a.step()
             updater.step()
     assert_close_params(nets["actor"].backbone, actor.module.backbone, atol=1e-5)
-    for i, m in enumerate(nets["critic"].members):
+    for i, m in enumerate(members(nets["critic"])):
         theirs = loss.qvalue_network_params.data[i]
         for (name, p) in m.named_parameters():
             assert torch.allclose(p, theirs.get(tuple(["module", "mlp"] + name.split("."))), atol=1e-5), name

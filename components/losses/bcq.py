@@ -16,6 +16,7 @@ from modmimic.keys import declare
 from modmimic.components.batching import next_state
 from modmimic.components.losses.critic import bootstrap, next_q_value, project_values_onto_atoms, Q_TARGET
 from modmimic.components.losses.vae import vae_elbo
+from modmimic.keys import declare
 
 Q_TARGET_PROBS = "q_target_probs"
 
@@ -49,7 +50,7 @@ def candidates(sampler, td, n: int, actor=None) -> torch.Tensor:
     return a if actor is None else actor(td, a)
 
 
-@declare(reads=[K.REWARD, K.DONE, (K.NEXT, K.OBS)], writes=[Q_TARGET])
+@declare(reads=[K.REWARD, K.DONE, (K.NEXT, K.OBS)], writes=[Q_TARGET], needs={"sampler": ("sample",)})
 def sampler_target(batch, sampler, critic, actor=None, num_samples: int = 10, ensemble_weight: float = 0.75,
                    discount: float | None = None) -> dict:
     """BCQ: ``r + (1 - done) * gamma * max_j mix_i Q'_i(s', a_j)`` over ``num_samples`` sampler actions at ``s'``
@@ -59,7 +60,7 @@ def sampler_target(batch, sampler, critic, actor=None, num_samples: int = 10, en
     return {Q_TARGET: bootstrap(batch, next_q_value(critic, nxt, a, ensemble_weight), discount)}
 
 
-@declare(reads=[K.REWARD, K.DONE, (K.NEXT, K.OBS)], writes=[Q_TARGET_PROBS])
+@declare(reads=[K.REWARD, K.DONE, (K.NEXT, K.OBS)], writes=[Q_TARGET_PROBS], needs={"sampler": ("sample",)})
 def c51_target(batch, sampler, critic, actor=None, num_samples: int = 10, discount: float | None = None) -> dict:
     """BCQ-distributional: among the candidates at ``s'`` take the one of highest expected target value, shift its
     atoms by the Bellman backup ``r + (1 - done) * gamma * z`` and project them back onto the support."""
@@ -72,7 +73,7 @@ def c51_target(batch, sampler, critic, actor=None, num_samples: int = 10, discou
     return {Q_TARGET_PROBS: project_values_onto_atoms(grid, best_probs, critic.atoms)}
 
 
-@declare()
+@declare(needs={"sampler": ("sample",)})
 def perturbation_actor_loss(batch, actor, critic, sampler) -> dict:
     """``-mean Q_1(s, actor(s, a))`` with ``a`` one (detached) sampler action per state."""
     a = candidates(sampler, batch, 1)[..., 0, :].detach()

@@ -19,6 +19,7 @@ import torch
 from modmimic import keys as K
 from modmimic.keys import declare
 from modmimic.components.batching import next_state
+from modmimic.keys import declare
 
 ACTOR_LOG_PROB = "actor_log_prob"
 CQL_WEIGHT_MAX = 1.0e6

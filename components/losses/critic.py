@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from modmimic import keys as K
 from modmimic.keys import declare
 from modmimic.components.batching import DISCOUNT, next_state
+from modmimic.keys import declare
 
 Q_TARGET = "q_target"
 

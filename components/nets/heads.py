@@ -9,7 +9,9 @@
   the mean of a mode drawn by the mixture weights, exactly as robomimic evaluates.
 
 ``head.act(h)`` gives the evaluation action: the deterministic output, the distribution's low-noise sample, or its
-mean when ``low_noise_eval`` is off.
+mean when ``low_noise_eval`` is off. ``head.dist(h)`` gives the action distribution with the uniform interface of
+:mod:`~modmimic.components.nets.distributions` (a :class:`PointMass` for the deterministic head, whose ``forward``
+stays the action tensor); ``head.distribution_ops`` lists the operations it offers.
 """
 from __future__ import annotations
 
@@ -18,48 +20,19 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
+from torch.distributions import Distribution
+
+from modmimic.components.nets.distributions import (ALL_OPS, MIXTURE_OPS, POINT_MASS_OPS, DiagGaussian,
+                                                    GaussianMixture, PointMass, TanhWrapped)
+
+__all__ = ["DeterministicHead", "GaussianHead", "GMMHead", "HEADS", "LOW_NOISE_STD", "TanhWrapped"]
 
 LOW_NOISE_STD = 1e-4
 
 
-class TanhWrapped(Distribution):
-    """``tanh(x)`` for ``x ~ base`` with the change-of-variables log-density (robomimic's
-    ``TanhWrappedDistribution``, epsilon 1e-6)."""
-
-    arg_constraints = {}
-    has_rsample = True
-
-    def __init__(self, base: Distribution, epsilon: float = 1e-6):
-        self.base, self.epsilon = base, epsilon
-        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
-
-    def log_prob(self, value, pre_tanh_value=None):
-        if pre_tanh_value is None:
-            one = 1.0 - self.epsilon
-            pre_tanh_value = torch.atanh(value.clamp(-one, one))
-        lp = self.base.log_prob(pre_tanh_value)
-        corr = torch.log(1.0 - value.pow(2) + self.epsilon)
-        return lp - corr.sum(-1) if len(self.event_shape) else lp - corr
-
-    def rsample(self, sample_shape=torch.Size(), return_pretanh_value: bool = False):
-        z = self.base.rsample(sample_shape)
-        return (torch.tanh(z), z) if return_pretanh_value else torch.tanh(z)
-
-    def sample(self, sample_shape=torch.Size(), return_pretanh_value: bool = False):
-        with torch.no_grad():
-            return self.rsample(sample_shape, return_pretanh_value)
-
-    def rsample_with_log_prob(self, sample_shape=torch.Size()):
-        a, z = self.rsample(sample_shape, return_pretanh_value=True)
-        return a, self.log_prob(a, pre_tanh_value=z)
-
-    @property
-    def mean(self):
-        return torch.tanh(self.base.mean)
-
-
 class DeterministicHead(nn.Module):
+    distribution_ops = POINT_MASS_OPS
+
     def __init__(self, input_dim: int, ac_dim: int):
         super().__init__()
         self.linear = nn.Linear(input_dim, ac_dim)
@@ -68,6 +41,9 @@ class DeterministicHead(nn.Module):
         return torch.tanh(self.linear(h))
 
     act = forward
+
+    def dist(self, h) -> PointMass:
+        return PointMass(self.forward(h), type(self).__name__)
 
 
 def _std_activation(name: str | None, init_std: float):
@@ -82,6 +58,8 @@ def _std_activation(name: str | None, init_std: float):
 
 
 class GaussianHead(nn.Module):
+    distribution_ops = ALL_OPS
+
     def __init__(self, input_dim: int, ac_dim: int, fixed_std: bool = False, init_std: float = 0.3,
                  std_activation: str | None = "softplus", min_std: float = 0.007, max_std: float = 7.5,
                  mean_limits=(-9.0, 9.0), low_noise_eval: bool = True, use_tanh: bool = False,
@@ -110,8 +88,11 @@ class GaussianHead(nn.Module):
             std = torch.full_like(mean, self.init_std)
         else:
             std = self._act(out[..., self.ac_dim:]).clamp(self.min_std, self.max_std)
-        dist = Independent(Normal(mean, std), 1)
-        return TanhWrapped(dist) if self.use_tanh else dist
+        if self.use_tanh:
+            return TanhWrapped(DiagGaussian(mean, std, "GaussianHead"), name="GaussianHead (use_tanh)")
+        return DiagGaussian(mean, std, "GaussianHead")
+
+    dist = forward
 
     def act(self, h):
         dist = self.forward(h)
@@ -121,6 +102,8 @@ class GaussianHead(nn.Module):
 
 
 class GMMHead(nn.Module):
+    distribution_ops = MIXTURE_OPS
+
     def __init__(self, input_dim: int, ac_dim: int, num_modes: int = 5, min_std: float = 0.01,
                  std_activation: str | None = "softplus", low_noise_eval: bool = True, use_tanh: bool = False):
         super().__init__()
@@ -144,8 +127,11 @@ class GMMHead(nn.Module):
             scales = torch.full_like(means, LOW_NOISE_STD)
         else:
             scales = self._act(scales) + self.min_std
-        dist = MixtureSameFamily(Categorical(logits=logits), Independent(Normal(means, scales), 1))
-        return TanhWrapped(dist) if self.use_tanh else dist
+        if self.use_tanh:
+            return TanhWrapped(GaussianMixture(logits, means, scales, "GMMHead"), name="GMMHead (use_tanh)")
+        return GaussianMixture(logits, means, scales, "GMMHead")
+
+    dist = forward
 
     def act(self, h):
         return self.forward(h).sample()

@@ -5,6 +5,11 @@
 * ``forward(td)`` — training output for the TensorDict batch (``[B]`` or ``[B, T]``): an action tensor
   (deterministic head) or a distribution with that batch shape.
 * ``act(td)`` — the evaluation action of the same batch.
+* ``dist(td)`` — the action distribution with the uniform interface of
+  :mod:`~modmimic.components.nets.distributions` (``sample``, ``rsample``, ``log_prob``, ``mode``,
+  ``rsample_with_log_prob``, ``sample_with_log_prob``); ``distribution_ops`` lists those the head offers. For a
+  stochastic head ``dist(td)`` is ``forward(td)``; for the deterministic head it is a point mass on the action, while
+  ``forward(td)`` stays the bare action tensor (the BC hot path builds no distribution object).
 * recurrent backbones also offer ``initial_state(B)`` and ``forward_step(td, state) -> (output, state)`` for
   step-wise inference with a carried hidden state; ``forward(td, state)`` equals stepping through ``T``.
 """
@@ -85,6 +90,19 @@ class Policy(nn.Module):
         batch): a transformer's per-step outputs as the chunk of :class:`~modmimic.components.acting.Chunked`."""
         a = self.act(td)
         return a.unsqueeze(1) if a.dim() == 2 else a
+
+    def dist(self, td, state=None):
+        """The action distribution (uniform interface, see the module docstring)."""
+        return self.head.dist(self.features(td, state)[0])
+
+    @property
+    def distribution_ops(self) -> frozenset:
+        return self.head.distribution_ops
+
+    @property
+    def distribution_name(self) -> str:
+        tanh = " (use_tanh)" if getattr(self.head, "use_tanh", False) else ""
+        return f"policy head {type(self.head).__name__}{tanh}"
 
     # --- step-wise inference (recurrent backbones) -------------------------------------------------------
     def initial_state(self, batch_size: int, device=None):

@@ -31,6 +31,7 @@ from torch import nn
 
 from modmimic import keys as K
 from modmimic.components.nets.core import ObsEncoder, group_inputs, mlp
+from modmimic.components.nets.distributions import VAEPolicyDistribution
 
 PRIORS = ("normal", "gaussian", "gmm", "categorical")
 LOGVAR_MIN, LOGVAR_MAX = -8.0, 30.0  # GMM KL clamp
@@ -270,6 +271,8 @@ class VAEActor(nn.Module):
       keep the TensorDict's leading dims; the losses are scalars).
     * ``act(td, n=None)`` -> the decoding of one prior sample per row, ``[..., A]``; with ``n``, ``n`` samples
       per row, ``[..., n, A]`` (BCQ's action sampler).
+    * ``dist(td)`` -> the policy's action distribution (:class:`VAEPolicyDistribution`): ``sample``, and ``rsample``
+      for a continuous prior; ``distribution_ops`` says which.
 
     ``in_keys`` are the keys ``act`` reads; ``forward`` also reads ``"action"``.
     """
@@ -293,6 +296,18 @@ class VAEActor(nn.Module):
     @property
     def is_categorical(self) -> bool:
         return self.vae.prior == "categorical"
+
+    @property
+    def distribution_ops(self) -> frozenset:
+        # a categorical latent or a mixture prior's component is drawn discretely: no reparameterised sample
+        return frozenset({"sample", "rsample"} if self.vae.prior in ("normal", "gaussian") else {"sample"})
+
+    @property
+    def distribution_name(self) -> str:
+        return f"VAEActor (prior {self.vae.prior!r})"
+
+    def dist(self, td):
+        return VAEPolicyDistribution(self, td, self.distribution_ops, self.distribution_name)
 
     def set_gumbel_temperature(self, temperature: float):
         self.vae.set_gumbel_temperature(temperature)
