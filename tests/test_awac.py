@@ -25,9 +25,9 @@ def linear_critic():
     """Two linear members on (s, a): Q_1 = s + 2a, Q_2 = 0.5 s + a + 0.5."""
     q = QEnsemble({"x": (1,)}, 1, layer_dims=())
     with torch.no_grad():
-        for m, (w, b) in zip(q.members, [([1.0, 2.0], 0.0), ([0.5, 1.0], 0.5)]):
-            m[0].weight.copy_(torch.tensor([w]))
-            m[0].bias.fill_(b)
+        for i, (w, b) in enumerate([([1.0, 2.0], 0.0), ([0.5, 1.0], 0.5)]):  # stacked: weight [N, in, out]
+            q.layers[0].weight[i].copy_(torch.tensor([w]).t())
+            q.layers[0].bias[i].fill_(b)
     return q
 
 
