@@ -98,7 +98,11 @@ class WindowSampler:
 
     # --- index selection ---------------------------------------------------------------------------------
     def _next_windows(self) -> torch.Tensor:
-        B = self.batch_size
+        return self.next_windows(self.batch_size)
+
+    def next_windows(self, n: int) -> torch.Tensor:
+        """The next ``n`` window indices (a batch of ``batch_size`` is ``next_windows(batch_size)``)."""
+        B = int(n)
         if not self.shuffle:
             return torch.randint(len(self.starts), (B,), generator=self.generator)
         if self._perm is None or self._cursor + B > len(self._perm):
