@@ -15,8 +15,8 @@ of filter key ``K``), chosen by a seeded shuffle, so the same seed always gives 
 the file is touched; existing masks of those names are replaced only with ``--overwrite`` (without it the command
 says what it would change, exits 2 and leaves the file as it was).
 
-:func:`dataset_entry` and :func:`with_data` tell which file a training config reads (``train.data``, or the
-embedded default dataset). This module does not import torch, so the command line rejects bad input quickly.
+:func:`dataset_entries` and :func:`with_data` tell which files a training config reads (``train.data``: a path,
+a list of paths or robomimic's list of ``{path, weight, filter_key, ...}`` dicts; or the embedded default dataset). This module does not import torch, so the command line rejects bad input quickly.
 """
 from __future__ import annotations
 

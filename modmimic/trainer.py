@@ -9,11 +9,14 @@ One call of :func:`train`:
 2. loads the train split (``train.hdf5_filter_key``) and, with ``experiment.validate``, the validation split
    (``train.hdf5_validation_filter_key``) into episode stores; observation statistics come from the train split
    (``train.hdf5_normalize_obs``; validation uses them too), action statistics from ``train.action_config``;
+   with several datasets in ``train.data`` (co-training, :mod:`modmimic.data.meta`) one store per file, statistics
+   pooled over the files, and a :class:`MetaSampler` that draws each batch row's file by weight;
 3. builds the algorithm (``algo_factory``), then creates the run directory
    ``<train.output_dir>/<experiment.name>/<YYYYmmddHHMMSS>[_<n>]`` (never an existing one) with ``config.yaml``,
    ``logs/{metrics.jsonl, tb/, curves.png, log.txt}`` and ``models/``;
 4. runs epochs of ``experiment.epoch_every_n_steps`` gradient steps, then ``on_epoch_end`` (epoch LR schedules),
-   a validation epoch of ``experiment.validation_epoch_every_n_steps`` steps under ``torch.no_grad()``, rollouts
+   a validation epoch of ``experiment.validation_epoch_every_n_steps`` steps under ``torch.no_grad()`` (co-training:
+   then one per file, logged as ``Valid/<name>/...``), rollouts
    (a hook; skipped with a warning while modmimic has no simulator adapter), logging, and checkpoints:
    ``models/last.pth`` every epoch, ``models/best_validation.pth`` on a new best validation loss,
    ``models/best_rollout_success.pth`` on a new best success rate, and ``models/model_epoch_<N>.pth`` per
