@@ -96,6 +96,19 @@ def dataset_probabilities(weights, num_windows, normalize_by_size: bool = False)
     return w / w.sum()
 
 
+def _cat_rows(parts: list, rows: torch.Tensor) -> dict:
+    """Nested dict of ``cat(leaves of parts)[rows]`` per leaf (one cat and one index per leaf, no TensorDict
+    validation: every part comes from the same gather code)."""
+    out = {}
+    for k in parts[0].keys():
+        v = parts[0].get(k)
+        if isinstance(v, TensorDict):
+            out[k] = _cat_rows([p.get(k) for p in parts], rows)
+        else:
+            out[k] = torch.cat([p.get(k) for p in parts], 0)[rows]
+    return out
+
+
 class MetaSampler:
     """``[B, T]`` batches whose rows come from several :class:`WindowSampler` s, dataset chosen per row with
     probabilities ``probs`` (:func:`dataset_probabilities`). ``("index")`` and ``("episode")`` are made global
@@ -138,10 +151,12 @@ class MetaSampler:
             td.set(K.INDEX, td.get(K.INDEX) + self.window_offsets[i])
             td.set(K.EPISODE, td.get(K.EPISODE) + self.episode_offsets[i])
             parts.append(td)
-        block = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
-        # block rows are grouped by dataset in id order; row r of the batch is the rank of r among equal ids
-        order = torch.argsort(ids, stable=True)
-        return block[torch.argsort(order)]
+        if len(parts) == 1:
+            return parts[0]
+        # the parts' rows are grouped by dataset in id order: batch row r is part row rank(r) of the stable sort
+        rank = torch.argsort(torch.argsort(ids, stable=True))
+        return TensorDict._new_unsafe(_cat_rows(parts, rank.to(parts[0].device)), batch_size=parts[0].batch_size[:0]
+                                      + torch.Size([len(ids), *parts[0].batch_size[1:]]), device=parts[0].device)
 
     def __iter__(self):
         while True:
