@@ -15,8 +15,8 @@ of filter key ``K``), chosen by a seeded shuffle, so the same seed always gives 
 the file is touched; existing masks of those names are replaced only with ``--overwrite`` (without it the command
 says what it would change, exits 2 and leaves the file as it was).
 
-:func:`dataset_entry` and :func:`with_data` tell which file a training config reads (``train.data``, or the
-embedded default dataset). This module does not import torch, so the command line rejects bad input quickly.
+:func:`dataset_entries` and :func:`with_data` tell which files a training config reads (``train.data``: a path,
+a list of paths or robomimic's list of ``{path, weight, filter_key, ...}`` dicts; or the embedded default dataset). This module does not import torch, so the command line rejects bad input quickly.
 """
 from __future__ import annotations
 
@@ -92,40 +92,74 @@ def _datasets(group: h5py.Group, prefix: str = ""):
 ROBOMIMIC_DEFAULT_LOW_DIM = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"]
 
 
-def dataset_entry(cfg: DictConfig) -> dict:
-    """``train.data`` as ``{"path", "filter_key", "demo_limit"}``: a path, or robomimic's list with one dataset
-    dict. ``None`` means the embedded default dataset."""
+DATA_ENTRY_KEYS = ("path", "weight", "filter_key", "validation_filter_key", "demo_limit", "name", "key", "eval",
+                   "lang")
+
+
+def dataset_entries(cfg: DictConfig) -> list[dict]:
+    """``train.data`` as a list of ``{"path", "weight", "filter_key", "validation_filter_key", "demo_limit", "name",
+    ...}``: one path, a list of paths, or robomimic's list of dataset dicts (``path`` required, ``weight`` 1.0 by
+    default). ``[{"path": None}]`` means the embedded default dataset. Bad entries are a :class:`ConfigError`
+    naming the entry and key."""
     data = to_plain(cfg.train.data)
     if data is None:
-        return {"path": None}
+        return [{"path": None, "weight": 1.0}]
     if isinstance(data, str):
-        return {"path": data}
-    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict) and "path" in data[0]:
-        return dict(data[0])
-    if isinstance(data, list) and len(data) > 1:
-        raise ConfigError(f"train.data lists {len(data)} datasets; modmimic trains on one dataset for now "
-                          "(multi-dataset sampling is not implemented)")
-    raise ConfigError(f"train.data must be a path or a list with one {{path: ...}} dict, got {data!r}")
+        return [{"path": data, "weight": 1.0}]
+    if not isinstance(data, list) or not data:
+        raise ConfigError(f"train.data must be a path, a list of paths or a list of {{path: ..., weight: ...}} "
+                          f"dicts, got {data!r}")
+    out = []
+    for i, d in enumerate(data):
+        where = f"train.data[{i}]"
+        if isinstance(d, str):
+            d = {"path": d}
+        if not isinstance(d, dict) or not isinstance(d.get("path"), str) or not d["path"]:
+            raise ConfigError(f"{where} must be a path or a dict with a 'path' (str), got {d!r}")
+        unknown = [k for k in d if k not in DATA_ENTRY_KEYS]
+        if unknown:
+            raise ConfigError(f"{where} has unknown keys {unknown}; a dataset entry has {', '.join(DATA_ENTRY_KEYS)}")
+        w = d.get("weight", 1.0)
+        if w is None:
+            w = 1.0
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not np.isfinite(w) or w <= 0:
+            raise ConfigError(f"{where}.weight must be a positive number (robomimic's default 1.0), got {w!r}")
+        for k in ("filter_key", "validation_filter_key", "name", "key"):
+            if d.get(k) is not None and not isinstance(d[k], str):
+                raise ConfigError(f"{where}.{k} must be a str or null, got {d[k]!r}")
+        n = d.get("demo_limit")
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ConfigError(f"{where}.demo_limit must be a positive int or null, got {n!r}")
+        out.append({**d, "weight": float(w)})
+    return out
+
+
+def dataset_entry(cfg: DictConfig) -> dict:
+    """The first entry of :func:`dataset_entries` (``{"path": None}``: the embedded default dataset)."""
+    return dataset_entries(cfg)[0]
 
 
 def with_data(cfg: DictConfig) -> DictConfig:
-    """A copy of ``cfg`` whose ``train.data`` is an absolute path. Without a dataset, the embedded default
-    (:mod:`modmimic.data.default`) is used and, if the observation keys are still robomimic's Lift defaults, they
-    become the default dataset's keys."""
+    """A copy of ``cfg`` whose ``train.data`` paths are absolute (a list keeps its form, each entry's path made
+    absolute). Without a dataset, the embedded default (:mod:`modmimic.data.default`) is used and, if the
+    observation keys are still robomimic's Lift defaults, they become the default dataset's keys."""
     cfg = copy.deepcopy(cfg)
-    entry = dataset_entry(cfg)
+    entries = dataset_entries(cfg)
     with open_dict(cfg):
-        if entry["path"] is None:
+        if entries[0]["path"] is None:
             cfg.train.data = default_dataset_path()
             if list(cfg.observation.modalities.obs.low_dim) == ROBOMIMIC_DEFAULT_LOW_DIM:
                 cfg.observation.modalities.obs.low_dim = list(DEFAULT_OBS_KEYS)
+        elif isinstance(to_plain(cfg.train.data), list):
+            cfg.train.data = [{**(e if isinstance(e, dict) else {}), "path": _abs(entry["path"])}
+                              for e, entry in zip(to_plain(cfg.train.data), entries)]
         else:
-            path = os.path.abspath(os.path.expanduser(str(entry["path"])))
-            if isinstance(to_plain(cfg.train.data), list):
-                cfg.train.data[0].path = path
-            else:
-                cfg.train.data = path
+            cfg.train.data = _abs(entries[0]["path"])
     return cfg
+
+
+def _abs(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(str(path)))
 
 
 # --- info -------------------------------------------------------------------------------------------------------

@@ -146,7 +146,7 @@ def build_config(overrides: list[str]):
     from omegaconf import OmegaConf
 
     from modmimic.data.check import path_problem
-    from modmimic.dataset import DatasetNotFound, dataset_entry, with_data
+    from modmimic.dataset import DatasetNotFound, dataset_entries, with_data
     from modmimic.logger import check_dir_creatable, find_run_dir, unfinished_run
 
     values = _parse(overrides)
@@ -184,11 +184,11 @@ def build_config(overrides: list[str]):
     else:
         quick_check_keys(recipe or "bc", rest)
         cfg = compose(recipe or "bc", rest)
-    path = dataset_entry(with_data(cfg))["path"]
-    problem = path_problem(path)
-    if problem:
-        raise DatasetNotFound(problem + ("" if os.path.isabs(str(dataset_entry(cfg)["path"]))
-                                         else f" (relative to {os.getcwd()})"))
+    for given, entry in zip(dataset_entries(cfg), dataset_entries(with_data(cfg))):
+        problem = path_problem(entry["path"])
+        if problem:
+            raise DatasetNotFound(problem + ("" if os.path.isabs(str(given["path"]))
+                                             else f" (relative to {os.getcwd()})"))
     check_dir_creatable(cfg.train.output_dir, "train.output_dir")
     if cfg.train.hdf5_memmap_dir:
         check_dir_creatable(cfg.train.hdf5_memmap_dir, "train.hdf5_memmap_dir")

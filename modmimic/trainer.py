@@ -9,11 +9,14 @@ One call of :func:`train`:
 2. loads the train split (``train.hdf5_filter_key``) and, with ``experiment.validate``, the validation split
    (``train.hdf5_validation_filter_key``) into episode stores; observation statistics come from the train split
    (``train.hdf5_normalize_obs``; validation uses them too), action statistics from ``train.action_config``;
+   with several datasets in ``train.data`` (co-training, :mod:`modmimic.data.meta`) one store per file, statistics
+   pooled over the files, and a :class:`MetaSampler` that draws each batch row's file by weight;
 3. builds the algorithm (``algo_factory``), then creates the run directory
    ``<train.output_dir>/<experiment.name>/<YYYYmmddHHMMSS>[_<n>]`` (never an existing one) with ``config.yaml``,
    ``logs/{metrics.jsonl, tb/, curves.png, log.txt}`` and ``models/``;
 4. runs epochs of ``experiment.epoch_every_n_steps`` gradient steps, then ``on_epoch_end`` (epoch LR schedules),
-   a validation epoch of ``experiment.validation_epoch_every_n_steps`` steps under ``torch.no_grad()``, rollouts
+   a validation epoch of ``experiment.validation_epoch_every_n_steps`` steps under ``torch.no_grad()`` (co-training:
+   then one per file, logged as ``Valid/<name>/...``), rollouts
    (a hook; skipped with a warning while modmimic has no simulator adapter), logging, and checkpoints:
    ``models/last.pth`` every epoch, ``models/best_validation.pth`` on a new best validation loss,
    ``models/best_rollout_success.pth`` on a new best success rate, and ``models/model_epoch_<N>.pth`` per
@@ -37,7 +40,7 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -49,8 +52,10 @@ from modmimic.config import ConfigError, all_obs_keys, compose, finalize, save_c
 from modmimic.data.default import default_dataset_path
 from modmimic.data.hdf5 import DatasetError, EpisodeStore, load_episode_store
 from modmimic.data.requirements import check_requirements
+from modmimic.data.meta import (MetaSampler, check_same_layout, dataset_names, dataset_probabilities,
+                                merged_action_stats, merged_obs_stats)
 from modmimic.data.sampler import WindowSampler
-from modmimic.dataset import dataset_entry, with_data
+from modmimic.dataset import dataset_entries, dataset_entry, with_data
 from modmimic.data.check import action_range_warning
 from modmimic.logger import (RUN_MARKER, RunLogger, check_dir_creatable, find_run_dir, make_run_dir, start_wandb,
                              tee_stdout)
@@ -81,12 +86,30 @@ class TrainData:
 
     path: str
     train_store: EpisodeStore
-    train_sampler: WindowSampler
+    train_sampler: WindowSampler | MetaSampler
     valid_store: EpisodeStore | None
-    valid_sampler: WindowSampler | None
+    valid_sampler: WindowSampler | MetaSampler | None
     obs_normalization_stats: dict | None
     action_normalization_stats: dict
     env_meta: dict
+    # co-training (several datasets in train.data): every dataset's name, stores and validation sampler
+    names: list = field(default_factory=list)
+    train_stores: list = field(default_factory=list)
+    valid_stores: list = field(default_factory=list)
+    valid_sets: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """``<path> (<samples> samples, <demos> demos[, <n> validation demos])``, or the same per dataset."""
+        if not self.names:
+            return (f"{self.path} ({self.train_store.num_samples} samples, {len(self.train_store.demos)} demos"
+                    f"{'' if self.valid_store is None else f', {len(self.valid_store.demos)} validation demos'})")
+        parts = []
+        for i, (name, st) in enumerate(zip(self.names, self.train_stores)):
+            v = self.valid_stores[i] if self.valid_stores else None
+            p = float(self.train_sampler.probs[i])
+            parts.append(f"{name}: {st.path} ({st.num_samples} samples, {len(st.demos)} demos"
+                         f"{'' if v is None else f', {len(v.demos)} validation demos'}, {p:.1%} of rows)")
+        return f"{len(self.names)} datasets: " + "; ".join(parts)
 
     @property
     def obs_shapes(self) -> dict:
@@ -105,14 +128,13 @@ def sampler_seed(seed: int, stream: int) -> int:
 def build_data(cfg: DictConfig, device="cpu") -> TrainData:
     """Episode stores and window samplers of the train (and validation) split of ``train.data``."""
     t = cfg.train
-    entry = dataset_entry(cfg)
+    entries = dataset_entries(cfg)
+    if len(entries) > 1:
+        return build_meta_data(cfg, entries, device)
+    entry = entries[0]
     path = entry["path"] or default_dataset_path()
     keys = all_obs_keys(cfg)  # obs, goal and subgoal keys, over every component of a hierarchical recipe
-    action_keys = list(t.action_keys)
-    action_config = to_plain(t.action_config) or {}
-    unknown = [k for k in action_config if k not in action_keys]
-    if unknown:
-        raise ConfigError(f"train.action_config has entries {unknown} that are not in train.action_keys {action_keys}")
+    action_keys, action_config = action_settings(t)
     if cfg.experiment.validate and t.hdf5_validation_filter_key is None:
         raise ConfigError("experiment.validate=true needs train.hdf5_validation_filter_key (e.g. 'valid'); "
                           "write one with `python -m modmimic.dataset split <file>`")
@@ -128,13 +150,8 @@ def build_data(cfg: DictConfig, device="cpu") -> TrainData:
     check_requirements(cfg, train_store)  # offline RL: rewards, dones, next observations
     valid_store = load(t.hdf5_validation_filter_key, "valid") if cfg.experiment.validate else None
     if valid_store is not None:
-        shared = sorted(set(train_store.demos) & set(valid_store.demos))
-        if shared:
-            raise DatasetError(
-                f"{path}: the training demos (train.hdf5_filter_key={t.hdf5_filter_key}) and the validation demos "
-                f"(train.hdf5_validation_filter_key={t.hdf5_validation_filter_key}) share {len(shared)} demos "
-                f"({', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}); use disjoint filter keys such as "
-                "train.hdf5_filter_key=train train.hdf5_validation_filter_key=valid")
+        check_disjoint(path, train_store, valid_store, f"train.hdf5_filter_key={t.hdf5_filter_key}",
+                       f"train.hdf5_validation_filter_key={t.hdf5_validation_filter_key}")
     obs_stats = train_store.obs_normalization_stats() if t.hdf5_normalize_obs else None
     try:
         action_stats = train_store.action_normalization_stats(action_config)
@@ -164,6 +181,116 @@ def build_data(cfg: DictConfig, device="cpu") -> TrainData:
                      valid_store=valid_store, valid_sampler=sampler(valid_store, 1) if valid_store else None,
                      obs_normalization_stats=obs_stats, action_normalization_stats=action_stats,
                      env_meta=train_store.env_meta)
+
+
+def action_settings(t) -> tuple[list, dict]:
+    """``(train.action_keys, train.action_config)``. An action_config entry for a key that is not an action key is
+    an error when it asks for a normalization (a typo would silently not normalize); robomimic's default entry
+    ``actions: {normalization: null}`` left over next to ``action_dict/...`` keys is ignored."""
+    action_keys = list(t.action_keys)
+    action_config = to_plain(t.action_config) or {}
+    unknown = [k for k in action_config if k not in action_keys
+               and (action_config[k] or {}).get("normalization") not in (None, "none", "None")]
+    if unknown:
+        raise ConfigError(f"train.action_config has entries {unknown} that are not in train.action_keys {action_keys}")
+    return action_keys, {k: v for k, v in action_config.items() if k in action_keys}
+
+
+def check_disjoint(path: str, train_store: EpisodeStore, valid_store: EpisodeStore, train_key: str,
+                   valid_key: str) -> None:
+    shared = sorted(set(train_store.demos) & set(valid_store.demos))
+    if shared:
+        raise DatasetError(
+            f"{path}: the training demos ({train_key}) and the validation demos ({valid_key}) share {len(shared)} "
+            f"demos ({', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}); use disjoint filter keys such as "
+            "train.hdf5_filter_key=train train.hdf5_validation_filter_key=valid")
+
+
+def build_meta_data(cfg: DictConfig, entries: list[dict], device="cpu") -> TrainData:
+    """Co-training (robomimic ``MetaDataset``, see :mod:`modmimic.data.meta`): one store per entry of
+    ``train.data`` (its ``filter_key`` / ``validation_filter_key`` override ``train.hdf5_filter_key`` /
+    ``train.hdf5_validation_filter_key``), normalization statistics over all of them, a :class:`MetaSampler` per
+    split drawing each row's dataset by ``weight``, and each dataset's own validation sampler (``valid_sets``)."""
+    t = cfg.train
+    keys = all_obs_keys(cfg)
+    action_keys, action_config = action_settings(t)
+    validate = bool(cfg.experiment.validate)
+    names = dataset_names(entries)
+    if validate:
+        lacking = [n for n, e in zip(names, entries) if (e.get("validation_filter_key") or
+                                                         t.hdf5_validation_filter_key) is None]
+        if lacking:
+            raise ConfigError(f"experiment.validate=true needs a validation filter key for every dataset "
+                              f"({', '.join(lacking)} have none): set train.hdf5_validation_filter_key (e.g. 'valid') "
+                              "or validation_filter_key in their train.data entries")
+    if t.hdf5_memmap_dir:
+        check_dir_creatable(t.hdf5_memmap_dir, "train.hdf5_memmap_dir")
+    train_stores, valid_stores = [], []
+    for e in entries:
+        path = e["path"]
+
+        def load(filter_key, sub):
+            memmap = os.path.join(t.hdf5_memmap_dir, sub) if t.hdf5_memmap_dir else None
+            return load_episode_store(path, keys, action_keys, filter_key=filter_key,
+                                      load_next_obs=t.hdf5_load_next_obs, load_rewards=None, memmap_dir=memmap,
+                                      demo_limit=e.get("demo_limit"))
+
+        train_key = e.get("filter_key") or t.hdf5_filter_key
+        train_stores.append(load(train_key, "train"))
+        check_requirements(cfg, train_stores[-1])
+        if validate:
+            valid_key = e.get("validation_filter_key") or t.hdf5_validation_filter_key
+            valid_stores.append(load(valid_key, "valid"))
+            check_disjoint(path, train_stores[-1], valid_stores[-1], f"filter key {train_key}",
+                           f"validation filter key {valid_key}")
+    check_same_layout(train_stores + valid_stores)
+    obs_stats = merged_obs_stats(train_stores) if t.hdf5_normalize_obs else None
+    try:
+        action_stats = merged_action_stats(train_stores, action_config)
+    except ValueError as e:
+        raise ConfigError(f"train.action_config: {e}") from None
+    normalized = any((action_config.get(k) or {}).get("normalization") not in (None, "none", "None")
+                     for k in action_keys)
+    env_meta = train_stores[0].env_meta
+    for st in train_stores[1:]:
+        if st.env_meta != env_meta:
+            warnings.warn(f"train.data: {st.path} has other environment metadata ({st.env_meta.get('env_name')!r}) "
+                          f"than the first dataset {train_stores[0].path} ({env_meta.get('env_name')!r}); rollouts "
+                          "and checkpoints use the first dataset's", stacklevel=2)
+    for st in train_stores + valid_stores:
+        if st.memmap_path:
+            print(f"modmimic.train: {'reusing' if st.memmap_reused else 'built'} the memory-mapped episode store "
+                  f"{st.memmap_path}", flush=True)
+    for st in train_stores:
+        warn_about_data(cfg, st, action_config)
+
+    def sampler(store, stream):
+        try:
+            return WindowSampler(store, t.batch_size, seq_length=t.seq_length, frame_stack=t.frame_stack,
+                                 pad_seq_length=t.pad_seq_length, pad_frame_stack=t.pad_frame_stack,
+                                 goal_mode=t.goal_mode, obs_normalization_stats=obs_stats,
+                                 action_normalization_stats=action_stats if normalized else None, shuffle=True,
+                                 seed=sampler_seed(t.seed, stream), device=device)
+        except ValueError as e:
+            raise DatasetError(f"{store.path}: {e}") from None
+
+    by_size = bool(t.get("normalize_weights_by_ds_size", False))
+    weights = [e["weight"] for e in entries]
+
+    def meta(stores, stream):
+        children = [sampler(st, 2 + 2 * i + stream) for i, st in enumerate(stores)]
+        probs = dataset_probabilities(weights, [len(c) for c in children], by_size)
+        return MetaSampler(children, probs, t.batch_size, seed=sampler_seed(t.seed, stream), names=names)
+
+    train_sampler = meta(train_stores, 0)
+    for child in train_sampler.samplers:
+        check_batch_size(t, child, device)
+    valid_sampler = meta(valid_stores, 1) if validate else None
+    return TrainData(path=train_stores[0].path, train_store=train_stores[0], train_sampler=train_sampler,
+                     valid_store=valid_stores[0] if validate else None, valid_sampler=valid_sampler,
+                     obs_normalization_stats=obs_stats, action_normalization_stats=action_stats, env_meta=env_meta,
+                     names=names, train_stores=train_stores, valid_stores=valid_stores,
+                     valid_sets=dict(zip(names, valid_sampler.samplers)) if validate else {})
 
 
 def warn_about_data(cfg: DictConfig, store: EpisodeStore, action_config: dict) -> None:
@@ -341,6 +468,12 @@ def namespaced(prefix: str, metrics: dict) -> dict:
         else:
             out[f"{prefix}/{k}"] = v
     return out
+
+
+def per_dataset_scalars(name: str, metrics: dict) -> dict:
+    """A co-training dataset's validation metrics as ``Valid/<name>/<metric>`` (no timings, no optimizer state)."""
+    return {f"Valid/{name}/{k}": v for k, v in metrics.items()
+            if not (k.startswith(("Time_", "Optimizer/")) or k == "Steps_per_Second")}
 
 
 # --- rollouts (hook) ----------------------------------------------------------------------------------------
@@ -680,6 +813,8 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     n_valid = cfg.experiment.validation_epoch_every_n_steps
     if data.valid_sampler is not None and n_valid is None:
         n_valid = max(1, len(data.valid_sampler) // int(cfg.train.batch_size))
+    n_valid_sets = {name: cfg.experiment.validation_epoch_every_n_steps or
+                    max(1, len(s) // int(cfg.train.batch_size)) for name, s in data.valid_sets.items()}
     num_epochs = int(cfg.train.num_epochs)
     stop_after = cfg.train.get("stop_after_epoch")
     if stop_after is not None and (not isinstance(stop_after, int) or isinstance(stop_after, bool) or stop_after < 1):
@@ -755,9 +890,7 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     final_rollout = best_rollout = None
     try:
         with tee_stdout(log_txt), distributed.silenced(not group.is_main):
-            print(f"modmimic.train: recipe {cfg.recipe_name} on {data.path} "
-                  f"({data.train_store.num_samples} samples, {len(data.train_store.demos)} demos"
-                  f"{'' if data.valid_store is None else f', {len(data.valid_store.demos)} validation demos'}); "
+            print(f"modmimic.train: recipe {cfg.recipe_name} on {data.describe()}; "
                   f"run directory {run_dir}" + (f"; resuming at epoch {start_epoch}" if resume else ""))
             print("modmimic.train: " + rollout_plan(cfg, rollout_fn, why, start_epoch, last_epoch,
                                                     getattr(rollout_fn, "env_name", None)), flush=True)
@@ -780,9 +913,16 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
                         valid_m = run_epoch(algo, data.valid_sampler, n_valid, epoch, validate=True,
                                             progress=progress, desc=f"{desc} valid")
                         valid_m = group.mean_metrics(valid_m)
-                    algo.set_train()
                     scalars.update(namespaced("Valid", valid_m))
                     epoch_seconds["valid"] = 60 * valid_m["Time_Epoch"]
+                    for name, sampler in data.valid_sets.items():  # co-training: each dataset's own validation
+                        with torch.no_grad():
+                            m = group.mean_metrics(run_epoch(algo, sampler, n_valid_sets[name], epoch,
+                                                             validate=True, progress=progress,
+                                                             desc=f"{desc} valid {name}"))
+                        epoch_seconds["valid"] += 60 * m["Time_Epoch"]
+                        scalars.update(per_dataset_scalars(name, m))
+                    algo.set_train()
                 rollout = None
                 if rollout_fn is not None and rollout_due(cfg, epoch):
                     if policy is None:

@@ -138,7 +138,12 @@ class WindowSampler:
 
     # --- index selection ---------------------------------------------------------------------------------
     def _next_windows(self) -> torch.Tensor:
-        B = self.batch_size
+        return self.next_windows(self.batch_size)
+
+    def next_windows(self, n: int) -> torch.Tensor:
+        """The next window indices of this process: its slice ``[rank * n / world, (rank + 1) * n / world)`` of the
+        ``n`` every rank draws (all ``n`` in one process; a batch of ``batch_size`` is ``next_windows(batch_size)``)."""
+        B = int(n)
         b = B // self.world
         lo = self.rank * b
         if not self.shuffle:
