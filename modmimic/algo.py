@@ -29,6 +29,7 @@ from modmimic import trust as _trust
 from modmimic.program import (Call, NonFiniteLossError, Prepare, Program, Update, check_keys, run_step,
                               soft_update)
 from modmimic.config import ConfigError, closest, obs_keys, to_plain
+from modmimic.components.nets.core import encoder_spec
 
 REGISTERED_ALGO_FACTORY_FUNCS: "OrderedDict[str, callable]" = OrderedDict()
 
@@ -387,6 +388,10 @@ class Builder:
 
     def _build_nets(self, config, scope, nets, shapes, where) -> None:
         p = self.program
+        try:
+            encoder = encoder_spec(to_plain(config.observation))
+        except ValueError as e:
+            raise ConfigError(f"{where('observation')}: {e}") from None
         for name, spec in config.nets.items():
             if spec is None:
                 continue
@@ -396,8 +401,11 @@ class Builder:
                 continue
             builder = resolve(spec.pop("_target_"))
             kwargs = dict(obs_shapes=shapes["obs"], ac_dim=self.ac_dim, goal_shapes=shapes["goal"], **spec)
-            if "subgoal_shapes" in inspect.signature(builder).parameters:
+            params = inspect.signature(builder).parameters
+            if "subgoal_shapes" in params:
                 kwargs.setdefault("subgoal_shapes", shapes["subgoal"] or None)
+            if "encoder" in params and "encoder" not in kwargs:  # the observation encoder spec (modalities, cores)
+                kwargs["encoder"] = encoder
             check_kwargs(builder, kwargs, where(f"nets.{name}"))
             try:
                 nets[name] = builder(**kwargs).to(self.device)

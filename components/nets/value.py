@@ -1,6 +1,6 @@
 """Value networks of the offline-RL recipes (robomimic ``value_nets.py`` and the BCQ perturbation actor).
 
-Every network reads its state from a TensorDict (``("observation", k)`` and ``("goal", k)``) through a low-dim
+Every network reads its state from a TensorDict (``("observation", k)`` and ``("goal", k)``) through an
 :class:`ObsEncoder`, so the same network evaluates the next state when given ``batch["next"]`` (the transition batch
 keeps the goal there too, see :func:`modmimic.components.batching.n_step_transition`).
 
@@ -52,9 +52,9 @@ def _state_action(features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
 
 class ValueNet(nn.Module):
     def __init__(self, obs_shapes: dict, goal_shapes: dict | None = None, layer_dims: Sequence[int] = (300, 400),
-                 value_bounds=None):
+                 value_bounds=None, encoder: dict | None = None):
         super().__init__()
-        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes))
+        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes), encoder)
         self.net = mlp(self.encoder.output_dim, 1, layer_dims)
         self.bounds = _bounds(value_bounds)
 
@@ -64,11 +64,12 @@ class ValueNet(nn.Module):
 
 class QEnsemble(nn.Module):
     def __init__(self, obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
-                 layer_dims: Sequence[int] = (300, 400), n: int = 2, value_bounds=None):
+                 layer_dims: Sequence[int] = (300, 400), n: int = 2, value_bounds=None,
+                 encoder: dict | None = None):
         super().__init__()
         if n < 1:
             raise ValueError(f"a Q ensemble needs at least one member, got n={n}")
-        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes))
+        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes), encoder)
         self.members = nn.ModuleList(mlp(self.encoder.output_dim + ac_dim, 1, layer_dims) for _ in range(n))
         self.bounds = _bounds(value_bounds)
 
@@ -86,7 +87,8 @@ class DistributionalQ(nn.Module):
     """C51 critic (robomimic ``DistributionalActionValueNetwork``): one MLP giving logits over fixed atoms."""
 
     def __init__(self, obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
-                 layer_dims: Sequence[int] = (300, 400), value_bounds=None, num_atoms: int = 51):
+                 layer_dims: Sequence[int] = (300, 400), value_bounds=None, num_atoms: int = 51,
+                 encoder: dict | None = None):
         super().__init__()
         if value_bounds is None:
             raise ValueError("the distributional critic needs value bounds for its support: set "
@@ -94,7 +96,7 @@ class DistributionalQ(nn.Module):
         lo, hi = (float(v) for v in value_bounds)
         if not hi > lo or num_atoms < 2:
             raise ValueError(f"need value_bounds low < high and num_atoms >= 2, got {value_bounds}, {num_atoms}")
-        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes))
+        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes), encoder)
         self.members = nn.ModuleList([mlp(self.encoder.output_dim + ac_dim, num_atoms, layer_dims)])
         self.register_buffer("atoms", torch.linspace(lo, hi, num_atoms))
 
@@ -114,9 +116,10 @@ class PerturbationActor(nn.Module):
     """robomimic ``PerturbationActorNetwork``: ``clamp(a + scale * tanh(MLP(cat(s, a))), -1, 1)``."""
 
     def __init__(self, obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
-                 layer_dims: Sequence[int] = (300, 400), perturbation_scale: float = 0.05):
+                 layer_dims: Sequence[int] = (300, 400), perturbation_scale: float = 0.05,
+                 encoder: dict | None = None):
         super().__init__()
-        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes))
+        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes), encoder)
         self.net = mlp(self.encoder.output_dim + ac_dim, ac_dim, layer_dims)
         self.scale = float(perturbation_scale)
 
@@ -139,24 +142,26 @@ class Scalar(nn.Module):
 # --- builders (recipes name these under ``nets``; they receive obs_shapes, ac_dim, goal_shapes) -----------------
 
 def value_net(obs_shapes: dict, ac_dim: int | None = None, goal_shapes: dict | None = None,
-              layer_dims: Sequence[int] = (300, 400), value_bounds=None) -> ValueNet:
-    return ValueNet(obs_shapes, goal_shapes, tuple(layer_dims), value_bounds)
+              layer_dims: Sequence[int] = (300, 400), value_bounds=None, encoder: dict | None = None) -> ValueNet:
+    return ValueNet(obs_shapes, goal_shapes, tuple(layer_dims), value_bounds, encoder)
 
 
 def q_ensemble(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
-               layer_dims: Sequence[int] = (300, 400), n: int = 2, value_bounds=None) -> QEnsemble:
-    return QEnsemble(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), n, value_bounds)
+               layer_dims: Sequence[int] = (300, 400), n: int = 2, value_bounds=None,
+               encoder: dict | None = None) -> QEnsemble:
+    return QEnsemble(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), n, value_bounds, encoder)
 
 
 def distributional_q(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
                      layer_dims: Sequence[int] = (300, 400), value_bounds=None,
-                     num_atoms: int = 51) -> DistributionalQ:
-    return DistributionalQ(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), value_bounds, num_atoms)
+                     num_atoms: int = 51, encoder: dict | None = None) -> DistributionalQ:
+    return DistributionalQ(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), value_bounds, num_atoms, encoder)
 
 
 def perturbation_actor(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
-                       layer_dims: Sequence[int] = (300, 400), perturbation_scale: float = 0.05) -> PerturbationActor:
-    return PerturbationActor(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), perturbation_scale)
+                       layer_dims: Sequence[int] = (300, 400), perturbation_scale: float = 0.05,
+                       encoder: dict | None = None) -> PerturbationActor:
+    return PerturbationActor(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), perturbation_scale, encoder)
 
 
 def scalar(obs_shapes: dict | None = None, ac_dim: int | None = None, goal_shapes: dict | None = None,
@@ -166,7 +171,7 @@ def scalar(obs_shapes: dict | None = None, ac_dim: int | None = None, goal_shape
 
 
 def rl_actor(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, layer_dims: Sequence[int] = (300, 400),
-             net: dict | None = None):
+             net: dict | None = None, encoder: dict | None = None):
     """The stochastic actor of CQL / IQL from robomimic's ``algo.actor.net`` section: ``type`` gaussian or gmm,
     with the ``common`` settings plus those of the chosen type (a BC policy with that head)."""
     from modmimic.components.nets.policy import policy
@@ -177,4 +182,4 @@ def rl_actor(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, lay
         raise ValueError(f"algo.actor.net.type must be 'gaussian' or 'gmm', got {kind!r}")
     head_kwargs = {**dict(net.get("common") or {}), **dict(net.get(kind) or {})}
     return policy(obs_shapes, ac_dim, goal_shapes, backbone="mlp", head=kind, layer_dims=tuple(layer_dims),
-                  head_kwargs=head_kwargs)
+                  head_kwargs=head_kwargs, encoder=encoder)
