@@ -550,6 +550,12 @@ def compile_recipe(config: DictConfig, obs_key_shapes: dict, ac_dim: int, device
 VALUE_FNS = ("state", "state_action")
 
 
+def _obs_tensor(v, device) -> torch.Tensor:
+    """An observation as a tensor on ``device``: uint8 (images) kept as is, anything else float32."""
+    t = torch.as_tensor(v)
+    return t.to(device) if t.dtype == torch.uint8 else t.to(device=device, dtype=torch.float32)
+
+
 def _from_spec(spec, nets, where: str):
     """``fn(nets, **kwargs)`` of a recipe's inference spec ``{fn: <dotted path>, **kwargs}``; bad arguments are
     configuration errors naming ``where``."""
@@ -835,13 +841,12 @@ class Algo:
         if isinstance(obs_dict, TensorDict):
             td = obs_dict if K.OBS in obs_dict.keys() else TensorDict({K.OBS: obs_dict}, obs_dict.batch_size)
         else:
-            obs = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in obs_dict.items()
+            obs = {k: _obs_tensor(v, self.device) for k, v in obs_dict.items()
                    if k in self.obs_shapes or k in self.goal_shapes}
             B = next(iter(obs.values())).shape[0]
             td = TensorDict({K.OBS: obs}, batch_size=[B], device=self.device)
         if goal_dict is not None:
-            g = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in goal_dict.items()
-                 if k in self.goal_shapes}
+            g = {k: _obs_tensor(v, self.device) for k, v in goal_dict.items() if k in self.goal_shapes}
             td[K.GOAL] = TensorDict(g, batch_size=td.batch_size, device=self.device)
         return td.to(self.device)
 

@@ -347,3 +347,41 @@ def test_image_recipe_trains_checkpoints_and_acts(recipe, image_hdf5, tiny, tmp_
     algo.reset()
     td = {"image": torch.from_numpy(ob["image"])[None], "pos": torch.tensor([[0.1, -0.2]], dtype=torch.float32)}
     assert np.allclose(a, algo.get_action(td).numpy()[0], atol=1e-6)  # the same network, center crop in eval
+
+
+SUBGOAL_LOW_DIM = {"gl": "observation.modalities.subgoal", "gl_vae": "observation.modalities.subgoal",
+                   "hbc": "observation.planner.modalities.subgoal",
+                   "iris": "observation.value_planner.planner.modalities.subgoal"}
+
+
+def image_config(recipe, tiny):
+    """``recipe`` observing the 16x16 image (plus goal images for goal-conditioned runs) and ``pos``; planners
+    predict the low-dim ``pos`` subgoal."""
+    ov = tiny(recipe) + IMAGE_OVERRIDES
+    if "rnn" in recipe:
+        ov += ["train.seq_length=3", "algo.rnn.horizon=3"]
+    if recipe in ("hbc", "iris"):
+        ov += ["train.seq_length=3", "algo.actor.rnn.horizon=3", "algo.planner.subgoal_horizon=3"
+               if recipe == "hbc" else "algo.value_planner.planner.subgoal_horizon=3"]
+    if "transformer" in recipe:
+        ov += ["algo.transformer.context_length=2", "train.frame_stack=2"]
+    if recipe in SUBGOAL_LOW_DIM:
+        ov += [f"{SUBGOAL_LOW_DIM[recipe]}.low_dim=[pos]", f"{SUBGOAL_LOW_DIM[recipe]}.rgb=[]"]
+    return compose(recipe, ov)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted(set(__import__("modmimic.config", fromlist=["x"]).list_recipes())))
+def test_every_recipe_takes_a_train_step_on_images(recipe, image_hdf5, tiny):
+    from modmimic.config import all_obs_keys
+
+    cfg = image_config(recipe, tiny)
+    torch.manual_seed(0)
+    store = load_episode_store(image_hdf5, all_obs_keys(cfg), load_next_obs=True)
+    sampler = WindowSampler(store, cfg.train.batch_size, seq_length=cfg.train.seq_length,
+                            frame_stack=cfg.train.frame_stack, seed=0, goal_mode=cfg.train.goal_mode)
+    algo = algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)
+    assert any(isinstance(m, ShallowConv) for m in algo.nets.modules())
+    algo.set_train()
+    info = algo.log_info(algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1))
+    assert all(np.isfinite(v) for k, v in info.items() if "Loss" in k), info
