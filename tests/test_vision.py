@@ -265,6 +265,22 @@ def test_obs_encoder_by_modality_and_share_net_from():
         ObsEncoder(group_inputs({"image": (16, 16, 3)}))
 
 
+def test_q_ensemble_members_have_their_own_image_encoders():
+    from modmimic.components.nets.value import q_ensemble
+
+    q = q_ensemble({"pos": (2,), "image": (16, 16, 3)}, 2, layer_dims=(8,), n=3, encoder=_rgb_spec())
+    cores = [m.encoder.key_encoders["observation/image"].core for m in q.members]
+    assert len({id(c) for c in cores}) == 3  # robomimic: independent critics, each with its own encoder
+    td = TensorDict({K.OBS: {"pos": torch.randn(4, 2), "image": torch.randint(0, 255, (4, 16, 16, 3),
+                                                                               dtype=torch.uint8)}}, [4])
+    a = torch.rand(4, 5, 2)  # candidate actions per state
+    out = q(td, a)
+    assert out.shape == (3, 4, 5, 1) and torch.allclose(q.q1(td, a), out[0])
+    out[1].sum().backward()
+    grads = [any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in m.parameters()) for m in q.members]
+    assert grads == [False, True, False]  # a member's loss reaches only its own encoder and MLP
+
+
 def test_default_rgb_encoder_is_robomimics():
     obs = to_plain(compose("bc").observation)
     obs["modalities"]["obs"]["rgb"] = ["agentview_image"]

@@ -62,24 +62,53 @@ class ValueNet(nn.Module):
         return _squash(self.net(self.encoder(td)), self.bounds)
 
 
+class EncodedMember(nn.Module):
+    """One ensemble member with its own observation encoder: ``net(cat(encoder(td), action))``."""
+
+    def __init__(self, encoder: ObsEncoder, net: nn.Module):
+        super().__init__()
+        self.encoder, self.net = encoder, net
+
+    def forward(self, td, action: torch.Tensor) -> torch.Tensor:
+        return self.net(_state_action(self.encoder(td), action))
+
+
 class QEnsemble(nn.Module):
+    """Low-dim inputs: one (parameter-free) encoder, ``members`` are MLPs over the shared features. An encoder with
+    parameters (images): every member is an :class:`EncodedMember` with its own encoder, as robomimic's ensemble of
+    independent critics (so ``clip_per_member`` clips each critic's encoder with its MLP)."""
+
     def __init__(self, obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
                  layer_dims: Sequence[int] = (300, 400), n: int = 2, value_bounds=None,
                  encoder: dict | None = None):
         super().__init__()
         if n < 1:
             raise ValueError(f"a Q ensemble needs at least one member, got n={n}")
-        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes), encoder)
-        self.members = nn.ModuleList(mlp(self.encoder.output_dim + ac_dim, 1, layer_dims) for _ in range(n))
+        inputs = group_inputs(obs_shapes, goal_shapes)
+        enc = ObsEncoder(inputs, encoder)
         self.bounds = _bounds(value_bounds)
+        if not any(True for _ in enc.parameters()):
+            self.encoder = enc
+            self.members = nn.ModuleList(mlp(enc.output_dim + ac_dim, 1, layer_dims) for _ in range(n))
+            return
+        self.encoder = None
+        members = []
+        for i in range(n):
+            e = enc if i == 0 else ObsEncoder(inputs, encoder)
+            members.append(EncodedMember(e, mlp(e.output_dim + ac_dim, 1, layer_dims)))
+        self.members = nn.ModuleList(members)
 
     def forward(self, td, action: torch.Tensor) -> torch.Tensor:
         """``[N, *action.shape[:-1], 1]``: every member's ``Q(s, a)``."""
+        if self.encoder is None:
+            return torch.stack([_squash(m(td, action), self.bounds) for m in self.members])
         x = _state_action(self.encoder(td), action)
         return torch.stack([_squash(m(x), self.bounds) for m in self.members])
 
     def q1(self, td, action: torch.Tensor) -> torch.Tensor:
         """The first member only (robomimic scores actions with ``critic[0]``): ``[*action.shape[:-1], 1]``."""
+        if self.encoder is None:
+            return _squash(self.members[0](td, action), self.bounds)
         return _squash(self.members[0](_state_action(self.encoder(td), action)), self.bounds)
 
 
