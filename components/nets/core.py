@@ -59,8 +59,8 @@ def processed_shape(shape: tuple, modality: str) -> tuple:
 def encoder_spec(observation: dict | None) -> dict | None:
     """The one ``encoder`` spec networks take, from a config's plain ``observation`` section:
     ``{"modalities": {obs key: modality}, "encoder": observation.encoder}`` over the obs, goal and subgoal groups.
-    A key listed under two modalities is an error. None when every key is low-dim with robomimic's defaults (the
-    networks then build exactly the flat encoder they always had)."""
+    A key listed under two modalities is an error; a key in no list is low-dim. None without an ``observation``
+    section. With only low-dim keys the networks build exactly the parameter-free flat encoder they always had."""
     if not observation:
         return None
     mods = {}
