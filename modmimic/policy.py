@@ -358,7 +358,7 @@ class RolloutPolicy:
             if k not in ob:
                 raise KeyError(f"observation has no key {k!r} that the policy needs (has: {sorted(ob)})")
             v = np.asarray(ob[k])
-            if v.dtype != np.uint8:  # images stay uint8: the encoder makes them float on the device
+            if v.dtype != np.uint8 or len(keys[k]) < 2:  # images stay uint8: the encoder makes them float
                 v = v.astype(np.float32, copy=False)
             if not batched:
                 v = v[None]
