@@ -16,8 +16,12 @@ reported. Data: a synthetic robomimic-format file of ~30k samples with Lift-like
 * ``dp_latency``: acting cost of one chunk (``predict_chunk``, batch 1) with DDPM 100 and DDIM 10 denoising steps,
   ``ms_per_chunk`` for robomimic's default UNet and for the small one.
 
+``--only image`` (opt-in; slow on a CPU): image BC-RNN, two 84x84 uint8 cameras, ResNet18Conv + SpatialSoftmax(32) +
+Linear(64) + ReLU per camera, batch 16, seq 10, against the same math bare (the same plain-torch ResNet-18 trunk
+class; uint8 gather, /255, spatial softmax, LSTM and loss written out).
+
 Usage: ``python benchmarks/bench_train_step.py [--threads 1] [--repeats 7] [--steps 30]
-[--only bc,bc_rnn,sampler,diffusion_policy,dp_latency]``
+[--only bc,bc_rnn,sampler,diffusion_policy,dp_latency,image]``
 """
 from __future__ import annotations
 
@@ -154,6 +158,81 @@ def dp_latency(store, threads: int, repeats: int) -> None:
                               "threads": threads}), flush=True)
 
 
+CAMS = ("agentview_image", "robot0_eye_in_hand_image")
+
+
+class BareImageRNN(nn.Module):
+    """Per camera: /255 -> ResNet-18 trunk -> 1x1 conv to 32 maps -> spatial softmax -> Linear(64) -> ReLU; concat
+    with the low-dim keys -> LSTM(400, 2) -> tanh(Linear)."""
+
+    def __init__(self, low_dim: int, size: int = 84, kp: int = 32, feat: int = 64):
+        super().__init__()
+        from modmimic.components.nets.vision import ResNet18Conv
+
+        self.trunks = nn.ModuleList(ResNet18Conv((3, size, size)) for _ in CAMS)
+        self.kp = nn.ModuleList(nn.Conv2d(512, kp, 1) for _ in CAMS)
+        self.proj = nn.ModuleList(nn.Linear(2 * kp, feat) for _ in CAMS)
+        h = w = ResNet18Conv((3, size, size)).output_shape()[1]
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()], -1))  # [HW, 2]
+        self.rnn = nn.LSTM(low_dim + feat * len(CAMS), 400, 2, batch_first=True)
+        self.out = nn.Linear(400, ACT)
+
+    def forward(self, images, low):
+        B, T = low.shape[:2]
+        feats = []
+        for img, trunk, kp, proj in zip(images, self.trunks, self.kp, self.proj):
+            x = img.reshape(B * T, *img.shape[2:]).float().div(255.0).permute(0, 3, 1, 2)
+            m = kp(trunk(x)).flatten(2).softmax(-1)  # [BT, K, HW]
+            feats.append(F.relu(proj((m @ self.grid).flatten(1))).view(B, T, -1))
+        y = self.rnn(torch.cat([low, *feats], -1))[0]
+        return torch.tanh(self.out(y))
+
+
+def make_image_dataset(path: str, n_demos: int = 10, T: int = 60, size: int = 84, seed: int = 0) -> None:
+    import numpy as np
+
+    from modmimic.data.synthetic import write_robomimic_hdf5
+
+    rng = np.random.default_rng(seed)
+    demos = []
+    for _ in range(n_demos):
+        obs = {k: rng.normal(size=(T, d)) for k, d in OBS.items()}
+        obs.update({c: rng.integers(0, 256, (T, size, size, 3), dtype=np.uint8) for c in CAMS})
+        demos.append({"obs": obs, "actions": rng.uniform(-0.99, 0.99, (T, ACT))})
+    write_robomimic_hdf5(path, demos)
+
+
+def image_bench(tmp, args) -> None:
+    path = os.path.join(tmp, "bench_image.hdf5")
+    make_image_dataset(path)
+    keys = sorted(OBS) + list(CAMS)
+    store = load_episode_store(path, keys, load_next_obs=False)
+    torch.manual_seed(0)
+    mm, _ = modmimic_setup(store, "bc_rnn", 16, ["algo.actor_layer_dims=[]", f"observation.modalities.obs.rgb=[{','.join(CAMS)}]"])
+    model = BareImageRNN(sum(OBS.values()))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    low = {k: store.flat[:, store.columns[K.obs(k)][0]:store.columns[K.obs(k)][1]].contiguous() for k in sorted(OBS)}
+    imgs = [store.uint8[K.obs(c)] for c in CAMS]
+    a0, a1, _ = store.columns[K.ACTION]
+    act = store.flat[:, a0:a1].contiguous()
+    ends = torch.repeat_interleave(store.offsets + store.lengths - 1, store.lengths)
+    g, n, ar = torch.Generator().manual_seed(0), store.flat.shape[0], torch.arange(10)
+
+    def bare():
+        start = torch.randint(n, (16,), generator=g)
+        rows = torch.minimum(start[:, None] + ar, ends[start][:, None])
+        loss = F.mse_loss(model([im[rows] for im in imgs], torch.cat([low[k][rows] for k in sorted(OBS)], -1)),
+                          act[rows])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    compare("bc_rnn_image_resnet18x2_84_seq10_b16", [("modmimic", mm), ("torch", bare)], max(1, args.steps // 10),
+            args.repeats, args.threads)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1)
@@ -195,6 +274,8 @@ def main(argv=None):
                     max(2, args.steps // 10), args.repeats, args.threads)
         if "dp_latency" in only:
             dp_latency(store, args.threads, args.repeats)
+        if "image" in only:
+            image_bench(tmp, args)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from modmimic import trust as _trust
 from modmimic.program import (Call, NonFiniteLossError, Prepare, Program, Update, check_keys, ema_decay, run_step,
                               soft_update)
 from modmimic.config import ConfigError, closest, obs_keys, to_plain
+from modmimic.components.nets.core import encoder_spec
 
 REGISTERED_ALGO_FACTORY_FUNCS: "OrderedDict[str, callable]" = OrderedDict()
 
@@ -422,6 +423,10 @@ class Builder:
 
     def _build_nets(self, config, scope, nets, shapes, where) -> None:
         p = self.program
+        try:
+            encoder = encoder_spec(to_plain(config.observation))
+        except ValueError as e:
+            raise ConfigError(f"{where('observation')}: {e}") from None
         for name, spec in config.nets.items():
             if spec is None:
                 continue
@@ -431,8 +436,11 @@ class Builder:
                 continue
             builder = resolve(spec.pop("_target_"))
             kwargs = dict(obs_shapes=shapes["obs"], ac_dim=self.ac_dim, goal_shapes=shapes["goal"], **spec)
-            if "subgoal_shapes" in inspect.signature(builder).parameters:
+            params = inspect.signature(builder).parameters
+            if "subgoal_shapes" in params:
                 kwargs.setdefault("subgoal_shapes", shapes["subgoal"] or None)
+            if "encoder" in params and "encoder" not in kwargs:  # the observation encoder spec (modalities, cores)
+                kwargs["encoder"] = encoder
             check_kwargs(builder, kwargs, where(f"nets.{name}"))
             try:
                 nets[name] = builder(**kwargs).to(self.device)
@@ -581,6 +589,12 @@ def compile_recipe(config: DictConfig, obs_key_shapes: dict, ac_dim: int, device
 
 
 VALUE_FNS = ("state", "state_action")
+
+
+def _obs_tensor(v, device) -> torch.Tensor:
+    """An observation as a tensor on ``device``: uint8 (images) kept as is, anything else float32."""
+    t = torch.as_tensor(v)
+    return t.to(device) if t.dtype == torch.uint8 else t.to(device=device, dtype=torch.float32)
 
 
 def _from_spec(spec, nets, where: str):
@@ -886,13 +900,12 @@ class Algo:
         if isinstance(obs_dict, TensorDict):
             td = obs_dict if K.OBS in obs_dict.keys() else TensorDict({K.OBS: obs_dict}, obs_dict.batch_size)
         else:
-            obs = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in obs_dict.items()
+            obs = {k: _obs_tensor(v, self.device) for k, v in obs_dict.items()
                    if k in self.obs_shapes or k in self.goal_shapes}
             B = next(iter(obs.values())).shape[0]
             td = TensorDict({K.OBS: obs}, batch_size=[B], device=self.device)
         if goal_dict is not None:
-            g = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in goal_dict.items()
-                 if k in self.goal_shapes}
+            g = {k: _obs_tensor(v, self.device) for k, v in goal_dict.items() if k in self.goal_shapes}
             td[K.GOAL] = TensorDict(g, batch_size=td.batch_size, device=self.device)
         return td.to(self.device)
 

@@ -78,12 +78,12 @@ class GLPlanner(nn.Module):
     ``forward(td) -> {key: [..., d_k]}`` (plain dict; any leading dims)."""
 
     def __init__(self, obs_shapes: dict, subgoal_shapes: dict, goal_shapes: dict | None = None,
-                 layer_dims: Sequence[int] = (300, 400), goal_group: str = K.GOAL):
+                 layer_dims: Sequence[int] = (300, 400), goal_group: str = K.GOAL, encoder: dict | None = None):
         super().__init__()
         if not layer_dims:
             raise ValueError("the GL goal network needs at least one hidden layer (algo.ae.planner_layer_dims)")
         self.subgoal_shapes = dict(subgoal_shapes)
-        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes, goal_group))
+        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes, goal_group), encoder)
         self.trunk = mlp(self.encoder.output_dim, 0, layer_dims)  # ends with its activation, as MIMO_MLP
         self.head = nn.Linear(layer_dims[-1], sum(s[0] for s in self.subgoal_shapes.values()))
         self.in_keys = self.encoder.in_keys
@@ -125,7 +125,8 @@ class GLVAEPlanner(nn.Module):
     recurrent = False
 
     def __init__(self, obs_shapes: dict, subgoal_shapes: dict, goal_shapes: dict | None = None,
-                 goal_group: str = K.GOAL, latent_subgoal: bool = False, **vae_kwargs):
+                 goal_group: str = K.GOAL, latent_subgoal: bool = False, encoder: dict | None = None,
+                 **vae_kwargs):
         super().__init__()
         self.subgoal_shapes = dict(subgoal_shapes)
         self.subgoal_keys = [(K.SUBGOAL, k) for k in self.subgoal_shapes]
@@ -133,8 +134,8 @@ class GLVAEPlanner(nn.Module):
         obs_in, goal_in = group_inputs(obs_shapes), group_inputs(None, goal_shapes, goal_group)
         if not obs_in:
             raise ValueError("GL_VAE conditions on the observation: observation.modalities.obs is empty")
-        self.obs_encoder = ObsEncoder(obs_in)
-        self.goal_encoder = ObsEncoder(goal_in) if goal_in else None
+        self.obs_encoder = ObsEncoder(obs_in, encoder)
+        self.goal_encoder = ObsEncoder(goal_in, encoder) if goal_in else None
         self.vae = VAE(self.subgoal_dim, self.subgoal_dim, condition_dim=self.obs_encoder.output_dim,
                        goal_dim=self.goal_encoder.output_dim if self.goal_encoder else 0, **vae_kwargs)
         self.latent_subgoal = bool(latent_subgoal)
@@ -231,24 +232,26 @@ def nearest_prior_sample(posterior_z: torch.Tensor, prior_z: torch.Tensor) -> to
 
 def gl_planner(obs_shapes: dict, ac_dim: int | None = None, goal_shapes: dict | None = None, subgoal_keys=None,
                subgoal_shapes: dict | None = None, layer_dims: Sequence[int] = (300, 400),
-               goal_group: str = K.GOAL, latent_subgoal: bool = False) -> GLPlanner:
+               goal_group: str = K.GOAL, latent_subgoal: bool = False, encoder: dict | None = None) -> GLPlanner:
     """robomimic GL's ``goal_network``: ``subgoal_keys`` is ``observation.modalities.subgoal`` (default: every
     observation key), ``layer_dims`` is ``algo.ae.planner_layer_dims``. ``ac_dim`` is unused (planners predict
     observations). ``latent_subgoal`` must stay off: a deterministic planner has no latent."""
     if latent_subgoal:
         raise ValueError("latent subgoals need a GL-VAE planner (algo.vae.enabled=true); GL has no latent space")
     shapes = resolve_subgoal_shapes(obs_shapes, goal_shapes, subgoal_keys, subgoal_shapes)
-    return GLPlanner(obs_shapes, shapes, goal_shapes, tuple(layer_dims), goal_group)
+    return GLPlanner(obs_shapes, shapes, goal_shapes, tuple(layer_dims), goal_group, encoder)
 
 
 def gl_vae_planner(obs_shapes: dict, ac_dim: int | None = None, goal_shapes: dict | None = None,
                    subgoal_keys=None, subgoal_shapes: dict | None = None, vae: dict | None = None,
-                   latent_subgoal: bool = False, goal_group: str = K.GOAL) -> GLVAEPlanner:
+                   latent_subgoal: bool = False, goal_group: str = K.GOAL,
+                   encoder: dict | None = None) -> GLVAEPlanner:
     """robomimic GL_VAE's ``goal_network`` from the ``algo.vae`` section (every prior option, see
     :func:`~modmimic.components.nets.vae.vae_kwargs_from_config`); ``latent_subgoal`` is
     ``algo.latent_subgoal.enabled`` of a hierarchical recipe."""
     shapes = resolve_subgoal_shapes(obs_shapes, goal_shapes, subgoal_keys, subgoal_shapes)
-    return GLVAEPlanner(obs_shapes, shapes, goal_shapes, goal_group, latent_subgoal, **vae_kwargs_from_config(vae))
+    return GLVAEPlanner(obs_shapes, shapes, goal_shapes, goal_group, latent_subgoal, encoder,
+                        **vae_kwargs_from_config(vae))
 
 
 __all__ = ["GLPlanner", "GLVAEPlanner", "LATENT_SUBGOAL", "gl_planner", "gl_vae_planner", "nearest_prior_sample",

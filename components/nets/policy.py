@@ -116,11 +116,15 @@ class Policy(nn.Module):
 
 def policy(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, goal_group: str = "goal",
            backbone: str = "mlp", head: str = "deterministic", layer_dims: Sequence[int] = (),
-           rnn: dict | None = None, transformer: dict | None = None, head_kwargs: dict | None = None) -> Policy:
+           rnn: dict | None = None, transformer: dict | None = None, head_kwargs: dict | None = None,
+           encoder: dict | None = None) -> Policy:
     """Compose a policy. ``backbone`` in {mlp, rnn, transformer}; ``head`` in {deterministic, gaussian, gmm};
     ``layer_dims`` are the MLP layers (the per-step MLP after an RNN); ``rnn``/``transformer`` are robomimic's
-    ``algo.rnn`` / ``algo.transformer`` sections."""
-    enc = ObsEncoder(group_inputs(obs_shapes, goal_shapes, goal_group))
+    ``algo.rnn`` / ``algo.transformer`` sections; ``encoder`` the observation encoder spec
+    (:func:`~modmimic.components.nets.core.encoder_spec`; the transformer's has no feature activation, as
+    robomimic's ``MIMO_Transformer``)."""
+    enc = ObsEncoder(group_inputs(obs_shapes, goal_shapes, goal_group), encoder,
+                     feature_activation=None if backbone == "transformer" else nn.ReLU)
     if backbone == "mlp":
         bb = MLPBackbone(enc.output_dim, layer_dims)
     elif backbone == "rnn":

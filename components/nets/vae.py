@@ -280,11 +280,11 @@ class VAEActor(nn.Module):
     recurrent = False
 
     def __init__(self, obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, goal_group: str = K.GOAL,
-                 **vae_kwargs):
+                 encoder: dict | None = None, **vae_kwargs):
         super().__init__()
         obs_in, goal_in = group_inputs(obs_shapes), group_inputs(None, goal_shapes, goal_group)
-        self.obs_encoder = ObsEncoder(obs_in) if obs_in else None
-        self.goal_encoder = ObsEncoder(goal_in) if goal_in else None
+        self.obs_encoder = ObsEncoder(obs_in, encoder) if obs_in else None
+        self.goal_encoder = ObsEncoder(goal_in, encoder) if goal_in else None
         vae_kwargs.setdefault("output_squash", True)
         self.vae = VAE(ac_dim, ac_dim,
                        condition_dim=self.obs_encoder.output_dim if self.obs_encoder else 0,
@@ -364,6 +364,6 @@ def vae_kwargs_from_config(vae: dict) -> dict:
 
 
 def vae_actor(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, goal_group: str = K.GOAL,
-              vae: dict | None = None) -> VAEActor:
+              vae: dict | None = None, encoder: dict | None = None) -> VAEActor:
     """Build the BC-VAE actor from robomimic's ``algo.vae`` config section (see :func:`vae_kwargs_from_config`)."""
-    return VAEActor(obs_shapes, ac_dim, goal_shapes, goal_group, **vae_kwargs_from_config(vae))
+    return VAEActor(obs_shapes, ac_dim, goal_shapes, goal_group, encoder, **vae_kwargs_from_config(vae))

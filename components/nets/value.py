@@ -1,15 +1,14 @@
 """Value networks of the offline-RL recipes (robomimic ``value_nets.py`` and the BCQ perturbation actor).
 
-Every network reads its state from a TensorDict (``("observation", k)`` and ``("goal", k)``) through a low-dim
+Every network reads its state from a TensorDict (``("observation", k)`` and ``("goal", k)``) through an
 :class:`ObsEncoder`, so the same network evaluates the next state when given ``batch["next"]`` (the transition batch
 keeps the goal there too, see :func:`modmimic.components.batching.n_step_transition`).
 
 * :class:`ValueNet` — ``V(s)`` ``[..., 1]`` (IQL's ``vf``).
 * :class:`QEnsemble` — ``N`` independent ``Q_i(s, a)`` MLPs over ``cat(state features, action)``; ``forward`` returns
-  ``[N, ..., 1]``. The state features are computed once for all members and the members run together as one
-  batched matmul per layer (stacked weights ``[N, in, out]``, :class:`StackedLinear`). ``action`` may carry extra
-  sample dims (``[B, n, A]`` for ``n`` candidate actions per state): the state features are broadcast, never tiled
-  through the TensorDict.
+  ``[N, ..., 1]``. The state features are computed once for all members and the members run in a Python loop
+  (faster than ``vmap`` on CPU). ``action`` may carry extra sample dims (``[B, n, A]`` for ``n`` candidate actions
+  per state): the state features are broadcast, never tiled through the TensorDict.
 * :class:`DistributionalQ` — C51 critic: logits over ``num_atoms`` atoms ``linspace(*value_bounds)``; ``forward``
   gives the expected value ``[1, ..., 1]`` so it plugs in wherever an ensemble does.
 * :class:`PerturbationActor` — BCQ's ``a + scale * tanh(MLP(s, a))`` clamped to ``[-1, 1]``.
@@ -53,9 +52,9 @@ def _state_action(features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
 
 class ValueNet(nn.Module):
     def __init__(self, obs_shapes: dict, goal_shapes: dict | None = None, layer_dims: Sequence[int] = (300, 400),
-                 value_bounds=None):
+                 value_bounds=None, encoder: dict | None = None):
         super().__init__()
-        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes))
+        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes), encoder)
         self.net = mlp(self.encoder.output_dim, 1, layer_dims)
         self.bounds = _bounds(value_bounds)
 
@@ -94,11 +93,15 @@ class QEnsemble(nn.Module):
     own optimizer). State dict: ``layers.<j>.weight [N, in, out]``, ``layers.<j>.bias [N, 1, out]``."""
 
     def __init__(self, obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
-                 layer_dims: Sequence[int] = (300, 400), n: int = 2, value_bounds=None):
+                 layer_dims: Sequence[int] = (300, 400), n: int = 2, value_bounds=None,
+                 encoder: dict | None = None):
         super().__init__()
         if n < 1:
             raise ValueError(f"a Q ensemble needs at least one member, got n={n}")
-        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes))
+        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes), encoder)
+        if any(True for _ in self.encoder.parameters()):
+            raise ValueError("QEnsemble shares one parameter-free (low-dim) encoder among its members; with image "
+                             "encoders use EncodedQEnsemble (q_ensemble chooses it)")
         self.n, self.layer_dims = n, tuple(layer_dims)
         self.input_dim = self.encoder.output_dim + ac_dim
         members = [mlp(self.input_dim, 1, layer_dims) for _ in range(n)]
@@ -174,11 +177,47 @@ class QEnsemble(nn.Module):
         return norms
 
 
+class EncodedMember(nn.Module):
+    """One ensemble member with its own observation encoder: ``net(cat(encoder(td), action))``."""
+
+    def __init__(self, encoder: ObsEncoder, net: nn.Module):
+        super().__init__()
+        self.encoder, self.net = encoder, net
+
+    def forward(self, td, action: torch.Tensor) -> torch.Tensor:
+        return self.net(_state_action(self.encoder(td), action))
+
+
+class EncodedQEnsemble(nn.Module):
+    """A Q ensemble whose observation encoder has parameters (images): every member is an :class:`EncodedMember` with
+    its own encoder, as robomimic's ensemble of independent critics (so ``clip_per_member`` clips each critic's
+    encoder with its MLP). ``forward`` ``[N, *action.shape[:-1], 1]``; ``q1`` the first member."""
+
+    def __init__(self, obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
+                 layer_dims: Sequence[int] = (300, 400), n: int = 2, value_bounds=None,
+                 encoder: dict | None = None):
+        super().__init__()
+        if n < 1:
+            raise ValueError(f"a Q ensemble needs at least one member, got n={n}")
+        inputs = group_inputs(obs_shapes, goal_shapes)
+        self.bounds = _bounds(value_bounds)
+        self.members = nn.ModuleList(
+            EncodedMember(e, mlp(e.output_dim + ac_dim, 1, layer_dims))
+            for e in (ObsEncoder(inputs, encoder) for _ in range(n)))
+
+    def forward(self, td, action: torch.Tensor) -> torch.Tensor:
+        return torch.stack([_squash(m(td, action), self.bounds) for m in self.members])
+
+    def q1(self, td, action: torch.Tensor) -> torch.Tensor:
+        return _squash(self.members[0](td, action), self.bounds)
+
+
 class DistributionalQ(nn.Module):
     """C51 critic (robomimic ``DistributionalActionValueNetwork``): one MLP giving logits over fixed atoms."""
 
     def __init__(self, obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
-                 layer_dims: Sequence[int] = (300, 400), value_bounds=None, num_atoms: int = 51):
+                 layer_dims: Sequence[int] = (300, 400), value_bounds=None, num_atoms: int = 51,
+                 encoder: dict | None = None):
         super().__init__()
         if value_bounds is None:
             raise ValueError("the distributional critic needs value bounds for its support: set "
@@ -186,7 +225,7 @@ class DistributionalQ(nn.Module):
         lo, hi = (float(v) for v in value_bounds)
         if not hi > lo or num_atoms < 2:
             raise ValueError(f"need value_bounds low < high and num_atoms >= 2, got {value_bounds}, {num_atoms}")
-        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes))
+        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes), encoder)
         self.members = nn.ModuleList([mlp(self.encoder.output_dim + ac_dim, num_atoms, layer_dims)])
         self.register_buffer("atoms", torch.linspace(lo, hi, num_atoms))
 
@@ -206,9 +245,10 @@ class PerturbationActor(nn.Module):
     """robomimic ``PerturbationActorNetwork``: ``clamp(a + scale * tanh(MLP(cat(s, a))), -1, 1)``."""
 
     def __init__(self, obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
-                 layer_dims: Sequence[int] = (300, 400), perturbation_scale: float = 0.05):
+                 layer_dims: Sequence[int] = (300, 400), perturbation_scale: float = 0.05,
+                 encoder: dict | None = None):
         super().__init__()
-        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes))
+        self.encoder = ObsEncoder(group_inputs(obs_shapes, goal_shapes), encoder)
         self.net = mlp(self.encoder.output_dim + ac_dim, ac_dim, layer_dims)
         self.scale = float(perturbation_scale)
 
@@ -231,24 +271,30 @@ class Scalar(nn.Module):
 # --- builders (recipes name these under ``nets``; they receive obs_shapes, ac_dim, goal_shapes) -----------------
 
 def value_net(obs_shapes: dict, ac_dim: int | None = None, goal_shapes: dict | None = None,
-              layer_dims: Sequence[int] = (300, 400), value_bounds=None) -> ValueNet:
-    return ValueNet(obs_shapes, goal_shapes, tuple(layer_dims), value_bounds)
+              layer_dims: Sequence[int] = (300, 400), value_bounds=None, encoder: dict | None = None) -> ValueNet:
+    return ValueNet(obs_shapes, goal_shapes, tuple(layer_dims), value_bounds, encoder)
 
 
 def q_ensemble(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
-               layer_dims: Sequence[int] = (300, 400), n: int = 2, value_bounds=None) -> QEnsemble:
-    return QEnsemble(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), n, value_bounds)
+               layer_dims: Sequence[int] = (300, 400), n: int = 2, value_bounds=None,
+               encoder: dict | None = None):
+    """Low-dim observations: the stacked :class:`QEnsemble` (one shared parameter-free encoder); image encoders:
+    :class:`EncodedQEnsemble` (one encoder per critic)."""
+    if any(True for _ in ObsEncoder(group_inputs(obs_shapes, goal_shapes), encoder).parameters()):
+        return EncodedQEnsemble(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), n, value_bounds, encoder)
+    return QEnsemble(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), n, value_bounds, encoder)
 
 
 def distributional_q(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
                      layer_dims: Sequence[int] = (300, 400), value_bounds=None,
-                     num_atoms: int = 51) -> DistributionalQ:
-    return DistributionalQ(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), value_bounds, num_atoms)
+                     num_atoms: int = 51, encoder: dict | None = None) -> DistributionalQ:
+    return DistributionalQ(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), value_bounds, num_atoms, encoder)
 
 
 def perturbation_actor(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
-                       layer_dims: Sequence[int] = (300, 400), perturbation_scale: float = 0.05) -> PerturbationActor:
-    return PerturbationActor(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), perturbation_scale)
+                       layer_dims: Sequence[int] = (300, 400), perturbation_scale: float = 0.05,
+                       encoder: dict | None = None) -> PerturbationActor:
+    return PerturbationActor(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), perturbation_scale, encoder)
 
 
 def scalar(obs_shapes: dict | None = None, ac_dim: int | None = None, goal_shapes: dict | None = None,
@@ -258,7 +304,7 @@ def scalar(obs_shapes: dict | None = None, ac_dim: int | None = None, goal_shape
 
 
 def rl_actor(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, layer_dims: Sequence[int] = (300, 400),
-             net: dict | None = None):
+             net: dict | None = None, encoder: dict | None = None):
     """The stochastic actor of CQL / IQL from robomimic's ``algo.actor.net`` section: ``type`` gaussian or gmm,
     with the ``common`` settings plus those of the chosen type (a BC policy with that head)."""
     from modmimic.components.nets.policy import policy
@@ -269,4 +315,4 @@ def rl_actor(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, lay
         raise ValueError(f"algo.actor.net.type must be 'gaussian' or 'gmm', got {kind!r}")
     head_kwargs = {**dict(net.get("common") or {}), **dict(net.get(kind) or {})}
     return policy(obs_shapes, ac_dim, goal_shapes, backbone="mlp", head=kind, layer_dims=tuple(layer_dims),
-                  head_kwargs=head_kwargs)
+                  head_kwargs=head_kwargs, encoder=encoder)
