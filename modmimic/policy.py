@@ -360,7 +360,9 @@ class RolloutPolicy:
         for k in keys:
             if k not in ob:
                 raise KeyError(f"observation has no key {k!r} that the policy needs (has: {sorted(ob)})")
-            v = np.asarray(ob[k], dtype=np.float32)
+            v = np.asarray(ob[k])
+            if v.dtype != np.uint8:  # uint8 images go to the policy as they are (its encoder makes them float)
+                v = v.astype(np.float32, copy=False)
             if not batched:
                 v = v[None]
             st = (self.obs_normalization_stats or {}).get(k)
