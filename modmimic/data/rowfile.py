@@ -6,8 +6,8 @@ read recently and is shared by every process reading the same file (a sweep, DDP
 reading process's resident memory stays at one batch, however large the dataset. A mapping would count every page
 ever touched as resident (random windows over a 4 GB file end up with ~4 GB resident).
 
-A gather is vectorised index arithmetic plus one ``pread`` per run of consecutive rows (about one per window:
-a window's steps are consecutive rows, repeated at the padded ends).
+A gather is vectorised index arithmetic plus one ``pread`` per run of consecutive rows, straight into the output
+(about one per window: a window's steps are consecutive rows; a row repeated at a padded end is one more small read).
 """
 from __future__ import annotations
 
@@ -45,18 +45,18 @@ class RowFile:
     def __getitem__(self, rows) -> torch.Tensor:
         rows = torch.as_tensor(rows, dtype=torch.int64)
         flat = rows.reshape(-1)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.shape[0]):
+        out = torch.empty((len(flat), *self.shape[1:]), dtype=self.dtype)
+        if len(flat) == 0:
+            return out.reshape(*rows.shape, *self.shape[1:])
+        if int(flat.min()) < 0 or int(flat.max()) >= self.shape[0]:
             raise IndexError(f"{self.filename}: row index out of range [0, {self.shape[0]})")
-        uniq, inverse = torch.unique(flat, sorted=True, return_inverse=True)
-        u = uniq.numpy()
-        cut = np.flatnonzero(np.diff(u) != 1) + 1  # runs of consecutive rows: one read each
-        starts, ends = np.concatenate([[0], cut]), np.concatenate([cut, [len(u)]])
-        buf = torch.empty((len(u), *self.shape[1:]), dtype=self.dtype)
-        view = memoryview(buf.numpy()).cast("B") if len(u) else None
-        rb = self.row_bytes
-        for s, e in zip(starts.tolist(), ends.tolist()):
-            self._read_into(view[s * rb:e * rb], int(u[s]) * rb)
-        out = buf if len(u) == len(flat) and bool((inverse == torch.arange(len(u))).all()) else buf[inverse]
+        r = flat.numpy()
+        cut = np.flatnonzero(np.diff(r) != 1) + 1  # runs of consecutive rows (a window's steps): one read each,
+        starts = np.concatenate([[0], cut]).tolist()  # straight into their place in the output
+        ends = np.concatenate([cut, [len(r)]]).tolist()
+        view, rb = memoryview(out.numpy()).cast("B"), self.row_bytes
+        for s, e in zip(starts, ends):
+            self._read_into(view[s * rb:e * rb], int(r[s]) * rb)
         return out.reshape(*rows.shape, *self.shape[1:])
 
     def _read_into(self, view: memoryview, offset: int) -> None:
