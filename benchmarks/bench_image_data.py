@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -33,8 +32,18 @@ LOW = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"]
 KEYS = LOW + [f"{c}_image" for c in CAMS]
 
 
+def proc_status_mb(field: str) -> float:
+    """A ``/proc/self/status`` memory field in MB (Linux). ``VmHWM`` is this process's peak RSS (``ru_maxrss`` is
+    not: Linux carries it over ``execve`` from the parent that forked the process)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return proc_status_mb("VmHWM")
 
 
 def sampler_ms(store, batches: int, rounds: int, batch: int = 16, seq: int = 10) -> float:
@@ -77,7 +86,9 @@ def rss_child(path: str, mm: str, batches: int) -> None:
     image_bytes = sum(u.nbytes for u in store.uint8.values())
     print(json.dumps({"workload": "image_sampler/memmap_large/[16,10]", "image_store_GB": round(image_bytes / 1e9, 3),
                       "batches": batches, "ms_per_batch": round(dt * 1e3, 3),
-                      "peak_rss_MB": round(peak_rss_mb(), 1), "rss_after_imports_MB": round(before, 1)}), flush=True)
+                      "peak_rss_MB": round(peak_rss_mb(), 1), "rss_after_imports_MB": round(before, 1),
+                      "RssAnon_MB": round(proc_status_mb("RssAnon"), 1),
+                      "RssFile_MB": round(proc_status_mb("RssFile"), 1)}), flush=True)
 
 
 def rss(tmp: str, gb: float, demo_len: int, size: int, batches: int) -> None:
@@ -113,6 +124,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--rss-gb", type=float, default=0.0, help="also measure peak RSS on an image store this large")
+    ap.add_argument("--rss-only", action="store_true", help="skip the speed comparison")
     ap.add_argument("--tmp", default=None, help="folder for the datasets (default: a temporary folder)")
     ap.add_argument("--build-child", nargs=2)
     ap.add_argument("--rss-child", nargs=3)
@@ -128,7 +140,8 @@ def main() -> None:
             speed(tmp, 3, 12, 8, batches=2, rounds=1)
             rss(tmp, 0.0005, 12, 8, batches=3)
             return
-        speed(tmp, 60, 100, 84, batches=50, rounds=7)
+        if not a.rss_only:
+            speed(tmp, 60, 100, 84, batches=50, rounds=7)
         if a.rss_gb:
             rss(tmp, a.rss_gb, 100, 84, batches=2000)
     finally:

@@ -8,14 +8,15 @@ For every demo: ``obs[t]`` is the observation after ``reset_to`` the demo's mode
 ``next_obs[t] = obs[t+1]``, and the last ``next_obs`` comes from playing the last action from the last state (as
 robomimic; the controllers' internal state, e.g. the gripper's rate-limited command, is not part of ``states``, so it
 is warmed by playing the previous action from the previous state first: the last ``next_obs`` then matches a
-recorded one to about 1e-4, every other observation exactly). Observations go through the environment adapter, so images are upright uint8 ``[T, H, W, 3]``
-(``<camera>_image``) and depth maps float32 metres ``[T, H, W, 1]`` (``<camera>_depth``, with ``--depth``), exactly
-what a rollout in the same environment observes. Observation keys: those the input demo stores (in their dtypes),
-else every key the environment gives, plus the camera keys. Everything else (actions, rewards, dones, states,
-``model_file``, ``ep_meta``, masks) is copied unchanged; ``env_args`` records the camera settings, so training and
-rollouts of an image policy rebuild the same cameras. ``--workers N`` renders demos in N processes (each its own
-simulator); the output is the same whatever N. The output is written to ``<out>.partial`` and moved into place when
-complete; an existing output is replaced only with ``--overwrite``.
+recorded one closely, every other observation exactly). Observations go through the environment adapter, so images
+are upright uint8 ``[T, H, W, 3]`` (``<camera>_image``) and depth maps float32 metres ``[T, H, W, 1]``
+(``<camera>_depth``, with ``--depth``), exactly what a rollout in the same environment observes. Observation keys:
+those the input demo stores (in their dtypes), else every key the environment gives, plus the camera keys.
+Everything else (actions, rewards, dones, states, ``model_file``, ``ep_meta``, masks) is copied unchanged;
+``env_args`` records the camera settings, so training and rollouts of an image policy rebuild the same cameras.
+``--workers N`` renders demos in N processes (each its own simulator); the output is the same whatever N. The output
+is written to ``<out>.partial`` and moved into place when complete; an existing output is replaced only with
+``--overwrite``.
 """
 from __future__ import annotations
 

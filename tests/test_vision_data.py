@@ -1,7 +1,11 @@
 """Image observations in the episode store and the window sampler: uint8 HWC kept untouched, exact windows (padding,
 frame stack, goals) on a hand-made HDF5, the memory-mapped store (row files) equal to the RAM store, no statistics for
 image keys."""
+import json
+import os
 import pickle
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -123,3 +127,42 @@ def test_image_keys_get_no_normalization_stats(img_hdf5):
     assert np.array_equal(b[K.obs("cam_depth")][3, 0].numpy(), depth(1, 0))
     x = np.concatenate([100.0 * d + np.arange(L) for d, L in enumerate(LENGTHS)])
     assert b[K.obs("x")][3, 0, 0].item() == pytest.approx((100.0 - x.mean()) / (x.std() + 1e-3), rel=1e-6)
+
+
+def test_synthetic_image_dataset_streams_uint8(tmp_path):
+    from modmimic.data.synthetic import write_image_dataset
+
+    path = str(tmp_path / "syn.hdf5")
+    info = write_image_dataset(path, n_demos=3, demo_len=5, size=8, seed=1)
+    assert info["frames"] == 15 and info["image_bytes"] == 15 * 2 * 8 * 8 * 3
+    store = load_episode_store(path, ["object", "agentview_image", "robot0_eye_in_hand_image"], load_next_obs=False)
+    img = store.uint8[K.obs("agentview_image")]
+    assert img.shape == (15, 8, 8, 3) and img.dtype == torch.uint8 and img.nbytes == 15 * 8 * 8 * 3
+    with h5py.File(path) as f:
+        assert f["data/demo_2/obs/agentview_image"].chunks == (1, 8, 8, 3)
+        assert np.array_equal(img[10:].numpy(), f["data/demo_2/obs/agentview_image"][()])
+
+
+def test_states_to_obs_refuses_bad_input(img_hdf5, tmp_path, capsys):
+    from modmimic.dataset import main
+
+    out = str(tmp_path / "out.hdf5")
+    assert main(["states_to_obs", img_hdf5, out, "--camera-names", "agentview"]) == 2
+    assert "has no 'states'" in capsys.readouterr().err and not os.path.exists(out)
+    assert main(["states_to_obs", img_hdf5, img_hdf5, "--camera-names", "agentview"]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    with h5py.File(img_hdf5, "r+") as f:
+        del f["data"].attrs["env_args"]
+    assert main(["states_to_obs", img_hdf5, out, "--camera-names", "agentview"]) == 2
+    assert "env_args" in capsys.readouterr().err and not os.path.exists(out)
+
+
+@pytest.mark.slow
+def test_image_benchmark_smoke():
+    root = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+    r = subprocess.run([sys.executable, "bench_image_data.py", "--smoke"], cwd=root, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {x["workload"] for x in recs} >= {"image_sampler/ram/[16,10]", "image_sampler/memmap/[16,10]",
+                                            "image_sampler/memmap_large/[16,10]"}

@@ -25,8 +25,8 @@ def write_short_demos(path, n=2, steps=STEPS, **env_kwargs):
     from modmimic.rollout import DatasetWriter
 
     env = demos.make_env("Lift", **env_kwargs)
-    w = DatasetWriter(path, env.serialize(), obs_dtype=np.float32,
-                      obs_keys=demos.OBS_KEYS + [k for c in env_kwargs.get("camera_names", ()) for k in (f"{c}_image",)])
+    cams = [f"{c}_image" for c in env_kwargs.get("camera_names", ())]
+    w = DatasetWriter(path, env.serialize(), obs_dtype=np.float32, obs_keys=demos.OBS_KEYS + cams)
     try:
         for i in range(n):
             traj, _, _ = demos.expert_episode(env, demos.LiftExpert(), seed=i, max_steps=steps)
@@ -66,7 +66,8 @@ def test_states_to_obs_reproduces_low_dim_and_writes_images(lift_states, lift_im
                 np.testing.assert_allclose(dst[f"obs/{k}"][()], src[f"obs/{k}"][()], atol=1e-6, rtol=0)
                 np.testing.assert_allclose(dst[f"next_obs/{k}"][:-1], src[f"next_obs/{k}"][:-1], atol=1e-6, rtol=0)
             # the last next_obs is simulated (play the last action): close, not exact
-            np.testing.assert_allclose(dst["next_obs/robot0_eef_pos"][-1], src["next_obs/robot0_eef_pos"][-1], atol=1e-3)
+            last = np.abs(dst["next_obs/robot0_eef_pos"][-1] - src["next_obs/robot0_eef_pos"][-1]).max()
+            assert last < 1e-3, last
             for c in CAMS:
                 img, dep = dst[f"obs/{c}_image"], dst[f"obs/{c}_depth"]
                 assert img.dtype == np.uint8 and img.shape == (T, SIZE, SIZE, 3)
@@ -81,7 +82,8 @@ def test_states_to_obs_reproduces_low_dim_and_writes_images(lift_states, lift_im
     store = load_episode_store(lift_images, ["robot0_eef_pos", "agentview_image"])
     assert store.uint8[K.obs("agentview_image")].dtype == torch.uint8
     with h5py.File(lift_images) as b:
-        assert np.array_equal(store.uint8[K.obs("agentview_image")][:STEPS].numpy(), b["data/demo_0/obs/agentview_image"][()])
+        first = b["data/demo_0/obs/agentview_image"][()]
+        assert np.array_equal(store.uint8[K.obs("agentview_image")][:STEPS].numpy(), first)
     # an existing output is never overwritten without --overwrite
     from modmimic.dataset import main
 

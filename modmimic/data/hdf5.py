@@ -30,7 +30,7 @@ from modmimic.data import check as C
 from modmimic.data import stats as S
 from modmimic.data.rowfile import RowFile, write_rows
 
-MEMMAP_FORMAT = 2  # 2: images in row files; bump when the store's file layout changes: older stores are then rebuilt, never misread
+MEMMAP_FORMAT = 2  # bump when the store's file layout changes (2: image row files): older stores are rebuilt
 
 
 class DatasetError(ValueError):
