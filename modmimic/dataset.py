@@ -2,6 +2,9 @@
 
     python -m modmimic.dataset info <file.hdf5> [--filter-key K] [--strict]
     python -m modmimic.dataset split <file.hdf5> [--valid-fraction 0.1] [--seed 0] [--filter-key K] [--overwrite]
+    python -m modmimic.dataset states_to_obs <in.hdf5> <out.hdf5> --camera-names agentview robot0_eye_in_hand
+        [--camera-height 84] [--camera-width 84] [--depth] [--workers N] [--exclude-next-obs] [--compress]
+        [--overwrite]
 
 ``info`` prints the number of demos and samples, demo length statistics, every per-step dataset of a demo with its
 shape, dtype and value range over the (filtered) demos, the filter keys, the environment metadata, and checks that
@@ -9,6 +12,9 @@ the actions lie in [-1, 1] (robomimic's requirement unless ``train.action_config
 makes a violation exit with status 1). It also runs training's structural checks (:mod:`modmimic.data.check`):
 a file that training would refuse (a demo without steps, a dataset whose row count differs from ``num_samples``,
 non-numeric observations or actions, NaN/Inf in what training reads) is listed and exits with status 2.
+
+``states_to_obs`` re-renders observations (camera images, depth) from the stored simulator states
+(:mod:`modmimic.states_to_obs`, robomimic's ``dataset_states_to_obs``).
 
 ``split`` writes ``mask/train`` and ``mask/valid`` (``mask/<K>_train``, ``mask/<K>_valid`` when splitting the demos
 of filter key ``K``), chosen by a seeded shuffle, so the same seed always gives the same split. Nothing else in
@@ -359,7 +365,34 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--filter-key", default=None, help="split the demos of mask/<KEY> into <KEY>_train/<KEY>_valid")
     s.add_argument("--overwrite", action="store_true", help="replace existing masks of the same names")
+    o = sub.add_parser("states_to_obs", help="re-render observations (camera images, depth) from the stored states")
+    o.add_argument("path")
+    o.add_argument("out")
+    o.add_argument("--camera-names", nargs="*", default=[], help="cameras to render, e.g. agentview robot0_eye_in_hand")
+    o.add_argument("--camera-height", type=int, default=84)
+    o.add_argument("--camera-width", type=int, default=84)
+    o.add_argument("--depth", action="store_true", help="also <camera>_depth (float32 metres, [T, H, W, 1])")
+    o.add_argument("--workers", type=int, default=1, help="render demos in this many processes")
+    o.add_argument("--exclude-next-obs", action="store_true", help="write no next_obs")
+    o.add_argument("--compress", action="store_true", help="gzip every observation dataset")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return ap
+
+
+def run_states_to_obs(args) -> int:
+    from modmimic.data.hdf5 import DatasetError
+    from modmimic.envs import EnvError
+    from modmimic.states_to_obs import StatesToObsError, states_to_obs
+
+    try:
+        s = states_to_obs(args.path, args.out, args.camera_names, args.camera_height, args.camera_width, args.depth,
+                          args.workers, next_obs=not args.exclude_next_obs, compress=args.compress,
+                          overwrite=args.overwrite, progress=lambda line: print(line, flush=True))
+    except (StatesToObsError, DatasetError, EnvError) as e:
+        raise ToolError(str(e)) from None
+    print(f"{PROG}: wrote {s['demos']} demos ({s['samples']} samples; {', '.join(s['keys']) or 'no cameras'}) to "
+          f"{s['path']} ({s['bytes'] / 1e6:.1f} MB) in {s['wall_seconds']:.0f} s")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -377,6 +410,8 @@ def main(argv=None) -> int:
                          else ""), file=sys.stderr)
                 return 2
             return 1 if args.strict and info["actions_in_unit_range"] is False else 0
+        if args.command == "states_to_obs":
+            return run_states_to_obs(args)
         out = write_split(args.path, args.valid_fraction, args.seed, args.filter_key, args.overwrite)
         for name, names in out.items():
             print(f"mask/{name}: {len(names)} demos")

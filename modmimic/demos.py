@@ -252,24 +252,34 @@ def expert_episode(env, expert, seed: int, max_steps: int, extra_steps: int = 5,
     return traj, success, T
 
 
-def make_env(task: str):
+def make_env(task: str, camera_names=(), camera_height: int = 84, camera_width: int = 84, depth: bool = False):
+    """The task's environment; with ``camera_names``, camera observations (``<camera>_image``, and ``<camera>_depth``
+    with ``depth``) at ``camera_height`` x ``camera_width``."""
+    from modmimic.envs import with_cameras
     from modmimic.envs.robosuite_env import RobosuiteEnv
 
-    return RobosuiteEnv(task_env_meta(task))
+    if not camera_names:
+        return RobosuiteEnv(task_env_meta(task))
+    meta = with_cameras(task_env_meta(task), camera_names, camera_height, camera_width, depth)
+    return RobosuiteEnv(meta, use_image_obs=True, use_depth_obs=depth)
 
 
 def generate(task: str, n: int, out: str, seed: int = 0, max_tries: int | None = None, obs_dtype: str = "float32",
              valid_fraction: float = 0.1, compress: bool = True, next_obs: bool = True, obs_keys=None,
-             max_steps: int | None = None, compress_model: bool = False, progress=print) -> dict:
-    """Write ``n`` successful scripted demos of ``task`` to ``out``; returns generation statistics."""
+             max_steps: int | None = None, compress_model: bool = False, camera_names=(), camera_height: int = 84,
+             camera_width: int = 84, depth: bool = False, progress=print) -> dict:
+    """Write ``n`` successful scripted demos of ``task`` to ``out``; returns generation statistics. ``camera_names``:
+    also record ``<camera>_image`` (uint8 ``[T, H, W, 3]``, upright) and with ``depth`` ``<camera>_depth``."""
     from modmimic.rollout import DatasetWriter, split_masks
+    from modmimic.states_to_obs import camera_keys
 
     name = env_name_of(task)
-    env = make_env(task)
+    camera_names = [c for c in ([camera_names] if isinstance(camera_names, str) else list(camera_names or [])) if c]
+    env = make_env(task, camera_names, camera_height, camera_width, depth)
     expert = EXPERTS[name]()
     max_steps = max_steps or MAX_STEPS[name]
     max_tries = max_tries or max(2 * n, n + 20)
-    keys = list(OBS_KEYS if obs_keys is None else obs_keys)
+    keys = list(OBS_KEYS if obs_keys is None else obs_keys) + camera_keys(camera_names, depth)
     writer = DatasetWriter(out, env.serialize(), obs_keys=keys, obs_dtype=None if obs_dtype == "float64" else
                            np.dtype(obs_dtype), compression="gzip" if compress else None, next_obs=next_obs,
                            model_file="gzip" if compress_model else "attr")
@@ -324,7 +334,8 @@ def expert_success(task: str, episodes: int = 50, seed: int = 1000, max_steps: i
 USAGE = f"""usage:
   python -m {PROG} generate task=Lift|Can n=<demos> out=<path.hdf5> [seed=0] [max_tries=2n] [obs_dtype=float32]
                    [valid_fraction=0.1] [compress=true] [next_obs=true] [max_steps=<task default>]
-                   [compress_model=false]
+                   [compress_model=false] [camera_names=agentview,robot0_eye_in_hand] [camera_height=84]
+                   [camera_width=84] [depth=false]
   python -m {PROG} expert task=Lift|Can [episodes=50] [seed=1000]
 
 generate: write n successful scripted demonstrations as a robomimic HDF5 dataset (episode i starts from seed + i).
@@ -333,7 +344,8 @@ Needs the simulator extra: pip install 'modmimic[sim]'. Exit status 0 done, 1 fa
 
 ARGS = {"generate": {"task": str, "n": int, "out": str, "seed": int, "max_tries": int, "obs_dtype": str,
                      "valid_fraction": float, "compress": bool, "next_obs": bool, "max_steps": int,
-                     "compress_model": bool},
+                     "compress_model": bool, "camera_names": lambda v: [c for c in v.split(",") if c],
+                     "camera_height": int, "camera_width": int, "depth": bool},
         "expert": {"task": str, "episodes": int, "seed": int, "max_steps": int}}
 REQUIRED = {"generate": ("task", "n", "out"), "expert": ("task",)}
 
@@ -366,7 +378,7 @@ def parse(argv: list[str]) -> tuple[str, dict]:
             try:
                 out[k] = typ(v)
             except ValueError:
-                raise ArgumentError(f"{k} must be {typ.__name__}, got {v!r}") from None
+                raise ArgumentError(f"{k} must be {getattr(typ, '__name__', 'a list')}, got {v!r}") from None
     for k in REQUIRED[cmd]:
         if k not in out:
             raise ArgumentError(f"{cmd} needs {k}=...")

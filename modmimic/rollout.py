@@ -252,6 +252,20 @@ def run_episodes(policy, envs, n: int, horizon: int, seed: int | None = 0, termi
     return sorted(results, key=lambda e: e.index)
 
 
+def policy_obs_keys(policy) -> list:
+    """Observation (and goal) keys a :class:`modmimic.policy.RolloutPolicy` reads."""
+    algo = getattr(policy, "policy", None)
+    return list(getattr(algo, "obs_shapes", None) or {}) + list(getattr(algo, "goal_shapes", None) or {})
+
+
+def camera_obs_flags(obs_keys) -> dict:
+    """Environment flags for a policy reading ``obs_keys``: camera observations (from the cameras and sizes in the
+    dataset's ``env_args``) when it reads ``<camera>_image`` / ``<camera>_depth`` keys."""
+    from modmimic.envs import camera_obs_flags as flags
+
+    return flags(obs_keys)
+
+
 def rollout(policy, env_meta: dict, n: int, horizon: int, seed: int | None = 0, num_envs: int = 1,
             terminate_on_success: bool = True, record: bool = False, video_path: str | None = None,
             video_skip: int = 5, video_size: tuple = (512, 512), camera_name: str | None = None,
@@ -263,7 +277,7 @@ def rollout(policy, env_meta: dict, n: int, horizon: int, seed: int | None = 0, 
         return []
     from modmimic.envs.video import VideoWriter
 
-    make_kwargs = {"render": video_path is not None}
+    make_kwargs = {"render": video_path is not None, **camera_obs_flags(policy_obs_keys(policy))}
     if env_name is not None:
         make_kwargs["env_name"] = env_name
     video = None
@@ -478,10 +492,12 @@ class TrainingRollouts:
         update = OmegaConf.to_container(cfg.experiment.env_meta_update_dict, resolve=True) or {}
         for k, v in update.items():
             meta[k] = {**meta.get(k, {}), **v} if isinstance(v, dict) and isinstance(meta.get(k), dict) else v
+        from modmimic.config import all_obs_keys
+
         env_name = cfg.experiment.env
         try:
             self.envs = make_envs(meta, self.num_envs, render=bool(cfg.experiment.render_video),
-                                  **({"env_name": env_name} if env_name else {}))
+                                  **camera_obs_flags(all_obs_keys(cfg)), **({"env_name": env_name} if env_name else {}))
         except ImportError:  # a simulator is missing: the trainer warns and goes on without rollouts
             raise
         except EnvError as e:  # the dataset's env metadata is unusable: bad input

@@ -2,8 +2,13 @@
 
 Every float entry of every step (observations, next observations, the action vector, reward, done) becomes a column
 range of one ``[N, D]`` float32 buffer, demos back to back in robomimic's order (``demo_<int>`` sorted by the
-integer). uint8 observations (images) keep their dtype in their own ``[N, ...]`` tensors. The buffer lives in RAM or,
-given ``memmap_dir``, in a memory-mapped file filled demo by demo (for data larger than RAM).
+integer). uint8 observations (images, ``[H, W, C]`` per step) keep their dtype and layout in their own ``[N, ...]``
+stores, untouched (1 byte per pixel; they become float on the training device). The buffer lives in RAM or, given
+``memmap_dir``, in a memory-mapped file filled demo by demo (for data larger than RAM); there the images go to raw
+row files read with ``pread`` (:class:`modmimic.data.rowfile.RowFile`), shared by every process through the page cache.
+
+Normalization statistics cover low-dim observations only, as robomimic: uint8 images and float per-step arrays with
+three or more dimensions (depth ``[H, W, 1]``) get none.
 """
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ import torch
 from modmimic import keys as K
 from modmimic.data import check as C
 from modmimic.data import stats as S
+from modmimic.data.rowfile import RowFile, write_rows
 
-MEMMAP_FORMAT = 1  # bump when the store's file layout changes: older stores are then rebuilt, never misread
+MEMMAP_FORMAT = 2  # bump when the store's file layout changes (2: image row files): older stores are rebuilt
 
 
 class DatasetError(ValueError):
@@ -114,7 +120,8 @@ class EpisodeStore:
     """All loaded demos of one split, contiguous.
 
     ``columns`` maps each batch key (``keys.py``) to ``(start, stop, shape)`` inside ``flat``; ``uint8`` maps image
-    keys to their own tensors. ``offsets[e]``/``lengths[e]`` locate demo ``e``'s rows.
+    keys to their own ``[N, H, W, C]`` uint8 stores (a tensor in RAM, a :class:`RowFile` in a memory-mapped store;
+    both gather with ``store[rows]``). ``offsets[e]``/``lengths[e]`` locate demo ``e``'s rows.
     """
 
     path: str
@@ -246,9 +253,8 @@ def load_episode_store(
             width += 2
 
         n_total = sum(lengths)
-        uint8 = {key: torch.empty((n_total, *shape), dtype=torch.uint8) for key, _, shape in uint8_entries}
 
-        obs_moments = {k: None for k in obs_keys if K.obs(k) in columns}
+        obs_moments = {k: None for k in obs_keys if K.obs(k) in columns and has_obs_stats(columns[K.obs(k)][2])}
         act_moments = {a: None for a in action_keys}
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
 
@@ -289,7 +295,7 @@ def load_episode_store(
                     arr = read(d, rel, L, shape).reshape(L, -1)
                     a, b, _ = columns[key]
                     block[:, a:b] = arr
-                    if key[0] == K.OBS:
+                    if key[0] == K.OBS and key[1] in obs_moments:
                         pending.append((obs_moments, key[1], arr))
                 a = columns[K.ACTION][0]
                 for name, dim in zip(action_keys, act_dims):
@@ -315,21 +321,38 @@ def load_episode_store(
                 flat[rows] = torch.from_numpy(block)
                 _test_slow_memmap(flat)
 
+        def fill_uint8(put):
+            """``put(key, rows, array)`` for each image dataset of each demo, in store order."""
+            for d, L, o in zip(demos, lengths, offsets):
+                for key, rel, shape in uint8_entries:
+                    put(key, slice(int(o), int(o) + L), read(d, rel, L, shape))
+
+        uint8_files = {key: f"uint8-{i}.rows" for i, (key, _, _) in enumerate(uint8_entries)}
+
+        def write_uint8_files(folder):
+            handles = {key: open(os.path.join(folder, name), "wb") for key, name in uint8_files.items()}
+            try:
+                fill_uint8(lambda key, rows, arr: write_rows(handles[key], arr))
+            finally:
+                for h in handles.values():
+                    h.close()
+
         layout = {"format": MEMMAP_FORMAT, "demos": demos, "lengths": lengths, "width": width,
                   "columns": {repr(k): [a, b, list(sh)] for k, (a, b, sh) in columns.items()},
+                  "uint8": {repr(k): [rel, list(sh), uint8_files[k]] for k, rel, sh in uint8_entries},
                   "filter_key": filter_key, "action_keys": action_keys}
         memmap_path, reused = None, False
         if memmap_dir is None:
             flat = torch.empty((n_total, width), dtype=torch.float32)
             fill_flat(flat)
+            uint8 = {key: torch.empty((n_total, *shape), dtype=torch.uint8) for key, _, shape in uint8_entries}
+            fill_uint8(lambda key, rows, arr: uint8[key].__setitem__(rows, torch.from_numpy(arr)))
         else:
             flat, memmap_path, reused, moments = memmap_store(path, memmap_dir, layout, (n_total, width), fill_flat,
-                                                              lambda: (obs_moments, act_moments))
+                                                              lambda: (obs_moments, act_moments), write_uint8_files)
             obs_moments, act_moments = moments
-        for d, L, o in zip(demos, lengths, offsets):
-            rows = slice(int(o), int(o) + L)
-            for key, rel, shape in uint8_entries:
-                uint8[key][rows] = torch.from_numpy(read(d, rel, L, shape))
+            uint8 = {key: RowFile(os.path.join(memmap_path, uint8_files[key]), (n_total, *shape))
+                     for key, _, shape in uint8_entries}
         raw = data.attrs.get("env_args")
         env_meta = {} if raw is None else parse_env_args(raw, path)
     return EpisodeStore(
@@ -337,6 +360,12 @@ def load_episode_store(
         offsets=torch.from_numpy(offsets), flat=flat, columns=columns, uint8=uint8, obs_keys=obs_keys,
         action_keys=action_keys, env_meta=env_meta, obs_moments=obs_moments, action_moments=act_moments,
         memmap_path=memmap_path, memmap_reused=reused)
+
+
+def has_obs_stats(shape) -> bool:
+    """Whether a float observation of per-step ``shape`` gets normalization statistics: low-dim vectors do; image-like
+    arrays (three or more dimensions per step, e.g. depth ``[H, W, 1]``) do not (robomimic normalizes low_dim only)."""
+    return len(tuple(shape)) < 3
 
 
 def _summary(errors: list[str]) -> str:
@@ -358,12 +387,13 @@ def file_digest(path: str) -> str:
         return hashlib.file_digest(f, "blake2b").hexdigest()
 
 
-def memmap_store(path: str, memmap_dir: str, layout: dict, shape: tuple, fill, moments):
+def memmap_store(path: str, memmap_dir: str, layout: dict, shape: tuple, fill, moments, fill_files=None):
     """The float buffer of an episode store in a memory-mapped file under ``memmap_dir``, keyed by the dataset's
     contents (its BLAKE2b) and ``layout`` (demos, lengths, columns, filter key, action keys): the directory
     ``store-<key>/`` holds ``flat.memmap`` and ``meta.npz`` (the statistics). A store that exists is reused as is;
     otherwise ``fill(flat)`` writes it in ``.build-<key>-<pid>/``, renamed into place when complete, so a killed
-    build never leaves a store that looks finished. An exclusive lock on ``.store-<key>.lock`` makes concurrent jobs
+    build never leaves a store that looks finished; ``fill_files(build dir)`` writes any further files of the
+    store there (the image row files). An exclusive lock on ``.store-<key>.lock`` makes concurrent jobs
     (a sweep) build it once and share it. Returns ``(flat, store dir, reused, (obs moments, action moments))``."""
     from tensordict import MemoryMappedTensor
 
@@ -385,6 +415,8 @@ def memmap_store(path: str, memmap_dir: str, layout: dict, shape: tuple, fill, m
                 os.makedirs(tmp)
                 flat = MemoryMappedTensor.empty(shape, dtype=torch.float32, filename=os.path.join(tmp, "flat.memmap"))
                 fill(flat)
+                if fill_files is not None:
+                    fill_files(tmp)
                 obs_m, act_m = moments()
                 _save_moments(os.path.join(tmp, "meta.npz"), obs_m, act_m)
                 with open(os.path.join(tmp, "layout.json"), "w") as f:

@@ -131,3 +131,39 @@ def make_chain_dataset(path: str, n_states: int = 5, n_episodes: int = 200, p_ri
     names = [f"demo_{i}" for i in range(n_episodes)]
     env_args = {"env_name": "Chain", "type": 2, "env_version": "0", "env_kwargs": {"n_states": n_states}}
     write_robomimic_hdf5(path, demos, env_args=env_args, masks={"train": names})
+
+
+def write_image_dataset(path: str, n_demos: int, demo_len: int, cameras=("agentview", "robot0_eye_in_hand"),
+                        size: int = 84, low_dim: dict | None = None, action_dim: int = 7, next_obs: bool = False,
+                        seed: int = 0, progress=None) -> dict:
+    """A robomimic-format image dataset of random content, streamed demo by demo (memory: one demo, whatever the
+    total size): per demo ``obs/<camera>_image`` uint8 ``[T, size, size, 3]`` (one HDF5 chunk per frame,
+    uncompressed), float32 low-dim keys (``low_dim``: ``{key: dim}``), actions in [-1, 1], rewards and dones
+    (and the same for ``next_obs`` when asked). Returns ``{"frames", "image_bytes", "file_bytes"}``."""
+    low_dim = low_dim or {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2, "object": 10}
+    rng = np.random.default_rng(seed)
+    groups = ("obs", "next_obs") if next_obs else ("obs",)
+    image_bytes = 0
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        for i in range(n_demos):
+            T = int(demo_len)
+            g = data.create_group(f"demo_{i}")
+            g.attrs["num_samples"] = T
+            for grp in groups:
+                for cam in cameras:
+                    img = rng.integers(0, 256, size=(T, size, size, 3), dtype=np.uint8)
+                    g.create_dataset(f"{grp}/{cam}_image", data=img, chunks=(1, size, size, 3))
+                    image_bytes += img.nbytes
+                for k, dim in low_dim.items():
+                    g.create_dataset(f"{grp}/{k}", data=rng.standard_normal((T, dim)).astype(np.float32))
+            g.create_dataset("actions", data=rng.uniform(-1, 1, (T, action_dim)))
+            g.create_dataset("rewards", data=(np.arange(T) == T - 1).astype(np.float64))
+            g.create_dataset("dones", data=(np.arange(T) == T - 1).astype(np.int64))
+            if progress is not None and (i + 1) % 100 == 0:
+                progress(f"  {i + 1}/{n_demos} demos, {image_bytes / 1e9:.2f} GB of images")
+        data.attrs["total"] = n_demos * demo_len
+        data.attrs["env_args"] = json.dumps({"env_name": "Synthetic", "type": 2, "env_version": "0", "env_kwargs": {}})
+    import os
+
+    return {"frames": n_demos * demo_len, "image_bytes": image_bytes, "file_bytes": os.path.getsize(path)}

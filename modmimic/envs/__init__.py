@@ -77,10 +77,12 @@ def check_env_meta(env_meta) -> dict:
 
 
 def env_from_metadata(env_meta: dict, render: bool = False, use_image_obs: bool = False, env_name: str | None = None,
-                      **kwargs) -> Env:
+                      use_depth_obs: bool = False, **kwargs) -> Env:
     """Build the environment a dataset (or checkpoint) describes.
 
-    ``render``: offscreen rendering for :meth:`Env.render` (videos); ``use_image_obs``: camera observations;
+    ``render``: offscreen rendering for :meth:`Env.render` (videos); ``use_image_obs``: camera observations
+    (``<camera>_image``, uint8 ``[H, W, 3]`` upright, cameras and sizes from ``env_kwargs``); ``use_depth_obs``: also
+    ``<camera>_depth`` (float32 metres ``[H, W, 1]``);
     ``env_name`` replaces the dataset's environment name (e.g. evaluate a Lift policy in another task variant);
     other ``kwargs`` update ``env_kwargs``.
     """
@@ -92,7 +94,8 @@ def env_from_metadata(env_meta: dict, render: bool = False, use_image_obs: bool 
     if t == ROBOSUITE_TYPE:
         from modmimic.envs.robosuite_env import RobosuiteEnv
 
-        return RobosuiteEnv(meta, render=render, use_image_obs=use_image_obs)
+        return RobosuiteEnv(meta, render=render, use_image_obs=use_image_obs or use_depth_obs,
+                            use_depth_obs=use_depth_obs)
     if t == GYM_TYPE:
         from modmimic.envs.point_reach import BUILTIN_ENVS
 
@@ -105,3 +108,21 @@ def env_from_metadata(env_meta: dict, render: bool = False, use_image_obs: bool 
         raise EnvError(f"env type 3 ({TYPE_NAMES[3]}, env {meta['env_name']!r}) is not supported by modmimic")
     raise EnvError(f"unknown env type {t!r} for env {meta['env_name']!r} in the env metadata: expected "
                    + ", ".join(f"{k} ({v})" for k, v in TYPE_NAMES.items() if k != IG_MOMART_TYPE))
+
+
+def camera_obs_flags(obs_keys) -> dict:
+    """``{"use_image_obs", "use_depth_obs"}`` for an environment that must produce ``obs_keys``: camera observations
+    when a key is a robosuite camera image (``<camera>_image``) or depth map (``<camera>_depth``)."""
+    keys = list(obs_keys or [])
+    depth = any(str(k).endswith("_depth") for k in keys)
+    return {"use_image_obs": depth or any(str(k).endswith("_image") for k in keys), "use_depth_obs": depth}
+
+
+def with_cameras(env_meta: dict, camera_names, height: int, width: int, depth: bool = False) -> dict:
+    """A copy of ``env_meta`` whose ``env_kwargs`` render ``camera_names`` at ``height`` x ``width`` (robomimic's
+    ``create_for_data_processing`` settings: camera observations on, offscreen renderer on)."""
+    meta = check_env_meta(env_meta)
+    names = [camera_names] if isinstance(camera_names, str) else list(camera_names)
+    meta["env_kwargs"].update(camera_names=names, camera_heights=int(height), camera_widths=int(width),
+                              camera_depths=bool(depth), use_camera_obs=True, has_offscreen_renderer=True)
+    return meta

@@ -107,7 +107,7 @@ class RobosuiteEnv:
 
     type = ROBOSUITE_TYPE
 
-    def __init__(self, env_meta: dict, render: bool = False, use_image_obs: bool = False):
+    def __init__(self, env_meta: dict, render: bool = False, use_image_obs: bool = False, use_depth_obs: bool = False):
         suite = import_robosuite()
         self.name = str(env_meta["env_name"])
         if self.name not in suite.ALL_ENVIRONMENTS:
@@ -135,8 +135,7 @@ class RobosuiteEnv:
         self._meta_kwargs = copy.deepcopy(kw)
         kw.update(has_renderer=False, has_offscreen_renderer=offscreen, ignore_done=True, use_object_obs=True,
                   use_camera_obs=bool(use_image_obs))
-        if not use_image_obs:
-            kw["camera_depths"] = False
+        kw["camera_depths"] = bool(use_image_obs and use_depth_obs)
         try:
             self.env = suite.make(self.name, **kw)
         except TypeError as e:
@@ -156,17 +155,33 @@ class RobosuiteEnv:
 
     @staticmethod
     def _convert(raw: dict) -> dict:
-        """robosuite's observation dict -> modmimic's (robomimic names, upright images, own arrays)."""
+        """robosuite's observation dict -> modmimic's (robomimic names, upright images, own arrays).
+
+        The one place where camera observations are flipped: robosuite renders OpenGL-style, bottom row first;
+        ``<camera>_image`` (uint8 ``[H, W, 3]``) and ``<camera>_depth`` (``[H, W, 1]``) are returned top row first,
+        as robomimic's datasets store them. Rollouts, ``states_to_obs`` and demo generation all observe through this,
+        so the image a policy sees equals the dataset image of the same simulator state, pixel for pixel."""
         out = {}
         for k, v in raw.items():
             if k == "object-state":
                 k = "object"
             v = np.asarray(v)
-            out[k] = (v[::-1] if k.endswith("_image") else v).copy()
+            out[k] = (v[::-1] if k.endswith(("_image", "_depth")) else v).copy()
         return out
 
     def _obs(self) -> dict:
-        return self._convert(self.env._get_observations(force_update=True))
+        out = self._convert(self.env._get_observations(force_update=True))
+        for k in out:
+            if k.endswith("_depth"):
+                out[k] = self._metric_depth(out[k])
+        return out
+
+    def _metric_depth(self, z) -> np.ndarray:
+        """robosuite's depth buffer values in [0, 1] -> distance in metres (float32), as robomimic's datasets."""
+        m = self.env.sim.model
+        extent = float(m.stat.extent)
+        near, far = float(m.vis.map.znear) * extent, float(m.vis.map.zfar) * extent
+        return (near / (1.0 - np.asarray(z, np.float64) * (1.0 - near / far))).astype(np.float32)
 
     def reset(self, seed: int | None = None) -> dict:
         if seed is not None:  # in place: the placement samplers hold a reference to this generator
