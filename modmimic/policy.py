@@ -355,13 +355,15 @@ class RolloutPolicy:
     def reset_envs(self, done) -> None:
         self.policy.reset(self.num_envs, torch.as_tensor(np.asarray(done, dtype=bool)))
 
-    def _prepare(self, ob: dict, batched: bool, keys: dict) -> dict:
+    def _prepare(self, ob: dict, batched: bool, keys) -> dict:
+        """``keys``: the policy's observation keys (a dict of their per-step shapes, or a list)."""
         out = {}
         for k in keys:
             if k not in ob:
                 raise KeyError(f"observation has no key {k!r} that the policy needs (has: {sorted(ob)})")
             v = np.asarray(ob[k])
-            if v.dtype != np.uint8 or len(keys[k]) < 2:  # images stay uint8: the encoder makes them float
+            shape = keys[k] if isinstance(keys, dict) else v.shape[1 if batched else 0:]
+            if v.dtype != np.uint8 or len(shape) < 2:  # images stay uint8: the encoder makes them float
                 v = v.astype(np.float32, copy=False)
             if not batched:
                 v = v[None]

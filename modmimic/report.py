@@ -70,17 +70,22 @@ def sweep_runs(folder: str) -> list[tuple[str, str | None]]:
     """``[(setting, run dir or None)]`` of a sweep folder (see the module docstring)."""
     jobs_dir = os.path.join(folder, "jobs")
     if os.path.isdir(jobs_dir):
-        out = []
+        jobs = []
         for name in sorted(os.listdir(jobs_dir), key=lambda n: (len(n), n)):
             if not name.endswith(".json"):
                 continue
             with open(os.path.join(jobs_dir, name)) as f:
-                job = json.load(f)
-            setting = " ".join(o for o in job.get("overrides", []) if o.split("=", 1)[0].lstrip("+~") not in SEED_KEYS)
+                jobs.append(json.load(f))
+        parsed = [dict(o.split("=", 1) if "=" in o else (o, "") for o in j.get("overrides", [])) for j in jobs]
+        keys = list(dict.fromkeys(k for p in parsed for k in p))
+        # the setting: the swept keys (values that differ between jobs), seeds aside; constant overrides are common
+        varying = [k for k in keys if k.lstrip("+~") not in SEED_KEYS and len({p.get(k) for p in parsed}) > 1]
+        out = []
+        for job, p in zip(jobs, parsed):
             run = job.get("run_dir")
             if run is not None and not os.path.isabs(run):
                 run = os.path.normpath(os.path.join(os.getcwd(), run))
-            out.append((setting or "(defaults)", run))
+            out.append((" ".join(f"{k}={p[k]}" for k in varying if k in p) or "(defaults)", run))
         return out
     runs = sorted(os.path.dirname(os.path.dirname(os.path.join(root, f)))
                   for root, _, files in os.walk(folder) for f in files

@@ -376,7 +376,7 @@ def subgoal_changes(policy, env_meta, steps, reset_at=None, num_envs=2):
     return changes
 
 
-@pytest.mark.parametrize("recipe", ["hbc", "iris"])
+@pytest.mark.parametrize("recipe", ["hbc", pytest.param("iris", marks=pytest.mark.slow)])
 def test_cli_trains_resumes_reloads_and_acts(recipe, reach_hdf5, tiny, tmp_path):
     extra = ["algo.value_planner.num_samples=8", "algo.value_planner.value.critic.num_action_samples_rollout=4"] \
         if recipe == "iris" else []

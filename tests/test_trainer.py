@@ -17,7 +17,7 @@ from modmimic.trainer import (build_data, make_run_dir, resume_config, run_epoch
 from modmimic.algo import algo_factory  # noqa: E402
 
 # awac: offline RL, sampling prepare steps; diffusion_policy: EMA target; act: chunked batches, a sampled latent
-FAST_RESUME = ["bc", "bc_rnn", "bc_transformer", "hbc", "iris", "awac", "diffusion_policy", "act"]
+FAST_RESUME = ["bc", "bc_rnn", "bc_transformer", "hbc", "awac", "diffusion_policy", "act"]  # iris: slow (hbc's engine)
 PENDING = {}
 
 
