@@ -125,6 +125,19 @@ def sampler_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([int(seed), 7919, stream]).generate_state(1)[0])
 
 
+def window_sampler(t, store: EpisodeStore, stream: int, obs_stats, action_stats, device) -> WindowSampler:
+    """The shuffled window sampler of ``store`` with ``train`` section ``t``'s window settings, seeded for sampler
+    ``stream`` (0 = train, 1 = valid, ...); bad window settings are a :class:`DatasetError` naming the file."""
+    try:
+        return WindowSampler(store, t.batch_size, seq_length=t.seq_length, frame_stack=t.frame_stack,
+                             pad_seq_length=t.pad_seq_length, pad_frame_stack=t.pad_frame_stack,
+                             goal_mode=t.goal_mode, obs_normalization_stats=obs_stats,
+                             action_normalization_stats=action_stats, shuffle=True,
+                             seed=sampler_seed(t.seed, stream), device=device)
+    except ValueError as e:
+        raise DatasetError(f"{store.path}: {e}") from None
+
+
 def build_data(cfg: DictConfig, device="cpu") -> TrainData:
     """Episode stores and window samplers of the train (and validation) split of ``train.data``."""
     t = cfg.train
@@ -166,14 +179,7 @@ def build_data(cfg: DictConfig, device="cpu") -> TrainData:
     warn_about_data(cfg, train_store, action_config)
 
     def sampler(store, stream):
-        try:
-            return WindowSampler(store, t.batch_size, seq_length=t.seq_length, frame_stack=t.frame_stack,
-                                 pad_seq_length=t.pad_seq_length, pad_frame_stack=t.pad_frame_stack,
-                                 goal_mode=t.goal_mode, obs_normalization_stats=obs_stats,
-                                 action_normalization_stats=action_stats if normalized else None, shuffle=True,
-                                 seed=sampler_seed(t.seed, stream), device=device)
-        except ValueError as e:
-            raise DatasetError(f"{path}: {e}") from None
+        return window_sampler(t, store, stream, obs_stats, action_stats if normalized else None, device)
 
     train_sampler = sampler(train_store, 0)
     check_batch_size(t, train_sampler, device)
@@ -265,14 +271,7 @@ def build_meta_data(cfg: DictConfig, entries: list[dict], device="cpu") -> Train
         warn_about_data(cfg, st, action_config)
 
     def sampler(store, stream):
-        try:
-            return WindowSampler(store, t.batch_size, seq_length=t.seq_length, frame_stack=t.frame_stack,
-                                 pad_seq_length=t.pad_seq_length, pad_frame_stack=t.pad_frame_stack,
-                                 goal_mode=t.goal_mode, obs_normalization_stats=obs_stats,
-                                 action_normalization_stats=action_stats if normalized else None, shuffle=True,
-                                 seed=sampler_seed(t.seed, stream), device=device)
-        except ValueError as e:
-            raise DatasetError(f"{store.path}: {e}") from None
+        return window_sampler(t, store, stream, obs_stats, action_stats if normalized else None, device)
 
     by_size = bool(t.get("normalize_weights_by_ds_size", False))
     weights = [e["weight"] for e in entries]
