@@ -6,7 +6,7 @@ eager step time / this step time, median over interleaved rounds: 1.0 = no frame
 eager), ``threads``.
 
 * modmimic step = ``sampler.sample()`` + ``algo.process_batch_for_training`` (n-step transition) +
-  ``algo.train_on_batch`` + ``log_info`` (what the training loop does).
+  ``algo.train_on_batch`` (what the training loop does; its log values stay on the device until the epoch ends).
 * bare step = index per-key tensors with random rows (obs, next obs, action, reward, done), ``torch.cat`` the
   observation keys, then the algorithm written out by hand with ``nn.Sequential`` MLPs and the same update order,
   optimizers, targets and polyak (``_foreach_lerp_``), and one ``.item()``.

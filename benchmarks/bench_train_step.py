@@ -4,7 +4,7 @@ Prints one JSON line per measurement: ``workload``, ``steps_per_s``, ``ms_per_st
 (bare-PyTorch step time / modmimic step time: 1.0 = no framework tax, > 1 = faster), ``threads``.
 
 * modmimic step = ``sampler.sample()`` (vectorised window gather) + ``algo.process_batch_for_training`` +
-  ``algo.train_on_batch`` (+ ``log_info``, as the training loop does).
+  ``algo.train_on_batch`` (as the training loop does: log values stay on the device until the epoch ends).
 * bare step = index a dict of per-key tensors with random indices, ``torch.cat`` the observation keys, forward,
   loss, ``zero_grad``/``backward``/``Adam.step``, ``loss.item()``.
 The two run interleaved (A B A B ...) over ``--repeats`` rounds of ``--steps`` steps; the median round time is
