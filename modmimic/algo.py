@@ -704,6 +704,8 @@ class Algo:
         self._step = 0
         self.check_finite = True
         self._fresh_batch = None
+        self._batch_fns = None
+        self._writes_batch = program.writes_batch
         if _view is None:
             program.autocast = autocast_of(config, self.device)
         if _view is None and config.train.get("compile", False):
@@ -754,8 +756,10 @@ class Algo:
             batch = batch_from_robomimic(batch)
         if batch.device != self.device:
             batch = batch.to(self.device)
-        n = len(self.scope)
-        fns = [(s[n:], c) for s, c in self.program.batch if s[:n] == self.scope]
+        fns = self._batch_fns
+        if fns is None:
+            n = len(self.scope)
+            fns = self._batch_fns = [(s[n:], c) for s, c in self.program.batch if s[:n] == self.scope]
         if len(fns) == 1 and not fns[0][0]:
             out = fns[0][1](batch)
         else:
@@ -779,7 +783,7 @@ class Algo:
             raise RuntimeError(f"component {'.'.join(self.scope)!r} is trained by its hierarchical algorithm's "
                                "train_on_batch")
         with torch.set_grad_enabled(not validate):
-            if self.program.writes_batch and id(batch) != self._fresh_batch:
+            if self._writes_batch and id(batch) != self._fresh_batch:
                 batch = batch.clone(False)
             self._fresh_batch = None
             try:

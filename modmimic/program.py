@@ -178,17 +178,21 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
             continue
         loss = None
         for lname, call, weight in s.losses:
-            with autocast():
+            if program.autocast is None:
                 out = call(part, epoch, step)
+            else:
+                with autocast():
+                    out = call(part, epoch, step)
             term = out.pop("loss")
             if call.writes:
                 _write(part, call, {k: out.pop(k) for k in list(out) if K.as_key(k) in call.writes})
             terms.append((f"{s.prefix}{lname}", s.name, term))
-            loss = weight * term if loss is None else loss + weight * term
+            weighted = term if weight == 1.0 else weight * term
+            loss = weighted if loss is None else loss + weighted
             info[f"{s.prefix}{lname}/loss"] = term.detach()
-            for k, v in out.items():
-                info[f"{s.prefix}{lname}/{k}"] = v.detach() if torch.is_tensor(v) else v
-        if check_finite:
+            for k, v in out.items():  # metrics come detached (the loss contract)
+                info[f"{s.prefix}{lname}/{k}"] = v.detach() if torch.is_tensor(v) and v.requires_grad else v
+        if check_finite and not bool(torch.isfinite(loss)):
             _check_finite(terms, epoch, step)
         terms.clear()
         d = loss.detach()
@@ -214,12 +218,13 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
 
 
 def _check_finite(terms, epoch, step) -> None:
-    total = torch.stack([t.detach().float().reshape(()) for _, _, t in terms]).sum()
-    if bool(torch.isfinite(total)):
-        return
+    """An update's weighted sum is not finite: name the first non-finite term (or the sum, when it overflowed)."""
     for name, update, t in terms:
         if not bool(torch.isfinite(t)):
             raise NonFiniteLossError(f"loss {name!r} (update {update!r}) is {t.item()} at epoch {epoch}, step {step}")
+    names = ", ".join(repr(n) for n, _, _ in terms)
+    raise NonFiniteLossError(f"the weighted sum of losses {names} (update {terms[0][1]!r}) overflowed at epoch "
+                             f"{epoch}, step {step}")
 
 
 def _backward_and_step(program: Program, u: Update, loss, info: dict, step: int = 0) -> None:
