@@ -185,9 +185,18 @@ class RunLogger:
         if self.plot:
             # redraw at most every PLOT_EVERY_S seconds (and never more than 5% of the time); close() draws the rest
             if time.monotonic() - self._last_plot >= max(PLOT_EVERY_S, 20 * self._plot_cost):
-                self.plot_curves()
+                self._draw()
             else:
                 self._plot_pending = True
+
+    def _draw(self) -> None:
+        """:meth:`plot_curves`, best effort: the picture of the curves never stops a run (a failure warns once and
+        turns plotting off; the metrics log and TensorBoard have the numbers)."""
+        try:
+            self.plot_curves()
+        except Exception as e:  # noqa: BLE001 - matplotlib raises many kinds
+            self.plot, self._plot_pending = False, False
+            warnings.warn(f"curves.png is not drawn any more: {type(e).__name__}: {e}", stacklevel=3)
 
     def plot_curves(self) -> None:
         """``curves.png``: one panel per update (``total``, then e.g. ``critic``, ``vf``, ``actor``) with every loss
@@ -225,7 +234,8 @@ class RunLogger:
                 marker = "o" if len(pts) < 30 else None
                 style = "--" if label.startswith("valid") else "-"
                 if success and len(pts[0]) == 4:
-                    err = [[y - p[2] for y, p in zip(ys, pts)], [p[3] - y for y, p in zip(ys, pts)]]
+                    # Wilson bounds at a rate of 0 or 1 can sit a rounding error inside the rate: never below zero
+                    err = [[max(0.0, y - p[2]) for y, p in zip(ys, pts)], [max(0.0, p[3] - y) for y, p in zip(ys, pts)]]
                     ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=f"{label} (95% CI)")
                     if len(pts) > 1:
                         ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], alpha=0.15)
@@ -276,8 +286,8 @@ class RunLogger:
 
     def close(self) -> None:
         """Draw what is pending and close the writers (idempotent)."""
-        if self._plot_pending:
-            self.plot_curves()
+        if self._plot_pending and self.plot:
+            self._draw()
         if self.tb is not None:
             self.tb.close()
             self.tb = None

@@ -206,3 +206,25 @@ def test_video_does_not_change_the_episodes(tmp_path):
         np.testing.assert_array_equal(a.trajectory["states"], b.trajectory["states"])
         for k in a.trajectory["obs"]:
             np.testing.assert_array_equal(a.trajectory["obs"][k], b.trajectory["obs"][k])
+
+
+def test_curves_draw_a_perfect_success_rate_and_never_stop_a_run(tmp_path):
+    """50/50: the Wilson upper bound is 1.0 up to rounding (it stopped the README's main job at its last epoch); and a
+    plot that cannot be drawn warns and turns plotting off instead of failing the run."""
+    from modmimic.rollout import wilson_interval
+
+    lo, hi = wilson_interval(50, 50)
+    log = RunLogger(str(tmp_path), log_tb=False)
+    log.record(1, {"Train/Loss": 1.0, "Rollout/Success_Rate/Lift": 1.0, "Rollout/Success_Rate_CI95_Low/Lift": lo,
+                   "Rollout/Success_Rate_CI95_High/Lift": hi})
+    assert hi < 1.0  # 0.9999999999999999: the upper error bar would be negative
+    log.plot_curves()
+    assert os.path.getsize(tmp_path / "curves.png") > 0
+    def broken():
+        raise ValueError("'yerr' must not contain negative values")  # what matplotlib raised
+
+    log.plot_curves = broken
+    log._plot_pending = True
+    with pytest.warns(UserWarning, match="curves.png is not drawn any more"):
+        log.close()
+    assert log.plot is False
