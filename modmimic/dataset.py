@@ -85,14 +85,6 @@ def demo_names(f: h5py.File, filter_key: str | None = None, path: str = "") -> l
     return sorted(names, key=_demo_key)
 
 
-def _datasets(group: h5py.Group, prefix: str = ""):
-    for k, v in group.items():
-        if isinstance(v, h5py.Group):
-            yield from _datasets(v, f"{prefix}{k}/")
-        else:
-            yield f"{prefix}{k}", v
-
-
 # --- which file a config trains on ----------------------------------------------------------------------------
 
 ROBOMIMIC_DEFAULT_LOW_DIM = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"]
@@ -183,7 +175,7 @@ def dataset_info(path: str, filter_key: str | None = None) -> dict:
         lengths = np.array([_num_samples(data[d]) for d in demos])
         keys = {}
         for d in demos:  # every per-step dataset of any demo; shape and dtype as in the first demo that has it
-            for name, ds in _datasets(data[d]) if isinstance(data[d], h5py.Group) else ():
+            for name, ds in C.walk_datasets(data[d]) if isinstance(data[d], h5py.Group) else ():
                 if name == "model_file" or name in keys:  # model_file: the compressed MJCF XML, not per step
                     continue
                 keys[name] = {"shape": list(ds.shape[1:]), "dtype": str(ds.dtype), "min": None, "max": None}

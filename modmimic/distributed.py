@@ -332,11 +332,12 @@ class _MainOnlyRollouts:
     def __getattr__(self, name):  # env_name, videos, ...
         return getattr(self.fn, name)
 
-    def prepare(self, cfg, env_meta):
-        error, out = None, None
-        if self.group.is_main and hasattr(self.fn, "prepare"):
+    def _on_main(self, call, *args, **kwargs):
+        """``call(*args, **kwargs)`` on rank 0; its result, or its exception, on every rank."""
+        out, error = None, None
+        if self.group.is_main:
             try:
-                out = self.fn.prepare(cfg, env_meta)
+                out = call(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - raised on every rank
                 error = e
         out, error = self.group.broadcast_object((out, error))
@@ -344,17 +345,13 @@ class _MainOnlyRollouts:
             raise error
         return out
 
+    def prepare(self, cfg, env_meta):
+        if not hasattr(self.fn, "prepare"):
+            return None
+        return self._on_main(self.fn.prepare, cfg, env_meta)
+
     def __call__(self, policy, epoch, cfg, env_meta, run_dir=None):
-        out, error = None, None
-        if self.group.is_main:
-            try:
-                out = self.fn(policy, epoch, cfg, env_meta, run_dir=run_dir)
-            except Exception as e:  # noqa: BLE001 - raised on every rank
-                error = e
-        out, error = self.group.broadcast_object((out, error))
-        if error is not None:
-            raise error
-        return out
+        return self._on_main(self.fn, policy, epoch, cfg, env_meta, run_dir=run_dir)
 
     def close(self):
         if hasattr(self.fn, "close"):

@@ -24,9 +24,6 @@ from modmimic.policy import RolloutPolicy, make_checkpoint, policy_from_checkpoi
 
 KEYS = ["pos", "goal_pos", "vel"]
 SHAPES = {"pos": (2,), "goal_pos": (2,), "vel": (2,)}
-HAS_CHUNKED = hasattr(acting, "Chunked")
-needs_chunked = pytest.mark.skipif(not HAS_CHUNKED, reason="acting.Chunked (the shared chunk acting path) comes "
-                                                           "with branch diffusion")
 SMALL = ["observation.modalities.obs.low_dim=[pos,goal_pos,vel]", "algo.act.embed_dim=32", "algo.act.num_heads=2",
          "algo.act.hidden_dim=64", "algo.act.num_layers=1", "algo.act.decoder.num_layers=1",
          "algo.act.vae.num_layers=1", "algo.act.vae.latent_dim=4", "algo.act.chunk_size=8", "train.batch_size=16",
@@ -52,12 +49,8 @@ def chunk_td(B, k, seed=0, mask=None):
 
 
 def act_config(*overrides):
-    """The act recipe, small; without ``acting.Chunked`` (before branch diffusion merges) its acting path is
-    swapped for NotActable so that everything but acting can be built and checked."""
-    cfg = compose("act", [*SMALL, *overrides])
-    if not HAS_CHUNKED:
-        cfg.act = {"fn": "modmimic.components.acting.NotActable", "reason": "acting.Chunked has not merged yet"}
-    return cfg
+    """The act recipe, small."""
+    return compose("act", [*SMALL, *overrides])
 
 
 def build(cfg, path, seed=0):
@@ -224,19 +217,12 @@ def test_bad_settings_name_their_keys():
         compose("act", [*SMALL, "train.frame_stack=2"])
 
 
-def test_shipped_recipe_builds_once_chunked_exists():
-    """The shipped recipe names ``acting.Chunked``: before it merges, building says exactly that."""
-    cfg = compose("act", SMALL)
-    if HAS_CHUNKED:
-        assert type(algo_factory("act", cfg, SHAPES, 2).act_path).__name__ == "Chunked"
-    else:
-        with pytest.raises(ConfigError, match="cannot import 'modmimic.components.acting.Chunked'"):
-            algo_factory("act", cfg, SHAPES, 2)
+def test_shipped_recipe_acts_through_the_shared_chunk_path():
+    assert isinstance(algo_factory("act", compose("act", SMALL), SHAPES, 2).act_path, acting.Chunked)
 
 
-# --- acting (needs acting.Chunked) ---------------------------------------------------------------------------------
+# --- acting ------------------------------------------------------------------------------------------------------
 
-@needs_chunked
 @pytest.mark.parametrize("ensemble", [False, True])
 def test_rollout_policy_acts_with_chunks(reach_hdf5, ensemble):
     """Without ensembling the first chunk is executed open loop; with it, step 1 averages chunk 0's second action
@@ -261,7 +247,6 @@ def test_rollout_policy_acts_with_chunks(reach_hdf5, ensemble):
 
 
 @pytest.mark.slow
-@needs_chunked
 def test_act_learns_lift(tmp_path):
     """ACT, small, on the embedded scripted Lift demos, then ``modmimic.eval`` in robosuite's Lift."""
     pytest.importorskip("robosuite", reason="simulator extra not installed")

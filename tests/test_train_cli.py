@@ -154,6 +154,25 @@ def test_help_lists_recipes(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+
+def kill_when(p: subprocess.Popen, ready, delay: float, timeout: float = 120) -> bool:
+    """SIGKILL ``p`` ``delay`` seconds after ``ready()`` first holds (polled every 50 ms); whether it was killed."""
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and p.poll() is None:
+            if ready():
+                time.sleep(delay)
+                p.send_signal(signal.SIGKILL)
+                p.wait(timeout=30)
+                return True
+            time.sleep(0.05)
+        p.wait(timeout=30)
+        return False
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
 def test_sigkill_during_checkpoint_write_keeps_last_loadable(reach_hdf5, tmp_path):
     """Kill the process while it writes the second last.pth: the first one is intact, and the run resumes."""
     args = ["recipe=bc", f"dataset={reach_hdf5}", "train.output_dir=o", *TINY, "train.num_epochs=5",
@@ -161,24 +180,13 @@ def test_sigkill_during_checkpoint_write_keeps_last_loadable(reach_hdf5, tmp_pat
     p = subprocess.Popen([sys.executable, "-m", "modmimic.train", *args], cwd=tmp_path,
                          env=dict(os.environ, MODMIMIC_TEST_SLOW_SAVE="3"), stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        killed = False
-        while time.time() < deadline and p.poll() is None:
-            rd = runs(tmp_path / "o")
-            if rd:
-                models = os.path.join(rd[0], "models")
-                names = os.listdir(models) if os.path.isdir(models) else []
-                if "last.pth" in names and any(n.startswith(".last.pth.") and n.endswith(".tmp") for n in names):
-                    time.sleep(0.5)  # well inside the 3-second write
-                    p.send_signal(signal.SIGKILL)
-                    killed = True
-                    break
-            time.sleep(0.05)
-        p.wait(timeout=30)
-    finally:
-        if p.poll() is None:
-            p.kill()
+
+    def writing_second_last_pth():
+        rd = runs(tmp_path / "o")
+        names = os.listdir(os.path.join(rd[0], "models")) if rd and os.path.isdir(os.path.join(rd[0], "models")) else []
+        return "last.pth" in names and any(n.startswith(".last.pth.") and n.endswith(".tmp") for n in names)
+
+    killed = kill_when(p, writing_second_last_pth, 0.5)  # well inside the 3-second write
     assert killed and p.returncode == -signal.SIGKILL
     (run_dir,) = runs(tmp_path / "o")
     models = os.path.join(run_dir, "models")
@@ -259,19 +267,8 @@ def test_memmap_build_sigkill_then_rerun_resume_and_sweep_reuse(reach_hdf5, tmp_
     p = subprocess.Popen([sys.executable, "-m", "modmimic.train", *args], cwd=tmp_path,
                          env=dict(os.environ, MODMIMIC_TEST_SLOW_MEMMAP="0.5"), stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
-    try:
-        deadline, killed = time.time() + 120, False
-        while time.time() < deadline and p.poll() is None:
-            if any(n.startswith(".build-") for n in memmap_listing(tmp_path / "mm").get("train", [])):
-                time.sleep(1.0)  # a few demos into the 12 x 0.5 s build
-                p.send_signal(signal.SIGKILL)
-                killed = True
-                break
-            time.sleep(0.05)
-        p.wait(timeout=30)
-    finally:
-        if p.poll() is None:
-            p.kill()
+    killed = kill_when(p, lambda: any(n.startswith(".build-") for n in memmap_listing(tmp_path / "mm").get("train", [])),
+                       1.0)  # a few demos into the 12 x 0.5 s build
     assert killed and p.returncode == -signal.SIGKILL
     (left,) = memmap_listing(tmp_path / "mm")["train"]
     assert left.startswith(".build-")  # the interrupted build, never renamed into place

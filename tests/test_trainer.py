@@ -18,7 +18,6 @@ from modmimic.algo import algo_factory  # noqa: E402
 
 # awac: offline RL, sampling prepare steps; diffusion_policy: EMA target; act: chunked batches, a sampled latent
 FAST_RESUME = ["bc", "bc_rnn", "bc_transformer", "hbc", "awac", "diffusion_policy", "act"]  # iris: slow (hbc's engine)
-PENDING = {}
 
 
 def optim_params_paths(cfg, prefix="algo"):
@@ -60,14 +59,7 @@ def assert_same_state(a: dict, b: dict):
             assert fa[k] == fb[k], k
 
 
-def _pending(recipe):
-    from modmimic.components import acting
-
-    return recipe in PENDING and not hasattr(acting, "Chunked")
-
-
-@pytest.mark.parametrize("recipe", [pytest.param(r, marks=([] if r in FAST_RESUME else [pytest.mark.slow]) +
-                                                 ([pytest.mark.skip(reason=PENDING[r])] if _pending(r) else []))
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=[] if r in FAST_RESUME else [pytest.mark.slow])
                                     for r in list_recipes()])
 def test_resume_is_bit_exact(recipe, reach_hdf5, tmp_path, tiny):
     """4 epochs == 2 epochs (stopped) + resume, for networks, optimizers, schedulers, samplers and RNG streams;

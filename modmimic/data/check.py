@@ -70,7 +70,7 @@ def check_demos(f: h5py.File, demos: list[str], path: str, keys: list[str] | Non
             errors.append(f"{path}: data/{d} is empty (num_samples={n}); a demo needs at least one step: remove it "
                           "or leave it out with a filter key (mask/<key>)")
             continue
-        names = keys if keys is not None else [name for name, _ in _walk(g) if name != "model_file"]
+        names = keys if keys is not None else [name for name, _ in walk_datasets(g) if name != "model_file"]
         for name in names:
             try:
                 ds = g[name]
@@ -101,9 +101,10 @@ def action_range_warning(path: str, key: str, lo: float, hi: float) -> str | Non
             f"policies with tanh outputs cannot reach these: set {fix} (or gaussian)")
 
 
-def _walk(group: h5py.Group, prefix: str = ""):
+def walk_datasets(group: h5py.Group, prefix: str = ""):
+    """``(relative path, dataset)`` of every dataset below ``group``."""
     for k, v in group.items():
         if isinstance(v, h5py.Group):
-            yield from _walk(v, f"{prefix}{k}/")
+            yield from walk_datasets(v, f"{prefix}{k}/")
         else:
             yield f"{prefix}{k}", v
