@@ -122,6 +122,7 @@ def recipe_key(recipe: str) -> str:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(group="recipe", name=key, node=recipe_node(key), package="_global_")
+    register_presets(key)
     return key
 
 
@@ -139,10 +140,89 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     base = OmegaConf.load(base_config_path())
-    base_with_defaults = OmegaConf.merge({"defaults": ["_self_", {"recipe": "bc"}]}, base)
+    base_with_defaults = OmegaConf.merge({"defaults": base_defaults()}, base)
     cs.store(name="modmimic_base", node=base_with_defaults)
     _REGISTERED = True
     recipe_key("bc")
+
+
+def base_defaults() -> list:
+    """The base config's hydra defaults list: a recipe, then a preset over it (``preset=<name>`` picks
+    ``preset_values/<name>_<recipe>``, registered by :func:`register_presets`), then the command line's overrides."""
+    return ["_self_", {"recipe": "bc"}, {"preset": DEFAULT_PRESET}, {"preset_values": "${preset}_${recipe}"}]
+
+
+# --- presets: settings over any recipe ------------------------------------------------------------------------------
+#
+# A preset (``modmimic/conf/preset/<name>.yaml``) is a set of config values laid over a recipe before the command
+# line's overrides: ``all`` applies to every recipe, ``recipes.<name>`` to a recipe and to the recipes that extend it
+# (the nearest entry along the recipe's ``defaults`` chain wins: ``bc_rnn_gmm`` uses ``bc_rnn``'s entry unless it has
+# its own). ``robomimic`` (the default) is empty: the recipes are robomimic's settings. The composed config records the
+# preset's name under ``preset``.
+
+DEFAULT_PRESET = "robomimic"
+
+
+def presets_dir() -> Path:
+    return base_config_path().parent / "preset"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def check_preset_name(name) -> None:
+    if str(name) not in list_presets():
+        raise ConfigError(f"unknown preset {name!r}{closest(name, list_presets())}; available presets: "
+                          f"{', '.join(list_presets())}")
+
+
+def load_preset(name: str) -> DictConfig:
+    check_preset_name(name)
+    return OmegaConf.load(presets_dir() / f"{name}.yaml")
+
+
+def preset_description(name: str) -> str:
+    return str(load_preset(name).get("description") or "").strip()
+
+
+def recipe_lineage(name: str, _stack=()) -> list[str]:
+    """``name``'s recipe name followed by its parents' (depth first, nearest first), from the ``defaults`` lists."""
+    path = find_recipe(name)
+    if str(path) in _stack:
+        return []
+    raw = OmegaConf.load(path)
+    own = raw.get("recipe_name") or path.stem
+    out = [str(own)]
+    for p in reversed([str(p) for p in (raw.get("defaults") or []) if str(p) != "_self_"]):
+        if is_recipe_path(p) and not os.path.isabs(p):
+            p = str(path.parent / p)
+        out += [n for n in recipe_lineage(p, _stack + (str(path),)) if n not in out]
+    return out
+
+
+def preset_values(preset: str, recipe: str) -> DictConfig:
+    """What ``preset`` lays over ``recipe``: its ``all`` values merged with the nearest ``recipes`` entry."""
+    spec = load_preset(preset)
+    entries = spec.get("recipes") or {}
+    family = next((n for n in recipe_lineage(recipe) if n in entries), None)
+    return OmegaConf.merge(spec.get("all") or {}, entries[family] if family else {})
+
+
+def preset_family(preset: str, recipe: str) -> str | None:
+    """The recipe whose entry of ``preset`` applies to ``recipe`` (None: only the preset's ``all`` values)."""
+    entries = load_preset(preset).get("recipes") or {}
+    return next((n for n in recipe_lineage(recipe) if n in entries), None)
+
+
+def register_presets(key: str) -> None:
+    """Every preset in the ConfigStore, and its values for recipe ``key`` (group ``preset_values``)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for p in list_presets():
+        cs.store(group="preset", name=p, node={"preset": p}, package="_global_")
+        cs.store(group="preset_values", name=f"{p}_{key}", node=preset_values(p, key), package="_global_")
 
 
 # --- recipe files: inheritance and shared defaults ------------------------------------------------------------------
@@ -257,8 +337,7 @@ def recipe_node(name: str, _stack=()) -> DictConfig:
         if is_recipe_path(p) and not os.path.isabs(p):  # a parent path is relative to the recipe's folder
             p = str(path.parent / p)
         node = _merge_recipe(node, recipe_node(p, _stack + (str(path),)))
-    if node.get("recipe_name") is None:
-        node.recipe_name = path.stem
+    node.recipe_name = raw.get("recipe_name") or path.stem  # its own name, never a parent's
     if is_recipe_path(name) or not (recipes_dir() / f"{name}.yaml").is_file():
         _FILES.setdefault(str(node.recipe_name), path)
     return expand_components(_with_optim_defaults(node), _stack + (str(path),))
@@ -384,6 +463,9 @@ def check_override_keys(recipe: str, overrides) -> None:
                     f"variant with its robomimic flags under algo.{name} (e.g. algo.planner.vae.enabled=false for a "
                     "GL planner, algo.actor.gmm.enabled=true for a BC-RNN-GMM actor), or write a recipe that "
                     "references another sub-recipe")
+            continue
+        if key == "preset":
+            check_preset_name(value)
             continue
         if key in ("recipe", "dataset") or key in prefixes:
             continue

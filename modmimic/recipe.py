@@ -1,6 +1,7 @@
 """``python -m modmimic.recipe list | explain <recipe or path.yaml> [dataset=<hdf5>] [key=value ...]``.
 
-``list`` prints every recipe (shipped, and those in ``$MODMIMIC_RECIPE_PATH``) with its one-line description.
+``list`` prints every recipe (shipped, and those in ``$MODMIMIC_RECIPE_PATH``) with its one-line description, then
+the presets (``preset=<name>``). With ``preset=``, ``explain`` first lists what the preset changes.
 ``explain`` compiles a recipe (with any overrides) into its program and prints it on one screen: the networks and
 their parameter counts, optimizers and LR schedules, the steps of one training step in order with the keys each
 reads and writes, which loss moves which network, how often and in which epochs, the targets and their tau, and the
@@ -16,9 +17,38 @@ PROG = "modmimic.recipe"
 
 
 def list_text() -> str:
+    from modmimic.config import list_presets, preset_description
+
     names = list_recipes()
-    width = max(len(n) for n in names)
-    return "\n".join(f"{n.ljust(width)}  {recipe_description(n)}" for n in names)
+    width = max(len(n) for n in names + list_presets())
+    return "\n".join([*(f"{n.ljust(width)}  {recipe_description(n)}" for n in names), "", "presets (preset=<name>):",
+                      *(f"{p.ljust(width)}  {preset_description(p)}" for p in list_presets())])
+
+
+def preset_text(recipe: str, overrides: list[str], cfg) -> str:
+    """What ``cfg``'s preset changed: every key whose value differs from the same composition without the preset
+    (the default preset), as ``key: without -> with``; keys set on the command line are not the preset's."""
+    from omegaconf import OmegaConf
+
+    from modmimic.config import DEFAULT_PRESET, compose, preset_family
+
+    if cfg.preset == DEFAULT_PRESET:
+        return ""
+    plain = compose(recipe, [o for o in overrides if not o.startswith("preset=")])
+    before = dict(_leaves(OmegaConf.to_container(plain, resolve=True)))
+    after = dict(_leaves(OmegaConf.to_container(cfg, resolve=True)))
+    changed = [f"  {k}: {before.get(k)!r} -> {v!r}" for k, v in after.items() if k != "preset" and before.get(k) != v]
+    family = preset_family(cfg.preset, recipe)
+    head = f"preset {cfg.preset} (" + (f"its {family!r} entry" if family else "its values for every recipe") + ")"
+    return "\n".join([head + (":" if changed else ": changes nothing here"), *changed]) + "\n"
+
+
+def _leaves(node, prefix=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], node
 
 
 def _key(k) -> str:
@@ -166,15 +196,16 @@ def explain(recipe: str, overrides=()) -> str:
         raise ConfigError(f"observation keys {missing} are not in {path}; name a dataset that has them (dataset=...) "
                           "or set observation.modalities.obs.low_dim")
     algo = algo_factory(cfg.algo_name, cfg, shapes, ac_dim)
-    return f"file: {find_recipe(recipe)}\n" + explain_text(algo)
+    return f"file: {find_recipe(recipe)}\n" + preset_text(recipe, overrides, cfg) + explain_text(algo)
 
 
 USAGE = f"""usage: python -m {PROG} list
-       python -m {PROG} explain <recipe name or path.yaml> [dataset=<hdf5>] [key=value ...]
+       python -m {PROG} explain <recipe name or path.yaml> [preset=<name>] [dataset=<hdf5>] [key=value ...]
 
-list     every recipe (shipped, and those in $MODMIMIC_RECIPE_PATH) with its description
+list     every recipe (shipped, and those in $MODMIMIC_RECIPE_PATH) with its description, then the presets
 explain  the recipe compiled into its program: networks, optimizers, each step of a training step in order
-         with the keys it reads and writes, targets, the acting path"""
+         with the keys it reads and writes, targets, the acting path; with preset=, first what the preset
+         changes (key: without -> with)"""
 
 
 def main(argv=None) -> int:

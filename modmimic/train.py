@@ -45,7 +45,12 @@ def usage() -> str:
     cols = max(80, shutil.get_terminal_size((120, 20)).columns)
     recipes = "\n".join(textwrap.fill(recipe_summary(r), cols, initial_indent=f"  {r.ljust(width)}  ",
                                        subsequent_indent=" " * (width + 4)) for r in list_recipes())
-    return f"""usage: python -m {PROG} [recipe=<name>] [dataset=<path.hdf5>] [key=value ...] [-m] [--cfg job]
+    from modmimic.config import list_presets, preset_description
+
+    pw = max(len(p) for p in list_presets())
+    presets = "\n".join(textwrap.fill(preset_description(p), cols, initial_indent=f"  {p.ljust(pw)}  ",
+                                       subsequent_indent=" " * (pw + 4)) for p in list_presets())
+    return f"""usage: python -m {PROG} [recipe=<name>] [preset=<name>] [dataset=<path.hdf5>] [key=value ...] [-m] [--cfg job]
 
 Train a robot-learning policy on a robomimic-format HDF5 dataset (without dataset=, on the small dataset
 embedded in modmimic). Arguments are hydra overrides with robomimic's config section names.
@@ -53,6 +58,10 @@ embedded in modmimic). Arguments are hydra overrides with robomimic's config sec
 recipes (recipe=<name>, default bc; or recipe=<path/to/recipe.yaml>; $MODMIMIC_RECIPE_PATH adds folders;
 `python -m modmimic.recipe explain <recipe>` prints one compiled):
 {recipes}
+
+presets (preset=<name>, default robomimic: the recipe's own settings; laid over the recipe, under your overrides;
+`python -m modmimic.recipe explain <recipe> preset=<name>` shows what one changes):
+{presets}
 
 common overrides:
   dataset=<path>                          the HDF5 file (short for train.data=<path>)
@@ -170,17 +179,21 @@ def build_config(overrides: list[str]):
         if unfinished is None:
             from modmimic.trainer import resume_config
 
-            cfg = resume_config(run_dir, rest)
+            cfg = resume_config(run_dir, [o for o in rest if not o.startswith("preset=")])
         else:  # killed before its first checkpoint: nothing to continue, so start it again
             from modmimic.trainer import restart_config
 
-            cfg = restart_config(unfinished, rest)
+            cfg = restart_config(unfinished, [o for o in rest if not o.startswith("preset=")])
             run_dir = unfinished
             print(f"{PROG}: {unfinished} has no checkpoint (the run ended before its first epoch did): starting it "
                   "from scratch with its config.yaml, in a new run directory", file=sys.stderr, flush=True)
         if recipe is not None and recipe != cfg.recipe_name:
             raise ConfigError(f"recipe={recipe} but the run in {run_dir} was trained with recipe "
                               f"{cfg.recipe_name!r}; drop recipe= when resuming")
+        preset = values.get("preset")
+        if preset is not None and preset != cfg.get("preset", "robomimic"):
+            raise ConfigError(f"preset={preset} but the run in {run_dir} was trained with preset "
+                              f"{cfg.get('preset', 'robomimic')!r}; drop preset= when resuming")
     else:
         quick_check_keys(recipe or "bc", rest)
         cfg = compose(recipe or "bc", rest)
@@ -200,9 +213,12 @@ def quick_check_keys(recipe: str, overrides: list[str]) -> None:
     components merged in) before hydra composes anything: a typo is reported in a fraction of the time a full
     composition takes (which registers every recipe). Keys this check accepts are validated again by ``compose``;
     ``tests/test_train_cli.py`` checks that both see the same keys for every recipe."""
-    from modmimic.config import check_recipe_name, closest
+    from modmimic.config import check_preset_name, check_recipe_name, closest
 
     check_recipe_name(recipe)
+    for o in overrides:
+        if o.startswith("preset="):
+            check_preset_name(o.split("=", 1)[1].strip())
     keys = [o.split("=", 1)[0].strip() for o in overrides if "=" in o and not o.startswith(("+", "~", "hydra."))]
     keys = [k for k in keys if k not in ("recipe", "dataset") and not k.startswith("components.")]
     if not keys:
@@ -314,12 +330,12 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    from modmimic.config import register_configs
+    from modmimic.config import base_defaults, register_configs
 
     register_configs()
     base = OmegaConf.load(base_config_path())
     node = OmegaConf.merge({
-        "defaults": ["_self_", {"recipe": "bc"}, {"override hydra/job_logging": "none"},
+        "defaults": [*base_defaults(), {"override hydra/job_logging": "none"},
                      {"override hydra/hydra_logging": "none"}],
         "hydra": {"output_subdir": None, "run": {"dir": "."},
                   "sweep": {"dir": "${train.output_dir}/multirun/${now:%Y%m%d%H%M%S}", "subdir": "."},

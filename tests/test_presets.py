@@ -1,0 +1,129 @@
+"""Presets (``preset=<name>``, ``modmimic/conf/preset/<name>.yaml``): values laid over a recipe before the command
+line's overrides. ``robomimic`` (the default) changes nothing; ``fast`` holds the settings measured to learn the
+scripted demonstrations in minutes (their learning is checked in tests/test_lift_e2e.py and docs/learning.md)."""
+import os
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from modmimic.config import (ConfigError, compose, list_presets, list_recipes, preset_family, preset_values,
+                             recipe_lineage)
+from modmimic.recipe import preset_text
+
+
+def plain(cfg) -> dict:
+    d = OmegaConf.to_container(cfg, resolve=True)
+    d.pop("preset")
+    return d
+
+
+def test_the_default_preset_is_robomimic_and_changes_nothing():
+    assert {"robomimic", "fast"} <= set(list_presets())
+    default, explicit = compose("bc_rnn", []), compose("bc_rnn", ["preset=robomimic"])
+    assert default.preset == "robomimic" and OmegaConf.to_container(default) == OmegaConf.to_container(explicit)
+    assert default.algo.rnn.hidden_dim == 400 and default.algo.optim_params.policy.learning_rate.initial == 1e-4
+
+
+def test_fast_preset_is_the_readme_override_list():
+    """``recipe=bc_rnn preset=fast`` composes exactly what the long override list of the README's first set-up
+    command composed (before presets existed) — the settings measured at 50/50 in Lift."""
+    readme_list = ["train.num_epochs=12", "train.hdf5_normalize_obs=true",
+                   "algo.optim_params.policy.learning_rate.initial=1e-3", "algo.rnn.hidden_dim=64",
+                   "algo.actor_layer_dims=[]", "experiment.rollout.rate=12", "experiment.render_video=false"]
+    assert plain(compose("bc_rnn", ["preset=fast"])) == plain(compose("bc_rnn", readme_list))
+
+
+def test_command_line_overrides_win_over_the_preset():
+    cfg = compose("bc_rnn", ["preset=fast", "algo.rnn.hidden_dim=32", "train.num_epochs=3"])
+    assert cfg.preset == "fast" and cfg.algo.rnn.hidden_dim == 32 and cfg.train.num_epochs == 3
+    assert cfg.experiment.rollout.rate == 3  # the preset's interpolation follows the overridden epochs
+    assert cfg.algo.optim_params.policy.learning_rate.initial == 1e-3  # the rest of the preset stays
+
+
+def test_a_recipe_uses_the_nearest_entry_along_its_defaults_chain(tmp_path):
+    assert recipe_lineage("bc_rnn_gmm")[:2] == ["bc_rnn_gmm", "bc_rnn"]
+    assert preset_family("fast", "bc_rnn_gmm") == "bc_rnn"
+    cfg = compose("bc_rnn_gmm", ["preset=fast"])
+    assert cfg.algo.rnn.hidden_dim == 64 and cfg.algo.gmm.enabled
+    # a user's recipe file extending a shipped one gets its parent's entry
+    mine = tmp_path / "my_rnn.yaml"
+    mine.write_text("# my BC-RNN\ndefaults: [bc_rnn, _self_]\nalgo: {rnn: {num_layers: 1}}\n")
+    assert preset_family("fast", str(mine)) == "bc_rnn"
+    cfg = compose(str(mine), ["preset=fast"])
+    assert cfg.algo.rnn.hidden_dim == 64 and cfg.algo.rnn.num_layers == 1
+    # no entry at all: only the preset's values for every recipe
+    spec = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "modmimic", "conf", "preset", "fast.yaml"))
+    orphan = tmp_path / "orphan.yaml"
+    bc = open(os.path.join(os.path.dirname(__file__), "..", "recipes", "bc.yaml")).read()
+    orphan.write_text(bc.replace("recipe_name: bc\n", "recipe_name: orphan\n"))
+    assert recipe_lineage(str(orphan)) == ["orphan"]
+    assert preset_family("fast", str(orphan)) is None
+    assert OmegaConf.to_container(preset_values("fast", str(orphan))) == OmegaConf.to_container(spec.all)
+
+
+def test_every_preset_sets_only_keys_every_recipe_has():
+    from modmimic.train import quick_valid_keys
+
+    for r in list_recipes():
+        valid = set(quick_valid_keys(r))
+        for p in list_presets():
+            values = OmegaConf.to_container(preset_values(p, r), resolve=False)
+            assert {k for k, _ in _leaves(values)} <= valid, (p, r)
+
+
+def _leaves(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+@pytest.mark.slow
+def test_every_recipe_composes_with_every_preset():
+    for r in list_recipes():
+        for p in list_presets():
+            cfg = compose(r, [f"preset={p}"])
+            assert cfg.preset == p, r
+
+
+def test_unknown_preset_is_an_error_naming_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown preset 'fasst' \(did you mean 'fast'\?\)"):
+        compose("bc", ["preset=fasst"])
+    r = subprocess.run([sys.executable, "-m", "modmimic.train", "recipe=bc", "preset=fasst"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "unknown preset 'fasst'" in r.stderr and "fast, robomimic" in r.stderr
+
+
+def test_explain_lists_what_the_preset_changed():
+    overrides = ["preset=fast", "algo.rnn.hidden_dim=32"]
+    text = preset_text("bc_rnn", overrides, compose("bc_rnn", overrides))
+    lines = text.splitlines()
+    assert lines[0] == "preset fast (its 'bc_rnn' entry):"
+    assert "  algo.optim_params.policy.learning_rate.initial: 0.0001 -> 0.001" in lines
+    assert "  train.num_epochs: 2000 -> 12" in lines
+    assert not any(line.startswith("  algo.rnn.hidden_dim") for line in lines)  # the command line's, not the preset's
+    assert preset_text("bc_rnn", [], compose("bc_rnn", [])) == ""
+
+
+def test_a_sweep_over_presets_composes_each_job():
+    from modmimic.train import build_config, sweep_combinations
+
+    jobs = sweep_combinations(["recipe=bc_rnn", "preset=robomimic,fast"])
+    cfgs = [build_config(j) for j in jobs]
+    assert sorted((c.preset, c.algo.rnn.hidden_dim) for c in cfgs) == [("fast", 64), ("robomimic", 400)]
+
+
+def test_resuming_under_another_preset_is_refused(tmp_path, reach_hdf5, tiny):
+    """A run continues with the settings it was trained with: ``preset=`` naming another preset is bad input."""
+    from modmimic.train import main
+
+    args = ["recipe=bc", f"dataset={reach_hdf5}", f"train.output_dir={tmp_path}", "train.num_epochs=1",
+            "experiment.rollout.enabled=false", "experiment.logging.log_tb=false", *tiny("bc")]
+    assert main(args) == 0
+    before = sorted(os.listdir(tmp_path / "test"))
+    assert main([*args, "resume=true", "preset=fast"]) == 2
+    assert sorted(os.listdir(tmp_path / "test")) == before
+    assert main([*args, "resume=true", "preset=robomimic", "train.num_epochs=2"]) == 0
