@@ -214,3 +214,24 @@ def test_gymnasium_dict_observations():
     assert env.is_success() == {"task": True}
     with pytest.raises(EnvError, match="gymnasium cannot make 'NoSuchEnv-v0'"):
         env_from_metadata({"env_name": "NoSuchEnv-v0", "type": 2, "env_kwargs": {}})
+
+
+def test_gymnasium_env_module_is_imported_only_when_trusted(tmp_path, monkeypatch):
+    """``module:EnvId`` env names come from dataset/checkpoint files: the module is imported only when
+    ``MODMIMIC_TRUSTED_MODULES`` lists it (importing runs its code)."""
+    gym = pytest.importorskip("gymnasium")
+    marker = tmp_path / "imported"
+    (tmp_path / "mm_env_pkg_probe.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "import gymnasium\n"
+        "gymnasium.register('MmProbe-v0', entry_point='gymnasium.envs.classic_control:PendulumEnv')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("MODMIMIC_TRUSTED_MODULES", raising=False)
+    meta = {"env_name": "mm_env_pkg_probe:MmProbe-v0", "type": 2, "env_kwargs": {}}
+    with pytest.raises(EnvError, match="import module 'mm_env_pkg_probe', which is not trusted.*MODMIMIC_TRUSTED_MODULES"):
+        env_from_metadata(meta)
+    assert not marker.exists()
+    monkeypatch.setenv("MODMIMIC_TRUSTED_MODULES", "mm_env_pkg_probe")
+    env = env_from_metadata(meta)
+    assert marker.exists() and env.action_dimension == 1
+    gym.registry.pop("MmProbe-v0", None)

@@ -2,7 +2,8 @@
 
 Observations: a ``Dict`` observation space gives one entry per key (nested dicts joined with ``/``), any other space
 a single ``flat`` entry (robomimic's ``EnvGym`` key, as in its D4RL conversions). ``env_name`` may carry a module
-to import first (``"gymnasium_robotics:PointMaze_UMaze-v3"``, gymnasium's own syntax). Success is the step's
+to import first (``"gymnasium_robotics:PointMaze_UMaze-v3"``, gymnasium's own syntax); that module must be listed in
+``MODMIMIC_TRUSTED_MODULES`` (env metadata is read from user files: see :func:`check_env_module`). Success is the step's
 ``info["is_success"]`` (gymnasium-robotics), else the environment's ``_check_success()``, else never.
 ``reset_to``/``get_state`` work for MuJoCo environments (flat state ``[qpos, qvel]``).
 """
@@ -24,6 +25,20 @@ def flatten_obs(obs, prefix: str = "") -> dict:
     return {prefix[:-1] if prefix else "flat": np.array(obs, copy=True)}
 
 
+def check_env_module(name: str) -> None:
+    """An env name ``module:EnvId`` makes gymnasium import ``module``: env metadata comes from files a user hands in
+    (a dataset's ``env_args``, a checkpoint's ``env_metadata``), so the module must be trusted like a stored config's
+    names (:mod:`modmimic.trust`: ``MODMIMIC_TRUSTED_MODULES``), else nothing is imported."""
+    from modmimic.trust import ENV_VAR, is_trusted, stored_config_modules
+
+    module = name.split(":", 1)[0].strip() if ":" in name else None
+    if module is not None and not is_trusted(module, stored_config_modules()):
+        raise EnvError(f"env name {name!r} asks gymnasium to import module {module!r}, which is not trusted: env "
+                       "metadata comes from a dataset or checkpoint file, and importing a module runs its code. If "
+                       f"you trust it, add it to {ENV_VAR} (e.g. {ENV_VAR}={module}); a registered env id without "
+                       "a module needs nothing")
+
+
 class GymnasiumEnv:
     type = GYM_TYPE
 
@@ -34,6 +49,7 @@ class GymnasiumEnv:
             raise SimulatorNotInstalled(f"env {env_meta['env_name']!r} is a gym environment and gymnasium is not "
                                         "installed: pip install 'modmimic[sim]'") from None
         self.name = str(env_meta["env_name"])
+        check_env_module(self.name)
         kw = copy.deepcopy(env_meta.get("env_kwargs") or {})
         kw.pop("render_mode", None)
         try:
