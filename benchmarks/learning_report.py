@@ -24,6 +24,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from modmimic.rollout import wilson_interval
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -87,16 +89,6 @@ def ensure_dataset(ds: Dataset, out: str) -> str | None:
     print("generating:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return path
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
 
 
 def run_cell(cell: Cell, seed: int, out: str, episodes: int) -> dict:
@@ -166,7 +158,7 @@ def render(out: str) -> str:
             continue
         n = sum(r["episodes"] for r in rs)
         k = round(sum(r["last"] * r["episodes"] for r in rs))
-        lo, hi = wilson(k, n)
+        lo, hi = wilson_interval(k, n)
         per = lambda key: ", ".join(f"{r[key]:.2f}" for r in rs)  # noqa: E731
         preset = cell.preset + (f" ({cell.note})" if cell.note else "")
         lines.append(f"| {cell.dataset} | {cell.recipe} | {preset} | {rs[0]['steps']} | {len(rs)} | "

@@ -30,25 +30,18 @@ def preset_text(recipe: str, overrides: list[str], cfg) -> str:
     (the default preset), as ``key: without -> with``; keys set on the command line are not the preset's."""
     from omegaconf import OmegaConf
 
-    from modmimic.config import DEFAULT_PRESET, compose, preset_family
+    from modmimic.config import DEFAULT_PRESET, _flatten, compose, preset_family
 
     if cfg.preset == DEFAULT_PRESET:
         return ""
     plain = compose(recipe, [o for o in overrides if not o.startswith("preset=")])
-    before = dict(_leaves(OmegaConf.to_container(plain, resolve=True)))
-    after = dict(_leaves(OmegaConf.to_container(cfg, resolve=True)))
+    before = dict(_flatten(OmegaConf.to_container(plain, resolve=True)))
+    after = dict(_flatten(OmegaConf.to_container(cfg, resolve=True)))
     changed = [f"  {k}: {before.get(k)!r} -> {v!r}" for k, v in after.items() if k != "preset" and before.get(k) != v]
     family = preset_family(cfg.preset, recipe)
     head = f"preset {cfg.preset} (" + (f"its {family!r} entry" if family else "its values for every recipe") + ")"
     return "\n".join([head + (":" if changed else ": changes nothing here"), *changed]) + "\n"
 
-
-def _leaves(node, prefix=""):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _leaves(v, f"{prefix}{k}.")
-    else:
-        yield prefix[:-1], node
 
 
 def _key(k) -> str:
