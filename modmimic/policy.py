@@ -344,10 +344,10 @@ def check_action_config(action_keys, action_config) -> None:
             raise ConfigError(f"train.action_config.{k} has unknown fields {unknown}; an entry has "
                               f"{', '.join(ACTION_CONFIG_FIELDS)}")
         fmt, conv = entry.get("format"), entry.get("convert_at_runtime")
-        if fmt is not None and fmt not in ACTION_FORMATS:
+        if fmt is not None and (not isinstance(fmt, str) or fmt not in ACTION_FORMATS):
             raise ConfigError(f"train.action_config.{k}.format is {fmt!r}; known formats are "
                               f"{', '.join(ACTION_FORMATS)} (only rot_6d is converted when acting) or null")
-        if conv is not None and conv not in RUNTIME_CONVERSIONS:
+        if conv is not None and (not isinstance(conv, str) or conv not in RUNTIME_CONVERSIONS):
             raise ConfigError(f"train.action_config.{k}.convert_at_runtime is {conv!r}; a rot_6d action converts to "
                               f"{' or '.join(RUNTIME_CONVERSIONS)} (the default) when acting")
 
