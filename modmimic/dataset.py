@@ -5,6 +5,7 @@
     python -m modmimic.dataset states_to_obs <in.hdf5> <out.hdf5> --camera-names agentview robot0_eye_in_hand
         [--camera-height 84] [--camera-width 84] [--depth] [--workers N] [--exclude-next-obs] [--compress]
         [--overwrite]
+    python -m modmimic.dataset extract_action_dict <in.hdf5> <out.hdf5> [--overwrite]
 
 ``info`` prints the number of demos and samples, demo length statistics, every per-step dataset of a demo with its
 shape, dtype and value range over the (filtered) demos, the filter keys, the environment metadata, and checks that
@@ -15,6 +16,13 @@ non-numeric observations or actions, NaN/Inf in what training reads) is listed a
 
 ``states_to_obs`` re-renders observations (camera images, depth) from the stored simulator states
 (:mod:`modmimic.states_to_obs`, robomimic's ``dataset_states_to_obs``).
+
+``extract_action_dict`` writes a copy of a dataset with robomimic 0.5's action dictionary added to every demo
+(robomimic's ``scripts/extract_action_dict.py``, which edits the file in place; modmimic never does): from the 7-D
+OSC ``actions`` (Δpos, Δaxis-angle, gripper) ``action_dict/{rel_pos, rel_rot_axis_angle, rel_rot_6d, gripper}``
+(8-D actions: also ``base_mode``), and from ``actions_abs`` when the demos have it ``action_dict/{abs_pos,
+abs_rot_axis_angle, abs_rot_6d}``. Values keep the input's float type; ``rot_6d`` is the rotation matrix's first two
+rows (:mod:`modmimic.rotations`). An existing output is replaced only with ``--overwrite``.
 
 ``split`` writes ``mask/train`` and ``mask/valid`` (``mask/<K>_train``, ``mask/<K>_valid`` when splitting the demos
 of filter key ``K``), chosen by a seeded shuffle, so the same seed always gives the same split. Nothing else in
@@ -29,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 
 import copy
@@ -341,6 +350,92 @@ def write_split(path: str, valid_fraction: float = 0.1, seed: int = 0, filter_ke
     return out
 
 
+# --- extract_action_dict ----------------------------------------------------------------------------------------
+
+OSC_ACTION_DIMS = (7, 8)  # Δpos (3), Δaxis-angle (3), gripper (1) [, base mode (1)]
+
+
+def action_dict_of(actions: np.ndarray, prefix: str, with_gripper: bool = True) -> dict:
+    """robomimic's action dictionary entries of ``[T, 7 | 8]`` OSC actions: ``<prefix>pos``,
+    ``<prefix>rot_axis_angle``, ``<prefix>rot_6d`` (and ``gripper``, ``base_mode`` for 8-D, when ``with_gripper``)."""
+    from modmimic.rotations import axis_angle_to_rot_6d
+
+    a = np.asarray(actions)
+    a = a if a.dtype.kind == "f" else a.astype(np.float32)
+    out = {f"{prefix}pos": a[:, :3], f"{prefix}rot_axis_angle": a[:, 3:6],
+           f"{prefix}rot_6d": axis_angle_to_rot_6d(a[:, 3:6]).astype(a.dtype)}
+    if with_gripper:
+        out["gripper"] = a[:, 6:7]
+        if a.shape[1] == 8:
+            out["base_mode"] = a[:, 7:8]
+    return out
+
+
+def _osc_actions(group, name: str, demo: str, path: str, length: int | None = None) -> np.ndarray:
+    ds = group.get(name)
+    if not isinstance(ds, h5py.Dataset):
+        raise ToolError(f"{path}: data/{demo}/{name} is missing")
+    if ds.ndim != 2 or ds.shape[1] not in OSC_ACTION_DIMS or ds.dtype.kind not in "fiu":
+        raise ToolError(f"{path}: data/{demo}/{name} is {ds.dtype} of shape {ds.shape}; extract_action_dict reads "
+                        "numeric OSC actions of 7 dims per step (Δpos 3, Δaxis-angle 3, gripper 1; 8 with a base "
+                        "mode)")
+    if length is not None and ds.shape[0] != length:
+        raise ToolError(f"{path}: data/{demo}/{name} has {ds.shape[0]} steps, data/{demo}/actions {length}")
+    a = ds[()]
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+        raise ToolError(f"{path}: data/{demo}/{name} has NaN or Inf values")
+    return a
+
+
+def extract_action_dict(in_path: str, out_path: str, overwrite: bool = False) -> dict:
+    """Write ``out_path``: a copy of ``in_path`` with ``action_dict/*`` added to every demo (module docstring).
+    Everything is checked before anything is written; the copy is written to ``<out>.partial`` and moved into place.
+    Returns ``{"demos", "keys", "path"}``."""
+    if os.path.abspath(in_path) == os.path.abspath(out_path) or (
+            os.path.exists(out_path) and os.path.exists(in_path) and os.path.samefile(in_path, out_path)):
+        raise ToolError(f"the output {out_path} is the input file; modmimic writes a copy: name another file")
+    if os.path.exists(out_path) and not overwrite:
+        raise ToolError(f"{out_path} exists; pass --overwrite to replace it (nothing was written)")
+    with _open(in_path) as f:
+        demos = demo_names(f, None, in_path)
+        if not demos:
+            raise ToolError(f"{in_path}: no demos")
+        data = f["data"]
+        have_abs = [d for d in demos if isinstance(data[d], h5py.Group) and "actions_abs" in data[d]]
+        if have_abs and len(have_abs) != len(demos):
+            lacking = [d for d in demos if d not in have_abs]
+            raise ToolError(f"{in_path}: {len(have_abs)} demos have actions_abs, {len(lacking)} do not (data/"
+                            f"{lacking[0]}/actions_abs is missing): every demo or none")
+        dicts = {}
+        for d in demos:
+            if not isinstance(data[d], h5py.Group):
+                raise ToolError(f"{in_path}: data/{d} is not a group")
+            a = _osc_actions(data[d], "actions", d, in_path)
+            entry = action_dict_of(a, "rel_")
+            if have_abs:
+                entry.update(action_dict_of(_osc_actions(data[d], "actions_abs", d, in_path, len(a)), "abs_",
+                                            with_gripper=False))
+            dicts[d] = entry
+    tmp = out_path + ".partial"
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    try:
+        shutil.copyfile(in_path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            for d, entry in dicts.items():
+                group = f["data"][d].require_group("action_dict")
+                for k, v in entry.items():
+                    if k in group:
+                        del group[k]
+                    group.create_dataset(k, data=v)
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return {"demos": len(demos), "keys": [f"action_dict/{k}" for k in dicts[demos[0]]],
+            "path": os.path.abspath(out_path)}
+
+
 # --- command line -----------------------------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
@@ -368,6 +463,11 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--exclude-next-obs", action="store_true", help="write no next_obs")
     o.add_argument("--compress", action="store_true", help="gzip every observation dataset")
     o.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    x = sub.add_parser("extract_action_dict", help="write a copy with action_dict/{rel_pos, rel_rot_axis_angle, "
+                       "rel_rot_6d, gripper} (and abs_* from actions_abs) per demo")
+    x.add_argument("path")
+    x.add_argument("out")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return ap
 
 
@@ -404,6 +504,10 @@ def main(argv=None) -> int:
             return 1 if args.strict and info["actions_in_unit_range"] is False else 0
         if args.command == "states_to_obs":
             return run_states_to_obs(args)
+        if args.command == "extract_action_dict":
+            s = extract_action_dict(args.path, args.out, args.overwrite)
+            print(f"{PROG}: wrote {', '.join(s['keys'])} for {s['demos']} demos to {s['path']}")
+            return 0
         out = write_split(args.path, args.valid_fraction, args.seed, args.filter_key, args.overwrite)
         for name, names in out.items():
             print(f"mask/{name}: {len(names)} demos")

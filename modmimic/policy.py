@@ -40,6 +40,7 @@ from modmimic.algo import Algo, algo_factory
 from modmimic.config import ConfigError, config_factory
 from modmimic.data.stats import stats_from_lists, stats_to_lists
 from modmimic.io import atomic_torch_save
+from modmimic.rotations import RUNTIME_CONVERSIONS, convert_rot_6d
 from modmimic.trust import UntrustedNameError, check_config_names, stored_config_modules, trusting
 
 FORMAT = "modmimic-checkpoint"
@@ -322,6 +323,62 @@ def algo_from_checkpoint(ckpt, device="cpu", load_optimizers: bool = False, trus
     return algo
 
 
+# --- action formats (robomimic train.action_config.<key>.format / convert_at_runtime) -----------------------------
+
+ACTION_CONFIG_FIELDS = ("normalization", "format", "convert_at_runtime")
+ACTION_FORMATS = ("rot_6d", "rot_axis_angle", "rot_euler", "rot_quat")  # only rot_6d is converted when acting
+
+
+def check_action_config(action_keys, action_config) -> None:
+    """The ``format`` / ``convert_at_runtime`` entries of ``train.action_config`` for the keys in ``action_keys``:
+    unknown fields, formats or conversions are a :class:`ConfigError` naming the key."""
+    for k in action_keys:
+        entry = (action_config or {}).get(k)
+        if entry is None:
+            continue
+        if not isinstance(entry, dict):
+            raise ConfigError(f"train.action_config.{k} must be a dict of {', '.join(ACTION_CONFIG_FIELDS)}, got "
+                              f"{entry!r}")
+        unknown = [n for n in entry if n not in ACTION_CONFIG_FIELDS]
+        if unknown:
+            raise ConfigError(f"train.action_config.{k} has unknown fields {unknown}; an entry has "
+                              f"{', '.join(ACTION_CONFIG_FIELDS)}")
+        fmt, conv = entry.get("format"), entry.get("convert_at_runtime")
+        if fmt is not None and (not isinstance(fmt, str) or fmt not in ACTION_FORMATS):
+            raise ConfigError(f"train.action_config.{k}.format is {fmt!r}; known formats are "
+                              f"{', '.join(ACTION_FORMATS)} (only rot_6d is converted when acting) or null")
+        if conv is not None and (not isinstance(conv, str) or conv not in RUNTIME_CONVERSIONS):
+            raise ConfigError(f"train.action_config.{k}.convert_at_runtime is {conv!r}; a rot_6d action converts to "
+                              f"{' or '.join(RUNTIME_CONVERSIONS)} (the default) when acting")
+
+
+def action_segments(action_keys, action_config, widths: dict) -> list[tuple[str, int, int, str | None]]:
+    """``[(key, start, stop, conversion or None)]`` over the flat action vector: each key's slice, in order, and the
+    ``convert_at_runtime`` of ``format: rot_6d`` keys (``rot_axis_angle`` by default). ``widths``: ``{key: dims}``.
+    A rot_6d key whose width is not a multiple of 6 is a :class:`ConfigError` naming it."""
+    check_action_config(action_keys, action_config)
+    out, start = [], 0
+    for k in action_keys:
+        entry = (action_config or {}).get(k) or {}
+        w = int(widths[k])
+        conv = None
+        if entry.get("format") == "rot_6d":
+            conv = entry.get("convert_at_runtime") or "rot_axis_angle"
+            if w % 6 or w == 0:
+                raise ConfigError(f"train.action_config.{k}.format is rot_6d, but action key {k!r} has {w} dims per "
+                                  "step: a 6D rotation has 6 (k rotations 6k); use the rot_6d dataset (e.g. "
+                                  "action_dict/rel_rot_6d from `python -m modmimic.dataset extract_action_dict`) or "
+                                  "drop the format")
+        out.append((k, start, start + w, conv))
+        start += w
+    return out
+
+
+def stats_widths(action_normalization_stats: dict) -> dict:
+    """``{action key: dims}`` of per-key action statistics."""
+    return {k: int(np.asarray(st["offset"]).size) for k, st in action_normalization_stats.items()}
+
+
 class RolloutPolicy:
     """Wraps an :class:`Algo` for environment interaction (robomimic ``RolloutPolicy``).
 
@@ -330,14 +387,19 @@ class RolloutPolicy:
     path and returns numpy actions, un-normalized per action key. Per-environment state (RNN hidden state,
     observation context, subgoal) lives in the acting path: ``start_episode(n)`` resets all ``n`` environments,
     ``reset_envs(done_mask)`` only those that start a new episode.
+
+    ``action_config`` (robomimic's ``train.action_config``): after un-normalizing, each key with ``format: rot_6d``
+    becomes axis-angle (``convert_at_runtime: rot_axis_angle``, the default) or Euler XYZ (``rot_euler``), 3 dims per
+    6, so the environment receives its native action (``action_dim`` wide).
     """
 
     def __init__(self, policy: Algo, obs_normalization_stats=None, action_normalization_stats=None,
-                 action_keys=None):
+                 action_keys=None, action_config=None):
         self.policy = policy
         self.obs_normalization_stats = obs_normalization_stats
         self.action_normalization_stats = action_normalization_stats
         self.action_keys = list(action_keys or (list(action_normalization_stats) if action_normalization_stats else []))
+        self.action_config = dict(action_config or {})
         self._affine = None
         if action_normalization_stats:
             off = np.concatenate([np.asarray(action_normalization_stats[k]["offset"]).reshape(-1)
@@ -345,7 +407,35 @@ class RolloutPolicy:
             sc = np.concatenate([np.asarray(action_normalization_stats[k]["scale"]).reshape(-1)
                                  for k in self.action_keys])
             self._affine = (off.astype(np.float32), sc.astype(np.float32))
+        self._segments = self._action_segments()
         self.num_envs = 1
+
+    def _action_segments(self) -> list | None:
+        """:func:`action_segments` when some key is converted, else None (the action passes as it is)."""
+        check_action_config(self.action_keys, self.action_config)
+        if not any((self.action_config.get(k) or {}).get("format") == "rot_6d" for k in self.action_keys):
+            return None
+        if self.action_normalization_stats:
+            widths = stats_widths(self.action_normalization_stats)
+        elif len(self.action_keys) == 1:
+            widths = {self.action_keys[0]: int(self.policy.ac_dim)}
+        else:
+            raise ConfigError(f"RolloutPolicy: converting the rot_6d actions of {self.action_keys} needs each key's "
+                              "width: pass action_normalization_stats")
+        segs = action_segments(self.action_keys, self.action_config, widths)
+        ac_dim = getattr(self.policy, "ac_dim", None)
+        if ac_dim is not None and segs[-1][2] != int(ac_dim):
+            raise ConfigError(f"RolloutPolicy: action keys {self.action_keys} have {segs[-1][2]} dims, the policy "
+                              f"acts with {ac_dim}")
+        return segs
+
+    @property
+    def action_dim(self) -> int | None:
+        """Dims of the actions this returns (the environment's): the policy's, less 3 per converted 6D rotation."""
+        ac_dim = getattr(self.policy, "ac_dim", None)
+        if self._segments is None:
+            return None if ac_dim is None else int(ac_dim)
+        return sum((e - s) // 2 if conv else e - s for _, s, e, conv in self._segments)
 
     def start_episode(self, num_envs: int = 1) -> None:
         self.num_envs = num_envs
@@ -379,10 +469,20 @@ class RolloutPolicy:
         a = self.policy.get_action(obs, g).detach().cpu().numpy()
         if self._affine is not None:
             a = a * self._affine[1] + self._affine[0]
+        if self._segments is not None:
+            a = np.concatenate([a[..., s:e] if conv is None else convert_rot_6d(a[..., s:e], conv).astype(a.dtype)
+                                for _, s, e, conv in self._segments], -1)
         return a if batched_ob else a[0]
 
     def __repr__(self) -> str:
         return f"RolloutPolicy({self.policy.recipe_name})"
+
+
+def checkpoint_action_config(ckpt: dict) -> dict:
+    """The checkpoint's ``train.action_config`` (``{}`` when it has none: an older checkpoint acts as it did)."""
+    train = (ckpt.get("config") or {}).get("train") or {}
+    cfg = train.get("action_config") if isinstance(train, dict) else None
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def policy_from_checkpoint(device="cpu", ckpt_path=None, ckpt_dict=None, verbose: bool = False,
@@ -399,7 +499,9 @@ def policy_from_checkpoint(device="cpu", ckpt_path=None, ckpt_dict=None, verbose
     try:
         policy = RolloutPolicy(algo, stats_from_lists(ckpt.get("obs_normalization_stats")),
                                stats_from_lists(ckpt.get("action_normalization_stats")),
-                               ckpt["shape_metadata"].get("action_keys"))
+                               ckpt["shape_metadata"].get("action_keys"), checkpoint_action_config(ckpt))
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt_path or 'checkpoint'}: {e}") from None
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{ckpt_path or 'checkpoint'}: its action_normalization_stats do not fit "
                               f"shape_metadata.action_keys {ckpt['shape_metadata'].get('action_keys')}: "

@@ -87,9 +87,11 @@ def check_policy_fits(policy, obs: dict, action_dimension: int, env_name: str = 
         if int(np.prod(got)) != int(np.prod(shape)):
             raise RolloutError(f"observation {k!r} has shape {got} in {where}, but the policy was trained on shape "
                                f"{tuple(shape)}: the checkpoint comes from another task or robot")
-    if int(algo.ac_dim) != int(action_dimension):
-        raise RolloutError(f"action dim {algo.ac_dim} in the checkpoint, {action_dimension} in {where}: the policy "
-                           "was trained for another robot or controller")
+    out_dim = getattr(policy, "action_dim", None) or algo.ac_dim  # after any rot_6d -> axis-angle conversion
+    if int(out_dim) != int(action_dimension):
+        converted = "" if int(out_dim) == int(algo.ac_dim) else f" ({algo.ac_dim} before converting rot_6d actions)"
+        raise RolloutError(f"action dim {out_dim} in the checkpoint{converted}, {action_dimension} in {where}: the "
+                           "policy was trained for another robot or controller")
 
 
 class _Slot:

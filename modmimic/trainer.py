@@ -59,8 +59,8 @@ from modmimic.dataset import dataset_entries, dataset_entry, with_data
 from modmimic.data.check import action_range_warning
 from modmimic.logger import (RUN_MARKER, RunLogger, check_dir_creatable, find_run_dir, make_run_dir, start_wandb,
                              tee_stdout)
-from modmimic.policy import (CheckpointError, RolloutPolicy, check_weights, load_checkpoint, make_checkpoint,
-                             save_checkpoint)
+from modmimic.policy import (CheckpointError, RolloutPolicy, action_segments, check_action_config, check_weights,
+                             load_checkpoint, make_checkpoint, save_checkpoint, stats_widths)
 from modmimic.trust import UntrustedNameError, check_config_names, stored_config_modules, trusting
 
 
@@ -170,6 +170,7 @@ def build_data(cfg: DictConfig, device="cpu") -> TrainData:
         action_stats = train_store.action_normalization_stats(action_config)
     except ValueError as e:
         raise ConfigError(f"train.action_config: {e}") from None
+    action_segments(action_keys, action_config, stats_widths(action_stats))  # rot_6d keys are 6 (6k) wide
     normalized = any((action_config.get(k) or {}).get("normalization") not in (None, "none", "None")
                      for k in action_keys)
     for store in (train_store, valid_store):
@@ -199,7 +200,9 @@ def action_settings(t) -> tuple[list, dict]:
                and (action_config[k] or {}).get("normalization") not in (None, "none", "None")]
     if unknown:
         raise ConfigError(f"train.action_config has entries {unknown} that are not in train.action_keys {action_keys}")
-    return action_keys, {k: v for k, v in action_config.items() if k in action_keys}
+    action_config = {k: v for k, v in action_config.items() if k in action_keys}
+    check_action_config(action_keys, action_config)  # format / convert_at_runtime names
+    return action_keys, action_config
 
 
 def check_disjoint(path: str, train_store: EpisodeStore, valid_store: EpisodeStore, train_key: str,
@@ -255,6 +258,7 @@ def build_meta_data(cfg: DictConfig, entries: list[dict], device="cpu") -> Train
         action_stats = merged_action_stats(train_stores, action_config)
     except ValueError as e:
         raise ConfigError(f"train.action_config: {e}") from None
+    action_segments(action_keys, action_config, stats_widths(action_stats))  # rot_6d keys are 6 (6k) wide
     normalized = any((action_config.get(k) or {}).get("normalization") not in (None, "none", "None")
                      for k in action_keys)
     env_meta = train_stores[0].env_meta
@@ -926,7 +930,7 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
                 if rollout_fn is not None and rollout_due(cfg, epoch):
                     if policy is None:
                         policy = RolloutPolicy(algo, data.obs_normalization_stats, data.action_normalization_stats,
-                                               list(cfg.train.action_keys))
+                                               *action_settings(cfg.train))
                     algo.set_eval()
                     t_rollout = time.perf_counter()
                     try:
