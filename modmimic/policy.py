@@ -52,6 +52,11 @@ class CheckpointError(ValueError):
     """A file is not a (compatible) modmimic checkpoint, or it is refused (it would run code)."""
 
 
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line of at most ``limit`` characters (omegaconf's add ``full_key:`` lines)."""
+    return " ".join(str(e).split())[:limit]
+
+
 def versions() -> dict:
     import tensordict
 
@@ -153,7 +158,7 @@ def read_checkpoint_file(path: str):
                 f"({_weights_only_reason(e)}). modmimic loads checkpoints as data only (tensors, numbers, strings, "
                 "containers); a checkpoint written by modmimic before checkpoint format 2 also stores numpy objects: "
                 "retrain with this version") from None
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e)[:300]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {one_line(e)}") from None
 
 
 def _field(ckpt: dict, key: str, types, source: str, what: str):
@@ -313,13 +318,13 @@ def algo_from_checkpoint(ckpt, device="cpu", load_optimizers: bool = False, trus
         raise CheckpointError(f"{source}: its config does not build an algorithm: {e}") from None
     except Exception as e:  # noqa: BLE001 - a malformed config (wrong types deep inside) is bad input
         raise CheckpointError(f"{source}: its config does not build an algorithm: {type(e).__name__}: "
-                              f"{str(e)[:300]}") from None
+                              f"{one_line(e)}") from None
     model = ckpt["model"]
     check_weights(algo, model.get("nets", model), source)
     try:
         algo.deserialize(model, load_optimizers=load_optimizers)
     except (ConfigError, KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{source}: cannot load its model state: {type(e).__name__}: {str(e)[:300]}") from None
+        raise CheckpointError(f"{source}: cannot load its model state: {type(e).__name__}: {one_line(e)}") from None
     return algo
 
 

@@ -59,7 +59,7 @@ from modmimic.dataset import dataset_entries, dataset_entry, with_data
 from modmimic.data.check import action_range_warning
 from modmimic.logger import (RUN_MARKER, RunLogger, check_dir_creatable, find_run_dir, make_run_dir, start_wandb,
                              tee_stdout)
-from modmimic.policy import (CheckpointError, RolloutPolicy, action_segments, check_action_config, check_weights,
+from modmimic.policy import (CheckpointError, RolloutPolicy, one_line, action_segments, check_action_config, check_weights,
                              load_checkpoint, make_checkpoint, save_checkpoint, stats_widths)
 from modmimic.trust import UntrustedNameError, check_config_names, stored_config_modules, trusting
 
@@ -726,7 +726,7 @@ def restore_run(algo: Algo, data: TrainData, ckpt: dict, source: str) -> tuple[i
         best = {"valid_loss": float(vs["best_valid_loss"]), "success_rate": float(vs["best_success_rate"]),
                 "return": float(vs["best_return"])}
     except (ConfigError, KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
-        what = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {str(e)[:300]}"
+        what = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {one_line(e)}"
         raise CheckpointError(f"{source}: cannot resume from it: its trainer state, variable state or optimizer "
                               f"state does not fit this run ({what})") from None
     return start_epoch, global_step, best
