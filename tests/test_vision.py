@@ -379,7 +379,7 @@ def image_config(recipe, tiny):
     if recipe in ("hbc", "iris"):
         ov += ["train.seq_length=3", "algo.actor.rnn.horizon=3", "algo.planner.subgoal_horizon=3"
                if recipe == "hbc" else "algo.value_planner.planner.subgoal_horizon=3"]
-    if "transformer" in recipe:
+    if recipe.startswith("bc_transformer"):  # (diffusion_transformer's transformer is its denoiser)
         ov += ["algo.transformer.context_length=2", "train.frame_stack=2"]
     if recipe in SUBGOAL_LOW_DIM:
         ov += [f"{SUBGOAL_LOW_DIM[recipe]}.low_dim=[pos]", f"{SUBGOAL_LOW_DIM[recipe]}.rgb=[]"]

@@ -14,10 +14,19 @@ At inference the latent is the prior mean ``z = 0`` (:meth:`ACT.predict_chunk`).
 and LeRobot): post-norm, position embeddings added to queries and keys of every attention (never to values), a
 final LayerNorm after the decoder, ReLU feed-forward.
 
-Observation tokens: one Linear projection per low-dim observation key (and per goal key), so that image features
-can add their own tokens later (:meth:`ACT.obs_tokens` is the extension point: a vision backbone's feature map
-would add one token per spatial cell, with 2-D sinusoidal position embeddings, as ACT does). The posterior encoder
-sees the low-dim observations as one concatenated token (ACT's "joints" token; images never enter it).
+Observation tokens (:meth:`ACT.obs_tokens`), in the encoder's key order (obs keys sorted, then goal keys):
+
+* a low-dim key: one token, a Linear projection of its vector;
+* an image key (rgb / depth / scan, listed under ``observation.modalities``): its core from the recipe's
+  ``observation.encoder.<modality>`` block (robomimic's ``VisualCore``: backbone -> SpatialSoftmax -> Linear, with
+  the modality's randomizers; no feature activation, as robomimic's transformer encoders), then a Linear projection
+  to the embedding. With the default flat core that is **one token per image key** (robomimic-style). A core left
+  unflattened (``core_kwargs: {pool_class: null, flatten: false, feature_dimension: null}``) outputs the backbone's
+  ``[C, H', W']`` feature map, which becomes ``H' * W'`` tokens (each cell's ``C`` channels projected, LeRobot's
+  ACT), with learned position embeddings like every other token (LeRobot uses fixed 2-D sinusoidal ones).
+
+The posterior encoder sees the low-dim observations (and goals) as one concatenated token (ACT's "joints" token;
+images never enter it); without low-dim keys it sees ``[CLS, k action tokens]`` only (LeRobot without a robot state).
 """
 from __future__ import annotations
 
@@ -73,7 +82,9 @@ class DecoderLayer(nn.Module):
 
 
 class ACT(nn.Module):
-    """The ACT CVAE. ``inputs``: ``[(nested key, shape), ...]`` of the low-dim observation (and goal) entries.
+    """The ACT CVAE. ``inputs``: ``[(nested key, raw shape), ...]`` of the observation (and goal) entries;
+    ``encoder``: the observation encoder spec (:func:`~modmimic.components.nets.core.encoder_spec`) that makes the
+    image keys' cores (None: every key low-dim).
 
     * ``forward(td)`` (training): ``td`` is a ``[B]`` batch with the current observation and the data chunk
       ``td["action"]`` ``[B, chunk_size, A]`` (optionally ``td[("collector", "mask")]`` ``[B, chunk_size]``, False on
@@ -85,7 +96,7 @@ class ACT(nn.Module):
 
     def __init__(self, inputs, ac_dim: int, chunk_size: int = 100, embed_dim: int = 512, num_heads: int = 8,
                  hidden_dim: int = 3200, num_layers: int = 4, decoder_layers: int = 1, vae_layers: int = 4,
-                 latent_dim: int = 32, dropout: float = 0.1, activation: str = "relu"):
+                 latent_dim: int = 32, dropout: float = 0.1, activation: str = "relu", encoder: dict | None = None):
         super().__init__()
         if chunk_size < 1:
             raise ValueError(f"algo.act.chunk_size must be >= 1, got {chunk_size}")
@@ -101,10 +112,16 @@ class ACT(nn.Module):
         self.latent_dim, self.embed_dim = int(latent_dim), int(embed_dim)
         layer = lambda: EncoderLayer(embed_dim, num_heads, hidden_dim, dropout, activation)  # noqa: E731
 
-        # posterior encoder q(z | actions, obs): [CLS, obs, a_0 .. a_{k-1}] with fixed sinusoidal positions
-        self.obs_concat = ObsEncoder(self.inputs)
+        # every key's features (image cores hold parameters; low-dim keys pass through), one token source per key
+        self.obs_encoder = ObsEncoder(self.inputs, encoder, feature_activation=None)
+        self.token_shapes = [_token_shape(k, self.obs_encoder, name) for k, name in
+                             zip(self.obs_encoder.in_keys, self.obs_encoder._names)]
+        low_dim = [(k, s) for (k, s), m in zip(self.inputs, self.obs_encoder.modalities) if m == "low_dim"]
+
+        # posterior encoder q(z | actions, obs): [CLS, low-dim obs, a_0 .. a_{k-1}] with fixed sinusoidal positions
+        self.obs_concat = ObsEncoder(low_dim) if low_dim else None
         self.vae_cls = nn.Embedding(1, embed_dim)
-        self.vae_obs_proj = nn.Linear(self.obs_concat.output_dim, embed_dim)
+        self.vae_obs_proj = nn.Linear(self.obs_concat.output_dim, embed_dim) if low_dim else None
         self.vae_action_proj = nn.Linear(ac_dim, embed_dim)
         self.register_buffer("vae_pos", sinusoidal_table(2 + chunk_size, embed_dim), persistent=False)
         self.vae_encoder = nn.ModuleList(layer() for _ in range(vae_layers))
@@ -112,8 +129,9 @@ class ACT(nn.Module):
 
         # decoder p(actions | z, obs): encoder over [z, one token per observation key], decoder of chunk queries
         self.latent_proj = nn.Linear(latent_dim, embed_dim)
-        self.obs_proj = nn.ModuleList(nn.Linear(int(s[0]), embed_dim) for _, s in self.inputs)
-        self.token_pos = nn.Embedding(1 + len(self.inputs), embed_dim)  # + image tokens when vision lands
+        self.obs_proj = nn.ModuleList(nn.Linear(dim, embed_dim) for _, dim in self.token_shapes)
+        self.n_obs_tokens = sum(n for n, _ in self.token_shapes)
+        self.token_pos = nn.Embedding(1 + self.n_obs_tokens, embed_dim)
         self.encoder = nn.ModuleList(layer() for _ in range(num_layers))
         self.query_pos = nn.Embedding(chunk_size, embed_dim)
         self.decoder = nn.ModuleList(DecoderLayer(embed_dim, num_heads, hidden_dim, dropout, activation)
@@ -129,11 +147,13 @@ class ACT(nn.Module):
         """``(mu, logvar)`` of ``q(z | actions, obs)``, each ``[B, latent_dim]``; ``mask`` ``[B, k]`` is False on
         padded chunk steps (left out of attention)."""
         B = actions.shape[0]
-        tokens = torch.cat([self.vae_cls.weight.expand(B, 1, -1), self.vae_obs_proj(self.obs_concat(td)).unsqueeze(1),
-                            self.vae_action_proj(actions)], dim=1)
+        prefix = [self.vae_cls.weight.expand(B, 1, -1)]
+        if self.obs_concat is not None:
+            prefix.append(self.vae_obs_proj(self.obs_concat(td)).unsqueeze(1))
+        tokens = torch.cat([*prefix, self.vae_action_proj(actions)], dim=1)
         pad = None
         if mask is not None:
-            pad = torch.cat([torch.zeros(B, 2, dtype=torch.bool, device=mask.device), ~mask.bool()], dim=1)
+            pad = torch.cat([torch.zeros(B, len(prefix), dtype=torch.bool, device=mask.device), ~mask.bool()], dim=1)
         pos = self.vae_pos[: tokens.shape[1]].to(tokens.dtype)
         for blk in self.vae_encoder:
             tokens = blk(tokens, pos, pad)
@@ -141,9 +161,17 @@ class ACT(nn.Module):
         return mu, logvar
 
     def obs_tokens(self, td) -> torch.Tensor:
-        """``[B, n_keys, embed_dim]``: one token per low-dim observation (goal) key. Extension point: image keys
-        would append their backbone's feature-map tokens here (and widen ``token_pos``)."""
-        return torch.stack([proj(td.get(k)) for proj, (k, _) in zip(self.obs_proj, self.inputs)], dim=1)
+        """``[B, n_obs_tokens, embed_dim]``: one token per low-dim observation (goal) key, one per image key with a
+        flat core, ``H' * W'`` per image key whose core outputs a ``[C, H', W']`` feature map (module docstring)."""
+        enc, parts = self.obs_encoder, []
+        for proj, k, name, (n, dim) in zip(self.obs_proj, enc.in_keys, enc._names, self.token_shapes):
+            x = td.get(k)
+            if name is None:
+                parts.append(proj(x).unsqueeze(1))
+                continue
+            f = enc.key_encoders[name](x)  # [B, n * dim]: a flat feature or a [dim, n] feature map
+            parts.append(proj(f.reshape(f.shape[0], dim, n).transpose(1, 2)) if n > 1 else proj(f).unsqueeze(1))
+        return torch.cat(parts, dim=1)
 
     def decode(self, td, z: torch.Tensor) -> torch.Tensor:
         """``[B, chunk_size, A]`` actions for latent ``z`` ``[B, latent_dim]``."""
@@ -175,16 +203,28 @@ class ACT(nn.Module):
         return self.decode(td, torch.zeros(B, self.latent_dim, device=ref.device, dtype=ref.dtype))
 
 
+def _token_shape(key, enc: ObsEncoder, name) -> tuple:
+    """``(tokens, token dim)`` of one observation key: a low-dim key or a flat image feature is one token; a core
+    that outputs a ``[C, H', W']`` feature map gives ``H' * W'`` tokens of ``C`` channels."""
+    if name is None:
+        return 1, int(enc.shapes[enc.in_keys.index(key)][0])
+    shape = tuple(enc.key_encoders[name].core.output_shape())
+    if len(shape) == 1:
+        return 1, int(shape[0])
+    if len(shape) == 3:
+        return int(shape[1] * shape[2]), int(shape[0])
+    raise ValueError(f"ACT makes tokens of a flat image feature [D] or a feature map [C, H, W]; the core of {key} "
+                     f"outputs shape {shape} (set its core_kwargs flatten: true, or pool_class: null)")
+
+
 def act_policy(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, chunk_size: int = 100,
                embed_dim: int = 512, num_heads: int = 8, hidden_dim: int = 3200, num_layers: int = 4,
                decoder: dict | None = None, vae: dict | None = None, dropout: float = 0.1,
-               activation: str = "relu") -> ACT:
+               activation: str = "relu", encoder: dict | None = None) -> ACT:
     """Builder the ``act`` recipe names: ``decoder = {num_layers}``, ``vae = {num_layers, latent_dim}`` are the
-    recipe's ``algo.act.decoder`` / ``algo.act.vae`` sections."""
+    recipe's ``algo.act.decoder`` / ``algo.act.vae`` sections; ``encoder`` the observation encoder spec (filled in
+    from the recipe's ``observation`` section: image keys become tokens, see the module docstring)."""
     inputs = group_inputs(obs_shapes, goal_shapes)
-    for k, s in inputs:
-        if len(s) != 1:
-            raise ValueError(f"ACT takes low-dim observations for now; {k} has shape {s}")
     decoder, vae = dict(decoder or {}), dict(vae or {})
     for where, section, known in (("decoder", decoder, {"num_layers"}), ("vae", vae, {"num_layers", "latent_dim"})):
         if set(section) - known:
@@ -192,4 +232,4 @@ def act_policy(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, c
     return ACT(inputs, ac_dim, chunk_size=chunk_size, embed_dim=embed_dim, num_heads=num_heads, hidden_dim=hidden_dim,
                num_layers=num_layers, decoder_layers=int(decoder.get("num_layers", 1)),
                vae_layers=int(vae.get("num_layers", 4)), latent_dim=int(vae.get("latent_dim", 32)), dropout=dropout,
-               activation=activation)
+               activation=activation, encoder=encoder)

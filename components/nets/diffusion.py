@@ -9,8 +9,10 @@
   per noisy action (causal self-attention over them) cross-attending to condition tokens ``[step, obs_1..obs_To]``;
   action token ``i`` sees the step token and the observation tokens ``j <= i + 1`` (the paper's memory mask).
 * :class:`DiffusionPolicy` — the network a recipe names: ``condition(td)`` encodes the ``[B, To]`` observation
-  window, ``denoise(x_t, t, cond)`` runs the denoiser, ``schedule`` is the :class:`NoiseSchedule` shared by the loss
-  (``q_sample``) and the sampler, ``predict_chunk(td) -> [B, Tp, A]`` samples a chunk from Gaussian noise.
+  window with the modality-aware :class:`~modmimic.components.nets.core.ObsEncoder` (images: one encoder call per
+  key on the ``[B * To]`` frames), ``denoise(x_t, t, cond)`` runs the denoiser, ``schedule`` is the
+  :class:`NoiseSchedule` shared by the loss (``q_sample``) and the sampler, ``predict_chunk(td) -> [B, Tp, A]``
+  samples a chunk from Gaussian noise.
 
 robomimic's ``algo.unet.*`` keys are never passed to its UNet (a bug, reference §13.3): here they build it.
 """
@@ -217,7 +219,8 @@ class DiffusionPolicy(nn.Module):
         denoiser.check_horizon(self.prediction_horizon)
 
     def condition(self, td) -> torch.Tensor:
-        """Observation features ``[B, To, D]`` of a ``[B, To]`` window (a ``[B]`` batch is one step, To = 1)."""
+        """Observation features ``[B, To, D]`` of a ``[B, To]`` window (a ``[B]`` batch is one step, To = 1). Each
+        image key's encoder runs once on the window's ``B * To`` frames (time folded into the batch)."""
         f = self.encoder(td)
         if f.dim() == 2:
             f = f.unsqueeze(1)
@@ -246,16 +249,24 @@ class DiffusionPolicy(nn.Module):
 
 def diffusion_policy(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, denoiser: str = "unet",
                      horizon: dict | None = None, unet: dict | None = None, transformer: dict | None = None,
-                     ddpm: dict | None = None, ddim: dict | None = None) -> DiffusionPolicy:
+                     ddpm: dict | None = None, ddim: dict | None = None,
+                     encoder: dict | None = None) -> DiffusionPolicy:
     """Build a :class:`DiffusionPolicy` from robomimic's sections: ``horizon`` (observation/prediction horizons),
     ``unet`` (``diffusion_step_embed_dim``, ``down_dims``, ``kernel_size``, ``n_groups``), ``transformer`` (``n_layer``,
     ``n_head``, ``n_emb``, ``p_drop_emb``, ``p_drop_attn``, ``causal_attn``, ``n_cond_layers``), ``ddpm`` / ``ddim``.
-    Goal observations, when the recipe has them, are encoded with each step's observation (robomimic drops them)."""
+    Goal observations, when the recipe has them, are encoded with each step's observation (robomimic drops them).
+
+    ``encoder`` is the observation encoder spec (:func:`~modmimic.components.nets.core.encoder_spec`, filled in from
+    the recipe's ``observation`` section): rgb / depth / scan keys get their modality's core (robomimic's
+    ``ObservationGroupEncoder`` with its ReLU feature activation); the ``[B, To]`` window is encoded in one call per
+    key on ``[B * To, ...]`` (time folded into the batch, robomimic's ``time_distributed``), each step's features
+    concatenated over keys. The recipe's default ResNet uses GroupNorm (``use_group_norm``), as robomimic's
+    ``replace_bn_with_gn``."""
     h = dict(horizon or {})
     To, Tp = int(h.get("observation_horizon", 2)), int(h.get("prediction_horizon", 16))
     if To < 1 or Tp < 1:
         raise ValueError(f"observation_horizon ({To}) and prediction_horizon ({Tp}) must be >= 1")
-    enc = ObsEncoder(group_inputs(obs_shapes, goal_shapes))
+    enc = ObsEncoder(group_inputs(obs_shapes, goal_shapes), encoder)
     if denoiser == "unet":
         u = {k: v for k, v in dict(unet or {}).items() if k != "enabled"}
         net = ConditionalUnet1D(ac_dim, To * enc.output_dim, **u)
