@@ -1,4 +1,5 @@
-"""Learning end to end in the simulator: BC-RNN and BC trained on the embedded scripted Lift demos
+"""Learning end to end in the simulator: BC-RNN and BC (and, in the slow suite, the action chunking policies:
+Diffusion Policy, ACT, chunked BC-Transformer) trained on the embedded scripted Lift demos
 (``modmimic/data/default/lift.hdf5``, 200 demos) succeed when rolled out in robosuite's Lift.
 
 The fast tests use smaller networks than robomimic's defaults, observation normalization and a 10x larger learning
