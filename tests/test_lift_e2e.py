@@ -84,13 +84,10 @@ def test_readme_main_job_reaches_the_stated_success(tmp_path):
     assert rollouts[0]["Rollout/Success_Rate/Lift"] >= 0.9
 
 
-# Diffusion Policy on CPU (measured in docs/sim_figures.md, "Action chunking policies on Lift"): a two-level UNet
+# Diffusion Policy's fast preset (measured in docs/sim_figures.md, "Action chunking policies on Lift"): a two-level UNet
 # (down_dims [32, 64], 0.29M parameters instead of robomimic's 65.8M), DDIM with 10 inference steps for the rollouts,
 # normalized observations, lr 1e-3 with 100 warm-up steps (robomimic: 1e-4, 500), batch 128, 3 000 steps
-DP = ["train.hdf5_normalize_obs=true", "experiment.epoch_every_n_steps=100", "experiment.logging.log_tb=false",
-      "experiment.render_video=false", "algo.unet.down_dims=[32,64]", "algo.unet.diffusion_step_embed_dim=32",
-      "algo.ddpm.enabled=false", "algo.ddim.enabled=true", "algo.optim_params.policy.learning_rate.initial=1e-3",
-      "algo.optim_params.policy.learning_rate.warmup_steps=100", "train.batch_size=128", "train.num_epochs=30"]
+DP = ["preset=fast", *QUIET]  # modmimic/conf/preset/fast.yaml: the settings above
 
 
 def train_and_evaluate(recipe: str, overrides: list[str], tmp_path) -> dict:
@@ -110,13 +107,10 @@ def test_diffusion_policy_learns_lift(tmp_path):
     assert s["Success_Rate"] >= 0.9, f"Diffusion Policy on 200 scripted Lift demos: {s['Num_Success']}/{EPISODES}"
 
 
-# ACT on CPU (measured in docs/sim_figures.md): embedding 64 (LeRobot: 512), 4 heads, feed-forward 256, one layer
+# ACT's fast preset (measured in docs/sim_figures.md): embedding 64 (LeRobot: 512), 4 heads, feed-forward 256, one layer
 # in each transformer (observation encoder, decoder, posterior encoder; 0.18M parameters), chunks of 10 actions
 # (ACT: 100) with temporal ensembling, normalized observations, batch 64, lr 3e-4 (LeRobot: 1e-5), 3 000 steps
-ACT = ["train.hdf5_normalize_obs=true", "experiment.epoch_every_n_steps=100", "experiment.logging.log_tb=false",
-       "experiment.render_video=false", "algo.act.embed_dim=64", "algo.act.num_heads=4", "algo.act.hidden_dim=256",
-       "algo.act.num_layers=1", "algo.act.vae.num_layers=1", "algo.act.chunk_size=10", "train.batch_size=64",
-       "algo.optim_params.policy.learning_rate.initial=3e-4", "train.num_epochs=30"]
+ACT = ["preset=fast", *QUIET]  # modmimic/conf/preset/fast.yaml: the settings above
 
 
 @pytest.mark.slow
