@@ -169,8 +169,9 @@ FAST = ["train.hdf5_normalize_obs=true", "train.batch_size=256", "experiment.epo
         "experiment.logging.log_tb=false", "experiment.render_video=false", "experiment.rollout.enabled=false"]
 BC = [*FAST, "algo.optim_params.policy.learning_rate.initial=1e-3", "algo.actor_layer_dims=[256,256]",
       "train.num_epochs=20"]
-IQL = [*FAST, "algo.optim_params.actor.learning_rate.initial=1e-3", "algo.optim_params.critic.learning_rate.initial=3e-4",
-       "algo.optim_params.vf.learning_rate.initial=3e-4", "algo.actor.layer_dims=[256,256]",
+IQL = [*FAST, "algo.optim_params.actor.learning_rate.initial=1e-3",
+       "algo.optim_params.critic.learning_rate.initial=3e-4", "algo.optim_params.vf.learning_rate.initial=3e-4",
+       "algo.actor.layer_dims=[256,256]",
        "algo.critic.layer_dims=[256,256]", "algo.adv.beta=0.1", "algo.target_tau=0.005", "train.num_epochs=30"]
 SLOW_DEMOS, SLOW_EPISODES, MARGIN = 60, 20, 0.25
 
