@@ -232,13 +232,27 @@ def dataset_info(path: str, filter_key: str | None = None) -> dict:
             env = {"unparsable": str(raw)[:200]}
             errors.append(f"{path}: data.attrs['env_args'] is not valid JSON ({type(e).__name__}: {e})")
         total_attr = data.attrs.get("total")
+        mix = _mix_attr(data.attrs.get("mix"))
     act = keys.get("actions")
     action_ok = None if act is None or act["min"] is None else (act["min"] >= -1.0 and act["max"] <= 1.0)
     return {"path": path, "filter_key": filter_key, "num_demos": len(demos), "num_samples": int(lengths.sum()),
             "total_attr": _as_int(total_attr),
             "length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
             "keys": keys, "filter_keys": masks, "env_meta": env, "actions_in_unit_range": action_ok,
-            "errors": errors, "warnings": warnings}
+            "mix": mix, "errors": errors, "warnings": warnings}
+
+
+def _mix_attr(raw):
+    """``data.attrs["mix"]`` of a mixed-quality dataset (``modmimic.demos generate quality=mixed``): ``{kind:
+    {"fraction", "demos", "successes"}}``, or None when absent or not such a JSON object."""
+    if raw is None:
+        return None
+    try:
+        mix = json.loads(raw)
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
+        return None
+    ok = isinstance(mix, dict) and all(isinstance(m, dict) for m in mix.values())
+    return mix if ok else None
 
 
 def _as_int(v):
@@ -277,6 +291,9 @@ def print_info(info: dict, out=None) -> None:
           f"version {env.get('env_version')}")
         p(f"env kwargs:   {json.dumps(env.get('env_kwargs', {}), sort_keys=True)[:400]}")
     p("filter keys:  " + (", ".join(f"{k} ({n} demos)" for k, n in sorted(info["filter_keys"].items())) or "(none)"))
+    if info.get("mix"):
+        p("mix:          " + ", ".join(f"{k} {m.get('fraction')} ({m.get('demos')} demos, {m.get('successes')} "
+                                       f"successful)" for k, m in info["mix"].items()))
     p("per-step datasets (shape per step, dtype, range over the demos):")
     width = max(len(k) for k in info["keys"])
     for k, e in info["keys"].items():

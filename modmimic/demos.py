@@ -19,6 +19,17 @@ config), per demo ``model_file``, ``states``, ``actions``, sparse ``rewards`` (1
 (1 at the last step), ``obs``/``next_obs`` (robomimic's low-dim keys; ``float32`` by default) and a seeded
 ``mask/train`` / ``mask/valid`` split. ``compress_model=true`` stores each demo's MJCF XML as a gzip-compressed dataset
 instead of robomimic's ``model_file`` attribute (8x smaller; read it with :func:`modmimic.data.hdf5.read_model_file`).
+
+``quality=mixed`` (like robomimic's machine-generated / multi-human sets: offline RL should beat BC on it) writes
+``n`` episodes of mixed quality, every one kept, in the same layout: 20 % ``expert``, 10 % ``noisy`` (the expert with
+Gaussian noise of std 0.3 on the arm's six action dimensions; most still succeed), and 70 % failing variants of the
+expert: 50 % ``let_go`` (the expert until it has closed its fingers on the object, then it opens them and wanders
+off: in Lift before lifting, in Can 8 steps into the carry), 10 % ``beside`` (aims 5 cm beside the object) and 10 %
+``short`` (stops 4 cm above it). ``let_go`` episodes visit the expert's states up to the grasp and outnumber the
+expert's there, so BC on everything is pulled toward letting go; only the reward tells them apart. Filter keys:
+each kind, ``failed`` (the three failing kinds), ``success`` (episodes that did the task) and ``train``/``valid``;
+``data.attrs["mix"]`` (JSON, shown by ``python -m modmimic.dataset info``) holds each kind's fraction, demos and
+successes.
 """
 from __future__ import annotations
 
@@ -35,6 +46,7 @@ TASKS = {"Lift": "Lift", "Can": "PickPlaceCan", "PickPlaceCan": "PickPlaceCan"}
 OBS_KEYS = ["object", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "robot0_gripper_qvel",
             "robot0_joint_pos", "robot0_joint_pos_cos", "robot0_joint_pos_sin", "robot0_joint_vel"]
 MAX_STEPS = {"Lift": 150, "PickPlaceCan": 300}
+QUALITIES = ("expert", "mixed")
 
 
 # --- rotations (quaternions are x, y, z, w as robosuite gives them) -------------------------------------------
@@ -191,6 +203,152 @@ class CanExpert(Expert):
 EXPERTS = {"Lift": LiftExpert, "PickPlaceCan": CanExpert}
 
 
+# --- suboptimal variants (quality=mixed): the expert with one thing wrong -----------------------------------------
+
+OBJECT_POS = {"Lift": "cube_pos", "PickPlaceCan": "Can_pos"}
+
+
+class Variant:
+    """An expert behind a wrapper; ``finished`` ends the episode early (the variant has nothing more to do)."""
+
+    def __init__(self, expert):
+        self.expert, self.finished = expert, False
+
+    def reset(self, env, obs: dict) -> None:
+        self.finished = False
+        self.expert.reset(env, obs)
+
+    def act(self, obs: dict) -> np.ndarray:
+        return self.expert.act(obs)
+
+
+class NoisyActions(Variant):
+    """Gaussian noise (``std``, in action units) on the six arm dimensions; the gripper command is the expert's."""
+
+    def __init__(self, expert, std: float, rng: np.random.Generator):
+        super().__init__(expert)
+        self.std, self.rng = std, rng
+
+    def act(self, obs: dict) -> np.ndarray:
+        a = self.expert.act(obs).copy()
+        a[:6] = np.clip(a[:6] + self.rng.normal(0.0, self.std, 6), -1.0, 1.0)
+        return a
+
+
+class Misplaced(Variant):
+    """The expert aiming at the object's position plus ``offset`` (it grasps beside, or stops short above, the
+    object); done after ``steps`` steps."""
+
+    def __init__(self, expert, key: str, offset, steps: int):
+        super().__init__(expert)
+        self.key, self.offset, self.steps, self.t = key, np.asarray(offset, dtype=np.float64), steps, 0
+
+    def reset(self, env, obs: dict) -> None:
+        self.t = 0
+        super().reset(env, self.believed(obs))
+
+    def believed(self, obs: dict) -> dict:
+        return {**obs, self.key: obs[self.key] + self.offset}
+
+    def act(self, obs: dict) -> np.ndarray:
+        self.t += 1
+        self.finished = self.t >= self.steps
+        return self.expert.act(self.believed(obs))
+
+
+class LetGo(Variant):
+    """The expert until ``when(expert, obs)``; then it opens the gripper where it is (``release`` steps) and wanders
+    with the gripper open to ``wander`` random targets within ``reach`` m (``wander_steps`` each), then is done."""
+
+    def __init__(self, expert, when, rng: np.random.Generator, release: int = 6, wander: int = 2,
+                 wander_steps: int = 12, reach: float = 0.12):
+        super().__init__(expert)
+        self.when, self.rng = when, rng
+        self.release, self.wander, self.wander_steps, self.reach = release, wander, wander_steps, reach
+
+    def reset(self, env, obs: dict) -> None:
+        super().reset(env, obs)
+        self.let_go_at, self.t, self.target = None, 0, None
+
+    def act(self, obs: dict) -> np.ndarray:
+        e = self.expert
+        if self.let_go_at is None:
+            if not self.when(e, obs):
+                return e.act(obs)
+            self.let_go_at, self.target = obs["robot0_eef_pos"].copy(), obs["robot0_eef_pos"].copy()
+        self.t += 1
+        k = self.t - self.release  # steps into the wandering
+        if k > 0 and k % self.wander_steps == 1:
+            self.target = self.let_go_at + self.rng.uniform([-1, -1, 0], [1, 1, 1]) * self.reach
+        self.finished = k >= self.wander * self.wander_steps
+        return e.servo.action(obs["robot0_eef_pos"], obs["robot0_eef_quat"], self.target, e.rot, -1.0)
+
+
+def lift_let_go_when(expert: LiftExpert, obs: dict) -> bool:
+    """Lift: when the expert, its fingers closed on the cube, would start lifting."""
+    return expert.phase == "lift"
+
+
+def can_let_go_when(expert: CanExpert, obs: dict) -> bool:
+    """Can: 8 steps into the carry toward the bin (above the table, far from the bin)."""
+    return expert.phase == "carry" and expert.t >= 8
+
+
+LET_GO_WHEN = {"Lift": lift_let_go_when, "PickPlaceCan": can_let_go_when}
+# how long a variant that misaims runs (its expert would have succeeded by then)
+MISPLACED_STEPS = {"Lift": 70, "PickPlaceCan": 200}
+NOISE_STD = 0.3
+BESIDE, SHORT = 0.05, 0.04  # m: grasp beside the object (horizontal offset) / stop this far above it
+# quality=mixed: the kinds of episodes and their fractions. Half the episodes let go of the object right after
+# grasping it: up to that step they are the expert (the same states), so plain BC on everything learns to let go
+# there, and only the reward tells the two apart.
+MIX = {"expert": 0.2, "noisy": 0.1, "let_go": 0.5, "beside": 0.1, "short": 0.1}
+FAILED = ("let_go", "beside", "short")
+
+
+def variant_expert(name: str, kind: str, rng: np.random.Generator):
+    """The expert of task ``name`` as episode kind ``kind`` (a key of :data:`MIX`)."""
+    expert = EXPERTS[name]()
+    if kind == "expert":
+        return expert
+    if kind == "noisy":
+        return NoisyActions(expert, NOISE_STD, rng)
+    if kind == "let_go":
+        return LetGo(expert, LET_GO_WHEN[name], rng)
+    if kind == "beside":
+        return Misplaced(expert, OBJECT_POS[name], [0.0, BESIDE, 0.0], MISPLACED_STEPS[name])
+    if kind == "short":
+        return Misplaced(expert, OBJECT_POS[name], [0.0, 0.0, SHORT], MISPLACED_STEPS[name])
+    raise ValueError(f"unknown episode kind {kind!r}; kinds: {', '.join(MIX)}")
+
+
+def mix_counts(n: int, mix: dict) -> dict:
+    """Episodes per kind: ``n * fraction`` rounded down, the remainder to the largest fractional parts (ties: the
+    kind listed first)."""
+    total = sum(mix.values())
+    exact = {k: n * f / total for k, f in mix.items()}
+    counts = {k: int(math.floor(v)) for k, v in exact.items()}
+    order = sorted(mix, key=lambda k: (-(exact[k] - counts[k]), list(mix).index(k)))
+    for k in order[: n - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def episode_kinds(n: int, mix: dict, seed: int) -> list[str]:
+    """The kind of each of ``n`` episodes: exactly :func:`mix_counts` of each, in a seeded random order."""
+    kinds = [k for k, c in mix_counts(n, mix).items() for _ in range(c)]
+    return [kinds[i] for i in np.random.default_rng(seed).permutation(n)]
+
+
+def mixed_masks(names: list[str], kinds: list[str], successes: list[bool]) -> dict:
+    """Filter keys of a mixed dataset: one per kind, ``failed`` (the failing variants together) and ``success``
+    (the episodes that did the task, whatever their kind)."""
+    masks = {k: [n for n, kind in zip(names, kinds) if kind == k] for k in dict.fromkeys(kinds)}
+    masks["failed"] = [n for n, kind in zip(names, kinds) if kind in FAILED]
+    masks["success"] = [n for n, ok in zip(names, successes) if ok]
+    return masks
+
+
 # --- environments and episodes ----------------------------------------------------------------------------
 
 def env_name_of(task: str) -> str:
@@ -238,6 +396,8 @@ def expert_episode(env, expert, seed: int, max_steps: int, extra_steps: int = 5,
             first_success = t
         if first_success is not None and t - first_success >= extra_steps:
             break
+        if getattr(expert, "finished", False):
+            break
     success = first_success is not None
     if not record:
         return None, success, len(actions)
@@ -267,12 +427,16 @@ def make_env(task: str, camera_names=(), camera_height: int = 84, camera_width: 
 def generate(task: str, n: int, out: str, seed: int = 0, max_tries: int | None = None, obs_dtype: str = "float32",
              valid_fraction: float = 0.1, compress: bool = True, next_obs: bool = True, obs_keys=None,
              max_steps: int | None = None, compress_model: bool = False, camera_names=(), camera_height: int = 84,
-             camera_width: int = 84, depth: bool = False, progress=print) -> dict:
+             camera_width: int = 84, depth: bool = False, quality: str = "expert", progress=print) -> dict:
     """Write ``n`` successful scripted demos of ``task`` to ``out``; returns generation statistics. ``camera_names``:
-    also record ``<camera>_image`` (uint8 ``[T, H, W, 3]``, upright) and with ``depth`` ``<camera>_depth``."""
+    also record ``<camera>_image`` (uint8 ``[T, H, W, 3]``, upright) and with ``depth`` ``<camera>_depth``.
+    ``quality="mixed"``: ``n`` episodes of the kinds of :data:`MIX` instead, every one kept (see
+    :func:`generate_mixed`)."""
     from modmimic.rollout import DatasetWriter, split_masks
     from modmimic.states_to_obs import camera_keys
 
+    if quality not in QUALITIES:
+        raise ValueError(f"quality must be one of {', '.join(QUALITIES)}, got {quality!r}")
     name = env_name_of(task)
     camera_names = [c for c in ([camera_names] if isinstance(camera_names, str) else list(camera_names or [])) if c]
     env = make_env(task, camera_names, camera_height, camera_width, depth)
@@ -283,6 +447,14 @@ def generate(task: str, n: int, out: str, seed: int = 0, max_tries: int | None =
     writer = DatasetWriter(out, env.serialize(), obs_keys=keys, obs_dtype=None if obs_dtype == "float64" else
                            np.dtype(obs_dtype), compression="gzip" if compress else None, next_obs=next_obs,
                            model_file="gzip" if compress_model else "attr")
+    if quality == "mixed":
+        try:
+            return generate_mixed(env, writer, name, n, seed, max_steps, valid_fraction, progress)
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            env.close()
     t0 = time.perf_counter()
     tries, lengths = 0, []
     try:
@@ -311,6 +483,40 @@ def generate(task: str, n: int, out: str, seed: int = 0, max_tries: int | None =
             time.perf_counter() - t0, "path": os.path.abspath(out), "bytes": os.path.getsize(out)}
 
 
+def generate_mixed(env, writer, name: str, n: int, seed: int, max_steps: int, valid_fraction: float,
+                   progress=print, mix: dict | None = None) -> dict:
+    """``n`` episodes of the kinds of ``mix`` (:data:`MIX`; kinds in a seeded order, :func:`episode_kinds`), episode
+    ``i`` from ``seed + i`` with its own noise ``default_rng([seed, i])``, all kept, success or not: sparse
+    ``rewards`` (1 while the task is done), ``dones`` 1 at each episode's last step. Filter keys: ``train`` /
+    ``valid`` and :func:`mixed_masks`; ``data.attrs["mix"]`` (JSON) holds per kind the fraction, demos and
+    successes."""
+    import json
+
+    from modmimic.rollout import split_masks
+
+    mix = dict(MIX if mix is None else mix)
+    kinds = episode_kinds(n, mix, seed)
+    t0 = time.perf_counter()
+    successes, lengths = [], []
+    for i, kind in enumerate(kinds):
+        expert = variant_expert(name, kind, np.random.default_rng([seed, i]))
+        traj, ok, T = expert_episode(env, expert, seed + i, max_steps)
+        writer.add(traj)
+        successes.append(bool(ok))
+        lengths.append(T)
+        if progress is not None and ((i + 1) % 10 == 0 or i + 1 == n):
+            progress(f"  {i + 1}/{n} episodes, {sum(successes)} successful ({time.perf_counter() - t0:.0f} s)")
+    counts = mix_counts(n, mix)
+    summary = {k: {"fraction": mix[k], "demos": counts[k],
+                   "successes": sum(ok for kind, ok in zip(kinds, successes) if kind == k)} for k in mix}
+    writer.data.attrs["quality"] = "mixed"
+    writer.data.attrs["mix"] = json.dumps(summary)
+    writer.close({**split_masks(writer.names, valid_fraction, seed), **mixed_masks(writer.names, kinds, successes)})
+    return {"task": name, "demos": n, "tries": n, "success_rate": sum(successes) / n, "mix": summary,
+            "samples": int(sum(lengths)), "mean_length": float(np.mean(lengths)), "wall_seconds":
+            time.perf_counter() - t0, "path": os.path.abspath(writer.path), "bytes": os.path.getsize(writer.path)}
+
+
 def expert_success(task: str, episodes: int = 50, seed: int = 1000, max_steps: int | None = None) -> dict:
     """The scripted expert's own success rate over ``episodes`` fresh initial states."""
     from modmimic.rollout import wilson_interval
@@ -335,17 +541,20 @@ USAGE = f"""usage:
   python -m {PROG} generate task=Lift|Can n=<demos> out=<path.hdf5> [seed=0] [max_tries=2n] [obs_dtype=float32]
                    [valid_fraction=0.1] [compress=true] [next_obs=true] [max_steps=<task default>]
                    [compress_model=false] [camera_names=agentview,robot0_eye_in_hand] [camera_height=84]
-                   [camera_width=84] [depth=false]
+                   [camera_width=84] [depth=false] [quality=expert|mixed]
   python -m {PROG} expert task=Lift|Can [episodes=50] [seed=1000]
 
 generate: write n successful scripted demonstrations as a robomimic HDF5 dataset (episode i starts from seed + i).
+          quality=mixed: n episodes, every one kept: 20 % expert, 10 % noisy expert, 50 % let go of the object
+          right after grasping it, 10 % grasp beside it, 10 % stop short above it (filter keys expert, noisy,
+          let_go, beside, short, failed, success, train, valid).
 expert:   the scripted expert's own success rate.
 Needs the simulator extra: pip install 'modmimic[sim]'. Exit status 0 done, 1 failure, 2 bad input."""
 
 ARGS = {"generate": {"task": str, "n": int, "out": str, "seed": int, "max_tries": int, "obs_dtype": str,
                      "valid_fraction": float, "compress": bool, "next_obs": bool, "max_steps": int,
                      "compress_model": bool, "camera_names": lambda v: [c for c in v.split(",") if c],
-                     "camera_height": int, "camera_width": int, "depth": bool},
+                     "camera_height": int, "camera_width": int, "depth": bool, "quality": str},
         "expert": {"task": str, "episodes": int, "seed": int, "max_steps": int}}
 REQUIRED = {"generate": ("task", "n", "out"), "expert": ("task",)}
 
@@ -382,6 +591,8 @@ def parse(argv: list[str]) -> tuple[str, dict]:
     for k in REQUIRED[cmd]:
         if k not in out:
             raise ArgumentError(f"{cmd} needs {k}=...")
+    if out.get("quality", "expert") not in QUALITIES:
+        raise ArgumentError(f"quality must be {' or '.join(QUALITIES)}, got {out['quality']!r}")
     if out.get("obs_dtype", "float32") not in ("float32", "float64"):
         raise ArgumentError(f"obs_dtype must be float32 or float64, got {out['obs_dtype']!r}")
     for k in ("n", "episodes"):
@@ -404,9 +615,10 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "generate":
             print(f"{PROG}: generating {a['n']} scripted {a['task']} demos -> {a['out']}", flush=True)
             s = generate(**a)
+            ok = (f"mix " + ", ".join(f"{k} {m['demos']} ({m['successes']} successful)" for k, m in s["mix"].items())
+                  if "mix" in s else f"expert success {s['demos']}/{s['tries']} = {s['expert_success_rate']:.3f}")
             print(f"{PROG}: wrote {s['demos']} demos ({s['samples']} samples, mean length {s['mean_length']:.1f}) "
-                  f"to {s['path']} ({s['bytes'] / 1e6:.1f} MB) in {s['wall_seconds']:.0f} s; expert success "
-                  f"{s['demos']}/{s['tries']} = {s['expert_success_rate']:.3f}")
+                  f"to {s['path']} ({s['bytes'] / 1e6:.1f} MB) in {s['wall_seconds']:.0f} s; {ok}")
         else:
             s = expert_success(**a)
             print(f"{PROG}: {s['task']} scripted expert: {s['successes']}/{s['episodes']} = {s['success_rate']:.3f} "
