@@ -72,7 +72,6 @@ CELLS = [  # evaluations half way and at the end (the fast preset's epochs: bc 2
     *(Cell("lift", r, eval_every=6) for r in ("bc_rnn", "hbc", "iris")),
     Cell("lift", "bc_transformer", eval_every=5),
     Cell("lift", "bc_rnn", "robomimic", SAME_STEPS_AS_FAST["bc_rnn"], eval_every=6, note="fast's steps"),
-    Cell("lift", "bc", "robomimic", SAME_STEPS_AS_FAST["bc"], eval_every=10, note="fast's steps"),
     Cell("can", "bc_rnn", overrides=("train.num_epochs=40",), eval_every=20, note="4 000 steps"),
     Cell("square", "bc_rnn", eval_every=10),
     *(Cell("lift_mixed", r) for r in ("bc", "iql", "bcq", "cql", "td3_bc")),
