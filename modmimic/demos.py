@@ -211,7 +211,8 @@ def square_plan(nut_yaw: float, home_yaw: float) -> tuple[float, float]:
     2-fold symmetric); the held nut then turns with the gripper to its seated yaw. Of these choices, the one with
     the least wrist turning: the farthest the gripper gets from ``home_yaw``, plus half the turn with the nut in
     hand, plus the seat's cost (robosuite's Panda starts with its wrist near a singularity, and big turns drive
-    it into joint limits). For any nut yaw the gripper stays within 90 degrees of home and turns at most 90."""
+    it into joint limits). For any nut yaw and a home yaw of 0 the gripper stays within 90 degrees of home and turns
+    at most 90 with the nut in hand."""
     def plan(rel: float, seat: float, cost: float):
         grasp = wrap(nut_yaw - rel - home_yaw, 2 * math.pi)
         turn = wrap(seat - nut_yaw, 2 * math.pi)

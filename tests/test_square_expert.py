@@ -1,0 +1,108 @@
+"""The scripted expert for robosuite's NutAssemblySquare (robomimic's Square): its geometry against hand values and
+the simulator, the task's wiring (env_meta, CLI), and (slow) that it seats the nut by robosuite's own check."""
+import json
+import math
+
+import h5py
+import numpy as np
+import pytest
+
+from modmimic.demos import (HANDLE_REACH, MAX_STEPS, SEAT_YAWS, env_name_of, handle_grasp_point, parse,
+                            square_plan, wrap)
+
+YAWS = np.linspace(-math.pi, math.pi, 721)
+
+
+def test_handle_grasp_point_hand_values():
+    nut = np.array([0.1, 0.2, 0.83])
+    np.testing.assert_allclose(handle_grasp_point(nut, 0.0), [0.1 + HANDLE_REACH, 0.2, 0.83], atol=1e-15)
+    np.testing.assert_allclose(handle_grasp_point(nut, math.pi / 2, reach=0.05), [0.1, 0.25, 0.83], atol=1e-15)
+    np.testing.assert_allclose(handle_grasp_point(nut, math.pi, reach=0.05), [0.05, 0.2, 0.83], atol=1e-15)
+    np.testing.assert_allclose(handle_grasp_point(nut, -math.pi / 4, reach=math.sqrt(2) * 0.01),
+                               [0.11, 0.19, 0.83], atol=1e-15)
+
+
+def test_square_plan_hand_values():
+    # handle toward the robot (-x): grasp without turning (gripper x pointing into the nut), seat as it is
+    grasp, seat = square_plan(math.pi, 0.0)
+    assert abs(wrap(grasp, 2 * math.pi)) < 1e-12 and seat == math.pi
+    # handle away from the robot (+x, out of reach when seated): grasp without turning, turn the nut a quarter
+    grasp, seat = square_plan(0.0, 0.0)
+    assert abs(grasp) < 1e-12 and abs(seat) == pytest.approx(math.pi / 2)
+    # handle along +y: a quarter turn at the grasp, seat it as it is (no turn in hand)
+    grasp, seat = square_plan(math.pi / 2, 0.0)
+    assert abs(grasp) == pytest.approx(math.pi / 2) and seat == pytest.approx(math.pi / 2)
+    # the plan is relative to the gripper's home yaw
+    grasp, seat = square_plan(math.pi + 0.3, 0.3)
+    assert wrap(grasp - 0.3, 2 * math.pi) == pytest.approx(0.0, abs=1e-12) and seat == math.pi
+
+
+@pytest.mark.parametrize("home", [0.0, 0.05, -0.1])  # robosuite's Panda starts at yaw ~0 (joint noise)
+def test_square_plan_for_every_nut_yaw(home):
+    seats = {s for s, _ in SEAT_YAWS}
+    for yaw in YAWS:
+        grasp, seat = square_plan(yaw, home)
+        assert abs(wrap(grasp - yaw, math.pi)) < 1e-9  # the gripper's x axis along the handle
+        assert seat in seats and abs(wrap(seat, math.pi / 2)) < 1e-12  # seated square to the peg, handle not +x
+        turn = wrap(seat - yaw, 2 * math.pi)
+        assert abs(turn) <= math.pi / 2 + 2 * abs(home) + 1e-9  # about a quarter turn at most with the nut in hand
+        for g in (grasp, grasp + turn):  # the wrist within about a quarter turn of home, at the grasp and seated
+            assert abs(wrap(g - home, 2 * math.pi)) <= math.pi / 2 + abs(home) + 1e-9
+
+
+def test_square_task_wiring():
+    assert env_name_of("Square") == env_name_of("NutAssemblySquare") == "NutAssemblySquare"
+    assert MAX_STEPS["NutAssemblySquare"] == 400
+    assert parse(["expert", "task=Square", "episodes=3"]) == ("expert", {"task": "Square", "episodes": 3})
+    with pytest.raises(ValueError, match="Square"):
+        env_name_of("Squre")
+
+
+def test_handle_geometry_matches_the_simulator():
+    """The nut's yaw from its observed quaternion and the handle offset give robosuite's own handle site."""
+    pytest.importorskip("robosuite")
+    from modmimic.demos import make_env, quat_to_mat, task_env_meta, yaw_of
+    from modmimic.envs import env_from_metadata
+
+    meta = task_env_meta("Square")
+    assert meta["env_name"] == "NutAssemblySquare" and meta["env_kwargs"]["robots"] == ["Panda"]
+    env = make_env("Square")
+    try:
+        assert type(env) is type(env_from_metadata(json.loads(json.dumps(meta))))
+        for seed in (0, 1, 2):
+            obs = env.reset(seed=seed)
+            base = env.base_env
+            handle = base.sim.data.site_xpos[base.object_site_ids[0]]
+            yaw = yaw_of(quat_to_mat(obs["SquareNut_quat"]))
+            np.testing.assert_allclose(handle_grasp_point(obs["SquareNut_pos"], yaw, reach=0.054), handle, atol=1e-6)
+            assert obs["object"].shape == (14,)
+    finally:
+        env.close()
+
+
+@pytest.mark.slow
+def test_square_expert_seats_the_nut_and_its_demos_replay(tmp_path):
+    """Three generated demos (seeds 1000..): each ends seated by robosuite's own check, and replaying its actions
+    from its start state seats the nut again."""
+    from modmimic.demos import generate
+    from modmimic.envs import env_from_metadata
+
+    path = str(tmp_path / "square.hdf5")
+    s = generate("Square", 3, path, seed=1000, max_tries=3, progress=None)
+    assert s["tries"] == 3 and s["task"] == "NutAssemblySquare"
+    with h5py.File(path) as f:
+        meta = json.loads(f["data"].attrs["env_args"])
+        assert meta["env_name"] == "NutAssemblySquare"
+        env = env_from_metadata(meta)
+        try:
+            for name in ("demo_0", "demo_1", "demo_2"):
+                d = f[f"data/{name}"]
+                assert d["rewards"][-1] == 1 and len(d["actions"]) <= MAX_STEPS["NutAssemblySquare"]
+                env.reset_to({"model": d.attrs["model_file"], "states": d["states"][0]})
+                seated = False
+                for a in d["actions"][()]:
+                    env.step(a)
+                    seated = seated or bool(env.base_env._check_success())
+                assert seated, name
+        finally:
+            env.close()
