@@ -1,17 +1,22 @@
-"""Scripted demonstrations: state-based controllers (no learning) for robosuite's Lift and Can, written as robomimic
-datasets.
+"""Scripted demonstrations: state-based controllers (no learning) for robosuite's Lift, Can and Square, written as
+robomimic datasets.
 
     python -m modmimic.demos generate task=Lift n=200 out=lift.hdf5 seed=0
     python -m modmimic.demos expert task=Can episodes=50 seed=1000        # the expert's own success rate
 
-The experts read privileged object poses (``cube_pos``/``Can_pos`` ...) and command robosuite's OSC_POSE controller
-(7-D action: position delta x 0.05 m, world-frame axis-angle delta x 0.5 rad, gripper -1 open / +1 close) with a
-proportional law on the position and orientation errors, through a fixed sequence of phases:
+The experts read privileged object poses (``cube_pos``/``Can_pos``/``SquareNut_pos`` ...) and command robosuite's
+OSC_POSE controller (7-D action: position delta x 0.05 m, world-frame axis-angle delta x 0.5 rad, gripper -1 open /
++1 close) with a proportional law on the position and orientation errors, through a fixed sequence of phases:
 
 * Lift: turn the gripper about the vertical so its fingers face the cube's sides (the cube is 4-fold symmetric,
   so at most 45 degrees), hover 8 cm above the cube, descend to its centre, close for 8 steps, lift 20 cm.
 * Can: hover 10 cm above the can (a cylinder: no turning), descend, close, lift to z = 1.05, carry to the can's
   quadrant of the target bin, lower to 10 cm above the bin floor, open for 6 steps, move up.
+* Square (``NutAssemblySquare``): turn the gripper along the nut's handle, hover 8 cm above the handle (6 cm out
+  from the nut's centre), descend, close for 10 steps, lift to z = 1.02, turn the nut square to the peg (its hole
+  is 4-fold symmetric; the handle ends toward the robot or sideways, never away, and the wrist turns at most a
+  quarter turn: :func:`square_plan`), carry the nut's centre over the peg and lower it down the peg (both closed
+  loop on the nut's observed position), open, move up.
 
 Episode ``i`` (counting failed tries) starts from ``seed + i``. Only successful episodes are kept; each ends
 ``extra_steps`` (5) steps after the first success. Datasets hold ``env_args`` (robosuite 1.5 composite controller
@@ -203,20 +208,24 @@ def handle_grasp_point(nut_pos, nut_yaw: float, reach: float = HANDLE_REACH) -> 
 # the nut's yaw when seated (its hole square to the axis-aligned peg) and a cost in radians of wrist turn: with the
 # handle toward the robot (-x) the gripper is in easy reach; along +-y a little farther; along +x out of reach
 SEAT_YAWS = ((math.pi, 0.0), (math.pi / 2, 0.3), (-math.pi / 2, 0.3))
+CLOCKWISE_COST = 2.0  # robosuite's Panda starts with joint 7 at ~0.8 of +-2.9: turning clockwise runs out first
 
 
 def square_plan(nut_yaw: float, home_yaw: float) -> tuple[float, float]:
     """``(gripper yaw for the grasp, nut yaw when seated)``. The gripper's x axis goes along the handle (the
     fingers close along its y, across the handle's width), pointing out of the nut or into it (the gripper is
     2-fold symmetric); the held nut then turns with the gripper to its seated yaw. Of these choices, the one with
-    the least wrist turning: the farthest the gripper gets from ``home_yaw``, plus half the turn with the nut in
-    hand, plus the seat's cost (robosuite's Panda starts with its wrist near a singularity, and big turns drive
-    it into joint limits). For any nut yaw and a home yaw of 0 the gripper stays within 90 degrees of home and turns
-    at most 90 with the nut in hand."""
+    the least wrist turning: the farthest the gripper gets from ``home_yaw`` (clockwise counting double), plus half
+    the turn with the nut in hand, plus the seat's cost (robosuite's Panda starts with its wrist near a
+    singularity, and big turns drive it into joint limits). For any nut yaw and a home yaw of 0 the gripper stays
+    within 1.06 rad clockwise and 3/4 pi anticlockwise of home and turns at most 3/4 pi with the nut in hand."""
+    def away(g: float) -> float:  # the wrist has ~1.4 rad of yaw clockwise from home, ~3 anticlockwise
+        return g if g >= 0 else -CLOCKWISE_COST * g
+
     def plan(rel: float, seat: float, cost: float):
         grasp = wrap(nut_yaw - rel - home_yaw, 2 * math.pi)
         turn = wrap(seat - nut_yaw, 2 * math.pi)
-        return max(abs(grasp), abs(grasp + turn)) + 0.5 * abs(turn) + cost, home_yaw + grasp, seat
+        return max(away(grasp), away(grasp + turn)) + 0.5 * abs(turn) + cost, home_yaw + grasp, seat
 
     _, grasp, seat = min(plan(rel, seat, cost) for rel in (0.0, math.pi) for seat, cost in SEAT_YAWS)
     return grasp, seat
@@ -434,11 +443,11 @@ def expert_success(task: str, episodes: int = 50, seed: int = 1000, max_steps: i
 # --- command line -----------------------------------------------------------------------------------------------
 
 USAGE = f"""usage:
-  python -m {PROG} generate task=Lift|Can n=<demos> out=<path.hdf5> [seed=0] [max_tries=2n] [obs_dtype=float32]
+  python -m {PROG} generate task=Lift|Can|Square n=<demos> out=<path.hdf5> [seed=0] [max_tries=2n] [obs_dtype=float32]
                    [valid_fraction=0.1] [compress=true] [next_obs=true] [max_steps=<task default>]
                    [compress_model=false] [camera_names=agentview,robot0_eye_in_hand] [camera_height=84]
                    [camera_width=84] [depth=false]
-  python -m {PROG} expert task=Lift|Can [episodes=50] [seed=1000]
+  python -m {PROG} expert task=Lift|Can|Square [episodes=50] [seed=1000]
 
 generate: write n successful scripted demonstrations as a robomimic HDF5 dataset (episode i starts from seed + i).
 expert:   the scripted expert's own success rate.
