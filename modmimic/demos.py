@@ -14,9 +14,10 @@ OSC_POSE controller (7-D action: position delta x 0.05 m, world-frame axis-angle
   quadrant of the target bin, lower to 10 cm above the bin floor, open for 6 steps, move up.
 * Square (``NutAssemblySquare``): turn the gripper along the nut's handle, hover 8 cm above the handle (6 cm out
   from the nut's centre), descend, close for 10 steps, lift to z = 1.02, turn the nut square to the peg (its hole
-  is 4-fold symmetric; the handle ends toward the robot or sideways, never away, and the wrist turns at most a
-  quarter turn: :func:`square_plan`), carry the nut's centre over the peg and lower it down the peg (both closed
-  loop on the nut's observed position), open, move up.
+  is 4-fold symmetric; the handle ends toward the robot or sideways, never away, and the wrist turns little,
+  least of all clockwise: :func:`square_plan`), carry the nut's centre over the peg and lower it down the peg (both
+  closed loop on the nut's observed position), open, move up. robosuite counts the nut seated once it is low on
+  the peg and the gripper 4 cm from its centre, which holding the handle is: demos end while lowering.
 
 Episode ``i`` (counting failed tries) starts from ``seed + i``. Only successful episodes are kept; each ends
 ``extra_steps`` (5) steps after the first success. Datasets hold ``env_args`` (robosuite 1.5 composite controller
