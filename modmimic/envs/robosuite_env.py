@@ -13,7 +13,8 @@
   before that (``mj_step`` leaves them stale); sensors computed from other sensors' cached values (object-to-eef
   poses) read those of the previous pass. The adapter runs ``mj_forward`` after a step and force-updates every
   observation, the low-dim ones twice, so an observation is always a function of the current simulator state:
-  ``reset_to(states[t])`` reproduces ``obs[t]`` of a recorded episode exactly, as in robomimic's datasets (extracted from states).
+  ``reset_to(states[t])`` reproduces ``obs[t]`` of a recorded episode exactly, as in robomimic's datasets
+  (extracted from states).
 * ``reset(seed)`` reseeds the environment's own random generator (object placement, robot joint noise), so the
   same seed gives the same initial state in any process.
 """
