@@ -80,19 +80,26 @@ def test_handle_geometry_matches_the_simulator():
         env.close()
 
 
+@pytest.fixture(scope="module")
+def square_demos(tmp_path_factory):
+    from modmimic.demos import generate
+
+    path = str(tmp_path_factory.mktemp("square") / "square.hdf5")
+    s = generate("Square", 3, path, seed=1000, max_tries=3, progress=None)
+    assert s["tries"] == 3 and s["task"] == "NutAssemblySquare"
+    return path
+
+
 @pytest.mark.slow
-def test_square_expert_seats_the_nut_and_its_demos_hold_it(tmp_path):
+def test_square_expert_seats_the_nut_and_its_demos_hold_it(square_demos):
     """Three generated demos (seeds 1000..): robosuite's own check finds the nut seated in each demo's last state,
     not in its first, and the stored states reproduce the stored observations. (Replaying the actions open loop
     from the first state is not asked: one step after ``reset_to`` the arm is already ~1e-3 off the recorded one
     (the simulator's state does not hold the controller's), and seating the nut is contact-rich.)"""
-    from modmimic.demos import OBS_KEYS, generate
+    from modmimic.demos import OBS_KEYS
     from modmimic.envs import env_from_metadata
 
-    path = str(tmp_path / "square.hdf5")
-    s = generate("Square", 3, path, seed=1000, max_tries=3, progress=None)
-    assert s["tries"] == 3 and s["task"] == "NutAssemblySquare"
-    with h5py.File(path) as f:
+    with h5py.File(square_demos) as f:
         meta = json.loads(f["data"].attrs["env_args"])
         assert meta["env_name"] == "NutAssemblySquare"
         env = env_from_metadata(meta)
@@ -108,3 +115,21 @@ def test_square_expert_seats_the_nut_and_its_demos_hold_it(tmp_path):
                         np.testing.assert_allclose(obs[k], d[f"obs/{k}"][t], atol=2e-5, err_msg=f"{name} t={t} {k}")
         finally:
             env.close()
+
+
+@pytest.mark.slow
+def test_a_policy_trained_on_square_demos_is_evaluated_in_square(square_demos, tmp_path):
+    """The rollout path knows Square: a BC trained for a few steps on the demos, then ``modmimic.eval``'s evaluate
+    builds NutAssemblySquare from the checkpoint's env metadata and plays an episode."""
+    import glob
+
+    from modmimic.eval import evaluate
+    from modmimic.train import main
+
+    assert main(["recipe=bc", f"dataset={square_demos}", f"train.output_dir={tmp_path}", "train.num_epochs=1",
+                 "experiment.epoch_every_n_steps=3", "train.batch_size=8", "algo.actor_layer_dims=[16]",
+                 "experiment.rollout.enabled=false", "experiment.render_video=false"]) == 0
+    (ckpt,) = glob.glob(str(tmp_path / "**" / "models" / "last.pth"), recursive=True)
+    s = evaluate(ckpt, episodes=1, horizon=3)
+    assert s["env_name"] == "NutAssemblySquare" and s["horizon"] == 3
+    assert [e["length"] for e in s["episodes"]] == [3]
