@@ -1,17 +1,23 @@
-"""Scripted demonstrations: state-based controllers (no learning) for robosuite's Lift and Can, written as robomimic
-datasets.
+"""Scripted demonstrations: state-based controllers (no learning) for robosuite's Lift, Can and Square, written as
+robomimic datasets.
 
     python -m modmimic.demos generate task=Lift n=200 out=lift.hdf5 seed=0
     python -m modmimic.demos expert task=Can episodes=50 seed=1000        # the expert's own success rate
 
-The experts read privileged object poses (``cube_pos``/``Can_pos`` ...) and command robosuite's OSC_POSE controller
-(7-D action: position delta x 0.05 m, world-frame axis-angle delta x 0.5 rad, gripper -1 open / +1 close) with a
-proportional law on the position and orientation errors, through a fixed sequence of phases:
+The experts read privileged object poses (``cube_pos``/``Can_pos``/``SquareNut_pos`` ...) and command robosuite's
+OSC_POSE controller (7-D action: position delta x 0.05 m, world-frame axis-angle delta x 0.5 rad, gripper -1 open /
++1 close) with a proportional law on the position and orientation errors, through a fixed sequence of phases:
 
 * Lift: turn the gripper about the vertical so its fingers face the cube's sides (the cube is 4-fold symmetric,
   so at most 45 degrees), hover 8 cm above the cube, descend to its centre, close for 8 steps, lift 20 cm.
 * Can: hover 10 cm above the can (a cylinder: no turning), descend, close, lift to z = 1.05, carry to the can's
   quadrant of the target bin, lower to 10 cm above the bin floor, open for 6 steps, move up.
+* Square (``NutAssemblySquare``): turn the gripper along the nut's handle, hover 8 cm above the handle (6 cm out
+  from the nut's centre), descend, close for 10 steps, lift to z = 1.02, turn the nut square to the peg (its hole
+  is 4-fold symmetric; the handle ends toward the robot or sideways, never away, and the wrist turns little,
+  least of all clockwise: :func:`square_plan`), carry the nut's centre over the peg and lower it down the peg (both
+  closed loop on the nut's observed position), open, move up. robosuite counts the nut seated once it is low on
+  the peg and the gripper 4 cm from its centre, which holding the handle is: demos end while lowering.
 
 Episode ``i`` (counting failed tries) starts from ``seed + i``. Only successful episodes are kept; each ends
 ``extra_steps`` (5) steps after the first success. Datasets hold ``env_args`` (robosuite 1.5 composite controller
@@ -41,11 +47,13 @@ import time
 import numpy as np
 
 PROG = "modmimic.demos"
-TASKS = {"Lift": "Lift", "Can": "PickPlaceCan", "PickPlaceCan": "PickPlaceCan"}
+TASKS = {"Lift": "Lift", "Can": "PickPlaceCan", "PickPlaceCan": "PickPlaceCan", "Square": "NutAssemblySquare",
+         "NutAssemblySquare": "NutAssemblySquare"}
+ALIASES = {"PickPlaceCan", "NutAssemblySquare"}  # robosuite's names, accepted but not listed
 # robomimic's low-dim observation keys (its datasets also have eef velocities, which robosuite 1.5 does not offer)
 OBS_KEYS = ["object", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "robot0_gripper_qvel",
             "robot0_joint_pos", "robot0_joint_pos_cos", "robot0_joint_pos_sin", "robot0_joint_vel"]
-MAX_STEPS = {"Lift": 150, "PickPlaceCan": 300}
+MAX_STEPS = {"Lift": 150, "PickPlaceCan": 300, "NutAssemblySquare": 400}  # Square: robomimic's rollout horizon
 QUALITIES = ("expert", "mixed")
 
 
@@ -200,7 +208,111 @@ class CanExpert(Expert):
         return act(eef, q, np.array([*self.bin_xy, self.CARRY_Z]), self.rot, -1.0)
 
 
-EXPERTS = {"Lift": LiftExpert, "PickPlaceCan": CanExpert}
+# --- Square: geometry of robosuite's square nut (handle along the nut's local +x, 4-fold symmetric hole) ---------
+
+HANDLE_REACH = 0.06  # m from the nut's centre along its +x to the grasp point (handle: 0.029-0.079, ring ends 0.044)
+
+
+def handle_grasp_point(nut_pos, nut_yaw: float, reach: float = HANDLE_REACH) -> np.ndarray:
+    """World position ``reach`` along the nut's handle (its local +x) from its centre, at the centre's height."""
+    return np.asarray(nut_pos, dtype=np.float64) + reach * np.array([math.cos(nut_yaw), math.sin(nut_yaw), 0.0])
+
+
+# the nut's yaw when seated (its hole square to the axis-aligned peg) and a cost in radians of wrist turn: with the
+# handle toward the robot (-x) the gripper is in easy reach; along +-y a little farther; along +x out of reach
+SEAT_YAWS = ((math.pi, 0.0), (math.pi / 2, 0.3), (-math.pi / 2, 0.3))
+CLOCKWISE_COST = 2.0  # robosuite's Panda starts with joint 7 at ~0.8 of +-2.9: turning clockwise runs out first
+
+
+def square_plan(nut_yaw: float, home_yaw: float) -> tuple[float, float]:
+    """``(gripper yaw for the grasp, nut yaw when seated)``. The gripper's x axis goes along the handle (the
+    fingers close along its y, across the handle's width), pointing out of the nut or into it (the gripper is
+    2-fold symmetric); the held nut then turns with the gripper to its seated yaw. Of these choices, the one with
+    the least wrist turning: the farthest the gripper gets from ``home_yaw`` (clockwise counting double), plus half
+    the turn with the nut in hand, plus the seat's cost (robosuite's Panda starts with its wrist near a
+    singularity, and big turns drive it into joint limits). For any nut yaw and a home yaw of 0 the gripper stays
+    within 1.06 rad clockwise and 3/4 pi anticlockwise of home and turns at most 3/4 pi with the nut in hand."""
+    def away(g: float) -> float:  # the wrist has ~1.4 rad of yaw clockwise from home, ~3 anticlockwise
+        return g if g >= 0 else -CLOCKWISE_COST * g
+
+    def plan(rel: float, seat: float, cost: float):
+        grasp = wrap(nut_yaw - rel - home_yaw, 2 * math.pi)
+        turn = wrap(seat - nut_yaw, 2 * math.pi)
+        return max(away(grasp), away(grasp + turn)) + 0.5 * abs(turn) + cost, home_yaw + grasp, seat
+
+    _, grasp, seat = min(plan(rel, seat, cost) for rel in (0.0, math.pi) for seat, cost in SEAT_YAWS)
+    return grasp, seat
+
+
+class SquareExpert(Expert):
+    """Hover over the nut's handle with the gripper along it, descend, close, lift the nut above the peg, turn it
+    square to the peg and carry its centre over the peg (closed loop on the nut's observed position), lower it
+    down the peg, open, retreat."""
+    HOVER, CARRY_Z, SEATED_Z = 0.08, 1.02, 0.845
+
+    def reset(self, env, obs: dict) -> None:
+        base = env.base_env
+        self.peg_xy = np.array(base.sim.data.body_xpos[base.peg1_body_id][:2], dtype=np.float64)
+        R0 = quat_to_mat(obs["robot0_eef_quat"])
+        grasp_yaw, self.seat_yaw = square_plan(yaw_of(quat_to_mat(obs["SquareNut_quat"])), yaw_of(R0))
+        self.rot = rot_z(grasp_yaw - yaw_of(R0)) @ R0
+        self.hold = None
+        self.goto("hover")
+
+    def nut_to_peg(self, obs: dict, eef) -> np.ndarray:
+        """The gripper xy that puts the nut's centre over the peg (the held nut moves with the gripper)."""
+        return eef[:2] + self.peg_xy - obs["SquareNut_pos"][:2]
+
+    def act(self, obs: dict) -> np.ndarray:
+        self.t += 1
+        eef, q, nut = obs["robot0_eef_pos"], obs["robot0_eef_quat"], obs["SquareNut_pos"]
+        act = self.servo.action
+        if self.phase in ("hover", "descend"):
+            grasp = handle_grasp_point(nut, yaw_of(quat_to_mat(obs["SquareNut_quat"])))
+            if self.phase == "hover":
+                target = grasp + [0, 0, self.HOVER]
+                err = target - eef
+                rot_err = np.linalg.norm(mat_to_rotvec(self.rot @ quat_to_mat(q).T))
+                if (np.linalg.norm(err[:2]) < 0.005 and abs(err[2]) < 0.02 and rot_err < 0.05) or self.t > 80:
+                    self.goto("descend")
+                return act(eef, q, target, self.rot, -1.0)
+            if np.linalg.norm(grasp - eef) < 0.006 or self.t > 50:
+                self.hold = eef.copy()
+                self.goto("close")
+            return act(eef, q, grasp, self.rot, -1.0)
+        if self.phase == "close":
+            if self.t >= 10:
+                self.goto("lift")
+            return act(eef, q, self.hold, self.rot, 1.0)
+        if self.phase == "lift":
+            if eef[2] >= self.CARRY_Z - 0.01 or self.t > 60:
+                turn = wrap(self.seat_yaw - yaw_of(quat_to_mat(obs["SquareNut_quat"])), 2 * math.pi)
+                self.rot = rot_z(turn) @ quat_to_mat(q)  # the held nut turns square to the peg
+                self.goto("turn")
+            return act(eef, q, np.array([*self.hold[:2], self.CARRY_Z]), self.rot, 1.0, max_pos=0.5)
+        if self.phase == "turn":  # in place: turning while carrying swings the arm off course
+            if np.linalg.norm(mat_to_rotvec(self.rot @ quat_to_mat(q).T)) < 0.05 or self.t > 40:
+                self.goto("carry")
+            return act(eef, q, np.array([*self.hold[:2], self.CARRY_Z]), self.rot, 1.0)
+        if self.phase == "carry":
+            target = np.array([*self.nut_to_peg(obs, eef), self.CARRY_Z])
+            rot_err = np.linalg.norm(mat_to_rotvec(self.rot @ quat_to_mat(q).T))
+            if (np.linalg.norm(self.peg_xy - nut[:2]) < 0.004 and rot_err < 0.05) or self.t > 150:
+                self.goto("lower")
+            return act(eef, q, target, self.rot, 1.0, max_pos=0.6)
+        if self.phase == "lower":
+            target = np.array([*self.nut_to_peg(obs, eef), eef[2] + self.SEATED_Z - nut[2]])
+            if nut[2] < self.SEATED_Z + 0.005 or self.t > 100:
+                self.goto("open")
+            return act(eef, q, target, self.rot, 1.0, max_pos=0.4)
+        if self.phase == "open":
+            if self.t >= 6:
+                self.goto("retreat")
+            return act(eef, q, eef, self.rot, -1.0)
+        return act(eef, q, eef + [0, 0, 0.05], self.rot, -1.0)
+
+
+EXPERTS = {"Lift": LiftExpert, "PickPlaceCan": CanExpert, "NutAssemblySquare": SquareExpert}
 
 
 # --- suboptimal variants (quality=mixed): the expert with one thing wrong -----------------------------------------
@@ -357,7 +469,7 @@ def env_name_of(task: str) -> str:
 
         close = difflib.get_close_matches(task, list(TASKS), n=1)
         raise ValueError(f"no scripted expert for task {task!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                         + f"; tasks: {', '.join(sorted(set(TASKS) - {'PickPlaceCan'}))}")
+                         + f"; tasks: {', '.join(sorted(set(TASKS) - ALIASES))}")
     return TASKS[task]
 
 
@@ -438,6 +550,9 @@ def generate(task: str, n: int, out: str, seed: int = 0, max_tries: int | None =
     if quality not in QUALITIES:
         raise ValueError(f"quality must be one of {', '.join(QUALITIES)}, got {quality!r}")
     name = env_name_of(task)
+    if quality == "mixed" and name not in LET_GO_WHEN:
+        raise ArgumentError(f"quality=mixed is defined for {', '.join(t for t, n in TASKS.items() if n in LET_GO_WHEN and t not in ALIASES)}, "
+                         f"not {task} (its failing variants are task-specific)")
     camera_names = [c for c in ([camera_names] if isinstance(camera_names, str) else list(camera_names or [])) if c]
     env = make_env(task, camera_names, camera_height, camera_width, depth)
     expert = EXPERTS[name]()
@@ -538,11 +653,11 @@ def expert_success(task: str, episodes: int = 50, seed: int = 1000, max_steps: i
 # --- command line -----------------------------------------------------------------------------------------------
 
 USAGE = f"""usage:
-  python -m {PROG} generate task=Lift|Can n=<demos> out=<path.hdf5> [seed=0] [max_tries=2n] [obs_dtype=float32]
+  python -m {PROG} generate task=Lift|Can|Square n=<demos> out=<path.hdf5> [seed=0] [max_tries=2n] [obs_dtype=float32]
                    [valid_fraction=0.1] [compress=true] [next_obs=true] [max_steps=<task default>]
                    [compress_model=false] [camera_names=agentview,robot0_eye_in_hand] [camera_height=84]
                    [camera_width=84] [depth=false] [quality=expert|mixed]
-  python -m {PROG} expert task=Lift|Can [episodes=50] [seed=1000]
+  python -m {PROG} expert task=Lift|Can|Square [episodes=50] [seed=1000]
 
 generate: write n successful scripted demonstrations as a robomimic HDF5 dataset (episode i starts from seed + i).
           quality=mixed: n episodes, every one kept: 20 % expert, 10 % noisy expert, 50 % let go of the object

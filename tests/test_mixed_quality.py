@@ -200,3 +200,11 @@ def test_iql_beats_bc_on_mixed_lift(tmp_path):
     iql = train_and_evaluate("iql", IQL, data, tmp_path / "iql")
     print(f"mixed Lift ({SLOW_DEMOS} episodes): BC {bc:.2f}, IQL {iql:.2f} over {SLOW_EPISODES} episodes")
     assert iql - bc >= MARGIN, f"IQL {iql:.2f} vs BC {bc:.2f}: IQL should lead by >= {MARGIN}"
+
+
+def test_mixed_quality_of_a_task_without_failing_variants_is_bad_input(tmp_path):
+    from modmimic.demos import main
+
+    out = tmp_path / "square_mixed.hdf5"
+    assert main(["generate", "task=Square", "n=2", f"out={out}", "quality=mixed"]) == 2
+    assert not out.exists()

@@ -10,9 +10,11 @@
 * robosuite 1.5 caches observables: right after a reset some derived keys (e.g. Can's ``Can_to_robot0_eef_pos``)
   are still zeros or stale, and the observation ``env.step`` returns is sampled one physics substep before the end
   of the control step (floating-point accumulation of the sampling clock), with site positions of the substep
-  before that (``mj_step`` leaves them stale). The adapter runs ``mj_forward`` after a step and force-updates every
-  observation, so an observation is always a function of the current simulator state: ``reset_to(states[t])``
-  reproduces ``obs[t]`` of a recorded episode exactly, as in robomimic's datasets (extracted from states).
+  before that (``mj_step`` leaves them stale); sensors computed from other sensors' cached values (object-to-eef
+  poses) read those of the previous pass. The adapter runs ``mj_forward`` after a step and force-updates every
+  observation, the low-dim ones twice, so an observation is always a function of the current simulator state:
+  ``reset_to(states[t])`` reproduces ``obs[t]`` of a recorded episode exactly, as in robomimic's datasets
+  (extracted from states).
 * ``reset(seed)`` reseeds the environment's own random generator (object placement, robot joint noise), so the
   same seed gives the same initial state in any process.
 """
@@ -169,7 +171,18 @@ class RobosuiteEnv:
             out[k] = (v[::-1] if k.endswith(("_image", "_depth")) else v).copy()
         return out
 
+    def _refresh_low_dim(self) -> None:
+        """robosuite computes the observables in order, each sensor reading the others' values from a cache: Square's
+        ``SquareNut_to_robot0_eef_pos`` (and Can's ``Can_to_robot0_eef_pos``) comes before ``SquareNut_pos`` and
+        would read the pose of the previous pass (after ``reset_to``, another state's). A forced pass over the
+        non-camera observables first makes every key of the next pass a function of the current state."""
+        cache = self.env._obs_cache
+        for observable in self.env._observables.values():
+            if observable.modality != "image" and observable.is_enabled():
+                observable.update(0.0, cache, force=True)
+
     def _obs(self) -> dict:
+        self._refresh_low_dim()
         out = self._convert(self.env._get_observations(force_update=True))
         for k in out:
             if k.endswith("_depth"):
