@@ -10,7 +10,8 @@ batch 64, 3 000 steps: measured 15/20 = 0.75 over episodes 0-19 (the same run af
 alone with the spatial softmax: 9/20 after 6 000 steps; the blind control 3/20). Learning rate 3e-4: at 1e-3 the
 first conv's ReLUs died and the policy ignored the image. No crop randomizer: Lift places the cube within +-3 cm,
 a few pixels of a 48x48 agentview image, and random crops shift the image by as much. Measured numbers (success,
-wall-clock) are in docs/sim_figures.md. Slow: rendering both cameras took 48 min on busy cores, training ~12 min, 20 rollouts ~7 min.
+wall-clock) are in docs/sim_figures.md. Slow: rendering both cameras took 48 min on busy cores, training ~12 min,
+20 rollouts ~8 min.
 """
 import os
 
