@@ -201,18 +201,16 @@ def recipe_lineage(name: str, _stack=()) -> list[str]:
     return out
 
 
-def preset_values(preset: str, recipe: str) -> DictConfig:
-    """What ``preset`` lays over ``recipe``: its ``all`` values merged with the nearest ``recipes`` entry."""
-    spec = load_preset(preset)
-    entries = spec.get("recipes") or {}
-    family = next((n for n in recipe_lineage(recipe) if n in entries), None)
-    return OmegaConf.merge(spec.get("all") or {}, entries[family] if family else {})
-
-
 def preset_family(preset: str, recipe: str) -> str | None:
     """The recipe whose entry of ``preset`` applies to ``recipe`` (None: only the preset's ``all`` values)."""
     entries = load_preset(preset).get("recipes") or {}
     return next((n for n in recipe_lineage(recipe) if n in entries), None)
+
+
+def preset_values(preset: str, recipe: str) -> DictConfig:
+    """What ``preset`` lays over ``recipe``: its ``all`` values merged with the nearest ``recipes`` entry."""
+    spec, family = load_preset(preset), preset_family(preset, recipe)
+    return OmegaConf.merge(spec.get("all") or {}, spec.recipes[family] if family else {})
 
 
 def register_presets(key: str) -> None:

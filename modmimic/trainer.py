@@ -59,8 +59,8 @@ from modmimic.dataset import dataset_entries, dataset_entry, with_data
 from modmimic.data.check import action_range_warning
 from modmimic.logger import (RUN_MARKER, RunLogger, check_dir_creatable, find_run_dir, make_run_dir, start_wandb,
                              tee_stdout)
-from modmimic.policy import (CheckpointError, RolloutPolicy, one_line, action_segments, check_action_config, check_weights,
-                             load_checkpoint, make_checkpoint, save_checkpoint, stats_widths)
+from modmimic.policy import (CheckpointError, RolloutPolicy, action_segments, check_action_config, check_weights,
+                             load_checkpoint, make_checkpoint, one_line, save_checkpoint, stats_widths)
 from modmimic.trust import UntrustedNameError, check_config_names, stored_config_modules, trusting
 
 
