@@ -44,7 +44,7 @@ ARGS = {
     "video_episodes": (int, None, "render only the first n episodes (default all)"),
     "camera": (str, None, "camera to render (robosuite default agentview)"),
     "write_dataset": (str, None, "write the rollouts to this robomimic HDF5 file"),
-    "overwrite": (bool, False, "let write_dataset= replace an existing file"),
+    "overwrite": (bool, False, "let write_dataset=, video= and json= replace existing files"),
     "json": (str, None, "write the summary and every episode as JSON here"),
     "timeout": (float, 120.0, "seconds an environment worker may take to answer before it counts as hung"),
     "quiet": (bool, False, "print only the summary"),
@@ -108,16 +108,20 @@ def parse_args(argv: list[str]) -> dict:
     if out["horizon"] is not None and out["horizon"] < 1:
         raise ArgumentError(f"horizon must be a positive integer, got {out['horizon']!r}")
     check_overwrite(out["write_dataset"], out["overwrite"])
+    check_overwrite(out["video"], out["overwrite"], "video", "an MP4 of the episodes")
+    check_overwrite(out["json"], out["overwrite"], "json", "the JSON summary")
     return out
 
 
-def check_overwrite(path: str | None, overwrite: bool) -> None:
-    """``write_dataset=`` never replaces an existing file unless ``overwrite=true`` says so."""
+def check_overwrite(path: str | None, overwrite: bool, key: str = "write_dataset",
+                    writes: str = "a new robomimic HDF5 file") -> None:
+    """An output (``write_dataset=``, ``video=``, ``json=``) never replaces an existing file unless
+    ``overwrite=true`` says so."""
     if path is None or overwrite or not os.path.lexists(path):
         return
     what = "a directory" if os.path.isdir(path) else f"an existing file of {os.path.getsize(path)} bytes"
-    raise ArgumentError(f"write_dataset={path} is {what}; writing the rollouts would replace it with a new robomimic "
-                        "HDF5 file. Pass overwrite=true to replace it, or choose another path")
+    raise ArgumentError(f"{key}={path} is {what}; writing the rollouts would replace it with {writes}. "
+                        "Pass overwrite=true to replace it, or choose another path")
 
 
 def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | None = None,
@@ -137,6 +141,8 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
     from modmimic import distributed
 
     check_overwrite(write_dataset, overwrite)
+    check_overwrite(video, overwrite, "video", "an MP4 of the episodes")
+    check_overwrite(json_path, overwrite, "json", "the JSON summary")
     if group is None:
         group = distributed.setup(torch.device(device))
         device = str(group.device)

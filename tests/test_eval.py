@@ -226,7 +226,7 @@ def test_eval_cli_parallel_with_rollout_dataset_round_trip(ckpts, tmp_path):
     from modmimic.eval import main
 
     r1 = Result(main([f"checkpoint={ckpts['bc_rnn']}", "episodes=6", "horizon=40", "seed=5", f"json={js}",
-                      "quiet=true"]), "", "")
+                      "overwrite=true", "quiet=true"]), "", "")
     assert r1.returncode == 0, r1.stderr
     s1 = json.load(open(js))
     assert [(e["success"], e["length"]) for e in s1["episodes"]] == [(e["success"], e["length"]) for e in s["episodes"]]

@@ -228,6 +228,18 @@ def test_write_dataset_refuses_to_replace(last, tmp_path, capsys):
         assert list(f["data"]) == ["demo_0"]
 
 
+@pytest.mark.parametrize("key", ["video", "json"])
+def test_eval_outputs_refuse_to_replace(last, tmp_path, capsys, key):
+    from modmimic.eval import main
+
+    target = tmp_path / f"out.{key}"
+    target.write_bytes(b"precious data")
+    assert main([f"checkpoint={last}", "episodes=1", f"{key}={target}", "quiet=true"]) == 2
+    err = capsys.readouterr().err
+    assert f"{key}={target}" in err and "overwrite=true" in err and "13 bytes" in err
+    assert target.read_bytes() == b"precious data"
+
+
 def test_split_refuses_to_replace_masks(reach_hdf5, tmp_path, capsys):
     from modmimic.dataset import main
 
