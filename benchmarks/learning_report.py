@@ -91,6 +91,13 @@ def ensure_dataset(ds: Dataset, out: str) -> str | None:
     return path
 
 
+def newest_run(run_root: str) -> str:
+    """The most recently started run directory (``<name>/<timestamp>``) under ``run_root`` with metrics."""
+    runs = [os.path.join(dp, d) for dp, ds_, _ in os.walk(run_root) for d in ds_
+            if os.path.isfile(os.path.join(dp, d, "logs", "metrics.jsonl"))]
+    return max(runs, key=os.path.basename)
+
+
 def run_cell(cell: Cell, seed: int, out: str, episodes: int) -> dict:
     ds = DATASETS[cell.dataset]
     data = ensure_dataset(ds, out)
@@ -107,8 +114,11 @@ def run_cell(cell: Cell, seed: int, out: str, episodes: int) -> dict:
     wall = time.time() - t0
     if r.returncode != 0:
         raise RuntimeError(f"{cell.name} seed {seed} failed (exit {r.returncode}):\n{r.stderr[-2000:]}")
-    (run_dir,) = [os.path.join(dp, d) for dp, ds_, _ in os.walk(run_root) for d in ds_
-                  if os.path.isfile(os.path.join(dp, d, "logs", "metrics.jsonl"))]
+    return result_of(cell, seed, episodes, newest_run(run_root), round(wall, 1), args)
+
+
+def result_of(cell: Cell, seed: int, episodes: int, run_dir: str, wall: float, args: list) -> dict:
+    """A finished run's cell result, from its ``logs/metrics.jsonl``."""
     recs = [json.loads(x) for x in open(os.path.join(run_dir, "logs", "metrics.jsonl"))]
     key = next(k for k in recs[-1] if k.startswith("Rollout/Success_Rate/"))
     evals = [(x["epoch"], x["step"], x[key]) for x in recs if key in x]
@@ -116,7 +126,7 @@ def run_cell(cell: Cell, seed: int, out: str, episodes: int) -> dict:
     return {"cell": cell.name, "dataset": cell.dataset, "recipe": cell.recipe, "preset": cell.preset,
             "overrides": list(cell.overrides), "note": cell.note, "seed": seed, "episodes": episodes,
             "evals": evals, "last": evals[-1][2], "best": max(e[2] for e in evals), "steps": recs[-1]["step"],
-            "train_s": round(train_s, 1), "wall_s": round(wall, 1), "args": args}
+            "train_s": round(train_s, 1), "wall_s": wall, "args": args}
 
 
 def run(out: str, only: list[str] | None, seeds: list[int], episodes: int) -> None:
