@@ -57,11 +57,12 @@ class Cell:
     overrides: tuple = ()
     eval_every: int = 6       # epochs between evaluations (and one at the end)
     note: str = ""
+    tag: str = ""             # tells apart cells whose override keys are the same
 
     @property
     def name(self) -> str:
         extra = "_" + "_".join(o.split("=")[0].split(".")[-1] for o in self.overrides) if self.overrides else ""
-        return f"{self.dataset}_{self.recipe}_{self.preset}{extra}"
+        return f"{self.dataset}_{self.recipe}_{self.preset}{extra}" + (f"_{self.tag}" if self.tag else "")
 
 
 # robomimic's preset at the fast preset's number of steps: how far its settings get in the same CPU budget
@@ -73,6 +74,7 @@ CELLS = [  # evaluations half way and at the end (the fast preset's epochs: bc 2
     Cell("lift", "bc_transformer", eval_every=5),
     Cell("lift", "bc_rnn", "robomimic", SAME_STEPS_AS_FAST["bc_rnn"], eval_every=6, note="fast's steps"),
     Cell("can", "bc_rnn", overrides=("train.num_epochs=40",), eval_every=20, note="4 000 steps"),
+    Cell("can", "bc_rnn", overrides=("train.num_epochs=100",), eval_every=50, note="10 000 steps", tag="10k"),
     Cell("square", "bc_rnn", eval_every=10),
     *(Cell("lift_mixed", r) for r in ("bc", "iql", "bcq", "cql", "td3_bc")),
 ]
