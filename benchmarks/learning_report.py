@@ -75,6 +75,8 @@ CELLS = [  # evaluations half way and at the end (the fast preset's epochs: bc 2
     Cell("lift", "bc_rnn", "robomimic", SAME_STEPS_AS_FAST["bc_rnn"], eval_every=6, note="fast's steps"),
     Cell("can", "bc_rnn", overrides=("train.num_epochs=40",), eval_every=20, note="4 000 steps"),
     Cell("can", "bc_rnn", overrides=("train.num_epochs=100",), eval_every=50, note="10 000 steps", tag="10k"),
+    Cell("can", "bc_rnn", overrides=("train.num_epochs=100", "algo.rnn.hidden_dim=256"), eval_every=50,
+         note="10 000 steps, LSTM 256"),
     *(Cell("can", r, overrides=("train.num_epochs=40",), eval_every=40, note="4 000 steps, one evaluation")
       for r in ("bc", "bc_transformer", "hbc", "iris")),
     # Square needs ~30 000 steps (issue #17): 20-episode screens of one run (seed 0) 6/20 at 4 000 steps, 5/20 at
