@@ -82,6 +82,9 @@ CELLS = [  # evaluations half way and at the end (the fast preset's epochs: bc 2
     # Square needs ~30 000 steps (issue #17): 20-episode screens of one run (seed 0) 6/20 at 4 000 steps, 5/20 at
     # 10 000, 15/20 at 20 000, 17/20 at 30 000; at 4 000 half the episodes never lift the nut (missed the handle)
     Cell("square", "bc_rnn", overrides=("train.num_epochs=300",), eval_every=150, note="30 000 steps"),
+    # not run yet (CPU time): `run --only square` completes them
+    *(Cell("square", r, overrides=("train.num_epochs=300",), eval_every=300, note="30 000 steps, one evaluation")
+      for r in ("bc", "bc_transformer", "hbc", "iris")),
     # mixed quality: one evaluation, at the end (fast preset: bc 20 epochs, the offline-RL recipes 30)
     *(Cell("lift_mixed", r, eval_every=30) for r in ("bc", "iql", "bcq", "td3_bc")),
     # CQL has no fast entry (no setting tried beat BC): its recipe's settings for as many steps as the others
