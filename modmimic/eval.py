@@ -107,21 +107,21 @@ def parse_args(argv: list[str]) -> dict:
             raise ArgumentError(f"{k} must be a positive integer, got {out[k]!r}")
     if out["horizon"] is not None and out["horizon"] < 1:
         raise ArgumentError(f"horizon must be a positive integer, got {out['horizon']!r}")
-    check_overwrite(out["write_dataset"], out["overwrite"])
-    check_overwrite(out["video"], out["overwrite"], "video", "an MP4 of the episodes")
-    check_overwrite(out["json"], out["overwrite"], "json", "the JSON summary")
+    check_outputs(out["overwrite"], write_dataset=out["write_dataset"], video=out["video"], json=out["json"])
     return out
 
 
-def check_overwrite(path: str | None, overwrite: bool, key: str = "write_dataset",
-                    writes: str = "a new robomimic HDF5 file") -> None:
-    """An output (``write_dataset=``, ``video=``, ``json=``) never replaces an existing file unless
-    ``overwrite=true`` says so."""
-    if path is None or overwrite or not os.path.lexists(path):
-        return
-    what = "a directory" if os.path.isdir(path) else f"an existing file of {os.path.getsize(path)} bytes"
-    raise ArgumentError(f"{key}={path} is {what}; writing the rollouts would replace it with {writes}. "
-                        "Pass overwrite=true to replace it, or choose another path")
+OUTPUTS = {"write_dataset": "a new robomimic HDF5 file", "video": "an MP4 of the episodes", "json": "the JSON summary"}
+
+
+def check_outputs(overwrite: bool, **paths: str | None) -> None:
+    """No output (``write_dataset=``, ``video=``, ``json=``) replaces an existing file unless ``overwrite=true``."""
+    for key, path in paths.items():
+        if path is None or overwrite or not os.path.lexists(path):
+            continue
+        what = "a directory" if os.path.isdir(path) else f"an existing file of {os.path.getsize(path)} bytes"
+        raise ArgumentError(f"{key}={path} is {what}; writing the rollouts would replace it with {OUTPUTS[key]}. "
+                            "Pass overwrite=true to replace it, or choose another path")
 
 
 def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | None = None,
@@ -132,7 +132,7 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
              trusted_modules=None, group=None) -> dict:
     """Evaluate a checkpoint (path or loaded dict). Returns the summary (:func:`modmimic.rollout.summarize` plus
     ``Episodes_per_Second``, ``Wall_Seconds``, ``env_name``, ``horizon``) with ``episodes``: one dict per episode.
-    ``write_dataset`` must not exist unless ``overwrite``; ``trusted_modules``: see
+    ``write_dataset``, ``video`` and ``json_path`` must not exist unless ``overwrite``; ``trusted_modules``: see
     :func:`modmimic.policy.policy_from_checkpoint`. ``group``: the processes that share the episodes (default: every
     process of a torchrun launch, see :mod:`modmimic.distributed`); every rank returns the whole summary, rank 0
     writes the files."""
@@ -140,9 +140,7 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
 
     from modmimic import distributed
 
-    check_overwrite(write_dataset, overwrite)
-    check_overwrite(video, overwrite, "video", "an MP4 of the episodes")
-    check_overwrite(json_path, overwrite, "json", "the JSON summary")
+    check_outputs(overwrite, write_dataset=write_dataset, video=video, json=json_path)
     if group is None:
         group = distributed.setup(torch.device(device))
         device = str(group.device)
