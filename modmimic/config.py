@@ -441,12 +441,21 @@ def _leaf_paths(node, prefix=""):
 
 def check_override_keys(recipe: str, overrides) -> None:
     """Unknown keys in ``key=value`` overrides are errors that name the closest valid key (``+key=`` adds)."""
+    added = [o.split("=", 1)[0].lstrip("+").strip() for o in overrides if "=" in o and o.startswith("+")]
     overrides = [o for o in overrides if "=" in o and not o.startswith(("+", "~", "hydra."))]
-    if not overrides:
+    added = [k for k in added if k.split(".", 1)[0] in FIXED_SECTIONS]
+    if not overrides and not added:
         return
-    ref = compose(recipe, []) if overrides else None
+    ref = compose(recipe, [])
     valid = [p for p, _ in _leaf_paths(ref)]
     prefixes = {p.rsplit(".", i)[0] for p in valid for i in range(p.count(".") + 1)}
+    for key in added:  # +key adds a key: only inside the open dicts of the fixed sections
+        parents = [key.rsplit(".", i)[0] for i in range(1, key.count(".") + 1)]
+        if key in prefixes or any(p in OPEN_DICTS or _is_empty_dict(ref, p) for p in parents):
+            continue
+        raise ConfigError(f"unknown config key {key!r}{closest(key, valid)}: +key adds a key only inside the open "
+                          f"dicts ({', '.join(OPEN_DICTS)} and the empty {{}} kwargs dicts); the sections "
+                          f"{', '.join(FIXED_SECTIONS)} have fixed keys")
     for o in overrides:
         key, value = (x.strip() for x in o.split("=", 1))
         if key.startswith("components.") and key.endswith(".recipe") and key in prefixes:
@@ -468,6 +477,15 @@ def check_override_keys(recipe: str, overrides) -> None:
         if key in ("recipe", "dataset") or key in prefixes:
             continue
         raise ConfigError(f"unknown config key {key!r}{closest(key, valid)}")
+
+
+FIXED_SECTIONS = ("experiment", "train", "algo", "observation")  # robomimic's sections: their keys are fixed
+OPEN_DICTS = ("train.action_config", "experiment.env_meta_update_dict")  # user data: any key may be added
+
+
+def _is_empty_dict(ref: DictConfig, key: str) -> bool:
+    node = OmegaConf.select(ref, key, default=None)
+    return isinstance(node, DictConfig) and len(node) == 0
 
 
 def _flatten(d, prefix=""):
@@ -740,10 +758,13 @@ def to_plain(node):
     return node
 
 
-def save_config_yaml(cfg: DictConfig, path: str) -> None:
+def save_config_yaml(cfg: DictConfig, path: str, sources=()) -> None:
+    """``cfg`` resolved, as YAML; ``sources`` (``[{"recipe", "file", "sha256"}]``, see
+    :func:`modmimic.trainer.recipe_sources`) go first as comments."""
     from modmimic.io import atomic_write_text
 
-    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
+    head = "".join(f"# recipe {s['recipe']}: {s['file']} sha256 {s['sha256']}\n" for s in sources)
+    atomic_write_text(path, head + OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def env_flag(name: str, default: bool = False) -> bool:

@@ -71,27 +71,19 @@ def _open(path: str, mode: str = "r") -> h5py.File:
         raise ToolError(f"cannot open {path} as HDF5 (corrupt, not HDF5, or opened for writing elsewhere): {e}")
 
 
-def _demo_key(name: str):
-    try:
-        return int(name[5:])
-    except ValueError:
-        raise ToolError(f"demo group {name!r} is not named demo_<int> as robomimic requires") from None
-
-
 def demo_names(f: h5py.File, filter_key: str | None = None, path: str = "") -> list[str]:
-    if not isinstance(f.get("data"), h5py.Group):
-        raise ToolError(f"{path}: no 'data' group; not a robomimic dataset")
-    if filter_key is None:
-        names = [n for n in f["data"] if n.startswith("demo")]
-    else:
-        if not isinstance(f.get("mask"), h5py.Group) or not isinstance(f["mask"].get(filter_key), h5py.Dataset):
-            have = sorted(f["mask"]) if isinstance(f.get("mask"), h5py.Group) else []
-            raise ToolError(f"{path}: filter key {filter_key!r} not found in mask/ (available: {have})")
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(f["mask"][filter_key]).ravel()]
-        missing = [n for n in names if n not in f["data"]]
-        if missing:
-            raise ToolError(f"{path}: mask/{filter_key} names demos that do not exist: {missing[:5]}")
-    return sorted(names, key=_demo_key)
+    """:func:`modmimic.data.hdf5.list_demos` (one rule for which groups are demos), its errors as ToolErrors; the
+    warning for skipped groups is the caller's to give."""
+    import warnings as _warnings
+
+    from modmimic.data.hdf5 import DatasetError, list_demos
+
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            return list_demos(f, filter_key, path)
+    except DatasetError as e:
+        raise ToolError(str(e)) from None
 
 
 # --- which file a config trains on ----------------------------------------------------------------------------
@@ -179,7 +171,7 @@ def dataset_info(path: str, filter_key: str | None = None) -> dict:
             raise ToolError(f"{path}: no demos" + (f" in mask/{filter_key}" if filter_key else ""))
         data = f["data"]
         errors, warnings = C.check_demos(f, demos, path)  # what training would refuse, and what it ignores
-        skipped = C.skipped_warning(path, [n for n in C.skipped_groups(data) if not n.startswith("demo")])
+        skipped = C.skipped_warning(path, C.skipped_groups(data))
         warnings += [skipped] if skipped else []
         lengths = np.array([_num_samples(data[d]) for d in demos])
         keys = {}

@@ -30,6 +30,7 @@ import warnings
 
 from modmimic.config import ConfigError, check_run_name
 from modmimic.io import _atomic_write_bytes, atomic_write_text
+from modmimic.rundir import RunDirError, open_append
 
 RUN_MARKER = os.path.join("models", "last.pth")
 PLOT_EVERY_S = 10.0
@@ -40,18 +41,22 @@ def make_run_dir(cfg) -> str:
     existing directory; safe against concurrent runs)."""
     check_run_name(cfg.experiment.name)
     root = os.path.join(os.path.abspath(os.path.expanduser(str(cfg.train.output_dir))), str(cfg.experiment.name))
-    os.makedirs(root, exist_ok=True)
-    stamp = time.strftime("%Y%m%d%H%M%S")
-    for n in range(10000):
-        path = os.path.join(root, stamp if n == 0 else f"{stamp}_{n}")
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            continue
-        os.makedirs(os.path.join(path, "logs"))
-        os.makedirs(os.path.join(path, "models"))
-        return path
-    raise RuntimeError(f"cannot create a new run directory under {root}")
+    try:
+        os.makedirs(root, exist_ok=True)
+        stamp = time.strftime("%Y%m%d%H%M%S")
+        for n in range(10000):
+            path = os.path.join(root, stamp if n == 0 else f"{stamp}_{n}")
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                continue
+            os.makedirs(os.path.join(path, "logs"))
+            os.makedirs(os.path.join(path, "models"))
+            return path
+    except OSError as e:
+        raise RunDirError(f"train.output_dir={cfg.train.output_dir}: cannot create a run directory under {root} "
+                          f"({e.strerror or type(e).__name__})") from None
+    raise RunDirError(f"cannot create a new run directory under {root}: 10000 runs started this second")
 
 
 def check_dir_creatable(path, key: str) -> None:
@@ -73,13 +78,16 @@ def check_dir_creatable(path, key: str) -> None:
 
 
 def unfinished_run(output_dir: str, name: str | None = None, resume_dir: str | None = None) -> str | None:
-    """The newest run directory that holds a ``config.yaml`` but no checkpoint (its process ended before the first
-    epoch did): ``resume_dir`` itself, else one under ``<output_dir>/<name>/``. None when there is none."""
+    """The newest run directory that holds a ``config.yaml`` but no checkpoint (its process was killed before the
+    first epoch ended): ``resume_dir`` itself, else one under ``<output_dir>/<name>/``. A run that failed (it wrote
+    ``logs/error.txt``) is not one. None when there is none."""
     if resume_dir:
         cands = [os.path.abspath(os.path.expanduser(str(resume_dir)))]
     else:
         cands = glob.glob(os.path.join(os.path.abspath(os.path.expanduser(str(output_dir))), str(name), "*"))
-    cands = [p for p in cands if os.path.isfile(os.path.join(p, "config.yaml")) and not is_run_dir(p)]
+    # not a run that failed (logs/error.txt: restarting it would fail the same way)
+    cands = [p for p in cands if os.path.isfile(os.path.join(p, "config.yaml")) and not is_run_dir(p)
+             and not os.path.lexists(os.path.join(p, "logs", "error.txt"))]
     return max(cands, key=lambda p: os.path.getmtime(os.path.join(p, "config.yaml"))) if cands else None
 
 
@@ -170,7 +178,7 @@ class RunLogger:
         JSONL record only (TensorBoard's x axis is the epoch, as in robomimic)."""
         rec = {"epoch": epoch, **({} if step is None else {"step": step}), **scalars}
         self.records.append(rec)
-        with open(self.jsonl_path, "a") as f:  # one write of a whole line, flushed to disk
+        with open_append(os.path.dirname(self.log_dir), self.jsonl_path) as f:  # one whole line, flushed to disk
             f.write(self._line(rec))
             f.flush()
             os.fsync(f.fileno())
@@ -391,7 +399,7 @@ class Tee:
 
     def __init__(self, stream, path: str):
         self.stream = stream
-        self.file = open(path, "a", buffering=1)
+        self.file = open_append(os.path.dirname(os.path.dirname(os.path.abspath(path))), path, buffering=1)
 
     def write(self, s):
         self.stream.write(s)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 from collections import Counter, OrderedDict
 
 import numpy as np
@@ -41,6 +42,7 @@ from modmimic.config import ConfigError, config_factory
 from modmimic.data.stats import stats_from_lists, stats_to_lists
 from modmimic.io import atomic_torch_save
 from modmimic.rotations import RUNTIME_CONVERSIONS, convert_rot_6d
+from modmimic.stored import StoredFileError, check_resolvers, loads_json
 from modmimic.trust import UntrustedNameError, check_config_names, stored_config_modules, trusting
 
 FORMAT = "modmimic-checkpoint"
@@ -131,28 +133,28 @@ def save_checkpoint(path: str, ckpt: dict) -> None:
 
 
 def _weights_only_reason(e: BaseException) -> str:
-    """The line of torch's weights-only refusal that names the offending global."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    skip = ("weights only load failed", "check the documentation", "(1)", "(2)", "in pytorch 2.6")
-    for ln in lines:
-        if "GLOBAL" in ln or "WeightsUnpickler error" in ln or "unsupported" in ln.lower():
-            return ln.replace("WeightsUnpickler error: ", "").split(" Please use")[0][:300]
-    rest = [ln for ln in lines if not ln.lower().startswith(skip)]
-    return (rest[0] if rest else type(e).__name__)[:300]
+    """What torch's weights-only unpickler refused, in modmimic's words (the global it names, or the opcode)."""
+    text = " ".join(str(e).split())
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    if m:
+        return f"it names the callable {m.group(1)}"
+    m = re.search(r"Unsupported operand (\d+)", text)
+    if m:
+        return f"pickle opcode {int(m.group(1))!r} ({chr(int(m.group(1)))!r}) is not one a data file needs"
+    return "an object that is not a tensor, number, string or container"
 
 
 def read_checkpoint_file(path: str):
-    """``torch.load(path, map_location="cpu", weights_only=True)``, every failure a :class:`CheckpointError`."""
+    """``torch.load(path, map_location="cpu", weights_only=True)``, every failure a :class:`CheckpointError` in
+    modmimic's words (never torch's advice to load with ``weights_only=False``)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}" if not os.path.exists(path)
                               else f"checkpoint {path} is not a file")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    pickled = head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # torch's zip format, or a bare pickle
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - refused pickles, truncated files, not a torch file at all
-        if pickled and ("weights only" in str(e).lower() or "weights_only" in str(e)):
+        text = str(e).lower()
+        if "weights only" in text or "weights_only" in text:
             raise CheckpointError(
                 f"{path}: refused: it contains pickled objects that would run code when loaded "
                 f"({_weights_only_reason(e)}). modmimic loads checkpoints as data only (tensors, numbers, strings, "
@@ -175,18 +177,19 @@ def _field(ckpt: dict, key: str, types, source: str, what: str):
 
 
 def _json_config(text, source: str, key: str) -> dict:
-    if isinstance(text, dict):
-        return text
-    if not isinstance(text, str):
+    """A stored config field (JSON text, or a dict) under the stored-file rules: nesting bounded, no
+    interpolation resolvers (:mod:`modmimic.stored`)."""
+    if not isinstance(text, (str, dict)):
         raise CheckpointError(f"{source}: checkpoint field {key!r} must be a JSON string or a dict, got "
                               f"{type(text).__name__}")
     try:
-        cfg = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise CheckpointError(f"{source}: checkpoint field {key!r} is not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{source}: checkpoint field {key!r} must hold a JSON object, got "
-                              f"{type(cfg).__name__}")
+        cfg = text if isinstance(text, dict) else loads_json(text, f"checkpoint field {key!r}")
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"{source}: checkpoint field {key!r} must hold a JSON object, got "
+                                  f"{type(cfg).__name__}")
+        check_resolvers(cfg, f"checkpoint field {key!r}")
+    except StoredFileError as e:
+        raise CheckpointError(f"{source}: {e}") from None
     return cfg
 
 

@@ -181,7 +181,10 @@ def build_config(overrides: list[str]):
 
             cfg = resume_config(run_dir, [o for o in rest if not o.startswith("preset=")])
         else:  # killed before its first checkpoint: nothing to continue, so start it again
+            from modmimic.rundir import RunLock
             from modmimic.trainer import restart_config
+
+            RunLock(unfinished).acquire().release()  # not while its process is still starting up
 
             cfg = restart_config(unfinished, [o for o in rest if not o.startswith("preset=")])
             run_dir = unfinished
@@ -265,7 +268,7 @@ _LABELS = {"ConfigError": ("configuration error", EXIT_BAD_INPUT), "DatasetError
            "DatasetNotFound": ("dataset error", EXIT_BAD_INPUT),
            "CheckpointError": ("checkpoint error", EXIT_BAD_INPUT),
            "NonFiniteLossError": ("training diverged", EXIT_FAILURE), "MemoryError": ("out of memory", EXIT_FAILURE),
-           "KeyboardInterrupt": ("interrupted", EXIT_INTERRUPTED)}
+           "RunStopped": ("stopped by", EXIT_INTERRUPTED), "KeyboardInterrupt": ("interrupted", EXIT_INTERRUPTED)}
 
 
 def report(e: BaseException) -> int:
@@ -279,12 +282,15 @@ def report(e: BaseException) -> int:
     known = next((_LABELS[c.__name__] for c in type(e).__mro__ if c.__name__ in _LABELS), None)
     if known is not None:
         label, code = known
-        msg = f"{label}: {e}" if str(e) else label
+        code = getattr(e, "exit_code", code)  # a stop signal: 128 + its number
+        msg = (f"{label} {e}" if label.endswith(" by") else f"{label}: {e}") if str(e) else label
         discarded = getattr(e, "modmimic_discarded_run_dir", None)
-        if discarded and code == EXIT_INTERRUPTED:
+        if discarded and isinstance(e, KeyboardInterrupt):
             msg += (f" before the first epoch ended: no checkpoint was written, and the unfinished run directory "
                     f"{discarded} was removed")
-        elif run_dir and code == EXIT_INTERRUPTED:
+        elif run_dir and getattr(e, "saved", None):
+            msg += f"; continue with: python -m {PROG} resume_dir={run_dir}"
+        elif run_dir and isinstance(e, KeyboardInterrupt):
             msg += interrupted_where(run_dir)
         elif run_dir and code == EXIT_FAILURE:
             msg += f". The full traceback is in {run_dir}/logs/error.txt"
@@ -319,6 +325,54 @@ def check_package() -> None:
         raise ConfigError(f"'modmimic' is imported as a namespace package from {where}, not as the installed package: "
                           "a folder named modmimic/ (probably the clone itself) in the current directory or on "
                           "PYTHONPATH shadows it. Run from another directory, e.g. cd into the clone")
+
+
+# --- warnings ---------------------------------------------------------------------------------------------------
+
+_ANSI = None
+
+
+def warning_source(filename: str) -> str | None:
+    """The package a warning was raised in (``torch``, ``gymnasium``), or None for modmimic's own (and scripts)."""
+    parts = os.path.normpath(str(filename)).split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        i = max(i for i, p in enumerate(parts) if p in ("site-packages", "dist-packages"))
+        top = parts[i + 1] if i + 1 < len(parts) else "?"
+        top = top.split(".")[0] if top.endswith(".py") else top
+        return None if top in ("modmimic", "components", "recipes") else top
+    if "modmimic" in parts or "components" in parts:
+        return None
+    return os.path.basename(str(filename)).removesuffix(".py") or None
+
+
+def install_warning_format(prog: str) -> None:
+    """Warnings on stderr as one line each: modmimic's as ``<prog>: warning: ...``; another library's attributed
+    to it (``<prog>: warning from torch: ...``, colour codes stripped, first line only) and shown once per
+    message, however often and from wherever it is raised."""
+    import re
+
+    global _ANSI
+    _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+    seen = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        source = warning_source(filename)
+        text = str(message)
+        if source is not None:
+            text = _ANSI.sub("", text).strip().splitlines()[0] if text.strip() else category.__name__
+            if (source, text) in seen:
+                return
+            seen.add((source, text))
+            out = f"{prog}: warning from {source}: {text}\n"
+        else:
+            out = f"{prog}: warning: {text}\n"
+        try:
+            (file or sys.stderr).write(out)
+        except (OSError, ValueError):
+            pass
+
+    warnings.showwarning = show
+    warnings.formatwarning = lambda message, category, *a, **k: f"{prog}: warning: {message}\n"
 
 
 # --- hydra entry point --------------------------------------------------------------------------------------
@@ -426,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(usage())
         return 0
-    warnings.formatwarning = lambda message, category, *a, **k: f"{PROG}: warning: {message}\n"
+    install_warning_format(PROG)
     args = quote_paths(rewrite_dataset(args))
     _, overrides, multirun = split_args(args)
     try:  # compose and validate every job before anything runs

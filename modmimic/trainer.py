@@ -44,12 +44,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from modmimic import distributed
 from modmimic.algo import Algo, NonFiniteLossError, algo_factory
 from modmimic.config import ConfigError, all_obs_keys, compose, finalize, save_config_yaml, to_plain
 from modmimic.data.default import default_dataset_path
+from modmimic.memory import available_memory_bytes
 from modmimic.data.hdf5 import DatasetError, EpisodeStore, load_episode_store
 from modmimic.data.requirements import check_requirements
 from modmimic.data.meta import (MetaSampler, check_same_layout, dataset_names, dataset_probabilities,
@@ -59,9 +60,11 @@ from modmimic.dataset import dataset_entries, dataset_entry, with_data
 from modmimic.data.check import action_range_warning
 from modmimic.logger import (RUN_MARKER, RunLogger, check_dir_creatable, find_run_dir, make_run_dir, start_wandb,
                              tee_stdout)
+from modmimic.rundir import RunDirError, RunLock, check_run_tree, open_append
 from modmimic.policy import (CheckpointError, RolloutPolicy, action_segments, check_action_config, check_weights,
                              load_checkpoint, make_checkpoint, one_line, save_checkpoint, stats_widths)
-from modmimic.trust import UntrustedNameError, check_config_names, stored_config_modules, trusting
+from modmimic.stored import StoredFileError, check_stored_config, load_run_config
+from modmimic.trust import stored_config_modules, trusting
 
 
 
@@ -314,33 +317,6 @@ def warn_about_data(cfg: DictConfig, store: EpisodeStore, action_config: dict) -
                       f"{store.path}: every window is padded with repeated first steps", stacklevel=2)
 
 
-def available_memory_bytes(device) -> int | None:
-    """Free memory of ``device``: CUDA, the device's; CPU, the least of the kernel's MemAvailable, the cgroup's
-    remaining limit and the room left under ``ulimit -v``. None when unknown."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return int(torch.cuda.mem_get_info(dev)[0])
-    limits = []
-    try:
-        with open("/proc/meminfo") as f:
-            limits += [int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:")]
-    except (OSError, ValueError):
-        pass
-    try:  # a container's memory limit (cgroup v2)
-        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
-            limits.append(int(f.read()) - int(g.read()))
-    except (OSError, ValueError):  # no cgroup v2, or "max"
-        pass
-    soft = resource.getrlimit(resource.RLIMIT_AS)[0]  # ulimit -v
-    if soft != resource.RLIM_INFINITY:
-        try:
-            with open("/proc/self/statm") as f:
-                limits.append(soft - int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE"))
-        except (OSError, ValueError):
-            limits.append(soft)
-    return min(limits) if limits else None
-
-
 BATCH_COPIES = 4  # a batch exists as gathered rows, the normalized batch, and network inputs/activations at least
 MEMORY_SHARE = 0.5  # of the available memory, what one batch may take (the rest: networks, optimizer, the store)
 
@@ -408,11 +384,13 @@ def _progress(n_steps: int, desc: str, enabled):
 
 
 def run_epoch(algo: Algo, sampler: WindowSampler, n_steps: int, epoch: int, validate: bool = False,
-              progress=None, desc: str = "") -> dict:
+              progress=None, desc: str = "", should_stop=None) -> dict:
     """``n_steps`` batches through ``algo.train_on_batch`` (``validate``: losses only, under ``no_grad``, eval
     mode). Returns the step-averaged metrics as floats (through ``algo.log_info``) plus robomimic's timings in
     minutes (``Time_Data_Loading``, ``Time_Process_Batch``, ``Time_Train_Batch``, ``Time_Log_Info``,
-    ``Time_Epoch``) and ``Steps_per_Second``. ``progress``: None = a tqdm bar when stderr is a terminal."""
+    ``Time_Epoch``), ``Steps_per_Second`` and ``Steps_Done``. ``progress``: None = a tqdm bar when stderr is a
+    terminal. ``should_stop``: a callable asked after each step; when it says so the epoch ends there (the metrics
+    average the steps done)."""
     if validate:
         algo.set_eval()
     else:
@@ -422,6 +400,7 @@ def run_epoch(algo: Algo, sampler: WindowSampler, n_steps: int, epoch: int, vali
     steps = {}
     t_data = t_proc = t_train = 0.0
     t_epoch = time.perf_counter()
+    done = 0
     with torch.set_grad_enabled(not validate):
         for i in range(n_steps):
             t0 = time.perf_counter()
@@ -439,6 +418,9 @@ def run_epoch(algo: Algo, sampler: WindowSampler, n_steps: int, epoch: int, vali
                 bar.update(1)
                 if (i % post_every == 0 or i == n_steps - 1) and "Loss" in info:
                     bar.set_postfix(loss=f"{float(info['Loss']):.4g}", refresh=False)
+            done = i + 1
+            if should_stop is not None and should_stop():
+                break
     if bar is not None:
         bar.close()
     t4 = time.perf_counter()
@@ -455,7 +437,7 @@ def run_epoch(algo: Algo, sampler: WindowSampler, n_steps: int, epoch: int, vali
     elapsed = t5 - t_epoch
     out.update(Time_Data_Loading=t_data / 60, Time_Process_Batch=t_proc / 60, Time_Train_Batch=t_train / 60,
                Time_Log_Info=(t5 - t4) / 60, Time_Epoch=elapsed / 60,
-               Steps_per_Second=n_steps / elapsed if elapsed > 0 else float("inf"))
+               Steps_per_Second=done / elapsed if elapsed > 0 else float("inf"), Steps_Done=done)
     return out
 
 
@@ -464,6 +446,8 @@ def namespaced(prefix: str, metrics: dict) -> dict:
     ``<prefix>/<name>``."""
     out = {}
     for k, v in metrics.items():
+        if k == "Steps_Done":
+            continue
         if k.startswith("Time_") or k == "Steps_per_Second":
             out[f"Timing_Stats/{prefix}_{k[5:] if k.startswith('Time_') else k}"] = v
         elif k.startswith("Optimizer/"):
@@ -476,7 +460,7 @@ def namespaced(prefix: str, metrics: dict) -> dict:
 def per_dataset_scalars(name: str, metrics: dict) -> dict:
     """A co-training dataset's validation metrics as ``Valid/<name>/<metric>`` (no timings, no optimizer state)."""
     return {f"Valid/{name}/{k}": v for k, v in metrics.items()
-            if not (k.startswith(("Time_", "Optimizer/")) or k == "Steps_per_Second")}
+            if not (k.startswith(("Time_", "Optimizer/")) or k in ("Steps_per_Second", "Steps_Done"))}
 
 
 # --- rollouts (hook) ----------------------------------------------------------------------------------------
@@ -656,18 +640,82 @@ def discard_unfinished_run(run_dir: str, logger) -> bool:
     return not os.path.exists(run_dir)
 
 
+# --- stop signals ---------------------------------------------------------------------------------------------
+
+class RunStopped(KeyboardInterrupt):
+    """A run ended by SIGTERM or SIGUSR1 (SLURM's pre-emption warning, Kubernetes, ``timeout``). ``exit_code`` is
+    128 + the signal number, as a shell reports a process killed by it; ``saved``: the checkpoint written on the way
+    out (None when the run had none yet)."""
+
+    def __init__(self, signum: int, message: str = "", saved: str | None = None):
+        import signal
+
+        self.signum, self.saved, self.exit_code = signum, saved, 128 + int(signum)
+        name = signal.Signals(signum).name
+        super().__init__(f"{name}{': ' + message if message else ''}")
+
+
+class StopSignals:
+    """SIGTERM and SIGUSR1 handlers for the life of a run (main thread only; the previous handlers come back after).
+
+    Until the run has a checkpoint (``graceful`` false) a signal ends it at once, as Ctrl-C does: the new run
+    directory, holding nothing, is removed. Afterwards the signal is only noted (``requested()``): the trainer finishes
+    the step under way, saves ``last.pth`` (mid-epoch: the epoch's step count is saved too, so a resume continues
+    bit for bit) and raises :meth:`stopped`. Under torchrun a signal always ends the run at once (the processes
+    would have to agree on the step first); the last checkpoint is the previous epoch's."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        self.graceful = False
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+        return False
+
+    def _handle(self, signum, frame):
+        if not self.graceful:
+            raise RunStopped(signum)
+        self.signum = signum
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def stopped(self, last_path: str, epoch: int, steps: int, n_steps: int) -> RunStopped:
+        where = (f"after epoch {epoch}" if steps >= n_steps else f"in epoch {epoch} after step {steps} of {n_steps}")
+        return RunStopped(self.signum, f"stopped {where}; {last_path} holds the run's state", saved=last_path)
+
+
 # --- resume -------------------------------------------------------------------------------------------------
 
 def resume_config(run_dir: str, overrides=()) -> DictConfig:
     """The config a run was trained with (from its ``last.pth``), with ``overrides`` (``key=value`` strings, e.g.
-    ``train.num_epochs=100``) applied and ``resume``/``resume_dir`` set."""
+    ``train.num_epochs=100``) applied and ``resume``/``resume_dir`` set. The stored config is data
+    (:mod:`modmimic.stored`): callables only inside the trusted modules, no interpolation resolvers."""
     marker = os.path.join(run_dir, RUN_MARKER)
     ckpt = load_checkpoint(marker)
     stored = (ckpt.get("trainer_state") or {}).get("config") or ckpt["config"]
-    try:  # a run directory is data: its config names callables only inside the trusted modules
-        check_config_names(stored, stored_config_modules(), "its config")
-    except UntrustedNameError as e:
-        raise CheckpointError(f"{marker}: refused: {e}") from None
+    try:
+        check_stored_config(stored, marker, stored_config_modules())
+    except StoredFileError as e:
+        raise CheckpointError(str(e)) from None
     cfg = with_overrides(OmegaConf.create(stored), overrides)
     with open_dict(cfg):
         cfg.resume = True
@@ -677,42 +725,61 @@ def resume_config(run_dir: str, overrides=()) -> DictConfig:
 
 def restart_config(run_dir: str, overrides=()) -> DictConfig:
     """The config of a run that ended before its first checkpoint (its ``config.yaml``) with ``overrides`` applied,
-    set to start from scratch (a new run directory)."""
-    try:
-        stored = OmegaConf.load(os.path.join(run_dir, "config.yaml"))
-    except Exception as e:  # noqa: BLE001 - yaml and omegaconf raise many kinds
-        raise ConfigError(f"{run_dir}/config.yaml cannot be read ({e}); start a new run without resume=true") from None
-    if not isinstance(stored, DictConfig) or "recipe_name" not in stored:
-        raise ConfigError(f"{run_dir}/config.yaml is not a modmimic config; start a new run without resume=true")
-    cfg = with_overrides(stored, overrides)
+    set to start from scratch (a new run directory). The file is read under the stored-file rules
+    (:func:`modmimic.stored.load_run_config`): a name outside the trusted modules is refused before anything
+    is built."""
+    path = os.path.join(run_dir, "config.yaml")
+    stored = load_run_config(path, stored_config_modules())
+    if "recipe_name" not in stored or not isinstance(stored.get("train"), dict):
+        raise ConfigError(f"{path} is not a modmimic config; start a new run without resume=true")
+    cfg = with_overrides(OmegaConf.create(stored), overrides)
     with open_dict(cfg):
         cfg.resume = False
         cfg.resume_dir = None
     return finalize(cfg)
 
 
+_ABSENT = object()
+
+
 def with_overrides(stored: DictConfig, overrides=()) -> DictConfig:
-    """``stored`` (a run's config) with ``key=value`` overrides applied, checked against its recipe; run-selection
-    keys (``recipe``, ``resume``, ``resume_dir``, ``train.output_dir``) and hydra's are ignored."""
-    skip = ("recipe", "resume", "resume_dir", "train.output_dir", "hydra")
+    """``stored`` (a run's config) with ``key=value`` overrides applied. Keys must exist in the stored config and
+    values keep their types; no recipe file is read (the stored config is the whole tree). Run-selection keys
+    (``recipe``, ``preset``, ``resume``, ``resume_dir``, ``train.output_dir``) and hydra's are ignored."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from modmimic.config import _leaf_paths, _type_ok, closest
+
+    skip = ("recipe", "preset", "resume", "resume_dir", "train.output_dir", "dataset")
     overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in skip
-                 and not o.startswith("hydra")]
-    keys = [o.split("=", 1)[0] for o in overrides if "=" in o]
+                 and not o.lstrip("+~").startswith("hydra")]
+    if not overrides:
+        return stored
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as e:
+        raise ConfigError(f"cannot parse the command line: {str(e).splitlines()[0]}") from None
     cfg = stored
-    if overrides:
-        composed = compose(str(stored.recipe_name), overrides)  # validates names and types
-        for k in keys:
-            if k.startswith("~"):
-                OmegaConf.update(cfg, k[1:], None, merge=False)
-            else:
-                k = k.lstrip("+")
-                OmegaConf.update(cfg, k, OmegaConf.select(composed, k), merge=False, force_add=True)
+    for o in parsed:
+        key = o.key_or_group
+        current = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+        if current is _ABSENT:
+            valid = [p for p, _ in _leaf_paths(cfg)]
+            raise ConfigError(f"unknown config key {key!r} for the stored run{closest(key, valid)}")
+        if o.is_delete():
+            OmegaConf.update(cfg, key, None, merge=False)
+            continue
+        value = o.value()
+        if not isinstance(current, (DictConfig, ListConfig)) and not _type_ok(current, value):
+            raise ConfigError(f"config key {key!r} must be {type(current).__name__}, got {value!r}")
+        OmegaConf.update(cfg, key, value, merge=False)
     return cfg
 
 
 def restore_run(algo: Algo, data: TrainData, ckpt: dict, source: str) -> tuple[int, int, dict]:
     """Networks, optimizers, schedulers, samplers and RNG states from a run's ``last.pth``; returns
-    ``(start epoch, global step, best scores)``. A checkpoint that does not fit is a :class:`CheckpointError`."""
+    ``(start epoch, global step, best scores, steps of the start epoch already done)``. A checkpoint that does not fit is a :class:`CheckpointError`."""
     model = ckpt["model"]
     check_weights(algo, model.get("nets", model), source)
     try:
@@ -723,16 +790,40 @@ def restore_run(algo: Algo, data: TrainData, ckpt: dict, source: str) -> tuple[i
             data.valid_sampler.load_state_dict(ts["samplers"]["valid"])
         set_rng_state(ts["rng"])
         start_epoch, global_step = int(vs["epoch"]) + 1, int(vs["global_step"])
+        done_steps = int(vs.get("epoch_step", 0))
         best = {"valid_loss": float(vs["best_valid_loss"]), "success_rate": float(vs["best_success_rate"]),
                 "return": float(vs["best_return"])}
     except (ConfigError, KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
         what = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {one_line(e)}"
         raise CheckpointError(f"{source}: cannot resume from it: its trainer state, variable state or optimizer "
                               f"state does not fit this run ({what})") from None
-    return start_epoch, global_step, best
+    return start_epoch, global_step, best, done_steps
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------------
+
+def recipe_sources(config: DictConfig) -> list:
+    """``[{"recipe", "file", "sha256"}]``: the files the run's recipe came from (the recipe, then the parents it
+    inherits), as found when the run was built (``$MODMIMIC_RECIPE_PATH`` first, then the shipped recipes); empty
+    when the recipe is not a file (built in Python)."""
+    import hashlib
+
+    from modmimic.config import find_recipe, recipe_lineage
+
+    try:
+        names = recipe_lineage(str(config.recipe_name))
+    except (ConfigError, OSError, ValueError):
+        return []
+    out = []
+    for name in names:
+        try:
+            path = find_recipe(name)
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except (ConfigError, OSError):
+            continue
+        out.append({"recipe": str(name), "file": str(path), "sha256": digest})
+    return out
+
 
 def write_checkpoint(path: str, ckpt: dict) -> None:
     """Atomic save. ``MODMIMIC_TEST_SLOW_SAVE=<seconds>`` stretches the write of the temporary file over that long
@@ -782,7 +873,21 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     in ``cfg.resume_dir`` (or the one :func:`find_run_dir` finds). ``rollout_fn``: see the rollout hook above
     ("auto": :func:`default_rollout_fn`; None: no rollouts). ``progress``: tqdm bars (None: when stderr is a
     terminal). Returns ``{"run_dir", "epoch", "global_step", "best_valid_loss", "best_success_rate", "metrics"}``
-    (``metrics``: the last epoch's scalars)."""
+    (``metrics``: the last epoch's scalars).
+
+    The run directory is locked for the whole call (:class:`modmimic.rundir.RunLock`); SIGTERM and SIGUSR1 stop
+    the run as Ctrl-C does, and once a checkpoint exists they first finish the current step and save a resumable
+    ``last.pth`` (:class:`StopSignals`)."""
+    locks: list = []
+    with StopSignals() as signals:
+        try:
+            return _train(cfg, rollout_fn, progress, locks, signals)
+        finally:
+            for lock in locks:
+                lock.release()
+
+
+def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSignals") -> dict:
     t_start = time.perf_counter()
     from modmimic.train import check_package
 
@@ -795,6 +900,9 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     resume = bool(cfg.get("resume")) or bool(cfg.get("resume_dir"))
     run_dir = find_run_dir(cfg.train.output_dir, cfg.experiment.name, cfg.get("resume_dir")) if resume else None
     run_dir = group.broadcast_object(run_dir)
+    if resume and group.is_main:  # one writer per run directory, and no write through a link out of it
+        locks.append(RunLock(run_dir).acquire())
+        check_run_tree(run_dir)
     ckpt = load_checkpoint(os.path.join(run_dir, RUN_MARKER)) if resume else None
     if resume and not ckpt.get("trainer_state"):
         raise CheckpointError(f"{run_dir}/{RUN_MARKER} has no trainer state (not written by modmimic.train); "
@@ -825,10 +933,10 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     last_epoch = num_epochs if stop_after is None else min(num_epochs, int(stop_after))
 
     # state that a resume restores
-    start_epoch, global_step = 1, 0
+    start_epoch, global_step, done_steps = 1, 0, 0  # done_steps: of start_epoch, saved by a stop signal mid-epoch
     best = {"valid_loss": math.inf, "success_rate": -math.inf, "return": -math.inf}
     if resume:
-        start_epoch, global_step, best = restore_run(algo, data, ckpt, os.path.join(run_dir, RUN_MARKER))
+        start_epoch, global_step, best, done_steps = restore_run(algo, data, ckpt, os.path.join(run_dir, RUN_MARKER))
         note = distributed.restore_rank_rng(ckpt["trainer_state"], group, int(cfg.train.seed), set_rng_state,
                                             seed_everything)
         if note and group.is_main:
@@ -843,6 +951,8 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
             algo.deserialize(model, load_optimizers=False)
             del init
         run_dir = group.broadcast_object(make_run_dir(cfg) if group.is_main else None)
+        if group.is_main:
+            locks.append(RunLock(run_dir).acquire())
         if group.rank > 0:  # every rank its own stream of loss noise (rank 0 keeps the single-process one)
             seed_everything(distributed.rank_seed(int(cfg.train.seed), group.rank))
     distributed.attach(algo, group)  # identical start (rank 0's state), gradients averaged per update
@@ -861,7 +971,7 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
         return result
     if group.is_main:
         _remove_stale_temps(models_dir)
-        save_config_yaml(cfg, os.path.join(run_dir, "config.yaml"))
+        save_config_yaml(algo.config, os.path.join(run_dir, "config.yaml"), recipe_sources(algo.config))
 
     log_cfg = cfg.experiment.logging
     log_txt = os.path.join(run_dir, "logs", "log.txt") if log_cfg.terminal_output_to_txt and group.is_main else None
@@ -887,6 +997,28 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     if cfg.experiment.rollout.enabled and rollout_fn is None and why is not None:
         warnings.warn(f"experiment.rollout.enabled is true, but environment rollouts are unavailable ({why}): they "
                       "are skipped (set experiment.rollout.enabled=false to silence this)", stacklevel=2)
+    def save(names: list, epoch: int, global_step: int, epoch_step: int) -> None:
+        """Checkpoints ``names`` of the state after ``epoch`` whole epochs and ``epoch_step`` steps of the next."""
+        trainer_state = {"rng": rng_state(),
+                         "samplers": {"train": data.train_sampler.state_dict(),
+                                      "valid": data.valid_sampler.state_dict()
+                                      if data.valid_sampler is not None else None},
+                         "config": OmegaConf.to_container(algo.config, resolve=False)}
+        if group.active:  # every rank's RNG (the samplers' state is the same on every rank)
+            trainer_state.update(rng_ranks=group.all_gather_object(trainer_state["rng"]), world_size=group.world)
+        if group.is_main:
+            ckpt = make_checkpoint(
+                algo, data.obs_normalization_stats, data.action_normalization_stats, data.env_meta,
+                variable_state={"epoch": epoch, "epoch_step": epoch_step, "global_step": global_step,
+                                "best_valid_loss": best["valid_loss"], "best_return": best["return"],
+                                "best_success_rate": best["success_rate"]},
+                trainer_state=trainer_state, action_keys=list(cfg.train.action_keys))
+            ckpt["recipe_sources"] = recipe_sources(algo.config)
+            for name in dict.fromkeys(names):  # last.pth last: it marks the run as resumable from this state
+                write_checkpoint(os.path.join(models_dir, name), ckpt)
+            del ckpt
+        group.barrier()  # no rank runs ahead of a checkpoint that is being written
+
     policy = None
     last_save_time = time.time()
     seconds = {"train": 0.0, "valid": 0.0, "rollout": 0.0}
@@ -897,17 +1029,24 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
                   f"run directory {run_dir}" + (f"; resuming at epoch {start_epoch}" if resume else ""))
             print("modmimic.train: " + rollout_plan(cfg, rollout_fn, why, start_epoch, last_epoch,
                                                     getattr(rollout_fn, "env_name", None)), flush=True)
+            if os.path.exists(last_path) and not group.active:
+                signals.graceful = True  # a stop signal now finishes the step and saves a resumable checkpoint
             for epoch in range(start_epoch, last_epoch + 1):
                 desc = f"epoch {epoch}/{num_epochs}"
+                skip, done_steps = done_steps, 0
                 try:
-                    train_m = run_epoch(algo, data.train_sampler, n_train, epoch, validate=False, progress=progress,
-                                        desc=f"{desc} train")
+                    train_m = run_epoch(algo, data.train_sampler, n_train - skip, epoch, validate=False,
+                                        progress=progress, desc=f"{desc} train", should_stop=signals.requested)
                     train_m = group.mean_metrics(train_m)
                 except NonFiniteLossError as e:
                     good = (f"the last good checkpoint is {last_path} (epoch {epoch - 1})" if os.path.exists(last_path)
                             else "no checkpoint was written yet")
                     raise NonFiniteLossError(f"{e}; training stopped, {good}") from None
-                global_step += n_train
+                steps = int(train_m.pop("Steps_Done"))
+                global_step += steps
+                if skip + steps < n_train:  # a stop signal came mid-epoch: save where it stands, then stop
+                    save(["last.pth"], epoch - 1, global_step, skip + steps)
+                    raise signals.stopped(last_path, epoch, skip + steps, n_train)
                 epoch_seconds = {"train": 60 * train_m["Time_Epoch"], "valid": 0.0, "rollout": 0.0}
                 algo.on_epoch_end(epoch)
                 scalars = namespaced("Train", train_m)
@@ -979,32 +1118,17 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
                 logger.record(epoch, scalars, step=global_step)
                 for env_name, path in (getattr(rollout_fn, "videos", None) or {}).items() if rollout else ():
                     logger.log_video(f"Rollout/Video/{env_name}", path, epoch)
-                trainer_state = {"rng": rng_state(),
-                                 "samplers": {"train": data.train_sampler.state_dict(),
-                                              "valid": data.valid_sampler.state_dict()
-                                              if data.valid_sampler is not None else None},
-                                 "config": OmegaConf.to_container(cfg, resolve=False)}
-                if group.active:  # every rank's RNG (the samplers' state is the same on every rank)
-                    trainer_state.update(rng_ranks=group.all_gather_object(trainer_state["rng"]),
-                                         world_size=group.world)
-                if group.is_main:
-                    ckpt = make_checkpoint(
-                        algo, data.obs_normalization_stats, data.action_normalization_stats, data.env_meta,
-                        variable_state={"epoch": epoch, "global_step": global_step,
-                                        "best_valid_loss": best["valid_loss"], "best_return": best["return"],
-                                        "best_success_rate": best["success_rate"]},
-                        trainer_state=trainer_state, action_keys=list(cfg.train.action_keys))
-                    for name in names:
-                        write_checkpoint(os.path.join(models_dir, name), ckpt)
-                    write_checkpoint(last_path, ckpt)
-                    del ckpt
-                group.barrier()  # no rank runs ahead of a checkpoint that is being written
+                save(names + ["last.pth"], epoch, global_step, 0)
+                if not group.active:
+                    signals.graceful = True
 
                 print(epoch_line(epoch, num_epochs, scalars, rollout, epoch_seconds), flush=True)
                 for k, v in epoch_seconds.items():
                     seconds[k] += v
                 result.update(epoch=epoch, global_step=global_step, best_valid_loss=best["valid_loss"],
                               best_success_rate=best["success_rate"], metrics=scalars)
+                if signals.requested():  # came during validation, rollouts or the checkpoint: it is saved
+                    raise signals.stopped(last_path, epoch, n_train, n_train)
             best_paths = {what: os.path.join(models_dir, name) for what, name in
                           (("best validation checkpoint", "best_validation.pth"),
                            ("best rollout success checkpoint", "best_rollout_success.pth"),
@@ -1019,10 +1143,10 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
             raise
         # keep the whole traceback next to the run's logs; the CLI prints a one-paragraph summary
         try:
-            with open(os.path.join(run_dir, "logs", "error.txt"), "a") as f:
+            with open_append(run_dir, os.path.join(run_dir, "logs", "error.txt")) as f:
                 traceback.print_exc(file=f)
             e.modmimic_run_dir = run_dir
-        except (OSError, AttributeError):
+        except (OSError, AttributeError, RunDirError):
             pass
         raise
     finally:

@@ -33,6 +33,28 @@ def skipped_groups(data: h5py.Group) -> list[str]:
     return [n for n in data.keys() if not DEMO_NAME.match(n)]
 
 
+def link_problem(group: h5py.Group, name: str) -> str | None:
+    """Why ``group/name`` must not be read (a link to another file, on any part of the path), or None."""
+    node, parts = group, name.split("/")
+    for i, part in enumerate(parts):
+        try:
+            link = node.get(part, getlink=True)
+        except (KeyError, ValueError, OSError):
+            return None
+        if isinstance(link, h5py.ExternalLink):
+            return (f"{node.name}/{part} is an external link to {link.filename}:{link.path}; modmimic reads only data "
+                    "stored in the dataset file itself")
+        if link is None or i == len(parts) - 1:
+            return None
+        try:
+            node = node[part]
+        except (KeyError, OSError):
+            return None
+        if not isinstance(node, h5py.Group):
+            return None
+    return None
+
+
 def skipped_warning(path: str, names: list[str]) -> str | None:
     if not names:
         return None
@@ -72,6 +94,10 @@ def check_demos(f: h5py.File, demos: list[str], path: str, keys: list[str] | Non
             continue
         names = keys if keys is not None else [name for name, _ in walk_datasets(g) if name != "model_file"]
         for name in names:
+            problem = link_problem(g, name)
+            if problem:
+                errors.append(f"{path}: {problem}")
+                continue
             try:
                 ds = g[name]
             except KeyError:

@@ -48,27 +48,37 @@ def open_hdf5(path: str) -> h5py.File:
 
 
 def _demo_sort_key(name: str) -> int:
-    try:
-        return int(name[5:])
-    except ValueError:
-        raise DatasetError(f"demo group {name!r} is not named demo_<int> as robomimic requires") from None
+    return int(name[5:])
 
 
 def list_demos(f: h5py.File, filter_key: str | None = None, path: str = "") -> list[str]:
-    """Demo names in robomimic's order, optionally restricted to ``mask/<filter_key>``."""
+    """Demo names in robomimic's order, optionally restricted to ``mask/<filter_key>``. Groups of ``data/`` not
+    named ``demo_<N>`` are skipped with a warning (all of them alike: ``episode_2``, ``demo_x``, ``demo_..``); a mask
+    that names one, names a demo twice or names a demo that does not exist is an error."""
     if not isinstance(f.get("data"), h5py.Group):
         raise DatasetError(f"{path}: no 'data' group; not a robomimic dataset")
     if filter_key is not None:
         if not isinstance(f.get("mask"), h5py.Group) or not isinstance(f["mask"].get(filter_key), h5py.Dataset):
             have = sorted(f["mask"].keys()) if isinstance(f.get("mask"), h5py.Group) else []
             raise DatasetError(f"{path}: filter key {filter_key!r} not found in mask/ (available: {have})")
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(f["mask"][filter_key]).ravel()]
+        try:
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(f["mask"][filter_key]).ravel()]
+        except UnicodeDecodeError as e:
+            raise DatasetError(f"{path}: mask/{filter_key} holds names that are not UTF-8 ({e})") from None
+        twice = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) < len(names) else []
+        if twice:
+            raise DatasetError(f"{path}: mask/{filter_key} lists {', '.join(map(repr, twice[:5]))} more than once; "
+                               "each demo may appear once in a filter key")
+        odd = [n for n in names if not C.DEMO_NAME.match(n)]
+        if odd:
+            raise DatasetError(f"{path}: mask/{filter_key} names {', '.join(map(repr, odd[:5]))}, not demo_<N> "
+                               "groups; a filter key lists demos")
         missing = [n for n in names if n not in f["data"]]
         if missing:
             raise DatasetError(f"{path}: mask/{filter_key} names demos that do not exist: {missing[:5]}")
     else:
-        names = [n for n in f["data"].keys() if n.startswith("demo")]
-        skipped = C.skipped_warning(path, [n for n in C.skipped_groups(f["data"]) if not n.startswith("demo")])
+        names = [n for n in f["data"].keys() if C.DEMO_NAME.match(n)]
+        skipped = C.skipped_warning(path, C.skipped_groups(f["data"]))
         if skipped:
             warnings.warn(skipped, stacklevel=2)
     return sorted(names, key=_demo_sort_key)
@@ -86,10 +96,12 @@ def read_env_meta(path: str) -> dict:
 
 def parse_env_args(raw, path: str) -> dict:
     """``data.attrs['env_args']``: a JSON object (robomimic's environment metadata)."""
+    from modmimic.stored import StoredFileError, loads_json
+
     try:
-        out = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: data.attrs['env_args'] is not valid JSON ({type(e).__name__}: {e})") from None
+        out = loads_json(raw, "data.attrs['env_args']")
+    except StoredFileError as e:
+        raise DatasetError(f"{path}: {e}") from None
     if not isinstance(out, dict):
         raise DatasetError(f"{path}: data.attrs['env_args'] is {type(out).__name__} JSON, expected an object")
     return out
@@ -108,7 +120,11 @@ def read_model_file(demo: h5py.Group) -> str | None:
 
 
 def _dataset_in_demo(demo: h5py.Group, name: str):
-    """Resolve ``actions``, ``rewards``, ``action_dict/abs_pos`` ... inside one demo group."""
+    """Resolve ``actions``, ``rewards``, ``action_dict/abs_pos`` ... inside one demo group (None when absent). A
+    link to another file is a :class:`DatasetError`: modmimic reads only what the dataset file itself holds."""
+    problem = C.link_problem(demo, name)
+    if problem:
+        raise DatasetError(f"{demo.file.filename}: {problem}")
     try:
         return demo[name]
     except KeyError:
@@ -341,6 +357,7 @@ def load_episode_store(
                   "columns": {repr(k): [a, b, list(sh)] for k, (a, b, sh) in columns.items()},
                   "uint8": {repr(k): [rel, list(sh), uint8_files[k]] for k, rel, sh in uint8_entries},
                   "filter_key": filter_key, "action_keys": action_keys}
+        check_store_size(path, n_total, width, uint8_entries, float_entries, memmap_dir)
         memmap_path, reused = None, False
         if memmap_dir is None:
             flat = torch.empty((n_total, width), dtype=torch.float32)
@@ -360,6 +377,29 @@ def load_episode_store(
         offsets=torch.from_numpy(offsets), flat=flat, columns=columns, uint8=uint8, obs_keys=obs_keys,
         action_keys=action_keys, env_meta=env_meta, obs_moments=obs_moments, action_moments=act_moments,
         memmap_path=memmap_path, memmap_reused=reused)
+
+
+def check_store_size(path: str, n_rows: int, width: int, uint8_entries, float_entries, memmap_dir) -> None:
+    """Refuse, before allocating, an episode store larger than the memory (or, memory-mapped, the disk) there is:
+    a small file may declare huge per-step shapes (compressed or never written)."""
+    need = n_rows * (width * 4 + sum(int(np.prod(sh)) for _, _, sh in uint8_entries))
+    if memmap_dir is None:
+        from modmimic.memory import available_memory_bytes
+
+        have, where = available_memory_bytes("cpu"), "memory"
+    else:
+        import shutil
+
+        probe = os.path.abspath(memmap_dir)
+        while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+            probe = os.path.dirname(probe)
+        have, where = shutil.disk_usage(probe).free, f"disk under {memmap_dir}"
+    if have is None or need <= have:
+        return
+    biggest = max(float_entries + uint8_entries, key=lambda e: int(np.prod(e[2])), default=None)
+    declared = f"; the largest per-step entry is {biggest[1]} with shape {tuple(biggest[2])}" if biggest else ""
+    raise DatasetError(f"{path}: its {n_rows} steps need {need / 2**30:.3g} GiB as an episode store, more than the "
+                       f"{have / 2**30:.3g} GiB of free {where}{declared}")
 
 
 def has_obs_stats(shape) -> bool:
