@@ -19,6 +19,8 @@ import math
 import os
 import sys
 
+from modmimic.stored import StoredFileError, load_yaml, loads_json, read_text
+
 PROG = "modmimic.report"
 SEED_KEYS = ("train.seed",)
 IGNORED = ("train.seed", "experiment.name", "train.output_dir", "resume", "resume_dir", "train.stop_after_epoch")
@@ -33,16 +35,18 @@ def success_series(run_dir: str) -> list[tuple[int, float]]:
     path = os.path.join(run_dir, "logs", "metrics.jsonl")
     out = []
     try:
-        lines = open(path).read().splitlines()
-    except OSError as e:
-        raise ReportError(f"{run_dir}: cannot read logs/metrics.jsonl ({e})") from None
+        lines = read_text(path, "metrics log").splitlines()
+    except StoredFileError as e:
+        raise ReportError(str(e)) from None
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            raise ReportError(f"{path}: line {i + 1} is not JSON") from None
+            rec = loads_json(line, f"{path} line {i + 1}")
+        except StoredFileError as e:
+            raise ReportError(str(e)) from None
+        if not isinstance(rec, dict):
+            raise ReportError(f"{path}: line {i + 1} is not a JSON object")
         vals = [v for k, v in rec.items() if k.startswith("Rollout/Success_Rate/") and isinstance(v, (int, float))
                 and math.isfinite(v)]
         if vals:
@@ -74,8 +78,13 @@ def sweep_runs(folder: str) -> list[tuple[str, str | None]]:
         for name in sorted(os.listdir(jobs_dir), key=lambda n: (len(n), n)):
             if not name.endswith(".json"):
                 continue
-            with open(os.path.join(jobs_dir, name)) as f:
-                jobs.append(json.load(f))
+            path = os.path.join(jobs_dir, name)
+            job = loads_json(read_text(path, "sweep job record"), path)
+            if not (isinstance(job, dict) and isinstance(job.get("overrides", []), list)
+                    and all(isinstance(o, str) for o in job.get("overrides", []))
+                    and isinstance(job.get("run_dir"), (str, type(None)))):
+                raise ReportError(f"{path} is not a sweep job record ({{num, overrides: [str], run_dir: str or null}})")
+            jobs.append(job)
         parsed = [dict(o.split("=", 1) if "=" in o else (o, "") for o in j.get("overrides", [])) for j in jobs]
         keys = list(dict.fromkeys(k for p in parsed for k in p))
         # the setting: the swept keys (values that differ between jobs), seeds aside; constant overrides are common
@@ -91,10 +100,7 @@ def sweep_runs(folder: str) -> list[tuple[str, str | None]]:
                   for root, _, files in os.walk(folder) for f in files
                   if f == "metrics.jsonl" and os.path.basename(root) == "logs"
                   and os.path.isfile(os.path.join(os.path.dirname(root), "config.yaml")))
-    from omegaconf import OmegaConf
-
-    configs = {r: _flat(OmegaConf.to_container(OmegaConf.load(os.path.join(r, "config.yaml")), resolve=False))
-               for r in runs}
+    configs = {r: _flat(load_yaml(os.path.join(r, "config.yaml"), "run config")) for r in runs}
     keys = sorted({k for c in configs.values() for k in c if k not in IGNORED})
     varying = [k for k in keys if len({repr(c.get(k)) for c in configs.values()}) > 1]
     return [(" ".join(f"{k}={configs[r].get(k)}" for k in varying) or "(defaults)", r) for r in runs]
@@ -147,7 +153,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         rows = summarize_sweep(args.folder)
-    except (ReportError, OSError, json.JSONDecodeError) as e:
+    except (ReportError, StoredFileError, OSError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
