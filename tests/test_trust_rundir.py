@@ -256,11 +256,11 @@ def test_bad_inputs_exit_2(reach_hdf5, tmp_path, tiny, capsys):
     huge = tmp_path / "huge.hdf5"
     with h5py.File(huge, "w") as f:
         g = f.create_group("data/demo_0")
-        g.attrs["num_samples"] = 10
-        g.create_dataset("obs/pos", shape=(10, 10**8), dtype="f4", chunks=(1, 10**6), compression="gzip")
-        g.create_dataset("obs/goal_pos", data=np.zeros((10, 2), "f4"))
-        g.create_dataset("obs/vel", data=np.zeros((10, 2), "f4"))
-        g.create_dataset("actions", data=np.zeros((10, 2), "f4"))
+        g.attrs["num_samples"] = 200  # 200 x 10^9 float32: 800 GB declared in a file of a few KB
+        g.create_dataset("obs/pos", shape=(200, 10**9), dtype="f4", chunks=(1, 10**6), compression="gzip")
+        g.create_dataset("obs/goal_pos", data=np.zeros((200, 2), "f4"))
+        g.create_dataset("obs/vel", data=np.zeros((200, 2), "f4"))
+        g.create_dataset("actions", data=np.zeros((200, 2), "f4"))
     assert os.path.getsize(huge) < 100_000
     cases["declared 1e8 dims"] = (base(huge, tmp_path / "o", tiny), "GiB")
     for name, (args, needle) in cases.items():
