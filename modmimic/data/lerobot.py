@@ -298,6 +298,11 @@ def read_rows(meta: LeRobotMeta, episodes: list[dict], columns: list[str]) -> di
                 raise _error(f"{path}: episode {e['index']} has {len(rows)} rows but the episode table "
                              f"(meta/episodes) says length {e['length']}")
             out[e["index"]] = {c: arrays[c][rows] for c in columns}
+            if "timestamp" in t.column_names and len(rows) > 1:
+                dt = np.diff(column_array(t, "timestamp", path).reshape(-1)[rows].astype(np.float64))
+                if np.abs(dt - 1.0 / meta.fps).max() > 1e-4:  # LeRobot's tolerance_s
+                    raise _error(f"{path}: episode {e['index']}'s timestamps step by {dt.min():.4g}-{dt.max():.4g} s, "
+                                 f"not 1/fps = {1.0 / meta.fps:.4g} s (fps={meta.fps} in meta/info.json)")
             out[e["index"]]["frame_index"] = frame[rows]
     for i in want:
         if i not in out:
