@@ -319,8 +319,13 @@ def decode_video(path: str, wanted: list, fps: int, shape: tuple) -> list:
 
     if not os.path.isfile(path):
         raise _error(f"{path}: video file not found")
-    need = set(int(i) for _, idx in wanted for i in idx)
-    frames = {}
+    out = [(ep, np.empty((len(idx), *shape), dtype=np.uint8)) for ep, idx in wanted]
+    targets = {}  # frame number in the file -> [(episode array, row)]
+    for (_, idx), (_, arr) in zip(wanted, out):
+        for row, i in enumerate(idx):
+            targets.setdefault(int(i), []).append((arr, row))
+    found = set()
+    fmt = "rgb24" if shape[-1] == 3 else "gray"
     try:
         with av.open(path) as c:
             if not c.streams.video:
@@ -329,28 +334,29 @@ def decode_video(path: str, wanted: list, fps: int, shape: tuple) -> list:
             if stream.codec_context is None or stream.codec_context.name not in av.codecs_available:
                 raise _error(f"{path}: video codec {getattr(stream.codec_context, 'name', None)!r} cannot be decoded")
             stream.thread_type = "AUTO"
-            last = max(need) if need else -1
+            last = max(targets) if targets else -1
             for fr in c.decode(stream):
                 if fr.pts is None:
                     continue
                 k = round(Fraction(fr.pts) * stream.time_base * fps)
-                if k in need:
-                    frames[k] = fr.to_ndarray(format="rgb24" if shape[-1] == 3 else "gray")
+                if k in targets and k not in found:
+                    img = fr.to_ndarray(format=fmt)
+                    if img.shape[:2] != tuple(shape[:2]):
+                        raise _error(f"{path}: frames are {img.shape[:2]} pixels but meta/info.json says "
+                                     f"{tuple(shape[:2])}")
+                    for arr, row in targets[k]:
+                        arr[row] = img.reshape(shape)
+                    found.add(k)
                 if k >= last:
                     break
     except av.FFmpegError as e:
         raise _error(f"{path}: cannot decode the video (corrupt or truncated?): {e}") from None
-    out = []
     for ep, idx in wanted:
-        lost = [int(i) for i in idx if int(i) not in frames]
+        lost = [int(i) for i in idx if int(i) not in found]
         if lost:
             raise _error(f"{path}: episode {ep} needs frame {lost[0]} (t = {lost[0] / fps:.3f} s at {fps} fps) but "
-                         f"the video has {len(frames)} of the {len(need)} frames needed (truncated, or frame counts "
+                         f"the video has {len(found)} of the {len(targets)} frames needed (truncated, or frame counts "
                          "that disagree with meta/info.json)")
-        arr = np.stack([frames[int(i)] for i in idx]).reshape(len(idx), *frames[int(idx[0])].shape[:2], -1)
-        if arr.shape[1:] != tuple(shape):
-            raise _error(f"{path}: frames are {arr.shape[1:]} but meta/info.json says {tuple(shape)}")
-        out.append((ep, arr))
     return out
 
 
