@@ -137,7 +137,8 @@ def test_robomimic_round_trip_windows_equal(tmp_path, lossless):
 
     demos = []
     for d, L in enumerate([7, 5, 9, 4]):
-        pos, quat = rng.standard_normal((L + 1, 2)).astype(np.float32), rng.standard_normal((L + 1, 4)).astype(np.float32)
+        pos = rng.standard_normal((L + 1, 2)).astype(np.float32)
+        quat = rng.standard_normal((L + 1, 4)).astype(np.float32)
         demos.append({"obs": {"pos": pos[:L], "quat": quat[:L],
                               "agentview_image": np.stack([frame(0, d, t) for t in range(L)])},
                       "next_obs": {"pos": pos[1:], "quat": quat[1:],

@@ -24,7 +24,8 @@ def path_problem(path: str) -> str | None:
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "meta", "info.json")):
         return None  # a LeRobotDataset folder
     if os.path.isdir(path):
-        return f"dataset path {path} is a directory, not an HDF5 file; pass the .hdf5 file inside it"
+        return (f"dataset path {path} is a directory, not an HDF5 file (nor a LeRobotDataset folder: no "
+                "meta/info.json); pass the .hdf5 file inside it")
     if not os.path.exists(path):
         return f"dataset file not found: {path}"
     return None

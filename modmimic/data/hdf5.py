@@ -189,7 +189,7 @@ def load_episode_store(
     ``load_rewards``: True requires rewards/dones, None loads them when every demo has them, False skips them.
     Raises :class:`DatasetError` naming the file, demo and key for anything missing, mis-shaped or non-finite.
     """
-    if os.path.isdir(path):  # a LeRobotDataset folder: same store, its own reader
+    if os.path.isfile(os.path.join(path, "meta", "info.json")):  # a LeRobotDataset folder: same store, own reader
         from modmimic.data.lerobot import load_lerobot_store
 
         return load_lerobot_store(path, obs_keys, action_keys, filter_key, load_next_obs, load_rewards, memmap_dir,

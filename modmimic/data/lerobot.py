@@ -188,6 +188,19 @@ def read_parquet(path: str, columns=None):
         raise _error(f"{path}: cannot read it as Parquet (corrupt or truncated?): {e}") from None
 
 
+def parquet_columns(path: str) -> list[str]:
+    """Column names of a Parquet file (its footer only)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not os.path.isfile(path):
+        raise _error(f"{path}: file not found")
+    try:
+        return pq.read_schema(path).names
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise _error(f"{path}: cannot read it as Parquet (corrupt or truncated?): {e}") from None
+
+
 def read_jsonl(path: str, required: bool) -> list[dict]:
     if not os.path.isfile(path):
         if required:
@@ -284,10 +297,12 @@ def read_rows(meta: LeRobotMeta, episodes: list[dict], columns: list[str]) -> di
     want = {e["index"]: e for e in episodes}
     out = {}
     for path, eps in by_file.items():
-        t = read_parquet(path)
-        missing = [c for c in ["episode_index", "frame_index"] + columns if c not in t.column_names]
+        have = parquet_columns(path)
+        missing = [c for c in ["episode_index", "frame_index"] + columns if c not in have]
         if missing:
             raise _error(f"{path}: no column {missing[0]!r} (info.json lists it as a feature)")
+        t = read_parquet(path, columns=list(dict.fromkeys(
+            ["episode_index", "frame_index"] + columns + (["timestamp"] if "timestamp" in have else []))))
         ep_col = column_array(t, "episode_index", path).reshape(-1)
         frame = column_array(t, "frame_index", path).reshape(-1)
         arrays = {c: column_array(t, c, path) for c in columns}
