@@ -6,6 +6,8 @@
         [--camera-height 84] [--camera-width 84] [--depth] [--workers N] [--exclude-next-obs] [--compress]
         [--overwrite]
     python -m modmimic.dataset extract_action_dict <in.hdf5> <out.hdf5> [--overwrite]
+    python -m modmimic.dataset convert <in> <out> --to lerobot|robomimic [--lossless] [--codec libsvtav1|h264|hevc]
+        [--crf N] [--fps 20] [--task TEXT] [--filter-key K] [--env-name NAME] [--workers 2] [--overwrite]
 
 ``info`` prints the number of demos and samples, demo length statistics, every per-step dataset of a demo with its
 shape, dtype and value range over the (filtered) demos, the filter keys, the environment metadata, and checks that
@@ -23,6 +25,12 @@ OSC ``actions`` (Δpos, Δaxis-angle, gripper) ``action_dict/{rel_pos, rel_rot_a
 (8-D actions: also ``base_mode``), and from ``actions_abs`` when the demos have it ``action_dict/{abs_pos,
 abs_rot_axis_angle, abs_rot_6d}``. Values keep the input's float type; ``rot_6d`` is the rotation matrix's first two
 rows (:mod:`modmimic.rotations`). An existing output is replaced only with ``--overwrite``.
+
+``convert`` (:mod:`modmimic.data.convert`, formats in docs/data_formats.md): a robomimic HDF5 to a LeRobotDataset
+v3.0 folder (``--to lerobot``; images as AV1 video, or PNG with ``--lossless``), and a LeRobotDataset folder (v2.x or
+v3.0), a Minari dataset folder or a D4RL-style HDF5 (``observations``, ``actions``, ``rewards``, ``terminals``,
+``timeouts``) to robomimic HDF5 (``--to robomimic``). The output is written beside its final path and renamed into
+place; an existing output is replaced only with ``--overwrite``.
 
 ``split`` writes ``mask/train`` and ``mask/valid`` (``mask/<K>_train``, ``mask/<K>_valid`` when splitting the demos
 of filter key ``K``), chosen by a seeded shuffle, so the same seed always gives the same split. Nothing else in
@@ -477,7 +485,54 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("path")
     x.add_argument("out")
     x.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    c = sub.add_parser("convert", help="robomimic HDF5 <-> LeRobotDataset; Minari / D4RL -> robomimic HDF5")
+    c.add_argument("path")
+    c.add_argument("out")
+    c.add_argument("--to", required=True, choices=["lerobot", "robomimic"])
+    c.add_argument("--lossless", action="store_true", help="--to lerobot: images as PNG in the Parquet rows "
+                   "(exact) instead of video")
+    c.add_argument("--codec", default="libsvtav1", choices=["libsvtav1", "h264", "hevc"],
+                   help="--to lerobot: video codec (LeRobot's default: libsvtav1)")
+    c.add_argument("--crf", type=int, default=None, help="--to lerobot: video quality (libsvtav1: 30, x264/x265: 23)")
+    c.add_argument("--fps", type=int, default=20, help="--to lerobot: frames per second (robomimic data: 20)")
+    c.add_argument("--task", default=None, help="--to lerobot: the task string (default: the env name)")
+    c.add_argument("--filter-key", default=None, help="--to lerobot: only the demos of mask/<KEY>")
+    c.add_argument("--env-name", default=None, help="D4RL input: the gym environment id for env_args")
+    c.add_argument("--workers", type=int, default=None, help="--to robomimic: video decoding processes (default 2)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output")
     return ap
+
+
+def run_convert(args) -> int:
+    from modmimic.data import convert as V
+    from modmimic.data.hdf5 import DatasetError
+    from modmimic.data.lerobot import is_lerobot_root
+
+    try:
+        if args.to == "lerobot":
+            if os.path.isdir(args.path):
+                raise ToolError(f"{args.path}: --to lerobot reads a robomimic HDF5 file (this is a folder)")
+            s = V.robomimic_to_lerobot(args.path, args.out, lossless=args.lossless, codec=args.codec, crf=args.crf,
+                                       fps=args.fps, task=args.task, filter_key=args.filter_key,
+                                       overwrite=args.overwrite)
+            what = f"images as {s['images']}" if s["images"] else "no images"
+        elif is_lerobot_root(args.path):
+            s = V.lerobot_to_robomimic(args.path, args.out, overwrite=args.overwrite, workers=args.workers)
+            what = "keys " + ", ".join(s["keys"])
+        elif V.is_minari(args.path):
+            s = V.minari_to_robomimic(args.path, args.out, overwrite=args.overwrite)
+            what = "from Minari"
+        elif os.path.isfile(args.path) and V.is_d4rl(args.path):
+            s = V.d4rl_to_robomimic(args.path, args.out, env_name=args.env_name, overwrite=args.overwrite)
+            what = "from D4RL-style HDF5"
+        else:
+            problem = C.path_problem(args.path) if not os.path.isdir(args.path) else None
+            raise ToolError(problem or f"{args.path}: not a LeRobotDataset folder (meta/info.json), a Minari dataset "
+                            "folder (metadata.json) or a D4RL-style HDF5 (observations, actions, rewards, terminals)")
+    except DatasetError as e:
+        raise ToolError(str(e)) from None
+    print(f"{PROG}: wrote {s['episodes']} episodes ({s['frames']} frames; {what}) to {s['path']}")
+    return 0
 
 
 def run_states_to_obs(args) -> int:
@@ -513,6 +568,8 @@ def main(argv=None) -> int:
             return 1 if args.strict and info["actions_in_unit_range"] is False else 0
         if args.command == "states_to_obs":
             return run_states_to_obs(args)
+        if args.command == "convert":
+            return run_convert(args)
         if args.command == "extract_action_dict":
             s = extract_action_dict(args.path, args.out, args.overwrite)
             print(f"{PROG}: wrote {', '.join(s['keys'])} for {s['demos']} demos to {s['path']}")

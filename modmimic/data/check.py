@@ -21,8 +21,11 @@ TRAINING_DATASETS = ("actions", "rewards", "dones")
 
 def path_problem(path: str) -> str | None:
     """Why ``path`` cannot be a dataset file (None when it may be one)."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "meta", "info.json")):
+        return None  # a LeRobotDataset folder
     if os.path.isdir(path):
-        return f"dataset path {path} is a directory, not an HDF5 file; pass the .hdf5 file inside it"
+        return (f"dataset path {path} is a directory, not an HDF5 file (nor a LeRobotDataset folder: no "
+                "meta/info.json); pass the .hdf5 file inside it")
     if not os.path.exists(path):
         return f"dataset file not found: {path}"
     return None

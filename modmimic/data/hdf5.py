@@ -154,6 +154,7 @@ class EpisodeStore:
     action_moments: dict = field(default_factory=dict)
     memmap_path: str | None = None  # the memory-mapped store's directory, when there is one
     memmap_reused: bool = False  # True when an earlier run built it (same file contents, filter key and layout)
+    tasks: list = field(default_factory=list)  # one task string per demo (LeRobot sources; empty for HDF5)
 
     @property
     def num_samples(self) -> int:
@@ -204,6 +205,11 @@ def load_episode_store(
     ``load_rewards``: True requires rewards/dones, None loads them when every demo has them, False skips them.
     Raises :class:`DatasetError` naming the file, demo and key for anything missing, mis-shaped or non-finite.
     """
+    if os.path.isfile(os.path.join(path, "meta", "info.json")):  # a LeRobotDataset folder: same store, own reader
+        from modmimic.data.lerobot import load_lerobot_store
+
+        return load_lerobot_store(path, obs_keys, action_keys, filter_key, load_next_obs, load_rewards, memmap_dir,
+                                  demo_limit)
     obs_keys = list(obs_keys)
     action_keys = list(action_keys)
     if not action_keys:
@@ -422,7 +428,11 @@ def _test_slow_memmap(flat) -> None:
 
 
 def file_digest(path: str) -> str:
-    """BLAKE2b of the file's bytes (about 1 s per GB)."""
+    """BLAKE2b of the file's bytes (about 1 s per GB); of every file's bytes for a dataset folder."""
+    if os.path.isdir(path):
+        from modmimic.data.lerobot import folder_digest
+
+        return folder_digest(path)
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "blake2b").hexdigest()
 
