@@ -26,6 +26,7 @@ the task, the goal number and the seed.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import warnings
@@ -74,8 +75,10 @@ def task_names(task: str) -> list[str]:
     return [task]
 
 
+@functools.lru_cache(maxsize=8)
 def benchmark_tasks(task: str, seed: int) -> dict:
-    """``{task name: [its 50 Meta-World Tasks]}`` of the benchmark ``MT1(task)``/``MT10``/``MT50`` with ``seed``."""
+    """``{task name: [its 50 Meta-World Tasks]}`` of the benchmark ``MT1(task)``/``MT10``/``MT50`` with ``seed``
+    (made once per process: MT10 resets each of its tasks 50 times to draw them, ~0.5 s a task)."""
     metaworld = import_metaworld()
     bench = getattr(metaworld, task)(seed=seed) if task in TASK_SETS else metaworld.MT1(task, seed=seed)
     out = {name: [t for t in bench.train_tasks if t.env_name == name] for name in bench.train_classes}
@@ -118,7 +121,7 @@ class MetaWorldEnv:
         kw["camera_names"] = [kw["camera_names"]] if isinstance(kw["camera_names"], str) else list(kw["camera_names"])
         self.name, self._kwargs = name, kw
         self.names = task_names(self.task)
-        self.tasks = benchmark_tasks(self.task, kw["seed"])
+        self.tasks = dict(benchmark_tasks(self.task, kw["seed"]))
         self.cameras = kw["camera_names"] if use_image_obs else []
         if use_image_obs and not self.cameras:
             raise EnvError(f"{name}: camera observations need env_kwargs camera_names (e.g. ['corner'])")
