@@ -336,4 +336,5 @@ def test_bc_rnn_fast_learns_metaworld_reach(metaworld, tmp_path):
     assert rc == 0
     ckpt = sorted(glob.glob(str(tmp_path / "runs" / "**" / "last.pth"), recursive=True))[-1]
     s = evaluate(ckpt, episodes=50, horizon=200)
+    print(f"reach-v3 BC-RNN fast: {s['Num_Success']}/{s['Num_Episodes']}")
     assert s["Success_Rate"] >= 0.8, s["Success_Rate"]
