@@ -50,7 +50,7 @@ def warn_no_success_signal(info: dict) -> bool:
     warnings.warn(f"environment {info['name']!r} reports no success signal (no info['is_success'], "
                   "info['success'] or _check_success()): its success rate reads 0 whatever the policy does. Name the "
                   "signal in the dataset's env_args, e.g. \"success\": \"<info key>\" or {\"fn\": \"module.function\"} "
-                  "(or experiment.env_meta_update_dict={success: ...} when training)", NoSuccessSignalWarning,
+                  "(or +experiment.env_meta_update_dict.success=<key> when training)", NoSuccessSignalWarning,
                   stacklevel=3)
     return True
 
@@ -514,10 +514,9 @@ class TrainingRollouts:
     def _make(self, cfg, env_meta: dict):
         from omegaconf import OmegaConf
 
-        meta = dict(env_meta)
-        update = OmegaConf.to_container(cfg.experiment.env_meta_update_dict, resolve=True) or {}
-        for k, v in update.items():
-            meta[k] = {**meta.get(k, {}), **v} if isinstance(v, dict) and isinstance(meta.get(k), dict) else v
+        from modmimic.envs import update_env_meta
+
+        meta = update_env_meta(env_meta, OmegaConf.to_container(cfg.experiment.env_meta_update_dict, resolve=True))
         from modmimic.config import all_obs_keys
 
         env_name = cfg.experiment.env

@@ -338,3 +338,19 @@ def test_bc_rnn_fast_learns_metaworld_reach(metaworld, tmp_path):
     s = evaluate(ckpt, episodes=50, horizon=200)
     print(f"reach-v3 BC-RNN fast: {s['Num_Success']}/{s['Num_Episodes']}")
     assert s["Success_Rate"] >= 0.8, s["Success_Rate"]
+
+
+def test_eval_applies_the_checkpoints_env_meta_update_dict(metaworld, tmp_path):
+    """``experiment.env_meta_update_dict`` (e.g. a success key, a shorter episode) reaches modmimic.eval as it
+    reaches training rollouts: robomimic's checkpoints store the updated metadata."""
+    from modmimic.algo import algo_factory
+    from modmimic.config import compose
+    from modmimic.eval import evaluate
+    from modmimic.policy import make_checkpoint, save_checkpoint
+
+    cfg = compose("bc", ["observation.modalities.obs.low_dim=[flat]", "algo.actor_layer_dims=[16]",
+                         "+experiment.env_meta_update_dict.env_kwargs={max_episode_steps: 7}"])
+    algo = algo_factory(cfg.algo_name, cfg, {"flat": (39,)}, 4)
+    path = save_checkpoint(str(tmp_path / "c.pth"), make_checkpoint(algo, env_meta=mw_meta("reach-v3")))
+    s = evaluate(path or str(tmp_path / "c.pth"), episodes=2, horizon=50)
+    assert [e["length"] for e in s["episodes"]] == [7, 7]

@@ -83,6 +83,16 @@ def check_env_meta(env_meta) -> dict:
     return meta
 
 
+def update_env_meta(env_meta: dict, update: dict | None) -> dict:
+    """``env_meta`` with ``experiment.env_meta_update_dict`` applied (robomimic's rule: a dict entry updates the
+    dict it replaces one level down, e.g. ``env_kwargs``; anything else replaces). Training rollouts and
+    ``modmimic.eval`` use the same result, as robomimic's checkpoints store the updated metadata."""
+    meta = copy.deepcopy(dict(env_meta or {}))
+    for k, v in (update or {}).items():
+        meta[k] = {**meta.get(k, {}), **v} if isinstance(v, dict) and isinstance(meta.get(k), dict) else v
+    return meta
+
+
 def env_from_metadata(env_meta: dict, render: bool = False, use_image_obs: bool = False, env_name: str | None = None,
                       use_depth_obs: bool = False, **kwargs) -> Env:
     """Build the environment a dataset (or checkpoint) describes.

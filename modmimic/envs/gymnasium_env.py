@@ -8,7 +8,7 @@ to import first (``"gymnasium_robotics:PointMaze_UMaze-v3"``, gymnasium's own sy
 Success, without configuration, is the first of these signals the environment gives: the step's
 ``info["is_success"]`` (gymnasium-robotics, Stable-Baselines3), ``info["success"]`` (Meta-World, many research
 envs), the environment's own ``_check_success()`` (robosuite-style). The env metadata's ``success`` entry names
-another signal (``experiment.env_meta_update_dict`` sets it from a training config):
+another signal (``+experiment.env_meta_update_dict.success=<key>`` sets it from a training config):
 
     "success": "goal_reached"                      # an info key
     "success": {"info_key": "goal_reached"}        # the same
@@ -89,8 +89,8 @@ def resolve_success_fn(name: str):
 
 
 class GymnasiumEnv:
-    """``success_signal``: which signal success is read from (``'info["is_success"]'``, ``'info["success"]'``,
-    ``"_check_success()"``, ``'info["<key>"]'`` or ``"<module.fn>(env, info)"`` when configured), ``"none"`` when the
+    """``success_signal``: which signal success is read from (``"info['is_success']"``, ``"info['success']"``,
+    ``"_check_success()"``, ``"info['<key>']"`` or ``"<module.fn>(env, info)"`` when configured), ``"none"`` when the
     environment gives none, ``None`` before the first step."""
     type = GYM_TYPE
 
