@@ -354,3 +354,14 @@ def test_eval_applies_the_checkpoints_env_meta_update_dict(metaworld, tmp_path):
     path = save_checkpoint(str(tmp_path / "c.pth"), make_checkpoint(algo, env_meta=mw_meta("reach-v3")))
     s = evaluate(path or str(tmp_path / "c.pth"), episodes=2, horizon=50)
     assert [e["length"] for e in s["episodes"]] == [7, 7]
+
+
+def test_metaworld_camera_observations(metaworld):
+    env = env_from_metadata(mw_meta("reach-v3", camera_names=["corner"], camera_heights=48, camera_widths=64),
+                            use_image_obs=True)
+    obs = env.reset(seed=0)
+    img = obs["corner_image"]
+    assert img.shape == (48, 64, 3) and img.dtype == np.uint8 and img.std() > 10
+    assert np.array_equal(env.step(np.zeros(4))[0]["corner_image"].shape, (48, 64, 3))
+    assert np.array_equal(env.render(48, 64, "corner"), env.render(48, 64, "corner"))
+    env.close()
