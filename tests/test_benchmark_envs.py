@@ -163,6 +163,8 @@ def test_environment_warnings_are_shown_once_and_counted(capfd):
 
 @pytest.fixture(scope="module")
 def metaworld():
+    import modmimic.envs.metaworld_env  # noqa: F401 - first: it picks MuJoCo's headless GL (EGL) before mujoco loads
+
     return pytest.importorskip("metaworld")
 
 
