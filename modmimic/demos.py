@@ -1,8 +1,19 @@
-"""Scripted demonstrations: state-based controllers (no learning) for robosuite's Lift, Can and Square, written as
-robomimic datasets.
+"""Scripted demonstrations: state-based controllers (no learning) for robosuite's Lift, Can and Square, and
+Meta-World's own scripted policies for its v3 tasks, written as robomimic datasets.
 
     python -m modmimic.demos generate task=Lift n=200 out=lift.hdf5 seed=0
     python -m modmimic.demos expert task=Can episodes=50 seed=1000        # the expert's own success rate
+    python -m modmimic.demos generate task=push-v3 n=100 out=push.hdf5    # Meta-World (metaworld.policies)
+    python -m modmimic.demos generate task=MT10 n=500 out=mt10.hdf5       # 50 demos of each MT10 task
+
+Meta-World (:mod:`modmimic.envs.metaworld_env`): any v3 task (``reach-v3``, ``push-v3``, ``pick-place-v3``, ...) or
+task set (``MT10``, ``MT50``; episode ``i`` plays task ``(seed + i) mod T``); the expert is
+``metaworld.policies.ENV_POLICY_MAP[task]`` acting on the 39-d observation (``flat``). ``goals=random`` (default)
+draws each demo's goal and object placement from its seed with Meta-World's own seeded generator, so demos do not
+repeat the benchmark's 50 placements per task; ``goals=benchmark`` uses those. Either way the dataset's ``env_args``
+name the benchmark's goals (``env_kwargs.goals = "benchmark"``, benchmark seed ``benchmark_seed``), so training
+rollouts and ``modmimic.eval`` evaluate on the benchmark; every demo keeps its ``states`` (which hold the
+placement) and its seed (``seed`` attribute; ``ep_meta`` names task, goal and seed).
 
 The experts read privileged object poses (``cube_pos``/``Can_pos``/``SquareNut_pos`` ...) and command robosuite's
 OSC_POSE controller (7-D action: position delta x 0.05 m, world-frame axis-angle delta x 0.5 rad, gripper -1 open /
@@ -463,7 +474,39 @@ def mixed_masks(names: list[str], kinds: list[str], successes: list[bool]) -> di
 
 # --- environments and episodes ----------------------------------------------------------------------------
 
+def is_metaworld(task: str) -> bool:
+    """``task`` names a Meta-World v3 task or task set (``push-v3``, ``MT10``, ``Meta-World/push-v3``)."""
+    return str(task).startswith("Meta-World/") or str(task).endswith("-v3") or str(task) in ("MT10", "MT50")
+
+
+def metaworld_task(task: str) -> str:
+    return str(task).split("/", 1)[1] if str(task).startswith("Meta-World/") else str(task)
+
+
+class MetaWorldExpert:
+    """Meta-World's own scripted policy for the current task (``metaworld.policies.ENV_POLICY_MAP``) on the 39-d
+    observation, clipped to [-1, 1] as the environment clips them (the policies' raw outputs reach ~3; a dataset holds
+    what was executed); its "constants may be too high" warnings are silenced."""
+
+    def reset(self, env, obs: dict) -> None:
+        from metaworld.policies import ENV_POLICY_MAP
+
+        self.policy = ENV_POLICY_MAP[env.names[env.index]]()
+
+    def act(self, obs: dict) -> np.ndarray:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.clip(np.asarray(self.policy.get_action(obs["flat"]), dtype=np.float64), -1.0, 1.0)
+
+
 def env_name_of(task: str) -> str:
+    if is_metaworld(task):
+        from modmimic.envs.metaworld_env import task_names
+
+        task_names(metaworld_task(task))  # raises naming the task when Meta-World has no such task
+        return metaworld_task(task)
     if task not in TASKS:
         import difflib
 
@@ -520,13 +563,24 @@ def expert_episode(env, expert, seed: int, max_steps: int, extra_steps: int = 5,
     traj = {"obs": {k: np.stack([o[k] for o in obs_list[:-1]]) for k in keys},
             "next_obs": {k: np.stack([o[k] for o in obs_list[1:]]) for k in keys},
             "actions": np.asarray(actions), "rewards": np.asarray(rewards, dtype=np.float64), "dones": dones,
-            "states": np.stack(states), "attrs": {"model_file": start["model"], "ep_meta": start.get("ep_meta", "{}")}}
+            "states": np.stack(states), "attrs": {"ep_meta": start.get("ep_meta") or "{}"}}
+    if start["model"] is not None:
+        traj["attrs"]["model_file"] = start["model"]
     return traj, success, T
 
 
-def make_env(task: str, camera_names=(), camera_height: int = 84, camera_width: int = 84, depth: bool = False):
+def make_env(task: str, camera_names=(), camera_height: int = 84, camera_width: int = 84, depth: bool = False,
+             goals: str = "benchmark", benchmark_seed: int = 0):
     """The task's environment; with ``camera_names``, camera observations (``<camera>_image``, and ``<camera>_depth``
-    with ``depth``) at ``camera_height`` x ``camera_width``."""
+    with ``depth``) at ``camera_height`` x ``camera_width``. ``goals``, ``benchmark_seed``: Meta-World only."""
+    if is_metaworld(task):
+        from modmimic.envs.metaworld_env import MetaWorldEnv, env_meta
+
+        if depth:
+            raise ArgumentError("depth=true: the Meta-World adapter renders RGB images only")
+        meta = env_meta(metaworld_task(task), seed=benchmark_seed, goals=goals, camera_names=list(camera_names),
+                        camera_heights=camera_height, camera_widths=camera_width)
+        return MetaWorldEnv(meta, use_image_obs=bool(camera_names))
     from modmimic.envs import with_cameras
     from modmimic.envs.robosuite_env import RobosuiteEnv
 
@@ -536,14 +590,25 @@ def make_env(task: str, camera_names=(), camera_height: int = 84, camera_width: 
     return RobosuiteEnv(meta, use_image_obs=True, use_depth_obs=depth)
 
 
+def task_setup(task: str, camera_names=(), camera_height: int = 84, camera_width: int = 84, depth: bool = False,
+               goals: str = "benchmark", benchmark_seed: int = 0):
+    """``(environment, expert, default max steps, observation keys)`` of a task."""
+    name = env_name_of(task)
+    env = make_env(task, camera_names, camera_height, camera_width, depth, goals, benchmark_seed)
+    if is_metaworld(task):
+        return env, MetaWorldExpert(), env.env.max_path_length, ["flat"] + (["task_id"] if len(env.names) > 1 else [])
+    return env, EXPERTS[name](), MAX_STEPS[name], list(OBS_KEYS)
+
+
 def generate(task: str, n: int, out: str, seed: int = 0, max_tries: int | None = None, obs_dtype: str = "float32",
              valid_fraction: float = 0.1, compress: bool = True, next_obs: bool = True, obs_keys=None,
              max_steps: int | None = None, compress_model: bool = False, camera_names=(), camera_height: int = 84,
-             camera_width: int = 84, depth: bool = False, quality: str = "expert", progress=print) -> dict:
+             camera_width: int = 84, depth: bool = False, quality: str = "expert", goals: str = "random",
+             benchmark_seed: int = 0, progress=print) -> dict:
     """Write ``n`` successful scripted demos of ``task`` to ``out``; returns generation statistics. ``camera_names``:
     also record ``<camera>_image`` (uint8 ``[T, H, W, 3]``, upright) and with ``depth`` ``<camera>_depth``.
     ``quality="mixed"``: ``n`` episodes of the kinds of :data:`MIX` instead, every one kept (see
-    :func:`generate_mixed`)."""
+    :func:`generate_mixed`). ``goals``, ``benchmark_seed``: Meta-World's placements (see the module's docstring)."""
     from modmimic.rollout import DatasetWriter, split_masks
     from modmimic.states_to_obs import camera_keys
 
@@ -554,12 +619,15 @@ def generate(task: str, n: int, out: str, seed: int = 0, max_tries: int | None =
         raise ArgumentError(f"quality=mixed is defined for {', '.join(t for t, n in TASKS.items() if n in LET_GO_WHEN and t not in ALIASES)}, "
                          f"not {task} (its failing variants are task-specific)")
     camera_names = [c for c in ([camera_names] if isinstance(camera_names, str) else list(camera_names or [])) if c]
-    env = make_env(task, camera_names, camera_height, camera_width, depth)
-    expert = EXPERTS[name]()
-    max_steps = max_steps or MAX_STEPS[name]
+    env, expert, default_steps, default_keys = task_setup(task, camera_names, camera_height, camera_width, depth,
+                                                          goals, benchmark_seed)
+    max_steps = max_steps or default_steps
     max_tries = max_tries or max(2 * n, n + 20)
-    keys = list(OBS_KEYS if obs_keys is None else obs_keys) + camera_keys(camera_names, depth)
-    writer = DatasetWriter(out, env.serialize(), obs_keys=keys, obs_dtype=None if obs_dtype == "float64" else
+    keys = list(default_keys if obs_keys is None else obs_keys) + camera_keys(camera_names, depth)
+    env_args = env.serialize()
+    if is_metaworld(task):  # demos from any placements; rollouts and evaluation on the benchmark's
+        env_args["env_kwargs"]["goals"] = "benchmark"
+    writer = DatasetWriter(out, env_args, obs_keys=keys, obs_dtype=None if obs_dtype == "float64" else
                            np.dtype(obs_dtype), compression="gzip" if compress else None, next_obs=next_obs,
                            model_file="gzip" if compress_model else "attr")
     if quality == "mixed":
@@ -575,6 +643,7 @@ def generate(task: str, n: int, out: str, seed: int = 0, max_tries: int | None =
     try:
         while len(writer.names) < n and tries < max_tries:
             traj, ok, T = expert_episode(env, expert, seed + tries, max_steps)
+            traj["attrs"]["seed"] = seed + tries
             tries += 1
             if ok:
                 missing = [k for k in keys if k not in traj["obs"]]
@@ -632,15 +701,16 @@ def generate_mixed(env, writer, name: str, n: int, seed: int, max_steps: int, va
             time.perf_counter() - t0, "path": os.path.abspath(writer.path), "bytes": os.path.getsize(writer.path)}
 
 
-def expert_success(task: str, episodes: int = 50, seed: int = 1000, max_steps: int | None = None) -> dict:
-    """The scripted expert's own success rate over ``episodes`` fresh initial states."""
+def expert_success(task: str, episodes: int = 50, seed: int = 1000, max_steps: int | None = None,
+                   goals: str = "benchmark", benchmark_seed: int = 0) -> dict:
+    """The scripted expert's own success rate over ``episodes`` fresh initial states (Meta-World: by default the
+    benchmark's placements, every one of the 50 per task once in 50 T episodes)."""
     from modmimic.rollout import wilson_interval
 
     name = env_name_of(task)
-    env = make_env(task)
-    expert = EXPERTS[name]()
+    env, expert, default_steps, _ = task_setup(task, goals=goals, benchmark_seed=benchmark_seed)
     t0 = time.perf_counter()
-    results = [expert_episode(env, expert, seed + i, max_steps or MAX_STEPS[name], record=False)[1:]
+    results = [expert_episode(env, expert, seed + i, max_steps or default_steps, record=False)[1:]
                for i in range(episodes)]
     env.close()
     k = sum(ok for ok, _ in results)
@@ -653,24 +723,30 @@ def expert_success(task: str, episodes: int = 50, seed: int = 1000, max_steps: i
 # --- command line -----------------------------------------------------------------------------------------------
 
 USAGE = f"""usage:
-  python -m {PROG} generate task=Lift|Can|Square n=<demos> out=<path.hdf5> [seed=0] [max_tries=2n] [obs_dtype=float32]
-                   [valid_fraction=0.1] [compress=true] [next_obs=true] [max_steps=<task default>]
-                   [compress_model=false] [camera_names=agentview,robot0_eye_in_hand] [camera_height=84]
-                   [camera_width=84] [depth=false] [quality=expert|mixed]
-  python -m {PROG} expert task=Lift|Can|Square [episodes=50] [seed=1000]
+  python -m {PROG} generate task=Lift|Can|Square|<Meta-World task>|MT10|MT50 n=<demos> out=<path.hdf5> [seed=0]
+                   [max_tries=2n] [obs_dtype=float32] [valid_fraction=0.1] [compress=true] [next_obs=true]
+                   [max_steps=<task default>] [compress_model=false] [camera_names=agentview,robot0_eye_in_hand]
+                   [camera_height=84] [camera_width=84] [depth=false] [quality=expert|mixed]
+                   [goals=random|benchmark] [benchmark_seed=0]
+  python -m {PROG} expert task=<task> [episodes=50] [seed=1000] [goals=benchmark|random] [benchmark_seed=0]
 
 generate: write n successful scripted demonstrations as a robomimic HDF5 dataset (episode i starts from seed + i).
           quality=mixed: n episodes, every one kept: 20 % expert, 10 % noisy expert, 50 % let go of the object
           right after grasping it, 10 % grasp beside it, 10 % stop short above it (filter keys expert, noisy,
           let_go, beside, short, failed, success, train, valid).
 expert:   the scripted expert's own success rate.
-Needs the simulator extra: pip install 'modmimic[sim]'. Exit status 0 done, 1 failure, 2 bad input."""
+Meta-World tasks (reach-v3, push-v3, pick-place-v3, ... or the task sets MT10, MT50) use Meta-World's scripted
+policies; goals= chooses the placements (random: drawn from each episode's seed; benchmark: the benchmark's 50 per
+task, benchmark_seed= picks them); the dataset's env_args evaluate on the benchmark's.
+Needs the simulator extra: pip install 'modmimic[sim]' (Meta-World: pip install 'modmimic[metaworld]' &&
+pip install --no-deps metaworld==3.1.1). Exit status 0 done, 1 failure, 2 bad input."""
 
 ARGS = {"generate": {"task": str, "n": int, "out": str, "seed": int, "max_tries": int, "obs_dtype": str,
                      "valid_fraction": float, "compress": bool, "next_obs": bool, "max_steps": int,
                      "compress_model": bool, "camera_names": lambda v: [c for c in v.split(",") if c],
-                     "camera_height": int, "camera_width": int, "depth": bool, "quality": str},
-        "expert": {"task": str, "episodes": int, "seed": int, "max_steps": int}}
+                     "camera_height": int, "camera_width": int, "depth": bool, "quality": str, "goals": str,
+                     "benchmark_seed": int},
+        "expert": {"task": str, "episodes": int, "seed": int, "max_steps": int, "goals": str, "benchmark_seed": int}}
 REQUIRED = {"generate": ("task", "n", "out"), "expert": ("task",)}
 
 
@@ -706,6 +782,10 @@ def parse(argv: list[str]) -> tuple[str, dict]:
     for k in REQUIRED[cmd]:
         if k not in out:
             raise ArgumentError(f"{cmd} needs {k}=...")
+    if out.get("goals", "benchmark") not in ("benchmark", "random"):
+        raise ArgumentError(f"goals must be benchmark or random, got {out['goals']!r}")
+    if "goals" in out and not is_metaworld(out["task"]):
+        raise ArgumentError(f"goals= is for Meta-World tasks, not {out['task']}")
     if out.get("quality", "expert") not in QUALITIES:
         raise ArgumentError(f"quality must be {' or '.join(QUALITIES)}, got {out['quality']!r}")
     if out.get("obs_dtype", "float32") not in ("float32", "float64"):

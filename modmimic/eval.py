@@ -155,7 +155,10 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
     policy, ckpt = policy_from_checkpoint(device=device, ckpt_path=None if isinstance(checkpoint, dict) else checkpoint,
                                           ckpt_dict=checkpoint if isinstance(checkpoint, dict) else None,
                                           trusted_modules=trusted_modules)
-    env_meta = ckpt.get("env_metadata") or {}
+    from modmimic.envs import update_env_meta
+
+    experiment = (ckpt.get("config") or {}).get("experiment") or {}
+    env_meta = update_env_meta(ckpt.get("env_metadata") or {}, experiment.get("env_meta_update_dict"))
     if not env_meta:
         raise EnvError("the checkpoint has no env metadata (its training dataset had no data.attrs['env_args']), so "
                        "there is no environment to evaluate it in")

@@ -21,16 +21,38 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from modmimic.envs import EnvError
+from modmimic.envs import NO_SUCCESS_SIGNAL, EnvError
 from modmimic.envs.vector import LocalEnvs, make_envs
 
 
 class RolloutError(ValueError):
     """A policy and an environment do not fit together (observation keys or shapes, action size, goals)."""
+
+
+class NoSuccessSignalWarning(UserWarning):
+    """The environment reports no success signal: every episode counts as a failure."""
+
+
+_WARNED_NO_SUCCESS: set = set()  # env names warned about in this process
+
+
+def warn_no_success_signal(info: dict) -> bool:
+    """Warn, once per environment name and process, when an environment (its ``"info"`` answer) reports no success
+    signal; returns whether it warned."""
+    if info.get("success_signal") != NO_SUCCESS_SIGNAL or info["name"] in _WARNED_NO_SUCCESS:
+        return False
+    _WARNED_NO_SUCCESS.add(info["name"])
+    warnings.warn(f"environment {info['name']!r} reports no success signal (no info['is_success'], "
+                  "info['success'] or _check_success()): its success rate reads 0 whatever the policy does. Name the "
+                  "signal in the dataset's env_args, e.g. \"success\": \"<info key>\" or {\"fn\": \"module.function\"} "
+                  "(or +experiment.env_meta_update_dict.success=<key> when training)", NoSuccessSignalWarning,
+                  stacklevel=3)
+    return True
 
 
 @dataclass
@@ -251,6 +273,8 @@ def run_episodes(policy, envs, n: int, horizon: int, seed: int | None = 0, termi
             mask = np.zeros(K, dtype=bool)
             mask[restarted] = True
             policy.reset_envs(mask)
+    envs.send(0, ("info", None, None))  # the success signal is known once the environment has stepped
+    warn_no_success_signal(envs.recv(0))
     return sorted(results, key=lambda e: e.index)
 
 
@@ -490,10 +514,9 @@ class TrainingRollouts:
     def _make(self, cfg, env_meta: dict):
         from omegaconf import OmegaConf
 
-        meta = dict(env_meta)
-        update = OmegaConf.to_container(cfg.experiment.env_meta_update_dict, resolve=True) or {}
-        for k, v in update.items():
-            meta[k] = {**meta.get(k, {}), **v} if isinstance(v, dict) and isinstance(meta.get(k), dict) else v
+        from modmimic.envs import update_env_meta
+
+        meta = update_env_meta(env_meta, OmegaConf.to_container(cfg.experiment.env_meta_update_dict, resolve=True))
         from modmimic.config import all_obs_keys
 
         env_name = cfg.experiment.env

@@ -4,7 +4,10 @@ An environment is created from a dataset's ``env_args`` (robomimic's env metadat
 ``{"env_name", "type", "env_version", "env_kwargs"}``) by :func:`env_from_metadata`. ``type`` selects the adapter:
 
     1  robosuite      :class:`modmimic.envs.robosuite_env.RobosuiteEnv` (robosuite 1.5; old controller dicts converted)
-    2  gym            :class:`modmimic.envs.gymnasium_env.GymnasiumEnv`, or a modmimic built-in (``PointReach``)
+    2  gym            :class:`modmimic.envs.gymnasium_env.GymnasiumEnv`, or a modmimic built-in (``PointReach``), or
+                      a benchmark adapter chosen by the env name's namespace (:data:`GYM_NAMESPACES`):
+                      ``Meta-World/<task>-v3``, ``Meta-World/MT10``, ``Meta-World/MT50``
+                      (:class:`modmimic.envs.metaworld_env.MetaWorldEnv`)
 
 Every adapter offers the methods of :class:`Env`. Observations are flat dicts ``{obs key: np.ndarray}`` with
 robomimic's key names (robosuite's ``object-state`` is ``object``). Simulators are imported only when an adapter is
@@ -19,6 +22,9 @@ import numpy as np
 
 ROBOSUITE_TYPE, GYM_TYPE, IG_MOMART_TYPE = 1, 2, 3
 TYPE_NAMES = {ROBOSUITE_TYPE: "robosuite", GYM_TYPE: "gym", IG_MOMART_TYPE: "iGibson MOMART"}
+# gym env names "<namespace>/<id>" that a benchmark adapter serves (not gymnasium.make): namespace -> module, class
+GYM_NAMESPACES = {"Meta-World": ("modmimic.envs.metaworld_env", "MetaWorldEnv")}
+NO_SUCCESS_SIGNAL = "none"  # an adapter's ``success_signal`` when the environment reports no success at all
 
 
 class EnvError(ValueError):
@@ -36,6 +42,7 @@ class Env(Protocol):
     name: str
     type: int
     action_dimension: int
+    success_signal: str | None  # where success is read from (for messages); NO_SUCCESS_SIGNAL: nowhere; None: unknown
 
     def reset(self, seed: int | None = None) -> dict:
         """Start an episode (its initial state drawn from ``seed`` when given) and return the observation."""
@@ -76,6 +83,16 @@ def check_env_meta(env_meta) -> dict:
     return meta
 
 
+def update_env_meta(env_meta: dict, update: dict | None) -> dict:
+    """``env_meta`` with ``experiment.env_meta_update_dict`` applied (robomimic's rule: a dict entry updates the
+    dict it replaces one level down, e.g. ``env_kwargs``; anything else replaces). Training rollouts and
+    ``modmimic.eval`` use the same result, as robomimic's checkpoints store the updated metadata."""
+    meta = copy.deepcopy(dict(env_meta or {}))
+    for k, v in (update or {}).items():
+        meta[k] = {**meta.get(k, {}), **v} if isinstance(v, dict) and isinstance(meta.get(k), dict) else v
+    return meta
+
+
 def env_from_metadata(env_meta: dict, render: bool = False, use_image_obs: bool = False, env_name: str | None = None,
                       use_depth_obs: bool = False, **kwargs) -> Env:
     """Build the environment a dataset (or checkpoint) describes.
@@ -101,6 +118,12 @@ def env_from_metadata(env_meta: dict, render: bool = False, use_image_obs: bool 
 
         if meta["env_name"] in BUILTIN_ENVS:
             return BUILTIN_ENVS[meta["env_name"]](meta)
+        namespace = str(meta["env_name"]).split("/", 1)[0] if "/" in str(meta["env_name"]) else None
+        if namespace in GYM_NAMESPACES:
+            import importlib
+
+            module, cls = GYM_NAMESPACES[namespace]
+            return getattr(importlib.import_module(module), cls)(meta, render=render, use_image_obs=use_image_obs)
         from modmimic.envs.gymnasium_env import GymnasiumEnv
 
         return GymnasiumEnv(meta, render=render)

@@ -24,6 +24,7 @@ STEP_SCALE = 0.1
 
 class PointReachEnv:
     type = GYM_TYPE
+    success_signal = f"distance to the goal < {SUCCESS_RADIUS}"
 
     def __init__(self, env_meta: dict):
         kw = dict(env_meta.get("env_kwargs") or {})

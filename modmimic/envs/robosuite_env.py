@@ -108,6 +108,7 @@ class RobosuiteEnv:
     """A robosuite task with modmimic's environment protocol (see :mod:`modmimic.envs`)."""
 
     type = ROBOSUITE_TYPE
+    success_signal = "_check_success()"
 
     def __init__(self, env_meta: dict, render: bool = False, use_image_obs: bool = False, use_depth_obs: bool = False):
         suite = import_robosuite()

@@ -7,7 +7,7 @@ environment before waiting for any answer (workers simulate concurrently). A req
     ("reset", seed, opts)      new episode drawn from ``seed``
     ("reset_to", state, opts)  the given simulator state
     ("step", action, opts)     one step
-    ("info", None, None)       {"name", "action_dimension", "env_meta"}
+    ("info", None, None)       {"name", "action_dimension", "env_meta", "success_signal"}
 
 and the answer a dict: ``obs`` (and, after a step, ``reward``, ``done``, ``success``), plus ``state`` (the flat
 simulator state of the new observation) when ``opts["state"]``, ``model`` (the model XML) when ``opts["model"]`` and
@@ -38,7 +38,8 @@ def execute(env, request) -> dict:
     cmd, arg, opts = request
     opts = opts or {}
     if cmd == "info":
-        return {"name": env.name, "action_dimension": int(env.action_dimension), "env_meta": env.serialize()}
+        return {"name": env.name, "action_dimension": int(env.action_dimension), "env_meta": env.serialize(),
+                "success_signal": getattr(env, "success_signal", None)}
     if cmd == "reset":
         out = {"obs": env.reset(seed=arg)}
     elif cmd == "reset_to":
