@@ -12,6 +12,7 @@ in-process path gives the same status and message.
 import copy
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -397,3 +398,133 @@ def test_in_process_equals_the_cli(reach_hdf5, tmp_path, capsys):
         code = dataset_cli.main(["info", p])
         cap = capsys.readouterr()
         assert (r.returncode, r.stderr, r.stdout) == (code, cap.err, cap.out) and code == 2
+
+
+# --- run directories ------------------------------------------------------------------------------------------
+#
+# A finished run directory, copied and then changed by one mutation: a config.yaml naming a callable outside
+# modmimic (the run's last.pth removed, so resume restarts from config.yaml) or using an interpolation resolver, a
+# config.yaml of garbage, a YAML python tag, deep nesting, a cut checkpoint, a link to a folder or file outside, a
+# torn metrics line, a leftover temporary file. ``python -m modmimic.train resume=true resume_dir=<copy>``
+# (in-process) must exit 0 or 2 as the case calls for, print one line when it fails, create no marker file and
+# leave the folder outside the run directory byte-identical.
+
+DANGEROUS = ["os.system", "subprocess.call", "logging.basicConfig", "builtins.eval", "shutil.rmtree",
+             "modmimic.trainer.os.system", "pathlib.Path.touch", "torch.save"]
+NAME_PATHS = [("nets", "policy", "_target_"), ("losses", "bc", "fn"), ("act", "fn"), ("batch", "fn")]
+RUN_MUTATIONS = {  # name: exit status of resume
+    "untrusted_name": 2, "resolver": 2, "garbage_yaml": 2, "python_tag": 2, "deep_yaml": 2, "cut_checkpoint": 2,
+    "link_logs": 2, "link_log_file": 2, "link_checkpoint": 2, "link_config": 2, "fifo": 2,
+    "torn_metrics": 0, "stale_tmp": 0, "none": 0}
+
+
+@pytest.fixture(scope="module")
+def finished_run(reach_hdf5, tmp_path_factory):
+    from modmimic.trainer import train
+
+    out = tmp_path_factory.mktemp("finished")
+    cfg = compose("bc", [o for o in BASE if not o.startswith("recipe=")] + [
+        f"train.data={reach_hdf5}", f"train.output_dir={out}", "observation.modalities.obs.low_dim=[pos,goal_pos,vel]",
+        "experiment.name=fuzz"])
+    return train(cfg, progress=False)["run_dir"]
+
+
+def mutate_run(run, outside, mutation, draw_name, draw_path, marker):
+    import yaml
+
+    cfg_path = os.path.join(run, "config.yaml")
+    last = os.path.join(run, "models", "last.pth")
+    if mutation == "untrusted_name":
+        cfg = yaml.safe_load(open(cfg_path))
+        node = cfg
+        for k in draw_path[:-1]:
+            node = node.setdefault(k, {}) if isinstance(node.get(k), dict) or k not in node else node[k]
+        node[draw_path[-1]] = draw_name
+        node.update({"command": f"touch {marker}", "filename": str(marker), "filemode": "w"})
+        open(cfg_path, "w").write(yaml.safe_dump(cfg))
+        os.unlink(last)
+    elif mutation == "resolver":
+        cfg = yaml.safe_load(open(cfg_path))
+        cfg["experiment"]["name"] = draw_name
+        open(cfg_path, "w").write(yaml.safe_dump(cfg))
+        os.unlink(last)
+    elif mutation == "garbage_yaml":
+        open(cfg_path, "wb").write(draw_name)
+        os.unlink(last)
+    elif mutation == "python_tag":
+        open(cfg_path, "a").write(f"evil: !!python/object/apply:os.system ['touch {marker}']\n")
+        os.unlink(last)
+    elif mutation == "deep_yaml":
+        open(cfg_path, "w").write("train: " + "[" * 3000 + "]" * 3000 + "\n")
+        os.unlink(last)
+    elif mutation == "cut_checkpoint":
+        data = open(last, "rb").read()
+        open(last, "wb").write(data[:len(data) * 2 // 3])
+    elif mutation == "link_logs":
+        shutil.rmtree(os.path.join(run, "logs"))
+        os.symlink(outside, os.path.join(run, "logs"))
+    elif mutation == "link_log_file":
+        os.unlink(os.path.join(run, "logs", "metrics.jsonl"))
+        os.symlink(os.path.join(outside, "victim.txt"), os.path.join(run, "logs", "metrics.jsonl"))
+    elif mutation == "link_checkpoint":
+        shutil.copy(last, os.path.join(outside, "other.pth"))
+        os.unlink(last)
+        os.symlink(os.path.join(outside, "other.pth"), last)
+    elif mutation == "link_config":
+        os.unlink(cfg_path)
+        os.symlink(os.path.join(outside, "victim.txt"), cfg_path)
+    elif mutation == "fifo":
+        os.unlink(os.path.join(run, "logs", "log.txt")) if os.path.exists(os.path.join(run, "logs", "log.txt")) \
+            else None
+        os.mkfifo(os.path.join(run, "logs", "log.txt"))
+    elif mutation == "torn_metrics":
+        open(os.path.join(run, "logs", "metrics.jsonl"), "a").write('{"epoch": 2, "Train/Lo')
+    elif mutation == "stale_tmp":
+        open(os.path.join(run, "models", ".last.pth.abc.tmp"), "wb").write(b"partial")
+
+
+def snapshot(folder):
+    return {os.path.relpath(os.path.join(r, f), folder): sha(os.path.join(r, f))
+            for r, _, fs in os.walk(folder) for f in fs}
+
+
+@st.composite
+def run_cases(draw):
+    mutation = draw(st.sampled_from(sorted(RUN_MUTATIONS)))
+    name = draw(st.sampled_from(DANGEROUS))
+    if mutation == "resolver":
+        name = draw(st.sampled_from(["${oc.env:HOME}", "${oc.decode:'[1]'}", "${evil:x}", "a${oc.create:{}}b",
+                                     "${ oc.env : PATH }"]))
+    elif mutation == "garbage_yaml":
+        name = draw(st.binary(max_size=200))
+    return mutation, name, draw(st.sampled_from(NAME_PATHS))
+
+
+def test_fuzz_run_directories(finished_run, tmp_path_factory, capsys):
+    seen = set()
+
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=run_cases())
+    def check(case):
+        mutation, name, path = case
+        folder = tmp_path_factory.mktemp("rundir")
+        run, outside, marker = folder / "run", folder / "outside", folder / "pwned"
+        shutil.copytree(finished_run, run)
+        outside.mkdir()
+        (outside / "victim.txt").write_text("precious\n")
+        mutate_run(str(run), str(outside), mutation, name, path, marker)
+        before = snapshot(outside)
+        capsys.readouterr()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code = train_cli.main(["resume=true", f"resume_dir={run}", "train.num_epochs=3"])
+        err = capsys.readouterr().err
+        assert code == RUN_MUTATIONS[mutation], (mutation, name, err)
+        check_message(code, err)
+        assert not marker.exists(), (mutation, name)
+        assert snapshot(outside) == before, (mutation, name)
+        seen.add(mutation)
+
+    check()
+    assert len(seen) >= 10, seen

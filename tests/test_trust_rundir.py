@@ -404,3 +404,30 @@ def test_sigterm_through_the_command_line(reach_hdf5, tmp_path, tiny):
     assert p.returncode == 143, err
     line = [ln for ln in err.splitlines() if "SIGTERM" in ln][0]
     assert "last.pth" in line and "resume_dir=" in line, line
+
+
+@pytest.mark.parametrize("entry", ["ckpt_path", "resume_dir", "eval"])
+def test_stored_resolver_refused_by_every_entry_point(finished, reach_hdf5, tmp_path, tiny, capsys, monkeypatch,
+                                                      entry):
+    """``${oc.env:...}`` planted in a checkpoint's stored config: refused (exit 2, one line, value never printed)
+    by ``experiment.ckpt_path=``, ``resume_dir=`` and ``modmimic.eval``."""
+    monkeypatch.setenv("MODMIMIC_SECRET", "hunter2")
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    last = str(run / RUN_MARKER)
+    ck = load_checkpoint(last)
+    ck["config"]["train"]["seed"] = "${oc.env:MODMIMIC_SECRET}"
+    ck["trainer_state"]["config"]["train"]["seed"] = "${oc.env:MODMIMIC_SECRET}"
+    save_checkpoint(last, ck)
+    before = sha(last)
+    if entry == "ckpt_path":
+        code = main(base(reach_hdf5, tmp_path / "o", tiny, f"experiment.ckpt_path={last}"))
+    elif entry == "resume_dir":
+        code = main(["resume=true", f"resume_dir={run}"])
+    else:
+        from modmimic.eval import main as eval_main
+
+        code = eval_main([f"checkpoint={last}", "episodes=1"])
+    line = one_line(capsys.readouterr().err)
+    assert code == 2 and "oc.env" in line and "hunter2" not in line, line
+    assert sha(last) == before
