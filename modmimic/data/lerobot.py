@@ -540,7 +540,7 @@ def load_lerobot_store(path: str, obs_keys: list[str], action_keys=("actions",),
 
     from modmimic import keys as K
     from modmimic.data import stats as S
-    from modmimic.data.hdf5 import EpisodeStore, has_obs_stats, memmap_store
+    from modmimic.data.hdf5 import EpisodeStore, check_store_size, has_obs_stats, memmap_store
     from modmimic.data.rowfile import RowFile
 
     obs_keys, action_keys = list(obs_keys), list(action_keys)
@@ -647,6 +647,7 @@ def load_lerobot_store(path: str, obs_keys: list[str], action_keys=("actions",),
             for fd in fds.values():
                 os.close(fd)
 
+    check_store_size(path, n_total, width, [(k, str(k), sh) for k, sh in shapes.items()], [], memmap_dir)
     memmap_path, reused = None, False
     if memmap_dir is None:
         flat = torch.empty((n_total, width), dtype=torch.float32)
