@@ -67,8 +67,9 @@ def usage() -> str:
             "tracebacks.")
 
 
-def _convert(key: str, text: str):
-    typ = ARGS[key][0]
+def convert(key: str, text: str, spec: dict = ARGS):
+    """``text`` as the type ``spec[key]`` declares (``null``/``none``/``~``: None), or an :class:`ArgumentError`."""
+    typ = spec[key][0]
     if text.lower() in ("null", "none", "~"):
         return None
     if typ is bool:
@@ -83,23 +84,30 @@ def _convert(key: str, text: str):
         raise ArgumentError(f"{key} must be {typ.__name__}, got {text!r}") from None
 
 
-def parse_args(argv: list[str]) -> dict:
+def parse_kv(argv: list[str], spec: dict, prog: str) -> dict:
+    """``key=value`` arguments against ``spec`` (``{key: (type, default, help)}``): the defaults updated; unknown
+    keys name the closest known one. Shared by the CLIs that take ``key=value`` (eval, export, serve)."""
     import difflib
 
-    out = {k: d for k, (_, d, _) in ARGS.items()}
+    out = {k: d for k, (_, d, _) in spec.items()}
     for a in argv:
         if "=" not in a:
-            if a.lstrip("-") in ARGS and ARGS[a.lstrip("-")][0] is bool:
+            if a.lstrip("-") in spec and spec[a.lstrip("-")][0] is bool:
                 out[a.lstrip("-")] = True
                 continue
-            raise ArgumentError(f"arguments are key=value, got {a!r} (python -m {PROG} --help lists them)")
+            raise ArgumentError(f"arguments are key=value, got {a!r} (python -m {prog} --help lists them)")
         key, value = a.split("=", 1)
         key = key.lstrip("-").strip()
-        if key not in ARGS:
-            close = difflib.get_close_matches(key, list(ARGS), n=1)
+        if key not in spec:
+            close = difflib.get_close_matches(key, list(spec), n=1)
             raise ArgumentError(f"unknown argument {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                                + f"; known: {', '.join(ARGS)}")
-        out[key] = _convert(key, value)
+                                + f"; known: {', '.join(spec)}")
+        out[key] = convert(key, value, spec)
+    return out
+
+
+def parse_args(argv: list[str]) -> dict:
+    out = parse_kv(argv, ARGS, PROG)
     if not out["checkpoint"]:
         raise ArgumentError("checkpoint=<path.pth> is required")
     for k in ("episodes", "num_envs", "video_skip", "video_size"):
