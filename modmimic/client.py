@@ -50,7 +50,7 @@ class RemotePolicy:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             self._ws = connect(self.url, additional_headers=headers, open_timeout=timeout, compression=None,
-                               max_size=None)
+                               max_size=None).__enter__()  # held open until close() (websockets >= 17 asks)
         except InvalidStatus as e:
             code = e.response.status_code
             raise RemoteError(f"{self.url} refused the connection (HTTP {code}"

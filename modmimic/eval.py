@@ -48,6 +48,9 @@ ARGS = {
     "json": (str, None, "write the summary and every episode as JSON here"),
     "timeout": (float, 120.0, "seconds an environment worker may take to answer before it counts as hung"),
     "quiet": (bool, False, "print only the summary"),
+    "server": (str, None, "act through a policy server (python -m modmimic.serve) at host:port or ws://host:port; "
+                          "the checkpoint gives the environment and must be the one served"),
+    "token_file": (str, None, "file holding the server's token (or $MODMIMIC_SERVE_TOKEN)"),
 }
 
 
@@ -137,13 +140,14 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
              device: str = "cpu", video: str | None = None, video_skip: int = 5, video_size: int = 512,
              video_episodes: int | None = None, camera: str | None = None, write_dataset: str | None = None,
              timeout: float = 120.0, on_episode=None, json_path: str | None = None, overwrite: bool = False,
-             trusted_modules=None, group=None) -> dict:
+             trusted_modules=None, group=None, server: str | None = None, token: str | None = None) -> dict:
     """Evaluate a checkpoint (path or loaded dict). Returns the summary (:func:`modmimic.rollout.summarize` plus
     ``Episodes_per_Second``, ``Wall_Seconds``, ``env_name``, ``horizon``) with ``episodes``: one dict per episode.
     ``write_dataset``, ``video`` and ``json_path`` must not exist unless ``overwrite``; ``trusted_modules``: see
     :func:`modmimic.policy.policy_from_checkpoint`. ``group``: the processes that share the episodes (default: every
     process of a torchrun launch, see :mod:`modmimic.distributed`); every rank returns the whole summary, rank 0
-    writes the files."""
+    writes the files. ``server``: act through the policy server at that URL (``token``: its shared secret) instead of
+    loading the policy here; the checkpoint must be the one it serves (same sha256)."""
     import torch
 
     from modmimic import distributed
@@ -160,9 +164,13 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
     from modmimic.policy import policy_from_checkpoint
     from modmimic.rollout import rollout, summarize, write_episodes
 
-    policy, ckpt = policy_from_checkpoint(device=device, ckpt_path=None if isinstance(checkpoint, dict) else checkpoint,
-                                          ckpt_dict=checkpoint if isinstance(checkpoint, dict) else None,
-                                          trusted_modules=trusted_modules)
+    if server is not None:
+        policy, ckpt = remote_policy(checkpoint, server, token, seed)
+    else:
+        policy, ckpt = policy_from_checkpoint(device=device,
+                                              ckpt_path=None if isinstance(checkpoint, dict) else checkpoint,
+                                              ckpt_dict=checkpoint if isinstance(checkpoint, dict) else None,
+                                              trusted_modules=trusted_modules)
     env_meta = ckpt.get("env_metadata") or {}
     if not env_meta:
         raise EnvError("the checkpoint has no env metadata (its training dataset had no data.attrs['env_args']), so "
@@ -182,6 +190,8 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
                           env_name=env, indices=distributed.episode_share(episodes, group) if group.active else None)
     finally:
         torch.set_num_threads(threads)
+        if server is not None:
+            policy.close()
     eps = distributed.gather_episodes(eps, group)
     group.close()  # a process group this call created (torchrun); one made by the caller stays
     wall = time.perf_counter() - t0
@@ -203,6 +213,28 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
 
         atomic_write_text(json_path, json.dumps(out, indent=1))
     return out
+
+
+def remote_policy(checkpoint, server: str, token: str | None, seed: int):
+    """``(RemotePolicy, checkpoint dict)``: the served policy, checked to be ``checkpoint`` (its sha256), seeded as
+    the in-process evaluation seeds torch."""
+    from modmimic.client import RemoteError, RemotePolicy
+    from modmimic.export import sha256_file
+    from modmimic.policy import CheckpointError, load_checkpoint
+
+    if isinstance(checkpoint, dict):
+        raise ArgumentError("server= needs the checkpoint as a path (its sha256 is compared with the served one)")
+    ckpt = load_checkpoint(checkpoint)
+    try:
+        policy = RemotePolicy(server, token=token, seed=seed)
+    except (RemoteError, ValueError) as e:
+        raise ArgumentError(f"server={server}: {e}") from None
+    served, here = policy.metadata.get("checkpoint_sha256"), sha256_file(checkpoint)
+    if served != here:
+        policy.close()
+        raise CheckpointError(f"server={server} serves another checkpoint (sha256 {str(served)[:12]}...) than "
+                              f"{checkpoint} ({here[:12]}...): evaluate the checkpoint the server loaded")
+    return policy, ckpt
 
 
 def format_summary(s: dict) -> str:
@@ -269,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: {a['checkpoint']}: {a['episodes']} episodes, {a['num_envs']} env"
                   f"{'s' if a['num_envs'] > 1 else ''}, seeds {a['seed']}..{a['seed'] + a['episodes'] - 1}",
                   flush=True)
+        if a["server"] is not None or a["token_file"] is not None:
+            from modmimic.serve import read_token
+
+            a["token"] = read_token(a["token_file"])
+        a.pop("token_file")
         s = evaluate(a.pop("checkpoint"), json_path=a.pop("json"), on_episode=on_episode, **a)
         if int(os.environ.get("RANK", "0") or 0) > 0:
             return 0

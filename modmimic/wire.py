@@ -56,7 +56,7 @@ def pack(message: dict) -> bytes:
 
 
 def decode_array(d: dict, where: str = "array") -> np.ndarray:
-    """An array map back to a read-only numpy array, checked: dtype on the list, shape of non-negative ints, byte
+    """An array map back to a numpy array (a copy), checked: dtype on the list, shape of non-negative ints, byte
     count equal to the shape's."""
     dtype, shape, data = d.get("dtype"), d.get("shape"), d.get("data")
     if not isinstance(dtype, str) or dtype not in DTYPES:
@@ -75,7 +75,7 @@ def decode_array(d: dict, where: str = "array") -> np.ndarray:
     if n * dt.itemsize != len(data):
         raise WireError(f"{where}: {len(data)} bytes of data do not fill shape {shape} of {dtype} "
                         f"({n * dt.itemsize} bytes)")
-    return np.frombuffer(data, dtype=dt).reshape(shape)
+    return np.frombuffer(data, dtype=dt).reshape(shape).copy()  # writable: torch.from_numpy wants it
 
 
 def _arrays(node, where: str):
