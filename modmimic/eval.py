@@ -10,7 +10,9 @@ on process ``i mod N``, still from ``seed + i``) and gathered on rank 0, which p
 renders the video of its own episodes): the same episodes, hence the same success rate, as one process.
 ``video=<out.mp4>`` writes an MP4 (offscreen EGL rendering), ``write_dataset=<out.hdf5>`` the rollouts as a
 robomimic dataset (actions, rewards, dones, states, model_file, obs, next_obs), ``json=<out.json>`` the summary and
-every episode.
+every episode. ``server=<host:port>`` acts through a policy server (``python -m modmimic.serve``) instead of loading
+the policy here: the checkpoint still gives the environment and must be the one served (same sha256); with the same
+``seed`` the episodes equal the in-process ones.
 
 Exit status: 0 done, 2 bad input (arguments, checkpoint, an environment or observations that do not fit the
 policy), 1 failure while running (e.g. a crashed simulator), 130 interrupted. ``MODMIMIC_DEBUG=1`` prints

@@ -1,5 +1,5 @@
-"""``python -m modmimic.export checkpoint=<ckpt> format=torchscript|onnx|pt2 out=<dir> [batch=1]`` — the acting path of
-a checkpoint as a self-contained module that runs with torch alone (TorchScript, ``torch.export``) or with
+"""``python -m modmimic.export checkpoint=<ckpt> format=torchscript|onnx|pt2 out=<dir> [batch=1]`` — the acting path
+of a checkpoint as a self-contained module that runs with torch alone (TorchScript, ``torch.export``) or with
 onnxruntime alone (ONNX), plus ``manifest.json`` describing its inputs, outputs and how to drive it.
 
 What is exported (one ``nn.Module`` over plain tensors, observation keys in sorted order, as the encoders read them):
@@ -154,13 +154,14 @@ def acting_module(policy, batch: int = 1):
                           "(train.action_config format: rot_6d); exporting that conversion is not supported yet")
     from modmimic.components.nets.core import encoder_spec
 
-    spec = (encoder_spec(_plain(algo.config.observation)) if "observation" in algo.config else None) or {}
+    spec = (encoder_spec(plain_config(algo.config.observation)) if "observation" in algo.config else None) or {}
     mods = spec.get("modalities") or {}
     keys = sorted(algo.obs_shapes)
     stats = {}
     for k, st in (policy.obs_normalization_stats or {}).items():
         if k in algo.obs_shapes:
-            stats[k] = (np.asarray(st["offset"], np.float32).reshape(-1), np.asarray(st["scale"], np.float32).reshape(-1))
+            stats[k] = (np.asarray(st["offset"], np.float32).reshape(-1),
+                        np.asarray(st["scale"], np.float32).reshape(-1))
     Direct, Recurrent, Chunk = _build(policy)
     net = path.nets[path.net] if hasattr(path, "net") else None
     ac = int(algo.ac_dim)
@@ -225,7 +226,7 @@ def acting_module(policy, batch: int = 1):
     return module, example, {"inputs": inputs, "outputs": outputs, **info}
 
 
-def _plain(node):
+def plain_config(node):
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else node

@@ -81,12 +81,11 @@ def read_token(token_file: str | None) -> str | None:
 
 def metadata(policy, ckpt: dict, sha256: str) -> dict:
     """What a client needs to drive the policy."""
-    from modmimic.export import control_rate, input_dtype
-    from modmimic.export import _plain  # noqa: PLC2701
+    from modmimic.export import control_rate, input_dtype, plain_config
     from modmimic.components.nets.core import encoder_spec
 
     algo = policy.policy
-    spec = (encoder_spec(_plain(algo.config.observation)) if "observation" in algo.config else None) or {}
+    spec = (encoder_spec(plain_config(algo.config.observation)) if "observation" in algo.config else None) or {}
     mods = spec.get("modalities") or {}
     path = policy.acting_path
     chunked = hasattr(path, "Ta")
@@ -163,7 +162,13 @@ class PolicyServer:
         self.shapes = {k: tuple(v) for k, v in self.meta["obs_shapes"].items()}
         self.sessions: dict[int, Session] = {}
         self.errors = 0
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="modmimic-policy")
+        import torch
+
+        # OpenMP's thread count is per thread: the worker starts with the machine's default, not this process's
+        # setting, and oversubscribed small matmuls (LSTM, MLP) ran 5-40x slower than in-process before this
+        threads = torch.get_num_threads()
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="modmimic-policy",
+                                          initializer=torch.set_num_threads, initargs=(threads,))
         self._loop = self._server = self._thread = None
         self._ready = threading.Event()
         policy.policy.set_eval()

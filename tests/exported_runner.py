@@ -1,5 +1,6 @@
-"""Run exported modmimic policies with torch or onnxruntime alone: ``python exported_runner.py <export dir>
-<inputs.npz> <outputs.npz> [<export dir> <inputs.npz> <outputs.npz> ...]``. Importing modmimic (or its training stack: tensordict, omegaconf, hydra) is blocked, so
+"""Run exported modmimic policies with torch or onnxruntime alone:
+``python exported_runner.py <export dir> <inputs.npz> <outputs.npz> [<export dir> <inputs.npz> <outputs.npz> ...]``.
+Importing modmimic (or its training stack: tensordict, omegaconf, hydra) is blocked, so
 this proves the export needs none of it. Inputs are the npz arrays named as the manifest's inputs; outputs are written
 under the manifest's output names."""
 import importlib.abc
@@ -18,8 +19,8 @@ class Block(importlib.abc.MetaPathFinder):
 
 
 sys.meta_path.insert(0, Block())
-sys.path = [p for p in sys.path if p and os.path.abspath(p) != os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            and os.path.abspath(p) != os.path.dirname(os.path.abspath(__file__))]
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [p for p in sys.path if p and os.path.abspath(p) not in (HERE, os.path.dirname(HERE))]
 
 import numpy as np  # noqa: E402
 

@@ -252,3 +252,44 @@ def test_policy_server_class_refuses_public_address_without_token(ckpts):
     policy, ckpt = policy_from_checkpoint(ckpt_path=ckpts["bc_rnn"])
     with pytest.raises(ArgumentError, match="needs a token"):
         PolicyServer(policy, ckpt, "0" * 64, host="192.168.1.10", port=0)
+
+
+def test_wire_round_trip_and_refusals():
+    from modmimic.wire import DTYPES, WireError
+
+    for dt in sorted(DTYPES):
+        a = (np.arange(12) % 2).astype(dt).reshape(3, 4)
+        b = unpack(pack({"a": a, "n": [1, "x", None]}))
+        assert b["a"].dtype == a.dtype and np.array_equal(a, b["a"]) and b["n"] == [1, "x", None]
+    big_endian = np.arange(3, dtype=">f8")
+    assert np.array_equal(unpack(pack({"a": big_endian}))["a"], big_endian)
+    with pytest.raises(TypeError, match="cannot send"):
+        pack({"a": np.array(["s"])})
+    with pytest.raises(TypeError, match="cannot send"):
+        pack({"a": object()})
+    with pytest.raises(WireError, match="larger than the limit"):
+        unpack(pack({"a": np.zeros(100)}), max_bytes=100)
+
+
+def test_deploy_doc_snippets_run(ckpts, serve, tmp_path):
+    """docs/deploy.md's Python examples run as written (paths, URL and token swapped for this test's)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    from modmimic.export import main as export_main
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
+    inproc, remote, onnx = re.findall(r"^```python\n(.*?)^```$", doc, flags=re.S | re.M)
+    ckpt = ckpts["diffusion_policy"]
+    ns = {}
+    exec(inproc.replace("runs/test/<run>/models/last.pth", ckpt), ns)
+    assert ns["action"].shape == (2,) and ns["actions"].shape == (1, 2)
+    server = serve(ckpt, token="tok")
+    exec(remote.replace('"gpu-box:8765"', repr(server.url)).replace('open("/etc/robot/token").read().strip()',
+                                                                     '"tok"'), ns)
+    assert ns["action"].shape == (2,)
+    if all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnxscript")):
+        assert export_main([f"checkpoint={ckpt}", "format=onnx", f"out={tmp_path}"]) == 0
+        exec(onnx.replace('"export/', f'"{tmp_path}/'), ns)
+        assert ns["outputs"][0].shape == (1, 4, 2)
