@@ -913,10 +913,15 @@ class Algo:
             td[K.GOAL] = TensorDict(g, batch_size=td.batch_size, device=self.device)
         return td.to(self.device)
 
+    def new_act_path(self):
+        """A fresh acting path over this algorithm's networks (its own per-episode state), as ``act_path``."""
+        return _from_spec(self.config.act, self.paths, "act")
+
     @torch.no_grad()
-    def get_action(self, obs_dict, goal_dict=None) -> torch.Tensor:
-        """Actions ``[B, A]`` for a batch of observations (dict of ``[B, ...]`` tensors or a TensorDict)."""
-        return self.act_path(self._obs_td(obs_dict, goal_dict))
+    def get_action(self, obs_dict, goal_dict=None, act_path=None) -> torch.Tensor:
+        """Actions ``[B, A]`` for a batch of observations (dict of ``[B, ...]`` tensors or a TensorDict); ``act_path``:
+        another acting path than the algorithm's own (:meth:`new_act_path`)."""
+        return (self.act_path if act_path is None else act_path)(self._obs_td(obs_dict, goal_dict))
 
     @torch.no_grad()
     def get_state_value(self, obs_dict, goal_dict=None) -> torch.Tensor:

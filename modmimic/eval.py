@@ -10,7 +10,9 @@ on process ``i mod N``, still from ``seed + i``) and gathered on rank 0, which p
 renders the video of its own episodes): the same episodes, hence the same success rate, as one process.
 ``video=<out.mp4>`` writes an MP4 (offscreen EGL rendering), ``write_dataset=<out.hdf5>`` the rollouts as a
 robomimic dataset (actions, rewards, dones, states, model_file, obs, next_obs), ``json=<out.json>`` the summary and
-every episode.
+every episode. ``server=<host:port>`` acts through a policy server (``python -m modmimic.serve``) instead of loading
+the policy here: the checkpoint still gives the environment and must be the one served (same sha256); with the same
+``seed`` the episodes equal the in-process ones.
 
 Exit status: 0 done, 2 bad input (arguments, checkpoint, an environment or observations that do not fit the
 policy), 1 failure while running (e.g. a crashed simulator), 130 interrupted. ``MODMIMIC_DEBUG=1`` prints
@@ -48,6 +50,9 @@ ARGS = {
     "json": (str, None, "write the summary and every episode as JSON here"),
     "timeout": (float, 120.0, "seconds an environment worker may take to answer before it counts as hung"),
     "quiet": (bool, False, "print only the summary"),
+    "server": (str, None, "act through a policy server (python -m modmimic.serve) at host:port or ws://host:port; "
+                          "the checkpoint gives the environment and must be the one served"),
+    "token_file": (str, None, "file holding the server's token (or $MODMIMIC_SERVE_TOKEN)"),
 }
 
 
@@ -67,8 +72,9 @@ def usage() -> str:
             "tracebacks.")
 
 
-def _convert(key: str, text: str):
-    typ = ARGS[key][0]
+def convert(key: str, text: str, spec: dict = ARGS):
+    """``text`` as the type ``spec[key]`` declares (``null``/``none``/``~``: None), or an :class:`ArgumentError`."""
+    typ = spec[key][0]
     if text.lower() in ("null", "none", "~"):
         return None
     if typ is bool:
@@ -83,23 +89,30 @@ def _convert(key: str, text: str):
         raise ArgumentError(f"{key} must be {typ.__name__}, got {text!r}") from None
 
 
-def parse_args(argv: list[str]) -> dict:
+def parse_kv(argv: list[str], spec: dict, prog: str) -> dict:
+    """``key=value`` arguments against ``spec`` (``{key: (type, default, help)}``): the defaults updated; unknown
+    keys name the closest known one. Shared by the CLIs that take ``key=value`` (eval, export, serve)."""
     import difflib
 
-    out = {k: d for k, (_, d, _) in ARGS.items()}
+    out = {k: d for k, (_, d, _) in spec.items()}
     for a in argv:
         if "=" not in a:
-            if a.lstrip("-") in ARGS and ARGS[a.lstrip("-")][0] is bool:
+            if a.lstrip("-") in spec and spec[a.lstrip("-")][0] is bool:
                 out[a.lstrip("-")] = True
                 continue
-            raise ArgumentError(f"arguments are key=value, got {a!r} (python -m {PROG} --help lists them)")
+            raise ArgumentError(f"arguments are key=value, got {a!r} (python -m {prog} --help lists them)")
         key, value = a.split("=", 1)
         key = key.lstrip("-").strip()
-        if key not in ARGS:
-            close = difflib.get_close_matches(key, list(ARGS), n=1)
+        if key not in spec:
+            close = difflib.get_close_matches(key, list(spec), n=1)
             raise ArgumentError(f"unknown argument {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                                + f"; known: {', '.join(ARGS)}")
-        out[key] = _convert(key, value)
+                                + f"; known: {', '.join(spec)}")
+        out[key] = convert(key, value, spec)
+    return out
+
+
+def parse_args(argv: list[str]) -> dict:
+    out = parse_kv(argv, ARGS, PROG)
     if not out["checkpoint"]:
         raise ArgumentError("checkpoint=<path.pth> is required")
     for k in ("episodes", "num_envs", "video_skip", "video_size"):
@@ -129,13 +142,14 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
              device: str = "cpu", video: str | None = None, video_skip: int = 5, video_size: int = 512,
              video_episodes: int | None = None, camera: str | None = None, write_dataset: str | None = None,
              timeout: float = 120.0, on_episode=None, json_path: str | None = None, overwrite: bool = False,
-             trusted_modules=None, group=None) -> dict:
+             trusted_modules=None, group=None, server: str | None = None, token: str | None = None) -> dict:
     """Evaluate a checkpoint (path or loaded dict). Returns the summary (:func:`modmimic.rollout.summarize` plus
     ``Episodes_per_Second``, ``Wall_Seconds``, ``env_name``, ``horizon``) with ``episodes``: one dict per episode.
     ``write_dataset``, ``video`` and ``json_path`` must not exist unless ``overwrite``; ``trusted_modules``: see
     :func:`modmimic.policy.policy_from_checkpoint`. ``group``: the processes that share the episodes (default: every
     process of a torchrun launch, see :mod:`modmimic.distributed`); every rank returns the whole summary, rank 0
-    writes the files."""
+    writes the files. ``server``: act through the policy server at that URL (``token``: its shared secret) instead of
+    loading the policy here; the checkpoint must be the one it serves (same sha256)."""
     import torch
 
     from modmimic import distributed
@@ -152,9 +166,13 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
     from modmimic.policy import policy_from_checkpoint
     from modmimic.rollout import rollout, summarize, write_episodes
 
-    policy, ckpt = policy_from_checkpoint(device=device, ckpt_path=None if isinstance(checkpoint, dict) else checkpoint,
-                                          ckpt_dict=checkpoint if isinstance(checkpoint, dict) else None,
-                                          trusted_modules=trusted_modules)
+    if server is not None:
+        policy, ckpt = remote_policy(checkpoint, server, token, seed)
+    else:
+        policy, ckpt = policy_from_checkpoint(device=device,
+                                              ckpt_path=None if isinstance(checkpoint, dict) else checkpoint,
+                                              ckpt_dict=checkpoint if isinstance(checkpoint, dict) else None,
+                                              trusted_modules=trusted_modules)
     from modmimic.envs import update_env_meta
 
     experiment = (ckpt.get("config") or {}).get("experiment") or {}
@@ -177,6 +195,8 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
                           env_name=env, indices=distributed.episode_share(episodes, group) if group.active else None)
     finally:
         torch.set_num_threads(threads)
+        if server is not None:
+            policy.close()
     eps = distributed.gather_episodes(eps, group)
     group.close()  # a process group this call created (torchrun); one made by the caller stays
     wall = time.perf_counter() - t0
@@ -198,6 +218,28 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
 
         atomic_write_text(json_path, json.dumps(out, indent=1))
     return out
+
+
+def remote_policy(checkpoint, server: str, token: str | None, seed: int):
+    """``(RemotePolicy, checkpoint dict)``: the served policy, checked to be ``checkpoint`` (its sha256), seeded as
+    the in-process evaluation seeds torch."""
+    from modmimic.client import RemoteError, RemotePolicy
+    from modmimic.export import sha256_file
+    from modmimic.policy import CheckpointError, load_checkpoint
+
+    if isinstance(checkpoint, dict):
+        raise ArgumentError("server= needs the checkpoint as a path (its sha256 is compared with the served one)")
+    ckpt = load_checkpoint(checkpoint)
+    try:
+        policy = RemotePolicy(server, token=token, seed=seed)
+    except (RemoteError, ValueError) as e:
+        raise ArgumentError(f"server={server}: {e}") from None
+    served, here = policy.metadata.get("checkpoint_sha256"), sha256_file(checkpoint)
+    if served != here:
+        policy.close()
+        raise CheckpointError(f"server={server} serves another checkpoint (sha256 {str(served)[:12]}...) than "
+                              f"{checkpoint} ({here[:12]}...): evaluate the checkpoint the server loaded")
+    return policy, ckpt
 
 
 def format_summary(s: dict) -> str:
@@ -264,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: {a['checkpoint']}: {a['episodes']} episodes, {a['num_envs']} env"
                   f"{'s' if a['num_envs'] > 1 else ''}, seeds {a['seed']}..{a['seed'] + a['episodes'] - 1}",
                   flush=True)
+        if a["server"] is not None or a["token_file"] is not None:
+            from modmimic.serve import read_token
+
+            a["token"] = read_token(a["token_file"])
+        a.pop("token_file")
         s = evaluate(a.pop("checkpoint"), json_path=a.pop("json"), on_episode=on_episode, **a)
         if int(os.environ.get("RANK", "0") or 0) > 0:
             return 0

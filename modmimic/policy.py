@@ -26,6 +26,7 @@ format, which pickled numpy objects) is refused: retrain.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -402,8 +403,9 @@ class RolloutPolicy:
     """
 
     def __init__(self, policy: Algo, obs_normalization_stats=None, action_normalization_stats=None,
-                 action_keys=None, action_config=None):
+                 action_keys=None, action_config=None, act_path=None):
         self.policy = policy
+        self.act_path = act_path  # None: the algorithm's own (see fork)
         self.obs_normalization_stats = obs_normalization_stats
         self.action_normalization_stats = action_normalization_stats
         self.action_keys = list(action_keys or (list(action_normalization_stats) if action_normalization_stats else []))
@@ -445,13 +447,26 @@ class RolloutPolicy:
             return None if ac_dim is None else int(ac_dim)
         return sum((e - s) // 2 if conv else e - s for _, s, e, conv in self._segments)
 
+    def fork(self) -> "RolloutPolicy":
+        """A policy over the same networks and statistics with its own episode state: a fresh acting path built
+        from the recipe's ``act`` spec (RNN hidden state, observation history, action queues). The policy server
+        gives each client session one; the networks are shared, not copied."""
+        new = copy.copy(self)
+        new.act_path, new.num_envs = self.policy.new_act_path(), 1
+        return new
+
+    @property
+    def acting_path(self):
+        """The acting path this policy's episode state lives in."""
+        return self.policy.act_path if self.act_path is None else self.act_path
+
     def start_episode(self, num_envs: int = 1) -> None:
         self.num_envs = num_envs
         self.policy.set_eval()
-        self.policy.reset(num_envs)
+        self.acting_path.reset(num_envs)
 
     def reset_envs(self, done) -> None:
-        self.policy.reset(self.num_envs, torch.as_tensor(np.asarray(done, dtype=bool)))
+        self.acting_path.reset(self.num_envs, torch.as_tensor(np.asarray(done, dtype=bool)))
 
     def _prepare(self, ob: dict, batched: bool, keys) -> dict:
         """``keys``: the policy's observation keys (a dict of their per-step shapes, or a list)."""
@@ -474,7 +489,7 @@ class RolloutPolicy:
     def __call__(self, ob: dict, goal: dict | None = None, batched_ob: bool = False) -> np.ndarray:
         obs = self._prepare(ob, batched_ob, self.policy.obs_shapes)
         g = self._prepare(goal, batched_ob, self.policy.goal_shapes) if goal is not None and self.policy.goal_shapes else None
-        a = self.policy.get_action(obs, g).detach().cpu().numpy()
+        a = self.policy.get_action(obs, g, act_path=self.act_path).detach().cpu().numpy()
         if self._affine is not None:
             a = a * self._affine[1] + self._affine[0]
         if self._segments is not None:

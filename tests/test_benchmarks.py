@@ -30,3 +30,14 @@ def test_benchmark_runs(script, args, expected):
         assert all(v > 0 for k, v in r.items() if k in ("steps_per_s", "ms_per_step", "ratio_vs_torch", "ms_per_batch"))
         if r["workload"].startswith("torch/"):
             assert r["ratio_vs_torch"] == 1.0
+
+
+def test_inference_benchmark_runs():
+    out = subprocess.run([sys.executable, "bench_inference.py", "--recipes", "bc_rnn", "--calls", "3", "--seconds",
+                          "0.2"], cwd=os.path.join(ROOT, "benchmarks"), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    recs = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert {(r["path"], r["what"]) for r in recs} >= {("inproc", "action"), ("server", "action"),
+                                                      ("server", "clients=16"), ("torchscript", "action")}
+    assert all(r.get("p50_ms", 1) > 0 and r.get("requests_per_s", 1) > 0 for r in recs)
+    assert "| bc_rnn |" in out.stdout

@@ -235,15 +235,28 @@ class DiffusionPolicy(nn.Module):
         return self.denoiser(x_t, t, cond)
 
     @torch.no_grad()
-    def predict_chunk(self, td, generator=None) -> torch.Tensor:
+    def predict_chunk(self, td, generator=None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, Tp, A]`` actions sampled from Gaussian noise with the schedule's sampler (DDPM or DDIM), given a
-        ``[B, To]`` observation window (``[B]`` when To = 1)."""
+        ``[B, To]`` observation window (``[B]`` when To = 1). ``noise`` ``[1 + schedule.noise_draws(), B, Tp, A]``:
+        every Gaussian draw of the loop, in the order it makes them (the initial sample, then one per DDPM step
+        ``t > 0``), given instead of drawn; drawing them in that order from one generator gives the same chunk as
+        passing the generator (exported policies take the noise as an input)."""
         cond = self.condition(td)
         B = cond.shape[0]
-        x = torch.randn(B, self.prediction_horizon, self.ac_dim, generator=generator, device=cond.device,
-                        dtype=cond.dtype)
+        if noise is None:
+            x = torch.randn(B, self.prediction_horizon, self.ac_dim, generator=generator, device=cond.device,
+                            dtype=cond.dtype)
+        else:
+            want = (1 + self.schedule.noise_draws(), B, self.prediction_horizon, self.ac_dim)
+            if tuple(noise.shape) != want:
+                raise ValueError(f"diffusion noise must have shape {want}, got {tuple(noise.shape)}")
+            x = noise[0]
+        i = 1
         for t in self.schedule.timesteps():
-            x = self.schedule.step(self.denoiser(x, t, cond), t, x, generator)
+            eps = None
+            if noise is not None and t > 0 and self.schedule.sampler == "ddpm":
+                eps, i = noise[i], i + 1
+            x = self.schedule.step(self.denoiser(x, t, cond), t, x, generator, noise=eps)
         return x
 
 

@@ -131,8 +131,15 @@ class NoiseSchedule(nn.Module):
             return self._ab[prev]
         return 1.0 if (self.sampler == "ddpm" or self.set_alpha_to_one) else self._ab[0]
 
-    def step(self, out: torch.Tensor, t: int, x_t: torch.Tensor, generator=None) -> torch.Tensor:
-        """``x_{t_prev}`` from the network output at timestep ``t`` (a Python int)."""
+    def noise_draws(self) -> int:
+        """How many Gaussian draws of the sample's shape one sampling loop makes after the initial noise: DDPM one
+        per timestep ``t > 0``, DDIM none (deterministic, eta = 0)."""
+        return sum(1 for t in self._ts if t > 0) if self.sampler == "ddpm" else 0
+
+    def step(self, out: torch.Tensor, t: int, x_t: torch.Tensor, generator=None,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``x_{t_prev}`` from the network output at timestep ``t`` (a Python int). ``noise``: the DDPM draw for this
+        step (``t > 0``) given instead of drawn (exported samplers take every draw as an input)."""
         a_t, a_prev = self._ab[t], self._a_prev(t)
         x0 = predict_x0(a_t, x_t, out, self.prediction_type)
         eps = out if self.prediction_type == "epsilon" else (x_t - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
@@ -142,7 +149,8 @@ class NoiseSchedule(nn.Module):
             return ddim_step(a_t, a_prev, x0, eps)
         mean, var = ddpm_posterior(a_t, a_prev, x0, x_t)
         if t > 0:
-            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+            if noise is None:
+                noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
             mean = mean + math.sqrt(var) * noise
         return mean
 
