@@ -285,19 +285,15 @@ class NotActable:
 
 def _component(nets, spec, what: str):
     """A sub-component of an acting path: an object used as is, a network name (looked up in ``nets`` at call
-    time), or ``{fn: "package.module.Class", **kwargs}`` built as ``Class(nets, **kwargs)``."""
+    time), or ``{fn: Class, **kwargs}`` built as ``Class(nets, **kwargs)``. The application resolves a recipe's
+    dotted ``fn`` names (under its trust rules) before an acting path sees them."""
     if isinstance(spec, dict) or hasattr(spec, "items"):
         spec = dict(spec)
-        path = spec.pop("fn", None)
-        if path is None:
-            raise ValueError(f"act.{what}: a component spec needs 'fn' (the class path), got keys {sorted(spec)}")
-        from modmimic.config import ConfigError
-        from modmimic.trust import resolve  # names from a stored config resolve only inside trusted modules
-
-        try:
-            cls = resolve(path)
-        except ConfigError as e:
-            raise ValueError(f"act.{what}: {e}") from None
+        cls = spec.pop("fn", None)
+        if cls is None:
+            raise ValueError(f"act.{what}: a component spec needs 'fn' (the class), got keys {sorted(spec)}")
+        if not callable(cls):
+            raise ValueError(f"act.{what}: 'fn' must be a class or function resolved by the caller, got {cls!r}")
         return cls(nets, **spec)
     return spec
 

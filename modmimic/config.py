@@ -7,7 +7,6 @@ typos the way robomimic's key-locked configs do.
 """
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import importlib.resources
@@ -16,6 +15,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from modmimic.errors import ConfigError, closest  # noqa: F401  (re-exported: modmimic.config.ConfigError)
+from modmimic.variants import REGISTERED_ALGO_FACTORY_FUNCS
+
 STRUCTURE_SECTIONS = ("batch", "nets", "targets", "prepare", "losses", "updates", "act", "value_fns", "requires",
                       "components")
 DATA_REQUIREMENTS = ("rewards", "next_obs")  # what a recipe may declare under ``requires``
@@ -23,10 +25,6 @@ DATA_REQUIREMENTS = ("rewards", "next_obs")  # what a recipe may declare under `
 
 # ``${minus:a,b}`` = a - b: a recipe value derived from another (Diffusion Policy acts from chunk index To - 1)
 OmegaConf.register_new_resolver("minus", lambda a, b: int(a) - int(b), replace=True)
-
-
-class ConfigError(ValueError):
-    """A configuration is invalid: unknown key, wrong type, unknown recipe, or an inconsistent combination."""
 
 
 def recipes_dir() -> Path:
@@ -97,11 +95,6 @@ def recipe_description(recipe: str) -> str:
     except (OSError, ConfigError):
         pass
     return " ".join(lines)
-
-
-def closest(name: str, options) -> str:
-    m = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.5)
-    return f" (did you mean {m[0]!r}?)" if m else ""
 
 
 def check_recipe_name(recipe: str) -> None:
@@ -401,8 +394,98 @@ def compose(recipe: str = "bc", overrides=()) -> DictConfig:
             GlobalHydra.instance().clear()
     cfg = finalize(cfg)
     if overrides:
-        check_types(cfg, default_config(key))
+        check_types(cfg, reference_config(key))
+    return resolve_variants(cfg)
+
+
+def reference_config(recipe: str) -> DictConfig:
+    """The base config merged with ``recipe`` (its parents and components included), without hydra: the keys and
+    value types every composition of the recipe has. What key and type checks compare against."""
+    return OmegaConf.merge(OmegaConf.load(base_config_path()), recipe_node(recipe))
+
+
+def valid_keys(recipe: str) -> list[str]:
+    """Every leaf key of :func:`reference_config` (the keys ``compose(recipe)`` has)."""
+    return [p for p, _ in _leaf_paths(reference_config(recipe))]
+
+
+# --- robomimic's variant flags, resolved once -------------------------------------------------------------------
+#
+# robomimic picks an algorithm's variant from flags (``recipe=bc algo.rnn.enabled=true`` trains BC-RNN; an HBC whose
+# ``algo.planner.vae.enabled=false`` plans with GL). compose() resolves them into the tree it returns: the variant's
+# structure (nets, losses, updates, act, ...) with the config's values, for the recipe and for each component of a
+# hierarchical recipe. The built algorithm, config.yaml and checkpoints then carry the final structure, and nothing
+# reads a recipe file after composition.
+
+
+def variant_structure(cfg: DictConfig, recipe: str) -> DictConfig:
+    """``cfg``'s values (experiment, train, algo, observation, ...) with ``recipe``'s structure sections."""
+    base = OmegaConf.merge(OmegaConf.load(base_config_path()), recipe_node(recipe))
+    values = OmegaConf.to_container(cfg, resolve=False)
+    for s in STRUCTURE_SECTIONS + ("recipe_name",):
+        values.pop(s, None)
+    out = OmegaConf.merge(base, values)
+    validate(out)
+    OmegaConf.set_struct(out, True)
+    return out
+
+
+def with_recipe_structure(cfg: DictConfig, recipe: str) -> DictConfig:
+    """``cfg``'s values with ``recipe``'s structure (see :func:`variant_structure`)."""
+    return variant_structure(cfg, recipe)
+
+
+def resolve_variants(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with robomimic's flags applied (see above): the recipe's variant (shipped recipes only: a user's own
+    recipe keeps its structure), then each component's."""
+    flags = REGISTERED_ALGO_FACTORY_FUNCS.get(str(cfg.algo_name))
+    if flags is not None:
+        recipe = flags(cfg.algo)
+        if recipe != cfg.recipe_name and (recipes_dir() / f"{cfg.recipe_name}.yaml").is_file():
+            cfg = variant_structure(cfg, recipe)
+    if cfg.get("components"):
+        cfg = resolve_component_variants(cfg)
     return cfg
+
+
+def _own_component_structure(cfg: DictConfig, name: str) -> dict:
+    """The structure a hierarchical recipe file sets on component ``name`` besides naming its sub-recipe: what the
+    component keeps when its flags select another variant of the sub-recipe."""
+    try:
+        spec = (OmegaConf.load(find_recipe(str(cfg.recipe_name))).get("components") or {}).get(name) or {}
+    except ConfigError:
+        return {}
+    return {k: OmegaConf.to_container(v, resolve=False) if isinstance(v, (DictConfig, ListConfig)) else v
+            for k, v in spec.items() if k in STRUCTURE_SECTIONS}
+
+
+def resolve_component_variants(cfg: DictConfig) -> DictConfig:
+    """``cfg`` (hierarchical) with each component's structure replaced by the variant its own flags pick."""
+    changed = {}
+    for name, spec in cfg.components.items():
+        if spec is None:
+            continue
+        sub = component_config(cfg, name)
+        flags = REGISTERED_ALGO_FACTORY_FUNCS.get(str(sub.algo_name))
+        recipe = flags(sub.algo) if flags is not None else sub.recipe_name
+        if recipe == sub.recipe_name:
+            continue
+        node = OmegaConf.to_container(recipe_node(recipe), resolve=False)
+        graft = {k: OmegaConf.to_container(spec, resolve=False)[k] for k in COMPONENT_KEYS if k in spec}
+        graft["recipe"] = recipe
+        for s in STRUCTURE_SECTIONS:
+            if s in node:
+                graft[s] = reroot(node[s], name)
+        changed[name] = (OmegaConf.merge(graft, _own_component_structure(cfg, name)), reroot(node.get("algo") or {}, name))
+    if not changed:
+        return cfg
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    for name, (comp, algo) in changed.items():
+        out.components[name] = comp
+        out.algo[name] = OmegaConf.merge(algo, out.algo[name])
+    validate(out)
+    OmegaConf.set_struct(out, True)
+    return out
 
 
 def default_config(recipe: str) -> DictConfig:
@@ -446,7 +529,7 @@ def check_override_keys(recipe: str, overrides) -> None:
     added = [k for k in added if k.split(".", 1)[0] in FIXED_SECTIONS]
     if not overrides and not added:
         return
-    ref = compose(recipe, [])
+    ref = reference_config(recipe)
     valid = [p for p, _ in _leaf_paths(ref)]
     prefixes = {p.rsplit(".", i)[0] for p in valid for i in range(p.count(".") + 1)}
     for key in added:  # +key adds a key: only inside the open dicts of the fixed sections
@@ -593,11 +676,7 @@ def validate(cfg: DictConfig, where: str = "") -> None:
                                   f"{', '.join(COMPONENT_KEYS)} and the structure sections of its sub-recipe")
             if comp.get("recipe") is None:
                 raise ConfigError(f"components.{n}.recipe: a component names its sub-recipe")
-            try:
-                find_recipe(str(comp.recipe))
-            except ConfigError as e:
-                raise ConfigError(f"components.{n}.recipe: {e}") from None
-            component_config(cfg, n, where)
+            component_config(cfg, n, where)  # (its recipe file was read when the config was composed)
         return
     names = [n for n, spec in cfg.losses.items() if spec is not None]
     for u in cfg.updates:
@@ -771,14 +850,3 @@ def env_flag(name: str, default: bool = False) -> bool:
     return os.environ.get(name, str(int(default))) not in ("0", "", "false", "False")
 
 
-def with_recipe_structure(cfg: DictConfig, recipe: str) -> DictConfig:
-    """``cfg``'s values (experiment, train, algo, observation, ...) with ``recipe``'s structure sections."""
-    base = default_config(recipe)
-    values = OmegaConf.to_container(cfg, resolve=False)
-    for s in STRUCTURE_SECTIONS + ("recipe_name",):
-        values.pop(s, None)
-    OmegaConf.set_struct(base, False)
-    out = OmegaConf.merge(base, values)
-    validate(out)
-    OmegaConf.set_struct(out, True)
-    return out

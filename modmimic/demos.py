@@ -57,6 +57,8 @@ import time
 
 import numpy as np
 
+from modmimic.cli import ArgumentError
+
 PROG = "modmimic.demos"
 TASKS = {"Lift": "Lift", "Can": "PickPlaceCan", "PickPlaceCan": "PickPlaceCan", "Square": "NutAssemblySquare",
          "NutAssemblySquare": "NutAssemblySquare"}
@@ -750,8 +752,6 @@ ARGS = {"generate": {"task": str, "n": int, "out": str, "seed": int, "max_tries"
 REQUIRED = {"generate": ("task", "n", "out"), "expert": ("task",)}
 
 
-class ArgumentError(ValueError):
-    pass
 
 
 def parse(argv: list[str]) -> tuple[str, dict]:

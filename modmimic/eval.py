@@ -26,6 +26,8 @@ import sys
 import time
 import traceback
 
+from modmimic.cli import ArgumentError, convert, parse_kv  # noqa: F401  (re-exported)
+
 PROG = "modmimic.eval"
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 DEFAULT_SEED = 100_000  # episode i starts from seed + i; demo generation uses 0, 1, ..., training rollouts 200000+
@@ -56,10 +58,6 @@ ARGS = {
 }
 
 
-class ArgumentError(ValueError):
-    pass
-
-
 def usage() -> str:
     width = max(len(k) for k in ARGS)
     lines = "\n".join(f"  {k.ljust(width)}  {h}" + (f" (default {d})" if d is not None else "")
@@ -70,45 +68,6 @@ def usage() -> str:
             f"arguments:\n{lines}\n\n"
             "Exit status: 0 done, 1 failure while running, 2 bad input, 130 interrupted. MODMIMIC_DEBUG=1 prints "
             "tracebacks.")
-
-
-def convert(key: str, text: str, spec: dict = ARGS):
-    """``text`` as the type ``spec[key]`` declares (``null``/``none``/``~``: None), or an :class:`ArgumentError`."""
-    typ = spec[key][0]
-    if text.lower() in ("null", "none", "~"):
-        return None
-    if typ is bool:
-        if text.lower() in ("true", "1", "yes", "on"):
-            return True
-        if text.lower() in ("false", "0", "no", "off"):
-            return False
-        raise ArgumentError(f"{key} must be true or false, got {text!r}")
-    try:
-        return typ(text)
-    except ValueError:
-        raise ArgumentError(f"{key} must be {typ.__name__}, got {text!r}") from None
-
-
-def parse_kv(argv: list[str], spec: dict, prog: str) -> dict:
-    """``key=value`` arguments against ``spec`` (``{key: (type, default, help)}``): the defaults updated; unknown
-    keys name the closest known one. Shared by the CLIs that take ``key=value`` (eval, export, serve)."""
-    import difflib
-
-    out = {k: d for k, (_, d, _) in spec.items()}
-    for a in argv:
-        if "=" not in a:
-            if a.lstrip("-") in spec and spec[a.lstrip("-")][0] is bool:
-                out[a.lstrip("-")] = True
-                continue
-            raise ArgumentError(f"arguments are key=value, got {a!r} (python -m {prog} --help lists them)")
-        key, value = a.split("=", 1)
-        key = key.lstrip("-").strip()
-        if key not in spec:
-            close = difflib.get_close_matches(key, list(spec), n=1)
-            raise ArgumentError(f"unknown argument {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                                + f"; known: {', '.join(spec)}")
-        out[key] = convert(key, value, spec)
-    return out
 
 
 def parse_args(argv: list[str]) -> dict:

@@ -33,7 +33,7 @@ import os
 import sys
 import traceback
 
-from modmimic.eval import ArgumentError, parse_kv
+from modmimic.cli import ArgumentError, parse_kv
 
 PROG = "modmimic.export"
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130

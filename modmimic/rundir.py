@@ -57,7 +57,7 @@ def open_append(run_dir: str, path: str, buffering: int = -1):
         raise RunDirError(f"{path} is outside the run directory {run_dir} (a folder on the way is a link)")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
-    except OSError as e:
+    except OSError:
         if os.path.islink(path):
             raise RunDirError(f"{path} is a symbolic link; a run writes only inside its run directory") from None
         raise

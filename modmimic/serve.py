@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from modmimic.eval import ArgumentError, parse_kv
+from modmimic.cli import ArgumentError, parse_kv
 from modmimic.wire import PROTOCOL, WireError, pack, unpack
 
 PROG = "modmimic.serve"

@@ -20,6 +20,7 @@ import traceback
 import warnings
 
 from modmimic.config import ConfigError, base_config_path, compose, list_recipes, recipe_description
+from modmimic.package import check_package  # noqa: F401  (re-exported)
 
 PROG = "modmimic.train"
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
@@ -198,8 +199,7 @@ def build_config(overrides: list[str]):
             raise ConfigError(f"preset={preset} but the run in {run_dir} was trained with preset "
                               f"{cfg.get('preset', 'robomimic')!r}; drop preset= when resuming")
     else:
-        quick_check_keys(recipe or "bc", rest)
-        cfg = compose(recipe or "bc", rest)
+        cfg = compose(recipe or "bc", rest)  # keys checked first, against the recipe file, before hydra runs
     for given, entry in zip(dataset_entries(cfg), dataset_entries(with_data(cfg))):
         problem = path_problem(entry["path"])
         if problem:
@@ -209,44 +209,6 @@ def build_config(overrides: list[str]):
     if cfg.train.hdf5_memmap_dir:
         check_dir_creatable(cfg.train.hdf5_memmap_dir, "train.hdf5_memmap_dir")
     return cfg
-
-
-def quick_check_keys(recipe: str, overrides: list[str]) -> None:
-    """Unknown override keys, found from the base config and this one recipe (``recipe_node``: its parents and
-    components merged in) before hydra composes anything: a typo is reported in a fraction of the time a full
-    composition takes (which registers every recipe). Keys this check accepts are validated again by ``compose``;
-    ``tests/test_train_cli.py`` checks that both see the same keys for every recipe."""
-    from modmimic.config import check_preset_name, check_recipe_name, closest
-
-    check_recipe_name(recipe)
-    for o in overrides:
-        if o.startswith("preset="):
-            check_preset_name(o.split("=", 1)[1].strip())
-    keys = [o.split("=", 1)[0].strip() for o in overrides if "=" in o and not o.startswith(("+", "~", "hydra."))]
-    keys = [k for k in keys if k not in ("recipe", "dataset") and not k.startswith("components.")]
-    if not keys:
-        return
-    valid = quick_valid_keys(recipe)
-    prefixes = {p.rsplit(".", i)[0] for p in valid for i in range(p.count(".") + 1)}
-    for key in keys:
-        if key not in prefixes:
-            raise ConfigError(f"unknown config key {key!r}{closest(key, valid)}")
-
-
-def quick_valid_keys(recipe: str) -> list[str]:
-    """Every leaf key of the base config merged with ``recipe`` (without hydra)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from modmimic.config import base_config_path, recipe_node
-
-    def leaves(node, prefix=""):
-        if isinstance(node, DictConfig):
-            for k in node.keys():
-                yield from leaves(node._get_node(k), f"{prefix}{k}.")
-        else:
-            yield prefix[:-1]
-
-    return list(leaves(OmegaConf.merge(OmegaConf.load(base_config_path()), recipe_node(recipe))))
 
 
 def sweep_combinations(overrides: list[str]) -> list[list[str]]:
@@ -313,18 +275,6 @@ def interrupted_where(run_dir: str) -> str:
     if os.path.isfile(last):
         return f"; the last checkpoint is {last}; continue with: python -m {PROG} resume_dir={run_dir}"
     return f"; no checkpoint was written in {run_dir}"
-
-
-def check_package() -> None:
-    """A folder named ``modmimic`` in the working directory (e.g. the directory above a clone) shadows the installed
-    package as a namespace package, which imports modules but lacks the package's attributes; say so."""
-    import modmimic
-
-    if getattr(modmimic, "__file__", None) is None or not hasattr(modmimic, "__version__"):
-        where = ", ".join(getattr(modmimic, "__path__", []) or ["?"])
-        raise ConfigError(f"'modmimic' is imported as a namespace package from {where}, not as the installed package: "
-                          "a folder named modmimic/ (probably the clone itself) in the current directory or on "
-                          "PYTHONPATH shadows it. Run from another directory, e.g. cd into the clone")
 
 
 # --- warnings ---------------------------------------------------------------------------------------------------
@@ -482,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     install_warning_format(PROG)
     args = quote_paths(rewrite_dataset(args))
-    _, overrides, multirun = split_args(args)
+    flags, overrides, multirun = split_args(args)
     try:  # compose and validate every job before anything runs
         check_package()
         jobs = sweep_combinations(overrides) if multirun else [overrides]
@@ -491,7 +441,10 @@ def main(argv: list[str] | None = None) -> int:
         return report(e)
     _FAILURES.clear()
     try:
-        _run_hydra(args, None if multirun else cfgs[0])
+        if not multirun and not flags:  # one run, no hydra flag: its config is built; hydra would compose it again
+            _task(overrides, False, cfgs[0])
+        else:
+            _run_hydra(args, None if multirun else cfgs[0])
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_FAILURE)
     except BaseException as e:  # noqa: BLE001 - hydra itself failed

@@ -51,6 +51,7 @@ from modmimic.algo import Algo, NonFiniteLossError, algo_factory
 from modmimic.config import ConfigError, all_obs_keys, compose, finalize, save_config_yaml, to_plain
 from modmimic.data.default import default_dataset_path
 from modmimic.memory import available_memory_bytes
+from modmimic.package import check_package
 from modmimic.data.hdf5 import DatasetError, EpisodeStore, load_episode_store
 from modmimic.data.requirements import check_requirements
 from modmimic.data.meta import (MetaSampler, check_same_layout, dataset_names, dataset_probabilities,
@@ -889,8 +890,6 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
 
 def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSignals") -> dict:
     t_start = time.perf_counter()
-    from modmimic.train import check_package
-
     check_package()  # a folder named modmimic/ shadowing the package would fail only when a checkpoint is written
     cfg = with_data(cfg)
     device = device_of(cfg)

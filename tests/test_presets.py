@@ -64,10 +64,10 @@ def test_a_recipe_uses_the_nearest_entry_along_its_defaults_chain(tmp_path):
 
 
 def test_every_preset_sets_only_keys_every_recipe_has():
-    from modmimic.train import quick_valid_keys
+    from modmimic.config import valid_keys
 
     for r in list_recipes():
-        valid = set(quick_valid_keys(r))
+        valid = set(valid_keys(r))
         for p in list_presets():
             values = OmegaConf.to_container(preset_values(p, r), resolve=False)
             assert {k for k, _ in _leaves(values)} <= valid, (p, r)

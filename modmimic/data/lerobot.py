@@ -30,7 +30,6 @@ processes, straight into the store (RAM, or the memory-mapped store's row files)
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
 import json
 import os
@@ -49,7 +48,7 @@ FLOAT_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int6
 
 
 def _error(msg: str) -> Exception:
-    from modmimic.data.hdf5 import DatasetError
+    from modmimic.data.episodes import DatasetError
 
     return DatasetError(msg)
 
@@ -540,7 +539,7 @@ def load_lerobot_store(path: str, obs_keys: list[str], action_keys=("actions",),
 
     from modmimic import keys as K
     from modmimic.data import stats as S
-    from modmimic.data.hdf5 import EpisodeStore, check_store_size, has_obs_stats, memmap_store
+    from modmimic.data.episodes import EpisodeStore, check_store_size, has_obs_stats, memmap_store
     from modmimic.data.rowfile import RowFile
 
     obs_keys, action_keys = list(obs_keys), list(action_keys)
@@ -669,14 +668,4 @@ def load_lerobot_store(path: str, obs_keys: list[str], action_keys=("actions",),
         action_moments=act_moments, memmap_path=memmap_path, memmap_reused=reused, tasks=tasks)
 
 
-def folder_digest(root: str) -> str:
-    """BLAKE2b over every file of a dataset folder (relative path and bytes), for the memory-mapped store's key."""
-    h = hashlib.blake2b()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = os.path.join(dirpath, name)
-            h.update(os.path.relpath(p, root).encode() + b"\0")
-            with open(p, "rb") as f:
-                h.update(hashlib.file_digest(f, "blake2b").digest())
-    return h.hexdigest()
+from modmimic.data.episodes import folder_digest  # noqa: E402,F401  (re-exported)

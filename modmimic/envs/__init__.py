@@ -20,19 +20,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-ROBOSUITE_TYPE, GYM_TYPE, IG_MOMART_TYPE = 1, 2, 3
-TYPE_NAMES = {ROBOSUITE_TYPE: "robosuite", GYM_TYPE: "gym", IG_MOMART_TYPE: "iGibson MOMART"}
-# gym env names "<namespace>/<id>" that a benchmark adapter serves (not gymnasium.make): namespace -> module, class
-GYM_NAMESPACES = {"Meta-World": ("modmimic.envs.metaworld_env", "MetaWorldEnv")}
-NO_SUCCESS_SIGNAL = "none"  # an adapter's ``success_signal`` when the environment reports no success at all
-
-
-class EnvError(ValueError):
-    """Environment metadata that no adapter can build (unknown type or name, bad kwargs), or a missing simulator."""
-
-
-class SimulatorNotInstalled(EnvError, ImportError):
-    """The simulator a dataset needs is not importable."""
+from modmimic.envs.base import (GYM_NAMESPACES, GYM_TYPE, IG_MOMART_TYPE, NO_SUCCESS_SIGNAL,  # noqa: F401
+                                 ROBOSUITE_TYPE, TYPE_NAMES, EnvError, SimulatorNotInstalled)
 
 
 @runtime_checkable

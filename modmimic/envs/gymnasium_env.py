@@ -30,7 +30,7 @@ import warnings
 
 import numpy as np
 
-from modmimic.envs import GYM_TYPE, NO_SUCCESS_SIGNAL, EnvError, SimulatorNotInstalled
+from modmimic.envs.base import GYM_TYPE, NO_SUCCESS_SIGNAL, EnvError, SimulatorNotInstalled
 
 SUCCESS_INFO_KEYS = ("is_success", "success")  # recognised without configuration, in this order
 

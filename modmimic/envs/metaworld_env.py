@@ -33,7 +33,7 @@ import warnings
 
 import numpy as np
 
-from modmimic.envs import GYM_TYPE, EnvError, SimulatorNotInstalled
+from modmimic.envs.base import GYM_TYPE, EnvError, SimulatorNotInstalled
 
 if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):  # headless: MuJoCo renders through EGL
     os.environ["MUJOCO_GL"] = "egl"

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from modmimic.envs import GYM_TYPE, EnvError
+from modmimic.envs.base import GYM_TYPE, EnvError
 
 SUCCESS_RADIUS = 0.05
 STEP_SCALE = 0.1

@@ -27,7 +27,7 @@ import warnings
 
 import numpy as np
 
-from modmimic.envs import ROBOSUITE_TYPE, EnvError, SimulatorNotInstalled
+from modmimic.envs.base import ROBOSUITE_TYPE, EnvError, SimulatorNotInstalled
 
 # robosuite and MuJoCo pick the OpenGL backend when they are imported; headless machines need EGL (or OSMesa).
 if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):

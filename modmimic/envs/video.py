@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from modmimic.envs import SimulatorNotInstalled
+from modmimic.envs.base import SimulatorNotInstalled
 
 
 class VideoWriter:
