@@ -279,7 +279,7 @@ class Builder:
     def _build_nets(self, config, scope, nets, shapes, where) -> None:
         p = self.program
         try:
-            encoder = encoder_spec(to_plain(config.observation))
+            encoder = resolve_encoder_classes(encoder_spec(to_plain(config.observation)))
         except ValueError as e:
             raise ConfigError(f"{where('observation')}: {e}") from None
         for name, spec in config.nets.items():
@@ -450,6 +450,28 @@ def _obs_tensor(v, device) -> torch.Tensor:
     """An observation as a tensor on ``device``: uint8 (images) kept as is, anything else float32."""
     t = torch.as_tensor(v)
     return t.to(device) if t.dtype == torch.uint8 else t.to(device=device, dtype=torch.float32)
+
+
+ENCODER_CLASS_KEYS = ("core_class", "backbone_class", "obs_randomizer_class")
+
+
+def resolve_encoder_classes(spec):
+    """An encoder spec (:func:`encoder_spec`) whose core, backbone and randomizer classes given by dotted path
+    (``mypkg.vit.ViTTrunk``) are resolved to the classes under the trust rules; robomimic's names
+    (``VisualCore``, ``ResNet18Conv``, ``CropRandomizer``) stay names the networks look up."""
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: (resolve_names(v) if k in ENCODER_CLASS_KEYS else walk(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    def resolve_names(v):
+        if isinstance(v, list):
+            return [resolve_names(x) for x in v]
+        return resolve(v) if isinstance(v, str) and "." in v else v
+
+    return walk(spec) if spec else spec
 
 
 def _resolve_nested(spec: dict, where: str) -> dict:

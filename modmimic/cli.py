@@ -44,3 +44,31 @@ def parse_kv(argv: list[str], spec: dict, prog: str) -> dict:
                                 + f"; known: {', '.join(spec)}")
         out[key] = convert(key, value, spec)
     return out
+
+
+EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def report(e: BaseException, prog: str, labels=(), failure: str = "failed", interrupted=("interrupted.", 130)) -> int:
+    """Print one line on stderr for ``e`` and return the exit status: ``labels`` (``[(exception class, label)]``,
+    checked in order) and :class:`ArgumentError` are bad input (2); Ctrl-C is ``interrupted`` (message, status);
+    anything else is a failure (1) naming where it was raised. ``MODMIMIC_DEBUG=1`` prints the traceback first."""
+    import os
+    import sys
+    import traceback
+
+    if os.environ.get("MODMIMIC_DEBUG", "0") not in ("0", ""):
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    label = next((text for cls, text in labels if isinstance(e, cls)), None)
+    if isinstance(e, KeyboardInterrupt):
+        (msg, code) = interrupted
+    elif isinstance(e, ArgumentError):
+        msg, code = f"{e} (python -m {prog} --help lists the arguments)", EXIT_BAD_INPUT
+    elif label is not None:
+        msg, code = f"{label}: {' '.join(str(e).split())}", EXIT_BAD_INPUT
+    else:
+        tb = traceback.extract_tb(e.__traceback__)
+        at = f" (raised at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno} in {tb[-1].name})" if tb else ""
+        msg, code = f"{failure} with {type(e).__name__}: {' '.join(str(e).split())[:500]}{at}", EXIT_FAILURE
+    print(f"{prog}: {msg}", file=sys.stderr, flush=True)
+    return code

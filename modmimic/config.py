@@ -534,10 +534,11 @@ def check_override_keys(recipe: str, overrides) -> None:
     prefixes = {p.rsplit(".", i)[0] for p in valid for i in range(p.count(".") + 1)}
     for key in added:  # +key adds a key: only inside the open dicts of the fixed sections
         parents = [key.rsplit(".", i)[0] for i in range(1, key.count(".") + 1)]
-        if key in prefixes or any(p in OPEN_DICTS or _is_empty_dict(ref, p) for p in parents):
+        if key in prefixes or any(p in OPEN_DICTS or p.endswith("_kwargs") or _is_empty_dict(ref, p)
+                                  for p in parents):
             continue
         raise ConfigError(f"unknown config key {key!r}{closest(key, valid)}: +key adds a key only inside the open "
-                          f"dicts ({', '.join(OPEN_DICTS)} and the empty {{}} kwargs dicts); the sections "
+                          f"dicts ({', '.join(OPEN_DICTS)} and the *_kwargs dicts, checked by what they build); the sections "
                           f"{', '.join(FIXED_SECTIONS)} have fixed keys")
     for o in overrides:
         key, value = (x.strip() for x in o.split("=", 1))

@@ -433,9 +433,9 @@ def extract_action_dict(in_path: str, out_path: str, overwrite: bool = False) ->
                 entry.update(action_dict_of(_osc_actions(data[d], "actions_abs", d, in_path, len(a)), "abs_",
                                             with_gripper=False))
             dicts[d] = entry
-    tmp = out_path + ".partial"
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    try:
+    from modmimic.io import written_in_place
+
+    with written_in_place(out_path) as tmp:
         shutil.copyfile(in_path, tmp)
         with h5py.File(tmp, "r+") as f:
             for d, entry in dicts.items():
@@ -444,11 +444,6 @@ def extract_action_dict(in_path: str, out_path: str, overwrite: bool = False) ->
                     if k in group:
                         del group[k]
                     group.create_dataset(k, data=v)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return {"demos": len(demos), "keys": [f"action_dict/{k}" for k in dicts[demos[0]]],
             "path": os.path.abspath(out_path)}
 

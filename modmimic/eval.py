@@ -24,9 +24,8 @@ import json
 import os
 import sys
 import time
-import traceback
 
-from modmimic.cli import ArgumentError, convert, parse_kv  # noqa: F401  (re-exported)
+from modmimic.cli import ArgumentError, convert, parse_kv, report as cli_report  # noqa: F401  (re-exported)
 
 PROG = "modmimic.eval"
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
@@ -222,26 +221,10 @@ def report(e: BaseException) -> int:
     from modmimic.policy import CheckpointError
     from modmimic.rollout import RolloutError
 
-    if os.environ.get("MODMIMIC_DEBUG", "0") not in ("0", ""):
-        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
-    if isinstance(e, KeyboardInterrupt):
-        msg, code = "interrupted.", EXIT_INTERRUPTED
-    elif isinstance(e, ArgumentError):
-        msg, code = f"{e} (python -m {PROG} --help lists the arguments)", EXIT_BAD_INPUT
-    elif isinstance(e, CheckpointError):
-        msg, code = f"checkpoint error: {e}", EXIT_BAD_INPUT
-    elif isinstance(e, RolloutError):
-        msg, code = f"the policy does not fit the environment: {e}", EXIT_BAD_INPUT
-    elif isinstance(e, EnvError):
-        msg, code = f"environment error: {e}", EXIT_BAD_INPUT
-    elif isinstance(e, (ConfigError, DatasetError)):
-        msg, code = f"bad input: {e}", EXIT_BAD_INPUT
-    else:
-        tb = traceback.extract_tb(e.__traceback__)
-        at = f" (raised at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno} in {tb[-1].name})" if tb else ""
-        msg, code = f"evaluation failed with {type(e).__name__}: {e}{at}", EXIT_FAILURE
-    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
-    return code
+    return cli_report(e, PROG, [(CheckpointError, "checkpoint error"),
+                                (RolloutError, "the policy does not fit the environment"),
+                                (EnvError, "environment error"), ((ConfigError, DatasetError), "bad input")],
+                      failure="evaluation failed")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     try:
-        from modmimic.train import check_package
+        from modmimic.package import check_package
 
         check_package()
         a = parse_args(argv)

@@ -31,9 +31,8 @@ import hashlib
 import json
 import os
 import sys
-import traceback
 
-from modmimic.cli import ArgumentError, parse_kv
+from modmimic.cli import ArgumentError, parse_kv, report as cli_report
 
 PROG = "modmimic.export"
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
@@ -336,22 +335,8 @@ def report(e: BaseException) -> int:
     from modmimic.config import ConfigError
     from modmimic.policy import CheckpointError
 
-    if os.environ.get("MODMIMIC_DEBUG", "0") not in ("0", ""):
-        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
-    if isinstance(e, KeyboardInterrupt):
-        msg, code = "interrupted.", EXIT_INTERRUPTED
-    elif isinstance(e, ArgumentError):
-        msg, code = f"{e} (python -m {PROG} --help lists the arguments)", EXIT_BAD_INPUT
-    elif isinstance(e, CheckpointError):
-        msg, code = f"checkpoint error: {e}", EXIT_BAD_INPUT
-    elif isinstance(e, ExportError):
-        msg, code = f"cannot export: {e}", EXIT_BAD_INPUT
-    elif isinstance(e, ConfigError):
-        msg, code = f"bad input: {e}", EXIT_BAD_INPUT
-    else:
-        msg, code = f"export failed with {type(e).__name__}: {' '.join(str(e).split())[:500]}", EXIT_FAILURE
-    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
-    return code
+    return cli_report(e, PROG, [(CheckpointError, "checkpoint error"), (ExportError, "cannot export"),
+                                (ConfigError, "bad input")], failure="export failed")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,3 +57,24 @@ def atomic_torch_save(obj, path: str) -> None:
 
     torch.save(obj, buf)
     _atomic_write_bytes(path, lambda f: f.write(buf.getbuffer()))
+
+
+class written_in_place:
+    """``with written_in_place(out) as tmp:`` — write a whole output (an HDF5 file, a folder) at ``tmp``
+    (``<out>.partial``); it is moved over ``out`` when the block ends normally and removed when it raises, so a
+    killed or failed write never leaves a file that looks finished."""
+
+    def __init__(self, out_path: str):
+        self.out = out_path
+        self.tmp = out_path + ".partial"
+
+    def __enter__(self) -> str:
+        os.makedirs(os.path.dirname(os.path.abspath(self.out)), exist_ok=True)
+        return self.tmp
+
+    def __exit__(self, kind, value, tb):
+        if kind is None:
+            os.replace(self.tmp, self.out)
+        elif os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+        return False

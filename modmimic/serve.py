@@ -32,12 +32,11 @@ import ipaddress
 import os
 import sys
 import threading
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from modmimic.cli import ArgumentError, parse_kv
+from modmimic.cli import ArgumentError, parse_kv, report as cli_report
 from modmimic.wire import PROTOCOL, WireError, pack, unpack
 
 PROG = "modmimic.serve"
@@ -333,23 +332,8 @@ def report(e: BaseException) -> int:
     from modmimic.config import ConfigError
     from modmimic.policy import CheckpointError
 
-    if os.environ.get("MODMIMIC_DEBUG", "0") not in ("0", ""):
-        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
-    if isinstance(e, KeyboardInterrupt):
-        print(f"{PROG}: stopped.", file=sys.stderr, flush=True)
-        return 0
-    if isinstance(e, ArgumentError):
-        msg, code = f"{e} (python -m {PROG} --help lists the arguments)", EXIT_BAD_INPUT
-    elif isinstance(e, CheckpointError):
-        msg, code = f"checkpoint error: {e}", EXIT_BAD_INPUT
-    elif isinstance(e, ConfigError):
-        msg, code = f"bad input: {e}", EXIT_BAD_INPUT
-    elif isinstance(e, OSError):
-        msg, code = f"cannot serve: {e}", EXIT_BAD_INPUT
-    else:
-        msg, code = f"server failed with {type(e).__name__}: {e}", EXIT_FAILURE
-    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
-    return code
+    return cli_report(e, PROG, [(CheckpointError, "checkpoint error"), (ConfigError, "bad input"),
+                                (OSError, "cannot serve")], failure="server failed", interrupted=("stopped.", 0))
 
 
 def main(argv: list[str] | None = None) -> int:

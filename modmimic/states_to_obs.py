@@ -27,6 +27,8 @@ import time
 import h5py
 import numpy as np
 
+from modmimic.io import written_in_place
+
 from modmimic.data.hdf5 import list_demos, open_hdf5, parse_env_args, read_model_file
 
 
@@ -151,8 +153,6 @@ def states_to_obs(in_path: str, out_path: str, camera_names, camera_height: int 
     cams = camera_keys(camera_names, depth)
     jobs = [(d, None if obs_keys[d] is None else list(obs_keys[d]) + cams, next_obs) for d in demos]
 
-    tmp = out_path + ".partial"
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     pool = None
     try:
         if workers > 1:
@@ -163,7 +163,7 @@ def states_to_obs(in_path: str, out_path: str, camera_names, camera_height: int 
         else:
             _init_worker(in_path, meta, depth)
             results = map(_demo_job, jobs)
-        with open_hdf5(in_path) as fin, h5py.File(tmp, "w") as fout:
+        with written_in_place(out_path) as tmp, open_hdf5(in_path) as fin, h5py.File(tmp, "w") as fout:
             data = fout.create_group("data")
             for k, v in fin["data"].attrs.items():
                 data.attrs[k] = v
@@ -186,11 +186,6 @@ def states_to_obs(in_path: str, out_path: str, camera_names, camera_height: int 
                 if progress is not None:
                     progress(f"  {i + 1}/{len(demos)} demos ({time.perf_counter() - t0:.0f} s)")
             data.attrs["total"] = total
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     finally:
         if pool is not None:
             pool.terminate()

@@ -717,11 +717,7 @@ def resume_config(run_dir: str, overrides=()) -> DictConfig:
         check_stored_config(stored, marker, stored_config_modules())
     except StoredFileError as e:
         raise CheckpointError(str(e)) from None
-    cfg = with_overrides(OmegaConf.create(stored), overrides)
-    with open_dict(cfg):
-        cfg.resume = True
-        cfg.resume_dir = run_dir
-    return finalize(cfg)
+    return run_config(stored, overrides, resume_dir=run_dir)
 
 
 def restart_config(run_dir: str, overrides=()) -> DictConfig:
@@ -733,10 +729,15 @@ def restart_config(run_dir: str, overrides=()) -> DictConfig:
     stored = load_run_config(path, stored_config_modules())
     if "recipe_name" not in stored or not isinstance(stored.get("train"), dict):
         raise ConfigError(f"{path} is not a modmimic config; start a new run without resume=true")
+    return run_config(stored, overrides, resume_dir=None)
+
+
+def run_config(stored: dict, overrides, resume_dir: str | None) -> DictConfig:
+    """A stored run config (already checked) with ``overrides``, set to resume ``resume_dir`` (None: a new run)."""
     cfg = with_overrides(OmegaConf.create(stored), overrides)
     with open_dict(cfg):
-        cfg.resume = False
-        cfg.resume_dir = None
+        cfg.resume = resume_dir is not None
+        cfg.resume_dir = resume_dir
     return finalize(cfg)
 
 

@@ -236,11 +236,16 @@ def accepted(cls) -> set:
 
 
 def make(table: dict, name: str, input_shape, kwargs: dict | None, what: str):
-    """``table[name](input_shape, **kwargs)``. Like robomimic, kwargs that ``name`` does not take but another entry
+    """``table[name](input_shape, **kwargs)`` (``name`` may also be a class: a user's, resolved from a dotted path by
+    the application). Like robomimic, kwargs that ``name`` does not take but another entry
     of ``table`` does are left out (defaults of the other choice, e.g. ``pretrained`` for ``ShallowConv``); a kwarg
     no entry takes is an error naming it."""
+    if not isinstance(name, str) and callable(name):  # a user's class (resolved by the application)
+        table = {**table, getattr(name, "__qualname__", str(name)): name}
+        name = getattr(name, "__qualname__", str(name))
     if name not in table:
-        raise ValueError(f"unknown {what} {name!r}: expected one of {sorted(table)}")
+        raise ValueError(f"unknown {what} {name!r}: expected one of {sorted(table)} or a class by dotted path "
+                         "(mypkg.module.Class)")
     cls, kwargs = table[name], dict(kwargs or {})
     mine, known = accepted(cls), set().union(*(accepted(c) for c in table.values()))
     unknown = sorted(k for k in kwargs if k not in known)

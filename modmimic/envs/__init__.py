@@ -82,6 +82,13 @@ def update_env_meta(env_meta: dict, update: dict | None) -> dict:
     return meta
 
 
+def stored_modules():
+    """The modules a dataset's or checkpoint's ``env_args`` may name an adapter from (:mod:`modmimic.trust`)."""
+    from modmimic.trust import stored_config_modules
+
+    return stored_config_modules()
+
+
 def env_from_metadata(env_meta: dict, render: bool = False, use_image_obs: bool = False, env_name: str | None = None,
                       use_depth_obs: bool = False, **kwargs) -> Env:
     """Build the environment a dataset (or checkpoint) describes.
@@ -90,13 +97,23 @@ def env_from_metadata(env_meta: dict, render: bool = False, use_image_obs: bool 
     (``<camera>_image``, uint8 ``[H, W, 3]`` upright, cameras and sizes from ``env_kwargs``); ``use_depth_obs``: also
     ``<camera>_depth`` (float32 metres ``[H, W, 1]``);
     ``env_name`` replaces the dataset's environment name (e.g. evaluate a Lift policy in another task variant);
-    other ``kwargs`` update ``env_kwargs``.
+    other ``kwargs`` update ``env_kwargs``. ``env_args["adapter"]: "mypkg.envs.MyEnv"`` builds a user's adapter
+    (a class taking ``(env_meta, render=, use_image_obs=, use_depth_obs=)`` with the :class:`Env` methods) from a
+    module trusted with ``MODMIMIC_TRUSTED_MODULES`` (env_args are data: nothing else is imported).
     """
     meta = check_env_meta(env_meta)
     if env_name is not None:
         meta["env_name"] = env_name
     meta["env_kwargs"].update(kwargs)
     t = meta["type"]
+    if meta.get("adapter"):  # a user's adapter class, by dotted path (trusted modules only: env_args are data)
+        from modmimic.trust import resolve
+
+        try:
+            cls = resolve(str(meta["adapter"]), trusted=stored_modules())
+        except ValueError as e:
+            raise EnvError(f"env_args adapter: {e}") from None
+        return cls(meta, render=render, use_image_obs=use_image_obs, use_depth_obs=use_depth_obs)
     if t == ROBOSUITE_TYPE:
         from modmimic.envs.robosuite_env import RobosuiteEnv
 
