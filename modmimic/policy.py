@@ -139,9 +139,6 @@ def _weights_only_reason(e: BaseException) -> str:
     m = re.search(r"GLOBAL ([\w.]+)", text)
     if m:
         return f"it names the callable {m.group(1)}"
-    m = re.search(r"Unsupported operand (\d+)", text)
-    if m:
-        return f"pickle opcode {int(m.group(1))!r} ({chr(int(m.group(1)))!r}) is not one a data file needs"
     return "an object that is not a tensor, number, string or container"
 
 
@@ -155,6 +152,12 @@ def read_checkpoint_file(path: str):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - refused pickles, truncated files, not a torch file at all
         text = str(e).lower()
+        op = re.search(r"unsupported operand (\d+)", text)
+        if op:  # not a pickle of plain data: random bytes, or a protocol-0/1 pickle (its first opcode is refused)
+            code = int(op.group(1))
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: refused: it is not a torch file of plain data (pickle opcode {code} "
+                f"{chr(code)!r} is not one a checkpoint uses); nothing in it was run") from None
         if "weights only" in text or "weights_only" in text:
             raise CheckpointError(
                 f"{path}: refused: it contains pickled objects that would run code when loaded "
@@ -489,7 +492,8 @@ class RolloutPolicy:
     def __call__(self, ob: dict, goal: dict | None = None, batched_ob: bool = False) -> np.ndarray:
         obs = self._prepare(ob, batched_ob, self.policy.obs_shapes)
         g = self._prepare(goal, batched_ob, self.policy.goal_shapes) if goal is not None and self.policy.goal_shapes else None
-        a = self.policy.get_action(obs, g, act_path=self.act_path).detach().cpu().numpy()
+        a = (self.policy.get_action(obs, g) if self.act_path is None else
+             self.policy.get_action(obs, g, act_path=self.act_path)).detach().cpu().numpy()
         if self._affine is not None:
             a = a * self._affine[1] + self._affine[0]
         if self._segments is not None:

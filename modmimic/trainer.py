@@ -802,6 +802,93 @@ def restore_run(algo: Algo, data: TrainData, ckpt: dict, source: str) -> tuple[i
     return start_epoch, global_step, best, done_steps
 
 
+# --- the parts of a run -----------------------------------------------------------------------------------------
+
+def epoch_lengths(cfg: DictConfig, data: TrainData) -> tuple[int, int | None, dict]:
+    """Gradient steps per epoch, validation steps per epoch, and per co-training dataset (robomimic: a full pass
+    over the split when ``experiment.*_every_n_steps`` is null)."""
+    batch = int(cfg.train.batch_size)
+    n_train = cfg.experiment.epoch_every_n_steps or max(1, len(data.train_sampler) // batch)
+    n_valid = cfg.experiment.validation_epoch_every_n_steps
+    if data.valid_sampler is not None and n_valid is None:
+        n_valid = max(1, len(data.valid_sampler) // batch)
+    n_sets = {name: cfg.experiment.validation_epoch_every_n_steps or max(1, len(s) // batch)
+              for name, s in data.valid_sets.items()}
+    return int(n_train), n_valid, n_sets
+
+
+def setup_rollouts(cfg: DictConfig, rollout_fn, progress, group, env_meta: dict, start_epoch: int,
+                   last_epoch: int):
+    """``(rollout function or None, why not)`` for this invocation: the default simulator rollouts for ``"auto"``,
+    shared over the ranks under torchrun, the environment made now when a rollout is due (so a missing simulator
+    shows at start-up); a warning when rollouts are enabled but unavailable."""
+    why = None
+    if not cfg.experiment.rollout.enabled:
+        return None, None
+    if isinstance(rollout_fn, str) and rollout_fn == "auto":
+        rollout_fn, why = default_rollout_fn(progress)
+        if why is not None:
+            why = f"no simulator installed: {why}"
+    if rollout_fn is not None and group.active:  # episodes split over the ranks (or rank 0 alone plays them)
+        rollout_fn = distributed.shared_rollouts(rollout_fn, group)
+    if rollout_fn is not None and any(rollout_due(cfg, e) for e in range(start_epoch, last_epoch + 1)):
+        rollout_fn, why = prepare_rollouts(rollout_fn, cfg, env_meta)
+    if rollout_fn is None and why is not None:
+        warnings.warn(f"experiment.rollout.enabled is true, but environment rollouts are unavailable ({why}): they "
+                      "are skipped (set experiment.rollout.enabled=false to silence this)", stacklevel=3)
+    return rollout_fn, why
+
+
+def validate_epoch(algo: Algo, data: TrainData, n_valid: int, n_sets: dict, epoch: int, group, progress,
+                   desc: str) -> tuple[dict, float]:
+    """``(Valid/* scalars, seconds)`` of one validation pass (co-training: then each dataset's own, as
+    ``Valid/<name>/*``); nothing is stepped."""
+    with torch.no_grad():
+        m = group.mean_metrics(run_epoch(algo, data.valid_sampler, n_valid, epoch, validate=True, progress=progress,
+                                         desc=f"{desc} valid"))
+        scalars, seconds = namespaced("Valid", m), 60 * m["Time_Epoch"]
+        for name, sampler in data.valid_sets.items():
+            m = group.mean_metrics(run_epoch(algo, sampler, n_sets[name], epoch, validate=True, progress=progress,
+                                             desc=f"{desc} valid {name}"))
+            seconds += 60 * m["Time_Epoch"]
+            scalars.update(per_dataset_scalars(name, m))
+    algo.set_train()
+    return scalars, seconds
+
+
+def checkpoint_names(save_cfg, epoch: int, valid_loss, rollout: dict | None, best: dict,
+                     since_last_save: float) -> tuple[list, dict, bool, bool]:
+    """Which checkpoints epoch ``epoch`` writes besides ``last.pth`` (robomimic's ``experiment.save`` rules):
+    ``(names, best scores updated, new best success rate?, periodic save?)``."""
+    best, names, new_best_rollout = dict(best), [], False
+    if valid_loss is not None and valid_loss < best["valid_loss"]:
+        best["valid_loss"] = valid_loss
+        if save_cfg.enabled:
+            names.append("best_validation.pth")
+            if save_cfg.on_best_validation:
+                names.append(f"model_epoch_{epoch}_best_validation_{valid_loss:.6g}.pth")
+    if rollout:
+        sr = [m["Success_Rate"] for m in rollout.values() if "Success_Rate" in m]
+        ret = [m["Return"] for m in rollout.values() if "Return" in m]
+        if sr and float(np.mean(sr)) > best["success_rate"]:
+            best["success_rate"], new_best_rollout = float(np.mean(sr)), True
+            if save_cfg.enabled:
+                names.append("best_rollout_success.pth")
+                if save_cfg.on_best_rollout_success_rate:
+                    names.append(f"model_epoch_{epoch}_success_{best['success_rate']:.4g}.pth")
+        if ret and float(np.mean(ret)) > best["return"]:
+            best["return"] = float(np.mean(ret))
+            if save_cfg.enabled and save_cfg.on_best_rollout_return:
+                names.append(f"model_epoch_{epoch}_return_{best['return']:.4g}.pth")
+    periodic = bool(save_cfg.enabled and (
+        (save_cfg.every_n_epochs and epoch % int(save_cfg.every_n_epochs) == 0)
+        or epoch in list(save_cfg.epochs or [])
+        or (save_cfg.every_n_seconds and since_last_save > save_cfg.every_n_seconds)))
+    if periodic:
+        names.append(f"model_epoch_{epoch}.pth")
+    return names, best, new_best_rollout, periodic
+
+
 # --- checkpoints ------------------------------------------------------------------------------------------------
 
 def recipe_sources(config: DictConfig) -> list:
@@ -918,18 +1005,8 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
     # a resumed run's config was read back from its run directory: its callables resolve only in trusted modules
     with trusting(stored_config_modules() if resume else None):
         algo = algo_factory(cfg.algo_name, cfg, data.obs_shapes, data.ac_dim, device)
-    n_train = cfg.experiment.epoch_every_n_steps
-    if n_train is None:  # robomimic: a full pass over the train split
-        n_train = max(1, len(data.train_sampler) // int(cfg.train.batch_size))
-    n_valid = cfg.experiment.validation_epoch_every_n_steps
-    if data.valid_sampler is not None and n_valid is None:
-        n_valid = max(1, len(data.valid_sampler) // int(cfg.train.batch_size))
-    n_valid_sets = {name: cfg.experiment.validation_epoch_every_n_steps or
-                    max(1, len(s) // int(cfg.train.batch_size)) for name, s in data.valid_sets.items()}
-    num_epochs = int(cfg.train.num_epochs)
-    stop_after = cfg.train.get("stop_after_epoch")
-    if stop_after is not None and (not isinstance(stop_after, int) or isinstance(stop_after, bool) or stop_after < 1):
-        raise ConfigError(f"train.stop_after_epoch must be a positive int or null, got {stop_after!r}")
+    n_train, n_valid, n_valid_sets = epoch_lengths(cfg, data)
+    num_epochs, stop_after = int(cfg.train.num_epochs), cfg.train.get("stop_after_epoch")
     last_epoch = num_epochs if stop_after is None else min(num_epochs, int(stop_after))
 
     # state that a resume restores
@@ -983,20 +1060,8 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
         logger = distributed.NullLogger()
         progress = False
     save_cfg = cfg.experiment.save
-    why = None
-    if not cfg.experiment.rollout.enabled:
-        rollout_fn = None
-    elif isinstance(rollout_fn, str) and rollout_fn == "auto":
-        rollout_fn, why = default_rollout_fn(progress)
-        if why is not None:
-            why = f"no simulator installed: {why}"
-    if rollout_fn is not None and group.active:  # episodes split over the ranks (or rank 0 alone plays them)
-        rollout_fn = distributed.shared_rollouts(rollout_fn, group)
-    if rollout_fn is not None and any(rollout_due(cfg, e) for e in range(start_epoch, last_epoch + 1)):
-        rollout_fn, why = prepare_rollouts(rollout_fn, cfg, data.env_meta)
-    if cfg.experiment.rollout.enabled and rollout_fn is None and why is not None:
-        warnings.warn(f"experiment.rollout.enabled is true, but environment rollouts are unavailable ({why}): they "
-                      "are skipped (set experiment.rollout.enabled=false to silence this)", stacklevel=2)
+    rollout_fn, why = setup_rollouts(cfg, rollout_fn, progress, group, data.env_meta, start_epoch, last_epoch)
+
     def save(names: list, epoch: int, global_step: int, epoch_step: int) -> None:
         """Checkpoints ``names`` of the state after ``epoch`` whole epochs and ``epoch_step`` steps of the next."""
         trainer_state = {"rng": rng_state(),
@@ -1051,20 +1116,9 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
                 algo.on_epoch_end(epoch)
                 scalars = namespaced("Train", train_m)
                 if data.valid_sampler is not None:
-                    with torch.no_grad():
-                        valid_m = run_epoch(algo, data.valid_sampler, n_valid, epoch, validate=True,
-                                            progress=progress, desc=f"{desc} valid")
-                        valid_m = group.mean_metrics(valid_m)
-                    scalars.update(namespaced("Valid", valid_m))
-                    epoch_seconds["valid"] = 60 * valid_m["Time_Epoch"]
-                    for name, sampler in data.valid_sets.items():  # co-training: each dataset's own validation
-                        with torch.no_grad():
-                            m = group.mean_metrics(run_epoch(algo, sampler, n_valid_sets[name], epoch,
-                                                             validate=True, progress=progress,
-                                                             desc=f"{desc} valid {name}"))
-                        epoch_seconds["valid"] += 60 * m["Time_Epoch"]
-                        scalars.update(per_dataset_scalars(name, m))
-                    algo.set_train()
+                    valid_scalars, epoch_seconds["valid"] = validate_epoch(algo, data, n_valid, n_valid_sets, epoch,
+                                                                           group, progress, desc)
+                    scalars.update(valid_scalars)
                 rollout = None
                 if rollout_fn is not None and rollout_due(cfg, epoch):
                     if policy is None:
@@ -1085,34 +1139,11 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
                         final_rollout = (epoch, rollout)
                 scalars["System/RAM Usage (MB)"] = _ram_mb()
 
-                # which checkpoints this epoch writes
-                names = []
-                valid_loss = scalars.get("Valid/Loss")
-                if valid_loss is not None and valid_loss < best["valid_loss"]:
-                    best["valid_loss"] = valid_loss
-                    if save_cfg.enabled:
-                        names.append("best_validation.pth")
-                        if save_cfg.on_best_validation:
-                            names.append(f"model_epoch_{epoch}_best_validation_{valid_loss:.6g}.pth")
-                if rollout:
-                    sr = [m["Success_Rate"] for m in rollout.values() if "Success_Rate" in m]
-                    ret = [m["Return"] for m in rollout.values() if "Return" in m]
-                    if sr and float(np.mean(sr)) > best["success_rate"]:
-                        best["success_rate"] = float(np.mean(sr))
-                        best_rollout = (epoch, rollout)
-                        if save_cfg.enabled:
-                            names.append("best_rollout_success.pth")
-                            if save_cfg.on_best_rollout_success_rate:
-                                names.append(f"model_epoch_{epoch}_success_{best['success_rate']:.4g}.pth")
-                    if ret and float(np.mean(ret)) > best["return"]:
-                        best["return"] = float(np.mean(ret))
-                        if save_cfg.enabled and save_cfg.on_best_rollout_return:
-                            names.append(f"model_epoch_{epoch}_return_{best['return']:.4g}.pth")
-                if save_cfg.enabled and (
-                        (save_cfg.every_n_epochs and epoch % int(save_cfg.every_n_epochs) == 0)
-                        or epoch in list(save_cfg.epochs or [])
-                        or (save_cfg.every_n_seconds and time.time() - last_save_time > save_cfg.every_n_seconds)):
-                    names.append(f"model_epoch_{epoch}.pth")
+                names, best, new_best_rollout, periodic = checkpoint_names(
+                    save_cfg, epoch, scalars.get("Valid/Loss"), rollout, best, time.time() - last_save_time)
+                if new_best_rollout:
+                    best_rollout = (epoch, rollout)
+                if periodic:
                     last_save_time = time.time()
 
                 logger.record(epoch, scalars, step=global_step)

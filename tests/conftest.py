@@ -1,6 +1,14 @@
 """Shared fixtures: a tiny generated reach dataset and overrides that make any recipe train in a blink."""
-import pytest
-import torch
+import os
+
+# headless: MuJoCo picks its GL backend when first imported (any test module may import robosuite or Meta-World
+# at collection), so choose EGL before anything else does, as modmimic.envs does
+if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+    os.environ["MUJOCO_GL"] = "egl"
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # tiny networks on a shared 2-core machine: one intra-op thread is several times faster than two
 torch.set_num_threads(1)

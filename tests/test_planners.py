@@ -8,7 +8,7 @@ from tensordict import TensorDict
 from modmimic import keys as K
 from modmimic.algo import algo_factory
 from modmimic.components import batching
-from modmimic.components.acting import Hierarchical, NotActable, ValuePlanner
+from modmimic.components.acting import Hierarchical, NotActable, Recurrent, ValuePlanner
 from modmimic.components.losses.planner import (latent_subgoal_targets, predicted_subgoals, subgoal_mse,
                                                 subgoal_vae_elbo)
 from modmimic.components.nets.planner import (LATENT_SUBGOAL, GLVAEPlanner, gl_planner, gl_vae_planner,
@@ -337,9 +337,9 @@ def test_hierarchical_with_planner_and_recurrent_actor_networks():
         "value": ValueNet({"pos": (2,)}, layer_dims=[8]),
         "actor": policy(SHAPES, 2, goal_shapes={"pos": (2,)}, goal_group=K.SUBGOAL, backbone="rnn",
                         rnn={"hidden_dim": 8, "num_layers": 1})})
-    h = Hierarchical(nets, planner={"fn": "modmimic.components.acting.ValuePlanner", "planner": "planner",
+    h = Hierarchical(nets, planner={"fn": ValuePlanner, "planner": "planner",
                                     "value": "value", "num_samples": 5},
-                     actor={"fn": "modmimic.components.acting.Recurrent", "net": "actor", "horizon": 4},
+                     actor={"fn": Recurrent, "net": "actor", "horizon": 4},
                      subgoal_update_interval=2)
     h.reset(3)
     with torch.no_grad():
