@@ -210,7 +210,7 @@ def tiny_json(algo_name: str, changes: dict, tiny, recipe: str, obs: list[str]) 
     for g in groups.get(algo_name, [""]):
         prefix = f"observation.{g}." if g else "observation."
         set_key(cfg, prefix + "modalities.obs.low_dim", obs)
-        if "planner" in g:
+        if g.endswith("planner"):
             set_key(cfg, prefix + "modalities.subgoal.low_dim", obs)
     for k, v in {"train.num_epochs": 1, "experiment.epoch_every_n_steps": 2, "train.batch_size": 4,
                  "experiment.rollout.enabled": False, "experiment.validation_epoch_every_n_steps": 1,
