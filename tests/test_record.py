@@ -17,7 +17,9 @@ HORIZON = 40
 class Reach(gymnasium.Env):
     """A point moves by 0.1 * action toward a goal; success (reward 1, terminated) within 0.05 of it."""
 
-    def __init__(self, dict_obs: bool = True):
+    metadata = {"render_modes": []}
+
+    def __init__(self, dict_obs: bool = True, render_mode=None):
         self.dict_obs = dict_obs
         box = spaces.Box(-2.0, 2.0, (2,), np.float32)
         self.observation_space = (spaces.Dict({"pos": box, "goal": box}) if dict_obs
@@ -85,7 +87,7 @@ def test_record_dict_env_writes_robomimic_layout(tmp_path):
                     assert np.array_equal(g[f"obs/{k}"][t], obs[k])
                 a = expert(obs)
                 np.testing.assert_allclose(g["actions"][t], a, rtol=1e-6)
-                obs, r, term, trunc, _ = env.step(g["actions"][t])
+                obs, r, term, trunc, _ = env.step(g["actions"][t].astype(np.float32))  # as the adapter steps
                 for k in ("pos", "goal"):
                     assert np.array_equal(g[f"next_obs/{k}"][t], obs[k])
                 assert g["rewards"][t] == r and g["dones"][t] == int(term or t == T - 1)
@@ -151,7 +153,7 @@ def test_cli_trust_and_bad_input(tmp_path, capsys, monkeypatch):
     before = out.read_bytes()
     assert demos_main(args) == 2 and "exists" in capsys.readouterr().err  # never replaced
     assert out.read_bytes() == before
-    for bad, says in [("policy=test_record:nothing", "cannot be imported"), ("policy=notamodule", "module:callable"),
+    for bad, says in [("policy=test_record:nothing", "cannot import"), ("policy=notamodule", "module:callable"),
                       ("env=NoSuchEnv-v9", "NoSuchEnv"), ("episodes=0", "episodes")]:
         k = bad.split("=")[0]
         argv = [a if not a.startswith(k + "=") else bad for a in args]
@@ -173,11 +175,10 @@ def test_recorded_file_trains_and_evaluates(tmp_path, monkeypatch, tiny):
                        "train.num_epochs=3", "experiment.epoch_every_n_steps=100", "train.batch_size=32",
                        "algo.actor_layer_dims=[64,64]", "algo.optim_params.policy.learning_rate.initial=0.003",
                        "experiment.rollout.enabled=true", "experiment.rollout.n=4", f"experiment.rollout.horizon={HORIZON}",
-                       "experiment.rollout.rate=100", "experiment.logging.log_tb=false"]) == 0
+                       "experiment.rollout.rate=100", "experiment.logging.log_tb=false", "experiment.render_video=false"]) == 0
     ckpt = next((tmp_path / "runs" / "test").iterdir()) / "models" / "last.pth"
     js = tmp_path / "eval.json"
     assert eval_main([f"checkpoint={ckpt}", "episodes=10", f"json={js}"]) == 0
     summary = json.loads(js.read_text())
-    assert summary["env"] == "RecordReachDict-v0" if "env" in summary else True
-    rate = summary.get("success_rate", summary.get("summary", {}).get("success_rate"))
-    assert rate is not None and rate >= 0.5  # BC of the straight-line expert reaches most goals
+    assert summary["env_name"] == "RecordReachDict-v0" and summary["Num_Episodes"] == 10
+    assert summary["Success_Rate"] >= 0.5  # BC of the straight-line expert reaches most goals (7/10 measured)
