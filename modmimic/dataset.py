@@ -9,6 +9,8 @@
     python -m modmimic.dataset merge <a.hdf5> <b.hdf5> [...] -o <out.hdf5> [--overwrite]
     python -m modmimic.dataset filter <file.hdf5> --name K [--success | --failed] [--min-return R] [--max-return R]
         [--min-length N] [--max-length N] [--demos demo_0,demo_3 | --demos @list.txt] [--from-key K] [--overwrite]
+    python -m modmimic.dataset playback <file.hdf5> -o <out.mp4> [--demos demo_0,...] [--filter-key K]
+        [--from auto|images|states] [--camera agentview] [--size 256] [--fps 20] [--overwrite]
     python -m modmimic.dataset convert <in> <out> --to lerobot|robomimic [--lossless] [--codec libsvtav1|h264|hevc]
         [--crf N] [--fps 20] [--task TEXT] [--filter-key K] [--env-name NAME] [--workers 2] [--overwrite]
 
@@ -28,6 +30,10 @@ attributes kept); inputs that disagree (``env_args``, an attribute, the per-step
 file and key, and nothing is written. ``filter`` writes ``mask/<name>``: the demos (of ``--from-key``) that meet
 every criterion given (success: a demo's ``success`` attribute, else a reward of 1 at some step; return: the sum of
 its rewards; length: its steps; an explicit demo list). Nothing else in the file changes.
+
+``playback`` writes demos as one MP4 (robomimic's ``playback_dataset.py``): their stored ``<camera>_image`` frames,
+or (``--from states``, or when there are no images) each stored simulator state restored in the environment
+``env_args`` rebuild and rendered.
 
 ``states_to_obs`` re-renders observations (camera images, depth) from the stored simulator states
 (:mod:`modmimic.states_to_obs`, robomimic's ``dataset_states_to_obs``).
@@ -652,6 +658,92 @@ def write_filter_key(path: str, name: str, demos: list[str], overwrite: bool = F
     return demos
 
 
+# --- playback ---------------------------------------------------------------------------------------------------
+
+def playback(path: str, out: str, demos: list[str] | None = None, filter_key: str | None = None,
+             source: str = "auto", camera: str | None = None, size: int = 256, fps: int = 20,
+             overwrite: bool = False) -> dict:
+    """Demos as one MP4 (robomimic's ``playback_dataset.py``): from their stored images (``obs/<camera>_image``) or
+    from their simulator ``states`` (each state restored with ``reset_to`` in the environment ``env_args`` rebuild,
+    then rendered from ``camera`` at ``size`` x ``size``). ``source="auto"``: images when the demos have them, else
+    states. The video appears complete or not at all; an existing ``out`` is replaced only with ``overwrite``."""
+    from modmimic.envs.video import VideoWriter
+
+    if source not in ("auto", "images", "states"):
+        raise ToolError(f"--from must be images or states, got {source!r}")
+    if os.path.lexists(out) and not overwrite:
+        raise ToolError(f"{out} exists; pass --overwrite to replace it")
+    if size < 16 or fps < 1:
+        raise ToolError(f"--size must be >= 16 and --fps >= 1, got {size} and {fps}")
+    with _open(path) as f:
+        names = demo_names(f, filter_key, path)
+        if demos:
+            unknown = [d for d in demos if d not in f["data"]]
+            if unknown:
+                raise ToolError(f"{path}: no demo {unknown[0]!r}")
+            names = list(demos)
+        first = f["data"][names[0]]
+        images = sorted(k for k in (first["obs"] if "obs" in first else ()) if k.endswith("_image"))
+        if source == "auto":
+            source = ("images" if images and (camera is None or f"{camera}_image" in images or "states" not in first)
+                      else "states")
+        env = None
+        if source == "images":
+            key = f"{camera}_image" if camera else (images[0] if images else None)
+            if key is None or key not in images:
+                raise ToolError(f"{path}: no stored images" + (f" of camera {camera!r}" if camera else "")
+                                + (f" (it has {', '.join(images)})" if images else "") + "; use --from states")
+        else:
+            missing = [d for d in names if "states" not in f["data"][d]]
+            if missing:
+                raise ToolError(f"{path}: data/{missing[0]}/states is missing; play back from images (--from images)")
+            env = _playback_env(f, path)
+        tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.partial-{os.getpid()}.mp4")
+        frames = 0
+        try:
+            with VideoWriter(tmp, fps=fps) as video:
+                for d in names:
+                    g = f["data"][d]
+                    if env is None:
+                        for img in g[f"obs/{key}"]:
+                            video.append(img[..., :3] if img.shape[-1] >= 3 else np.repeat(img, 3, axis=-1))
+                            frames += 1
+                        continue
+                    from modmimic.data.hdf5 import read_model_file
+
+                    states = g["states"][()]
+                    env.reset_to({"model": read_model_file(g), "states": states[0]})
+                    for st in states:
+                        env.reset_to({"states": st})
+                        video.append(env.render(height=size, width=size, camera_name=camera or _default_camera(env)))
+                        frames += 1
+            os.replace(tmp, out)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        finally:
+            if env is not None:
+                env.close()
+    return {"path": os.path.abspath(out), "demos": len(names), "frames": frames, "source": source}
+
+
+def _playback_env(f: h5py.File, path: str):
+    from modmimic.envs import EnvError, env_from_metadata
+
+    env_meta = _env_args(f, path)
+    if not env_meta:
+        raise ToolError(f"{path}: no data.attrs['env_args'], so there is no simulator to play the states in")
+    try:
+        return env_from_metadata(env_meta, render=True)
+    except EnvError as e:
+        raise ToolError(f"{path}: cannot rebuild its environment to play back states ({e})") from None
+
+
+def _default_camera(env):
+    return "agentview" if getattr(env, "type", None) == 1 else None
+
+
 # --- info of a LeRobotDataset folder ----------------------------------------------------------------------------
 
 def lerobot_info(root: str, filter_key: str | None = None) -> dict:
@@ -770,6 +862,17 @@ def parser() -> argparse.ArgumentParser:
     fl.add_argument("--demos", default=None, help="comma-separated demo names (demo_0,demo_7) or @file (one a line)")
     fl.add_argument("--from-key", default=None, help="choose among the demos of mask/<KEY>")
     fl.add_argument("--overwrite", action="store_true", help="replace an existing mask/<NAME>")
+    pb = sub.add_parser("playback", help="demos to an MP4, from their stored images or their simulator states")
+    pb.add_argument("path")
+    pb.add_argument("-o", "--out", required=True, help="the MP4 file")
+    pb.add_argument("--demos", default=None, help="comma-separated demo names (default: every demo)")
+    pb.add_argument("--filter-key", default=None, help="the demos of mask/<KEY>")
+    pb.add_argument("--from", dest="source", default="auto", choices=["auto", "images", "states"])
+    pb.add_argument("--camera", default=None, help="camera (images: <camera>_image; states: the render camera, "
+                    "robosuite's agentview by default)")
+    pb.add_argument("--size", type=int, default=256, help="--from states: rendered height and width")
+    pb.add_argument("--fps", type=int, default=20)
+    pb.add_argument("--overwrite", action="store_true", help="replace an existing video")
     c = sub.add_parser("convert", help="robomimic HDF5 <-> LeRobotDataset; Minari / D4RL -> robomimic HDF5")
     c.add_argument("path")
     c.add_argument("out")
@@ -867,6 +970,17 @@ def main(argv=None) -> int:
             return 0
         if args.command == "filter":
             return run_filter(args)
+        if args.command == "playback":
+            from modmimic.envs import EnvError
+
+            demos = [d.strip() for d in args.demos.split(",") if d.strip()] if args.demos else None
+            try:
+                s = playback(args.path, args.out, demos, args.filter_key, args.source, args.camera, args.size,
+                             args.fps, args.overwrite)
+            except EnvError as e:
+                raise ToolError(str(e)) from None
+            print(f"{PROG}: wrote {s['frames']} frames of {s['demos']} demos (from {s['source']}) to {s['path']}")
+            return 0
         if args.command == "info":
             from modmimic.data.lerobot import is_lerobot_root
 
