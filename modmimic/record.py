@@ -238,7 +238,8 @@ def record(env: str, policy: str, episodes: int, out: str, only_success: bool = 
             for _ in range(max_steps):
                 state = None
                 if has_state:
-                    state = environment.get_state()["states"] if rec._episode["actions"] else start["states"]
+                    state = (environment.get_state(include_model=False)["states"] if rec._episode["actions"]
+                             else start["states"])
                 action = np.asarray(act(obs["flat"] if box and set(obs) == {"flat"} else obs), dtype=np.float64)
                 if action.shape != (environment.action_dimension,):
                     raise RecordError(f"policy {policy!r} returned an action of shape {action.shape}; {env} takes "

@@ -159,6 +159,9 @@ def build_config(overrides: list[str]):
     from modmimic.dataset import DatasetNotFound, dataset_entries, with_data
     from modmimic.logger import check_dir_creatable, find_run_dir, unfinished_run
 
+    from modmimic.robomimic_config import expand_args
+
+    overrides = expand_args(list(overrides))  # config=<robomimic.json> (main has expanded it already)
     values = _parse(overrides)
     recipe = values.get("recipe")
     rest = [o for o in overrides if not o.startswith("recipe=")]
