@@ -198,7 +198,6 @@ def explain(recipe: str, overrides=()) -> str:
 
 USAGE = f"""usage: python -m {PROG} list
        python -m {PROG} explain <recipe name or path.yaml> [preset=<name>] [dataset=<hdf5>] [key=value ...]
-
        python -m {PROG} export <recipe> --robomimic [-o <file.json>] [preset=<name>] [key=value ...]
 
 list     every recipe (shipped, and those in $MODMIMIC_RECIPE_PATH) with its description, then the presets

@@ -28,9 +28,11 @@ import copy
 import fnmatch
 import functools
 import math
+import re
 
 from modmimic.config import ConfigError, closest
 
+_DICT_KEY = re.compile(r"[A-Za-z_][\w/\-+.@]*")
 SECTIONS = ("experiment", "train", "algo", "observation", "meta")  # robomimic's config sections
 _ANY = object()
 
@@ -168,13 +170,15 @@ def hydra_value(v, key: str = "") -> str:
     if isinstance(v, float):
         return repr(v)
     if isinstance(v, str):
-        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        # hydra's quoted strings: backslashes are literal except before a quote or the closing quote
+        return "'" + re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, v).replace("'", "\\'") + "'"
     if isinstance(v, list):
         return "[" + ",".join(hydra_value(x, key) for x in v) + "]"
     if isinstance(v, dict):
         for k in v:
-            if not isinstance(k, str) or not k.isidentifier():
-                raise ConfigError(f"robomimic config key {key}: dict key {k!r} is not a plain name")
+            if not isinstance(k, str) or not _DICT_KEY.fullmatch(k):
+                raise ConfigError(f"robomimic config key {key}: dict key {k!r} is not a plain name (letters, digits "
+                                  "and _ / - + . @)")
         return "{" + ",".join(f"{k}:{hydra_value(x, key)}" for k, x in v.items()) + "}"
     raise ConfigError(f"robomimic config key {key}: unsupported value {v!r}")
 
@@ -198,7 +202,7 @@ def to_overrides(data: dict, source: str = "config", skip=()) -> tuple[str, list
     by_algo = ROBOMIMIC_ONLY_BY_ALGO.get(data["algo_name"], {})
     given = dict(leaves({s: data[s] for s in SECTIONS if s in data}))
     subgoal = PLANNER_SUBGOAL.get(data["algo_name"])
-    out = []
+    out, opened = [], set()
     for key, value in given.items():
         if key in skip or any(key.startswith(s + ".") for s in skip):
             continue
@@ -216,13 +220,19 @@ def to_overrides(data: dict, source: str = "config", skip=()) -> tuple[str, list
                               f"({subgoal}{key[len(ACTOR_GOAL):]}={planner!r}); robomimic rewrites it too")
         if value == {} and key in prefixes:
             continue  # empty kwargs: the class defaults, which modmimic's config holds
-        open_dict = any(key.startswith(d + ".") for d in OPEN_DICTS)
-        if key not in ref and not open_dict:
+        open_dict = next((d for d in OPEN_DICTS if key.startswith(d + ".")), None)
+        if open_dict is not None:  # user data (action keys such as "action/eef_pos"): merged in as one dict
+            if open_dict not in opened and open_dict not in skip:
+                opened.add(open_dict)
+                section, _, rest = open_dict.partition(".")
+                out.append(f"++{open_dict}={hydra_value(data[section][rest], open_dict)}")
+            continue
+        if key not in ref:
             if key in prefixes:  # a section replaced by a plain value
                 raise ConfigError(f"{source}: {key} is a section in modmimic's {recipe} config, got {value!r}")
             raise ConfigError(f"{source}: robomimic config key {key!r} cannot be honoured: modmimic's {recipe} "
                               f"config has no such setting{closest(key, list(ref))}")
-        out.append(f"{'++' if open_dict else ''}{key}={hydra_value(value, key)}")
+        out.append(f"{key}={hydra_value(value, key)}")
     return recipe, out
 
 
@@ -242,6 +252,8 @@ def expand_args(args: list[str]) -> list[str]:
         path = path[1:-1]
     rest = [a for a in args if not a.startswith("config=")]
     skip = {a.split("=", 1)[0].lstrip("+~") for a in rest if "=" in a and not a.startswith("-")}
+    if "dataset" in skip:  # dataset=<path> is train.data
+        skip.add("train.data")
     recipe, overrides = to_overrides(load(path), path, skip)
     return [f"recipe={recipe}", *overrides, *rest]
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from modmimic.config import ConfigError, compose, to_plain
-from modmimic.robomimic_config import compose_json, expand_args, leaves, to_robomimic
+from modmimic.robomimic_config import compose_json, expand_args, leaves, recipe_defaults, to_robomimic
 from modmimic.train import main
 from robomimic_layout import LOW_DIM, config, set_key
 
@@ -87,7 +87,7 @@ CASES = [
 def reference(algo_name, version, changes, recipe, extra):
     """The same configuration from the recipe and overrides: the robomimic defaults it differs in, then the edits."""
     base = dict(leaves(config(algo_name, version)))
-    ref = dict(leaves(to_plain(compose(recipe, []))))
+    ref = dict(leaves(recipe_defaults(recipe)))
     # robomimic's dump holds every key: where the recipe's default differs, the JSON's value is an override too
     defaults = {k: v for k, v in base.items() if k in ref and ref[k] != v and v != {}
                 and not k.startswith("observation.actor.modalities.goal.")}
@@ -111,11 +111,17 @@ def test_json_composes_to_recipe_plus_overrides(algo_name, version, changes, rec
     for k, v in leaves(edited(algo_name, version, changes)):
         if v != {} and not k.startswith("observation.actor.modalities.goal.") and k in got:
             assert got[k] == v, k
-    # and back: the export holds the same values, and composes to the same config again
+
+
+@pytest.mark.parametrize("case", [7, 17, 18, 19, 20], ids=lambda i: f"{CASES[i][3]}-{i}")
+def test_export_composes_back_to_the_same_config(case, tmp_path):
+    algo_name, version, changes, recipe, _ = CASES[case]
+    cfg = compose_json(write(tmp_path, edited(algo_name, version, changes)))
     out, left = to_robomimic(cfg)
-    assert set(left) <= {"experiment.rollout.at_end"}
-    again = compose_json(write(tmp_path, out, "again.json"), ["experiment.rollout.at_end=" +
-                                                              str(cfg.experiment.rollout.at_end).lower()])
+    assert set(left) <= {"experiment.rollout.at_end"}  # the only modmimic key off robomimic's behaviour here
+    assert set(out) == {"algo_name", "experiment", "train", "algo", "observation", "meta"}
+    again = compose_json(write(tmp_path, json.loads(json.dumps(out)), "again.json"),
+                         ["experiment.rollout.at_end=" + str(cfg.experiment.rollout.at_end).lower()])
     assert to_plain(again) == to_plain(cfg)
 
 
@@ -124,7 +130,7 @@ def test_robomimic_defaults_match_modmimic_base_recipes():
     allowed = {"train.output_dir", "train.hdf5_load_next_obs", "observation.actor.modalities.goal.low_dim",
                "experiment.rollout.enabled", "train.seq_length", "algo.vae.enabled"}
     for name in ("bc", "bcq", "cql", "iql", "td3_bc", "hbc", "iris", "diffusion_policy"):
-        ref = dict(leaves(to_plain(compose(name, []))))
+        ref = dict(leaves(recipe_defaults(name)))
         diff = {k for k, v in leaves(config(name)) if k in ref and ref[k] != v and v != {}}
         assert diff <= allowed, (name, diff - allowed)
 
@@ -139,6 +145,16 @@ def test_command_line_overrides_and_dataset_win(tmp_path, reach_hdf5):
     assert not any(a.startswith("train.data=[") or a == "train.batch_size=100" for a in args)
     got = compose(args[0].split("=", 1)[1], args[1:])
     assert got.train.data == str(reach_hdf5) and got.train.batch_size == 7
+
+
+def test_strings_reach_the_config_exactly(tmp_path):
+    cfg = config("bc", "0.5")
+    cfg["experiment"]["name"] = "it's a \\ test, (1) été"
+    cfg["train"]["data"] = "data dir/x,y=1 'q'\\.hdf5"
+    cfg["train"]["action_config"] = {"actions": {"normalization": "min_max"}, "action/eef": {"normalization": None}}
+    got = compose_json(write(tmp_path, cfg))
+    assert got.experiment.name == cfg["experiment"]["name"] and got.train.data == cfg["train"]["data"]
+    assert to_plain(got.train.action_config) == cfg["train"]["action_config"]
 
 
 def test_cfg_job_prints_the_translated_config(tmp_path, capsys):
@@ -222,9 +238,10 @@ def tiny_json(algo_name: str, changes: dict, tiny, recipe: str, obs: list[str]) 
 TRAIN = [
     ("bc", {"algo.rnn.enabled": True, "algo.gmm.enabled": True, "train.seq_length": 4, "algo.rnn.horizon": 4},
      "bc_rnn_gmm"),
-    ("bc", {"algo.vae.enabled": True, "algo.vae.prior.learn": True, "algo.vae.prior.use_gmm": True}, "bc_vae"),
-    ("bc", {"algo.transformer.enabled": True, "train.frame_stack": 3, "algo.transformer.context_length": 3},
-     "bc_transformer"),
+    pytest.param("bc", {"algo.vae.enabled": True, "algo.vae.prior.learn": True, "algo.vae.prior.use_gmm": True},
+                 "bc_vae", marks=pytest.mark.slow),
+    pytest.param("bc", {"algo.transformer.enabled": True, "train.frame_stack": 3,
+                        "algo.transformer.context_length": 3}, "bc_transformer", marks=pytest.mark.slow),
     ("bcq", {"algo.critic.distributional.enabled": True, "algo.critic.value_bounds": [0.0, 1.0]},
      "bcq_distributional"),
     ("cql", {}, "cql"),
@@ -240,7 +257,8 @@ TRAIN = [
 ]
 
 
-@pytest.mark.parametrize("algo_name,changes,recipe", TRAIN, ids=[t[2] for t in TRAIN])
+@pytest.mark.parametrize("algo_name,changes,recipe", TRAIN,
+                         ids=[(t.values if hasattr(t, "values") else t)[2] for t in TRAIN])
 def test_each_family_trains_from_its_json(algo_name, changes, recipe, reach_hdf5, tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = tiny_json(algo_name, changes, tiny, recipe, ["pos", "goal_pos", "vel"])
