@@ -38,7 +38,7 @@ def as_overrides(changes: dict) -> list[str]:
 # (algo_name, version, changes written into the JSON, recipe, extra overrides the recipe needs to equal it)
 CASES = [
     pytest.param("bc", "0.5", {}, "bc", [], marks=pytest.mark.slow),
-    ("bc", "0.3", {"algo.actor_layer_dims": [64, 64]}, "bc", []),
+    pytest.param("bc", "0.3", {"algo.actor_layer_dims": [64, 64]}, "bc", [], marks=pytest.mark.slow),
     ("bc", "0.5", {"algo.gaussian.enabled": True, "algo.gaussian.fixed_std": True}, "bc_gaussian", []),
     ("bc", "0.5", {"algo.gmm.enabled": True, "algo.gmm.num_modes": 3}, "bc_gmm", []),
     ("bc", "0.5", {"algo.vae.enabled": True, "algo.vae.prior.learn": True, "algo.vae.prior.is_conditioned": True,
@@ -55,8 +55,8 @@ CASES = [
                    "algo.optim_params.policy.learning_rate.decay_factor": 1.0,
                    "algo.optim_params.policy.learning_rate.epoch_schedule": [100],
                    "algo.optim_params.policy.regularization.L2": 0.01}, "bc_transformer", []),
-    ("bc", "0.5", {"algo.transformer.enabled": True, "algo.gmm.enabled": True, "train.frame_stack": 10},
-     "bc_transformer_gmm", []),
+    pytest.param("bc", "0.5", {"algo.transformer.enabled": True, "algo.gmm.enabled": True, "train.frame_stack": 10},
+                 "bc_transformer_gmm", [], marks=pytest.mark.slow),
     pytest.param("bcq", "0.5", {}, "bcq", [], marks=pytest.mark.slow),
     ("bcq", "0.3", {"algo.action_sampler.vae.enabled": False, "algo.action_sampler.gmm.enabled": True}, "bcq_gmm", []),
     ("bcq", "0.5", {"algo.critic.distributional.enabled": True, "algo.critic.value_bounds": [-1.0, 1.0],
