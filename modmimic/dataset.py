@@ -6,6 +6,11 @@
         [--camera-height 84] [--camera-width 84] [--depth] [--workers N] [--exclude-next-obs] [--compress]
         [--overwrite]
     python -m modmimic.dataset extract_action_dict <in.hdf5> <out.hdf5> [--overwrite]
+    python -m modmimic.dataset merge <a.hdf5> <b.hdf5> [...] -o <out.hdf5> [--overwrite]
+    python -m modmimic.dataset filter <file.hdf5> --name K [--success | --failed] [--min-return R] [--max-return R]
+        [--min-length N] [--max-length N] [--demos demo_0,demo_3 | --demos @list.txt] [--from-key K] [--overwrite]
+    python -m modmimic.dataset playback <file.hdf5> -o <out.mp4> [--demos demo_0,...] [--filter-key K]
+        [--from auto|images|states] [--camera agentview] [--size 256] [--fps 20] [--overwrite]
     python -m modmimic.dataset convert <in> <out> --to lerobot|robomimic [--lossless] [--codec libsvtav1|h264|hevc]
         [--crf N] [--fps 20] [--task TEXT] [--filter-key K] [--env-name NAME] [--workers 2] [--overwrite]
 
@@ -15,6 +20,20 @@ the actions lie in [-1, 1] (robomimic's requirement unless ``train.action_config
 makes a violation exit with status 1). It also runs training's structural checks (:mod:`modmimic.data.check`):
 a file that training would refuse (a demo without steps, a dataset whose row count differs from ``num_samples``,
 non-numeric observations or actions, NaN/Inf in what training reads) is listed and exits with status 2.
+
+``info <LeRobotDataset folder>`` prints the same for a LeRobotDataset (v2.x, v3.0): the keys as training reads
+them (``obs/state``, ``obs/<cam>_image`` ...) with their LeRobot features, the splits as filter keys, the task
+strings; missing data or video files and row counts that disagree with ``meta/info.json`` exit with status 2.
+
+``merge`` writes several robomimic files as one (demos renumbered in input order, filter keys, ``env_args`` and
+attributes kept); inputs that disagree (``env_args``, an attribute, the per-step datasets) are an error naming the
+file and key, and nothing is written. ``filter`` writes ``mask/<name>``: the demos (of ``--from-key``) that meet
+every criterion given (success: a demo's ``success`` attribute, else a reward of 1 at some step; return: the sum of
+its rewards; length: its steps; an explicit demo list). Nothing else in the file changes.
+
+``playback`` writes demos as one MP4 (robomimic's ``playback_dataset.py``): their stored ``<camera>_image`` frames,
+or (``--from states``, or when there are no images) each stored simulator state restored in the environment
+``env_args`` rebuild and rendered.
 
 ``states_to_obs`` re-renders observations (camera images, depth) from the stored simulator states
 (:mod:`modmimic.states_to_obs`, robomimic's ``dataset_states_to_obs``).
@@ -276,6 +295,8 @@ def _fmt(v):
 def print_info(info: dict, out=None) -> None:
     p = lambda *a: print(*a, file=out or sys.stdout)  # noqa: E731
     p(f"file:         {info['path']}" + (f"  (filter key {info['filter_key']})" if info["filter_key"] else ""))
+    if info.get("format"):
+        p(f"format:       {info['format']}, {info['fps']} fps; keys as modmimic reads them (feature in brackets)")
     p(f"demos:        {info['num_demos']}")
     p(f"samples:      {info['num_samples']}" + ("" if info["total_attr"] in (None, info["num_samples"]) or
                                                   info["filter_key"] else f"  (data.attrs['total'] says "
@@ -284,13 +305,17 @@ def print_info(info: dict, out=None) -> None:
     p(f"demo length:  min {L['min']}  mean {L['mean']:.1f}  max {L['max']}")
     env = info["env_meta"]
     if env is None:
-        p("env:          (no data.attrs['env_args'])")
+        p("env:          " + ("(none in meta/info.json: training runs without rollouts unless experiment.env names "
+                              "one)" if info.get("format") else "(no data.attrs['env_args'])"))
     else:
         kinds = {1: "robosuite", 2: "gym", 3: "ig_momart"}
         p(f"env:          {env.get('env_name')}  type {env.get('type')} ({kinds.get(env.get('type'), '?')})  "
           f"version {env.get('env_version')}")
         p(f"env kwargs:   {json.dumps(env.get('env_kwargs', {}), sort_keys=True)[:400]}")
     p("filter keys:  " + (", ".join(f"{k} ({n} demos)" for k, n in sorted(info["filter_keys"].items())) or "(none)"))
+    if info.get("tasks"):
+        p(f"tasks:        {len(info['tasks'])}: " + "; ".join(info["tasks"][:5]) + (" ..." if len(info["tasks"]) > 5
+                                                                                    else ""))
     if info.get("mix"):
         p("mix:          " + ", ".join(f"{k} {m.get('fraction')} ({m.get('demos')} demos, {m.get('successes')} "
                                        f"successful)" for k, m in info["mix"].items()))
@@ -302,6 +327,8 @@ def print_info(info: dict, out=None) -> None:
             extra += f"  MISSING in {e['missing_in']} demos"
         if e.get("non_finite_in"):
             extra += f"  NaN/Inf in {e['non_finite_in']} demos"
+        if e.get("feature"):
+            extra += f"  [{e['feature']}" + (f", {e['storage']}" if e.get("storage") else "") + "]"
         p(f"  {k.ljust(width)}  {str(tuple(e['shape'])):<14} {e['dtype']:<8} [{_fmt(e['min'])}, {_fmt(e['max'])}]{extra}")
     for w in info.get("warnings", []):
         p(f"WARNING: {w}")
@@ -448,6 +475,339 @@ def extract_action_dict(in_path: str, out_path: str, overwrite: bool = False) ->
             "path": os.path.abspath(out_path)}
 
 
+# --- merge ------------------------------------------------------------------------------------------------------
+
+MERGE_ATTRS_SKIP = ("total", "env_args")  # data.attrs recomputed (total) or compared as JSON (env_args)
+
+
+def _attr_equal(a, b) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except (TypeError, ValueError):
+        return a == b
+
+
+def _env_args(f: h5py.File, path: str):
+    from modmimic.stored import loads_json
+
+    raw = f["data"].attrs.get("env_args")
+    if raw is None:
+        return None
+    try:
+        return loads_json(raw, f"{path}: data.attrs['env_args']")
+    except ConfigError as e:
+        raise ToolError(str(e)) from None
+
+
+def _step_layout(group: h5py.Group) -> dict:
+    """``{per-step dataset: shape per step}`` of one demo's training datasets (obs, next_obs, actions, ...)."""
+    return {name: tuple(ds.shape[1:]) for name, ds in C.walk_datasets(group) if C.is_training_dataset(name)}
+
+
+def merge_datasets(paths: list[str], out: str, overwrite: bool = False) -> dict:
+    """Several robomimic HDF5 files into one: demos renumbered ``demo_0..`` in input order (each copied whole:
+    datasets, compression, attributes), every filter key kept (``mask/<k>`` lists the renamed demos of every input
+    that has ``k``), ``env_args`` and the other ``data``/file attributes kept. Inputs that disagree (different
+    ``env_args``, an attribute with different values, demos with different per-step datasets or shapes) are an
+    error naming the file and the key, and nothing is written. The output appears complete or not at all."""
+    from modmimic.data.convert import check_output, put_in_place
+
+    if len(paths) < 2:
+        raise ToolError("merge needs at least two input files")
+    if any(os.path.abspath(p) == os.path.abspath(out) for p in paths):
+        raise ToolError(f"{out} is also an input; merge writes a new file")
+    try:
+        check_output(out, overwrite)
+    except Exception as e:  # noqa: BLE001 - DatasetError
+        raise ToolError(str(e)) from None
+    files = [_open(p) for p in paths]
+    tmp = out + f".partial-{os.getpid()}"
+    try:
+        env, attrs, root_attrs, layout, masks, mapping = None, {}, {}, None, {}, []
+        for path, f in zip(paths, files):
+            demos = demo_names(f, None, path)
+            if not demos:
+                raise ToolError(f"{path}: no demos")
+            e = _env_args(f, path)
+            if path == paths[0]:
+                env = e
+            elif e != env:
+                raise ToolError(f"conflict: data.attrs['env_args'] of {path} ({(e or {}).get('env_name')!r}) differs "
+                                f"from {paths[0]}'s ({(env or {}).get('env_name')!r}); merge only files of one "
+                                "environment")
+            for where, target, node in (("data.attrs", attrs, f["data"].attrs), ("file attribute", root_attrs, f.attrs)):
+                for k, v in node.items():
+                    if where == "data.attrs" and k in MERGE_ATTRS_SKIP:
+                        continue
+                    if k in target and not _attr_equal(target[k][0], v):
+                        raise ToolError(f"conflict: {where} {k!r} is {v!r} in {path} but {target[k][0]!r} in "
+                                        f"{target[k][1]}")
+                    target.setdefault(k, (v, path))
+            here = _step_layout(f["data"][demos[0]])
+            if layout is None:
+                layout = (here, path)
+            elif here != layout[0]:
+                diff = sorted(set(here.items()) ^ set(layout[0].items()))
+                raise ToolError(f"conflict: {path}'s demos hold {diff[0][0]} with shape {here.get(diff[0][0])} per "
+                                f"step, {layout[1]}'s {layout[0].get(diff[0][0])}; merged demos must have the same "
+                                "datasets")
+            mapping.append((path, f, demos))
+        with h5py.File(tmp, "w") as g:
+            data, n, total = g.create_group("data"), 0, 0
+            for path, f, demos in mapping:
+                renamed = {}
+                for d in demos:
+                    new = f"demo_{n}"
+                    f.copy(f["data"][d], data, name=new)
+                    renamed[d] = new
+                    total += _num_samples(f["data"][d])
+                    n += 1
+                for k in (f["mask"] if "mask" in f else ()):
+                    names = [x.decode() if isinstance(x, bytes) else str(x) for x in f["mask"][k][()]]
+                    unknown = [x for x in names if x not in renamed]
+                    if unknown:
+                        raise ToolError(f"{path}: mask/{k} names {unknown[0]!r}, which is not a demo")
+                    masks.setdefault(k, []).extend(renamed[x] for x in names)
+            data.attrs["total"] = total
+            if env is not None:
+                data.attrs["env_args"] = json.dumps(env)
+            for k, (v, _) in attrs.items():
+                data.attrs[k] = v
+            for k, (v, _) in root_attrs.items():
+                g.attrs[k] = v
+            for k, names in masks.items():
+                g.create_dataset(f"mask/{k}", data=np.array(names, dtype="S"))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        for f in files:
+            f.close()
+    put_in_place(tmp, out)
+    return {"path": os.path.abspath(out), "demos": n, "samples": total, "filter_keys": {k: len(v) for k, v in
+                                                                                     masks.items()},
+            "from": [(p, len(d)) for p, _, d in mapping]}
+
+
+# --- filter ------------------------------------------------------------------------------------------------------
+
+def demo_success(group: h5py.Group) -> bool:
+    """A demo's success: its ``success`` attribute when it has one (``modmimic.demos record`` writes it), else
+    robosuite's sparse reward convention (a reward of 1 is the task done)."""
+    if "success" in group.attrs:
+        return bool(group.attrs["success"])
+    if "rewards" not in group:
+        raise ToolError(f"data/{group.name.rsplit('/', 1)[-1]} has neither a 'success' attribute nor rewards, so its "
+                        "success is unknown")
+    return bool(np.max(group["rewards"][()], initial=0.0) >= 1.0)
+
+
+def demo_return(group: h5py.Group) -> float:
+    if "rewards" not in group:
+        raise ToolError(f"data/{group.name.rsplit('/', 1)[-1]} has no rewards, so its return is unknown")
+    return float(np.sum(group["rewards"][()], dtype=np.float64))
+
+
+def select_demos(path: str, success: bool | None = None, min_return: float | None = None,
+                 max_return: float | None = None, min_length: int | None = None, max_length: int | None = None,
+                 demos: list[str] | None = None, from_key: str | None = None) -> list[str]:
+    """The demos of ``path`` (of filter key ``from_key`` when given) meeting every given criterion, in file order."""
+    with _open(path) as f:
+        names = demo_names(f, from_key, path)
+        if demos is not None:
+            unknown = [d for d in demos if d not in f["data"]]
+            if unknown:
+                raise ToolError(f"{path}: no demo {unknown[0]!r} (demos are named like {names[0] if names else 'demo_0'})")
+            wanted = set(demos)
+            names = [d for d in names if d in wanted]
+        out = []
+        for d in names:
+            g = f["data"][d]
+            if success is not None and demo_success(g) != success:
+                continue
+            if (min_return is not None or max_return is not None):
+                r = demo_return(g)
+                if (min_return is not None and r < min_return) or (max_return is not None and r > max_return):
+                    continue
+            T = _num_samples(g)
+            if (min_length is not None and T < min_length) or (max_length is not None and T > max_length):
+                continue
+            out.append(d)
+    return out
+
+
+def write_filter_key(path: str, name: str, demos: list[str], overwrite: bool = False) -> list[str]:
+    """``mask/<name>`` = ``demos`` (nothing else in the file changes; an existing key needs ``overwrite``)."""
+    if not name or "/" in name or name.strip() != name:
+        raise ToolError(f"filter key name {name!r} must be a plain name (no '/', no surrounding spaces)")
+    if not demos:
+        raise ToolError(f"no demo of {path} meets the criteria; mask/{name} was not written")
+    with _open(path, "r+") as f:
+        if "mask" in f and name in f["mask"]:
+            if not overwrite:
+                raise ToolError(f"{path}: mask/{name} exists ({f['mask'][name].shape[0]} demos); pass --overwrite "
+                                "to replace it")
+            del f["mask"][name]
+        f.create_dataset(f"mask/{name}", data=np.array(demos, dtype="S"))
+    return demos
+
+
+# --- playback ---------------------------------------------------------------------------------------------------
+
+def playback(path: str, out: str, demos: list[str] | None = None, filter_key: str | None = None,
+             source: str = "auto", camera: str | None = None, size: int = 256, fps: int = 20,
+             overwrite: bool = False) -> dict:
+    """Demos as one MP4 (robomimic's ``playback_dataset.py``): from their stored images (``obs/<camera>_image``) or
+    from their simulator ``states`` (each state restored with ``reset_to`` in the environment ``env_args`` rebuild,
+    then rendered from ``camera`` at ``size`` x ``size``). ``source="auto"``: images when the demos have them, else
+    states. The video appears complete or not at all; an existing ``out`` is replaced only with ``overwrite``."""
+    from modmimic.envs.video import VideoWriter
+
+    if source not in ("auto", "images", "states"):
+        raise ToolError(f"--from must be images or states, got {source!r}")
+    if os.path.lexists(out) and not overwrite:
+        raise ToolError(f"{out} exists; pass --overwrite to replace it")
+    if size < 16 or fps < 1:
+        raise ToolError(f"--size must be >= 16 and --fps >= 1, got {size} and {fps}")
+    with _open(path) as f:
+        names = demo_names(f, filter_key, path)
+        if demos:
+            unknown = [d for d in demos if d not in f["data"]]
+            if unknown:
+                raise ToolError(f"{path}: no demo {unknown[0]!r}")
+            names = list(demos)
+        first = f["data"][names[0]]
+        images = sorted(k for k in (first["obs"] if "obs" in first else ()) if k.endswith("_image"))
+        if source == "auto":
+            source = ("images" if images and (camera is None or f"{camera}_image" in images or "states" not in first)
+                      else "states")
+        env = None
+        if source == "images":
+            key = f"{camera}_image" if camera else (images[0] if images else None)
+            if key is None or key not in images:
+                raise ToolError(f"{path}: no stored images" + (f" of camera {camera!r}" if camera else "")
+                                + (f" (it has {', '.join(images)})" if images else "") + "; use --from states")
+        else:
+            missing = [d for d in names if "states" not in f["data"][d]]
+            if missing:
+                raise ToolError(f"{path}: data/{missing[0]}/states is missing; play back from images (--from images)")
+            env = _playback_env(f, path)
+        tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.partial-{os.getpid()}.mp4")
+        frames = 0
+        try:
+            with VideoWriter(tmp, fps=fps) as video:
+                for d in names:
+                    g = f["data"][d]
+                    if env is None:
+                        for img in g[f"obs/{key}"]:
+                            video.append(img[..., :3] if img.shape[-1] >= 3 else np.repeat(img, 3, axis=-1))
+                            frames += 1
+                        continue
+                    from modmimic.data.hdf5 import read_model_file
+
+                    states = g["states"][()]
+                    env.reset_to({"model": read_model_file(g), "states": states[0]})
+                    for st in states:
+                        env.reset_to({"states": st})
+                        video.append(env.render(height=size, width=size, camera_name=camera or _default_camera(env)))
+                        frames += 1
+            os.replace(tmp, out)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        finally:
+            if env is not None:
+                env.close()
+    return {"path": os.path.abspath(out), "demos": len(names), "frames": frames, "source": source}
+
+
+def _playback_env(f: h5py.File, path: str):
+    from modmimic.envs import EnvError, env_from_metadata
+
+    env_meta = _env_args(f, path)
+    if not env_meta:
+        raise ToolError(f"{path}: no data.attrs['env_args'], so there is no simulator to play the states in")
+    try:
+        return env_from_metadata(env_meta, render=True)
+    except EnvError as e:
+        raise ToolError(f"{path}: cannot rebuild its environment to play back states ({e})") from None
+
+
+def _default_camera(env):
+    return "agentview" if getattr(env, "type", None) == 1 else None
+
+
+# --- info of a LeRobotDataset folder ----------------------------------------------------------------------------
+
+def lerobot_info(root: str, filter_key: str | None = None) -> dict:
+    """``info`` of a LeRobotDataset folder in :func:`dataset_info`'s shape, with the keys as modmimic reads them
+    (``observation.state`` -> ``state``, ``observation.images.<cam>`` -> ``<cam>_image``, ``action`` ->
+    ``actions``): shapes, dtypes, low-dim ranges (images: shape only), the splits as filter keys, the env metadata
+    written by ``convert --to lerobot``. Missing data or video files and row counts that disagree with
+    ``meta/info.json`` are errors."""
+    from modmimic.data.hdf5 import DatasetError
+    from modmimic.data.lerobot import LeRobotSource, check_codec, read_rows
+
+    try:
+        src = LeRobotSource(root, filter_key)
+        meta = src.meta
+        errors = []
+        for feat in meta.video_features():
+            try:
+                check_codec(meta, feat)
+            except DatasetError as e:
+                errors.append(str(e))
+        for e in src.episodes:
+            for feat, (video, _) in e["videos"].items():
+                if not os.path.isfile(video):
+                    errors.append(f"{video}: missing video file ({feat}, episode {e['index']})")
+            if not os.path.isfile(e["data_file"]):
+                errors.append(f"{e['data_file']}: missing data file (episode {e['index']})")
+        low = sorted({s[1] for s in src.sources.values() if s[0] == "low_dim"})
+        cols = low + ["action"] + [c for c in ("next.reward", "next.done") if c in meta.features]
+        rows = read_rows(meta, src.episodes, cols) if not errors else {}
+    except DatasetError as e:
+        raise ToolError(str(e)) from None
+    keys = {}
+
+    def add(name, feat, sl=None, shape=None):
+        ft = meta.features[feat]
+        vals = [r[feat] if sl is None else r[feat][:, sl] for r in rows.values()]
+        lo = min((float(np.min(v)) for v in vals if v.size), default=None)
+        hi = max((float(np.max(v)) for v in vals if v.size), default=None)
+        keys[name] = {"shape": list(shape if shape is not None else ft.get("shape") or []), "dtype": ft.get("dtype"),
+                      "min": lo, "max": hi, "feature": feat}
+
+    for k, s in sorted(src.sources.items()):
+        if s[0] == "low_dim":
+            add(f"obs/{k}", s[1], s[2], s[3])
+        else:
+            keys[f"obs/{k}"] = {"shape": list(s[2]), "dtype": "uint8", "min": None, "max": None, "feature": s[1],
+                                "storage": meta.features[s[1]].get("dtype")}
+    add("actions", "action")
+    for name, feat in (("rewards", "next.reward"), ("dones", "next.done")):
+        if feat in meta.features:
+            add(name, feat, shape=[])
+    lengths = np.array([e["length"] for e in src.episodes])
+    splits = {}
+    for k in sorted(meta.info.get("splits") or {}):
+        try:
+            splits[k] = len(meta.split(k))
+        except DatasetError as e:
+            errors.append(str(e))
+    act = keys["actions"]
+    return {"path": root, "format": f"LeRobotDataset {meta.version}", "fps": meta.fps, "filter_key": filter_key,
+            "num_demos": len(src.episodes), "num_samples": int(lengths.sum()) if len(lengths) else 0,
+            "total_attr": meta.info.get("total_frames") if filter_key is None else None,
+            "length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
+            "keys": keys, "filter_keys": splits, "env_meta": meta.env_meta() or None,
+            "tasks": sorted({t for e in src.episodes for t in e["tasks"]}),
+            "actions_in_unit_range": None if act["min"] is None else (act["min"] >= -1.0 and act["max"] <= 1.0),
+            "mix": None, "errors": errors, "warnings": []}
+
+
 # --- command line -----------------------------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
@@ -480,6 +840,34 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("path")
     x.add_argument("out")
     x.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    m = sub.add_parser("merge", help="several robomimic HDF5 files into one (masks, env_args, attributes kept)")
+    m.add_argument("inputs", nargs="+")
+    m.add_argument("-o", "--out", required=True, help="the merged file")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    fl = sub.add_parser("filter", help="write a filter key (mask/<NAME>) of the demos meeting every criterion")
+    fl.add_argument("path")
+    fl.add_argument("--name", required=True, help="the new filter key")
+    fl.add_argument("--success", dest="success", action="store_const", const=True, default=None,
+                    help="successful demos (attribute 'success', else a reward of 1)")
+    fl.add_argument("--failed", dest="success", action="store_const", const=False, help="unsuccessful demos")
+    fl.add_argument("--min-return", type=float, default=None)
+    fl.add_argument("--max-return", type=float, default=None)
+    fl.add_argument("--min-length", type=int, default=None)
+    fl.add_argument("--max-length", type=int, default=None)
+    fl.add_argument("--demos", default=None, help="comma-separated demo names (demo_0,demo_7) or @file (one a line)")
+    fl.add_argument("--from-key", default=None, help="choose among the demos of mask/<KEY>")
+    fl.add_argument("--overwrite", action="store_true", help="replace an existing mask/<NAME>")
+    pb = sub.add_parser("playback", help="demos to an MP4, from their stored images or their simulator states")
+    pb.add_argument("path")
+    pb.add_argument("-o", "--out", required=True, help="the MP4 file")
+    pb.add_argument("--demos", default=None, help="comma-separated demo names (default: every demo)")
+    pb.add_argument("--filter-key", default=None, help="the demos of mask/<KEY>")
+    pb.add_argument("--from", dest="source", default="auto", choices=["auto", "images", "states"])
+    pb.add_argument("--camera", default=None, help="camera (images: <camera>_image; states: the render camera, "
+                    "robosuite's agentview by default)")
+    pb.add_argument("--size", type=int, default=256, help="--from states: rendered height and width")
+    pb.add_argument("--fps", type=int, default=20)
+    pb.add_argument("--overwrite", action="store_true", help="replace an existing video")
     c = sub.add_parser("convert", help="robomimic HDF5 <-> LeRobotDataset; Minari / D4RL -> robomimic HDF5")
     c.add_argument("path")
     c.add_argument("out")
@@ -546,11 +934,53 @@ def run_states_to_obs(args) -> int:
     return 0
 
 
+def run_filter(args) -> int:
+    demos = None
+    if args.demos is not None:
+        text = args.demos
+        if text.startswith("@"):
+            from modmimic.stored import read_text
+
+            text = read_text(text[1:], "demo list").replace("\n", ",")
+        demos = [d.strip() for d in text.split(",") if d.strip()]
+    if all(v is None for v in (args.success, args.min_return, args.max_return, args.min_length, args.max_length,
+                               demos)):
+        raise ToolError("filter needs a criterion: --success/--failed, --min-return/--max-return, "
+                        "--min-length/--max-length or --demos")
+    chosen = select_demos(args.path, args.success, args.min_return, args.max_return, args.min_length,
+                          args.max_length, demos, args.from_key)
+    write_filter_key(args.path, args.name, chosen, args.overwrite)
+    print(f"mask/{args.name}: {len(chosen)} demos")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command == "merge":
+            s = merge_datasets(args.inputs, args.out, args.overwrite)
+            print(f"{PROG}: wrote {s['demos']} demos ({s['samples']} samples) from "
+                  + ", ".join(f"{p} ({n})" for p, n in s["from"]) + f" to {s['path']}; filter keys: "
+                  + (", ".join(f"{k} ({n})" for k, n in sorted(s["filter_keys"].items())) or "none"))
+            return 0
+        if args.command == "filter":
+            return run_filter(args)
+        if args.command == "playback":
+            from modmimic.envs import EnvError
+
+            demos = [d.strip() for d in args.demos.split(",") if d.strip()] if args.demos else None
+            try:
+                s = playback(args.path, args.out, demos, args.filter_key, args.source, args.camera, args.size,
+                             args.fps, args.overwrite)
+            except EnvError as e:
+                raise ToolError(str(e)) from None
+            print(f"{PROG}: wrote {s['frames']} frames of {s['demos']} demos (from {s['source']}) to {s['path']}")
+            return 0
         if args.command == "info":
-            info = dataset_info(args.path, args.filter_key)
+            from modmimic.data.lerobot import is_lerobot_root
+
+            info = (lerobot_info(args.path, args.filter_key) if is_lerobot_root(args.path)
+                    else dataset_info(args.path, args.filter_key))
             if args.json:
                 print(json.dumps(info, indent=2))
             else:
@@ -576,11 +1006,12 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = open(os.devnull, "w")
         return 0
-    except ToolError as e:
+    except (ToolError, ConfigError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except (OSError, KeyError, ValueError, TypeError, AttributeError) as e:  # unreadable or mis-structured file
-        print(f"{PROG}: error: {args.path}: cannot read it as a robomimic dataset ({type(e).__name__}: {e})",
+        print(f"{PROG}: error: {getattr(args, 'path', None) or args.inputs}: cannot read it as a robomimic dataset "
+              f"({type(e).__name__}: {e})",
               file=sys.stderr)
         return 2
 

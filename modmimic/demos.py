@@ -731,12 +731,19 @@ USAGE = f"""usage:
                    [camera_height=84] [camera_width=84] [depth=false] [quality=expert|mixed]
                    [goals=random|benchmark] [benchmark_seed=0]
   python -m {PROG} expert task=<task> [episodes=50] [seed=1000] [goals=benchmark|random] [benchmark_seed=0]
+  python -m {PROG} record env=<gymnasium id | robosuite task | Meta-World task> policy=<module:callable>
+                   episodes=<n> out=<path.hdf5> [only_success=false] [seed=0] [max_steps=1000]
+                   [max_tries=2n+20] [valid_fraction=0.1] [trusted_modules=<module>,...]
 
 generate: write n successful scripted demonstrations as a robomimic HDF5 dataset (episode i starts from seed + i).
           quality=mixed: n episodes, every one kept: 20 % expert, 10 % noisy expert, 50 % let go of the object
           right after grasping it, 10 % grasp beside it, 10 % stop short above it (filter keys expert, noisy,
           let_go, beside, short, failed, success, train, valid).
 expert:   the scripted expert's own success rate.
+record:   roll any policy out (a callable taking one observation, returning one action) and write its episodes as
+          a robomimic HDF5 dataset (obs/next_obs by key, actions, rewards, dones, states when the env gives them,
+          env_args, per-demo seeds, mask/train, mask/valid, mask/success). The policy's module is imported only
+          when trusted: trusted_modules=<module> or MODMIMIC_TRUSTED_MODULES=<module>.
 Meta-World tasks (reach-v3, push-v3, pick-place-v3, ... or the task sets MT10, MT50) use Meta-World's scripted
 policies; goals= chooses the placements (random: drawn from each episode's seed; benchmark: the benchmark's 50 per
 task, benchmark_seed= picks them); the dataset's env_args evaluate on the benchmark's.
@@ -748,8 +755,11 @@ ARGS = {"generate": {"task": str, "n": int, "out": str, "seed": int, "max_tries"
                      "compress_model": bool, "camera_names": lambda v: [c for c in v.split(",") if c],
                      "camera_height": int, "camera_width": int, "depth": bool, "quality": str, "goals": str,
                      "benchmark_seed": int},
-        "expert": {"task": str, "episodes": int, "seed": int, "max_steps": int, "goals": str, "benchmark_seed": int}}
-REQUIRED = {"generate": ("task", "n", "out"), "expert": ("task",)}
+        "expert": {"task": str, "episodes": int, "seed": int, "max_steps": int, "goals": str, "benchmark_seed": int},
+        "record": {"env": str, "policy": str, "episodes": int, "out": str, "only_success": bool, "seed": int,
+                   "max_steps": int, "max_tries": int, "valid_fraction": float,
+                   "trusted_modules": lambda v: [m for m in v.split(",") if m]}}
+REQUIRED = {"generate": ("task", "n", "out"), "expert": ("task",), "record": ("env", "policy", "episodes", "out")}
 
 
 
@@ -793,10 +803,11 @@ def parse(argv: list[str]) -> tuple[str, dict]:
     for k in ("n", "episodes"):
         if k in out and out[k] < 1:
             raise ArgumentError(f"{k} must be >= 1, got {out[k]}")
-    try:
-        env_name_of(out["task"])
-    except ValueError as e:
-        raise ArgumentError(str(e)) from None
+    if "task" in out:
+        try:
+            env_name_of(out["task"])
+        except ValueError as e:
+            raise ArgumentError(str(e)) from None
     return cmd, out
 
 
@@ -814,6 +825,13 @@ def main(argv: list[str] | None = None) -> int:
                   if "mix" in s else f"expert success {s['demos']}/{s['tries']} = {s['expert_success_rate']:.3f}")
             print(f"{PROG}: wrote {s['demos']} demos ({s['samples']} samples, mean length {s['mean_length']:.1f}) "
                   f"to {s['path']} ({s['bytes'] / 1e6:.1f} MB) in {s['wall_seconds']:.0f} s; {ok}")
+        elif cmd == "record":
+            from modmimic.record import record
+
+            print(f"{PROG}: recording {a['episodes']} episodes of {a['policy']} in {a['env']} -> {a['out']}", flush=True)
+            s = record(**a)
+            print(f"{PROG}: wrote {s['episodes']} episodes ({s['successes']} successful, from {s['tries']} tries) to "
+                  f"{s['path']} in {s['wall_seconds']:.0f} s")
         else:
             s = expert_success(**a)
             print(f"{PROG}: {s['task']} scripted expert: {s['successes']}/{s['episodes']} = {s['success_rate']:.3f} "
@@ -824,6 +842,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, SystemExit):
             raise
         from modmimic.envs import EnvError
+        from modmimic.record import RecordError
 
         if os.environ.get("MODMIMIC_DEBUG", "0") not in ("0", ""):
             import traceback
@@ -832,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, KeyboardInterrupt):
             print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
             return 130
-        code = 2 if isinstance(e, (ArgumentError, EnvError)) else 1
+        code = 2 if isinstance(e, (ArgumentError, EnvError, RecordError)) else 1
         print(f"{PROG}: {'' if code == 2 else f'failed with {type(e).__name__}: '}{e}"
               + (f" (python -m {PROG} --help)" if isinstance(e, ArgumentError) else ""), file=sys.stderr)
         return code

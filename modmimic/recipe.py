@@ -1,4 +1,5 @@
-"""``python -m modmimic.recipe list | explain <recipe or path.yaml> [dataset=<hdf5>] [key=value ...]``.
+"""``python -m modmimic.recipe list | explain <recipe or path.yaml> [dataset=<hdf5>] [key=value ...] |
+export <recipe> --robomimic [-o <file.json>] [key=value ...]``.
 
 ``list`` prints every recipe (shipped, and those in ``$MODMIMIC_RECIPE_PATH``) with its one-line description, then
 the presets (``preset=<name>``). With ``preset=``, ``explain`` first lists what the preset changes.
@@ -6,6 +7,9 @@ the presets (``preset=<name>``). With ``preset=``, ``explain`` first lists what 
 their parameter counts, optimizers and LR schedules, the steps of one training step in order with the keys each
 reads and writes, which loss moves which network, how often and in which epochs, the targets and their tau, and the
 acting path. Shapes come from ``dataset=`` (default: the embedded dataset); nothing is trained.
+``export --robomimic`` writes the composed config in robomimic's JSON layout (:mod:`modmimic.robomimic_config`),
+to stdout or ``-o <file.json>`` (never replacing a file); modmimic's own keys robomimic cannot hold are named on
+stderr.
 """
 from __future__ import annotations
 
@@ -194,11 +198,48 @@ def explain(recipe: str, overrides=()) -> str:
 
 USAGE = f"""usage: python -m {PROG} list
        python -m {PROG} explain <recipe name or path.yaml> [preset=<name>] [dataset=<hdf5>] [key=value ...]
+       python -m {PROG} export <recipe> --robomimic [-o <file.json>] [preset=<name>] [key=value ...]
 
 list     every recipe (shipped, and those in $MODMIMIC_RECIPE_PATH) with its description, then the presets
 explain  the recipe compiled into its program: networks, optimizers, each step of a training step in order
          with the keys it reads and writes, targets, the acting path; with preset=, first what the preset
-         changes (key: without -> with)"""
+         changes (key: without -> with)
+export   the composed config as a robomimic JSON experiment config (robomimic's train.py --config takes it;
+         python -m modmimic.train config=<file.json> reads it back)"""
+
+
+def export(args: list[str]) -> int:
+    """``export <recipe> --robomimic [-o file] [overrides]``: the robomimic JSON of a composed recipe."""
+    import json
+    import os
+
+    from modmimic.config import compose
+    from modmimic.io import atomic_write_text
+    from modmimic.robomimic_config import to_robomimic
+
+    recipe, rest = args[0], args[1:]
+    if "--robomimic" not in rest:
+        raise ConfigError("export writes robomimic's layout only: add --robomimic")
+    rest = [a for a in rest if a != "--robomimic"]
+    out = None
+    if "-o" in rest:
+        i = rest.index("-o")
+        if i + 1 >= len(rest):
+            raise ConfigError("-o needs a file name")
+        out = rest[i + 1]
+        del rest[i:i + 2]
+    if out is not None and os.path.lexists(out):
+        raise ConfigError(f"{out} exists; export never replaces a file (remove it or name another)")
+    data, left_out = to_robomimic(compose(recipe, rest))
+    text = json.dumps(data, indent=4) + "\n"
+    if left_out:
+        print(f"{PROG}: left out (robomimic has no such setting): "
+              + ", ".join(f"{k}={v!r}" for k, v in left_out.items()), file=sys.stderr)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(out, text)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -210,6 +251,8 @@ def main(argv=None) -> int:
         if args[0] == "list":
             print(list_text())
             return 0
+        if args[0] == "export" and len(args) >= 2:
+            return export(args[1:])
         if args[0] == "explain" and len(args) >= 2:
             print(explain(args[1], args[2:]))
             return 0

@@ -51,7 +51,7 @@ def usage() -> str:
     pw = max(len(p) for p in list_presets())
     presets = "\n".join(textwrap.fill(preset_description(p), cols, initial_indent=f"  {p.ljust(pw)}  ",
                                        subsequent_indent=" " * (pw + 4)) for p in list_presets())
-    return f"""usage: python -m {PROG} [recipe=<name>] [preset=<name>] [dataset=<path.hdf5>] [key=value ...] [-m] [--cfg job]
+    return f"""usage: python -m {PROG} [recipe=<name> | config=<robomimic.json>] [preset=<name>] [dataset=<path.hdf5>] [key=value ...] [-m] [--cfg job]
 
 Train a robot-learning policy on a robomimic-format HDF5 dataset (without dataset=, on the small dataset
 embedded in modmimic). Arguments are hydra overrides with robomimic's config section names.
@@ -66,6 +66,7 @@ presets (preset=<name>, default robomimic: the recipe's own settings; laid over 
 
 common overrides:
   dataset=<path>                          the HDF5 file (short for train.data=<path>)
+  config=<experiment.json>                a robomimic JSON config (0.3/0.5): its recipe and settings
   train.num_epochs=<n>                    epochs of experiment.epoch_every_n_steps gradient steps each
   train.batch_size=<n>  train.seq_length=<n>  train.seed=<n>
   train.output_dir=<dir>                  runs go to <dir>/<experiment.name>/<timestamp>/ (default runs/)
@@ -159,6 +160,9 @@ def build_config(overrides: list[str]):
     from modmimic.dataset import DatasetNotFound, dataset_entries, with_data
     from modmimic.logger import check_dir_creatable, find_run_dir, unfinished_run
 
+    from modmimic.robomimic_config import expand_args
+
+    overrides = expand_args(list(overrides))  # config=<robomimic.json> (main has expanded it already)
     values = _parse(overrides)
     recipe = values.get("recipe")
     rest = [o for o in overrides if not o.startswith("recipe=")]
@@ -432,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     install_warning_format(PROG)
     args = quote_paths(rewrite_dataset(args))
+    try:  # config=<robomimic experiment.json> -> recipe=<its recipe> + one override per JSON key
+        from modmimic.robomimic_config import expand_args
+
+        args = expand_args(args)
+    except BaseException as e:  # noqa: BLE001
+        return report(e)
     flags, overrides, multirun = split_args(args)
     try:  # compose and validate every job before anything runs
         check_package()
