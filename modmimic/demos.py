@@ -592,6 +592,12 @@ def make_env(task: str, camera_names=(), camera_height: int = 84, camera_width: 
     return RobosuiteEnv(meta, use_image_obs=True, use_depth_obs=depth)
 
 
+def named_task_env(name: str):
+    """``(environment, box observation?)`` of a task this module knows (robosuite's Lift/Can/Square, Meta-World), or
+    None: what ``record`` uses for ``env=<task>``."""
+    return (make_env(name), is_metaworld(name)) if is_metaworld(name) or name in TASKS else None
+
+
 def task_setup(task: str, camera_names=(), camera_height: int = 84, camera_width: int = 84, depth: bool = False,
                goals: str = "benchmark", benchmark_seed: int = 0):
     """``(environment, expert, default max steps, observation keys)`` of a task."""
@@ -829,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
             from modmimic.record import record
 
             print(f"{PROG}: recording {a['episodes']} episodes of {a['policy']} in {a['env']} -> {a['out']}", flush=True)
-            s = record(**a)
+            s = record(**a, task_env=named_task_env)
             print(f"{PROG}: wrote {s['episodes']} episodes ({s['successes']} successful, from {s['tries']} tries) to "
                   f"{s['path']} in {s['wall_seconds']:.0f} s")
         else:

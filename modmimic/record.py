@@ -192,16 +192,14 @@ def load_policy(name: str, trusted_modules=()):
     return obj
 
 
-def make_env(env: str):
-    """``(environment, box observation)``: a robosuite task (Lift, Can, Square), a Meta-World task or a gymnasium
-    id."""
-    from modmimic.demos import TASKS, is_metaworld
+def make_env(env: str, task_env=None):
+    """``(environment, box observation)``: a named task (``task_env(name)``: ``(environment, box?)`` or None when
+    ``env`` is not one; ``modmimic.demos`` passes its robosuite and Meta-World tasks) or a gymnasium id."""
     from modmimic.envs import GYM_TYPE, env_from_metadata
 
-    if is_metaworld(env) or env in TASKS:
-        from modmimic.demos import make_env as task_env
-
-        return task_env(env), is_metaworld(env)
+    named = task_env(env) if task_env is not None else None
+    if named is not None:
+        return named
     e = env_from_metadata({"env_name": env, "type": GYM_TYPE, "env_kwargs": {}})
     space = getattr(getattr(e, "env", None), "observation_space", None)
     return e, space is not None and type(space).__name__ != "Dict"
@@ -209,8 +207,9 @@ def make_env(env: str):
 
 def record(env: str, policy: str, episodes: int, out: str, only_success: bool = False, seed: int = 0,
            max_steps: int = 1000, max_tries: int | None = None, valid_fraction: float = 0.1, trusted_modules=(),
-           overwrite: bool = False, progress=print) -> dict:
-    """Roll ``policy`` out in ``env`` and write the episodes to ``out`` (see the module's docstring)."""
+           overwrite: bool = False, progress=print, task_env=None) -> dict:
+    """Roll ``policy`` out in ``env`` and write the episodes to ``out`` (see the module's docstring); ``task_env``:
+    see :func:`make_env`."""
     from modmimic.envs import EnvError
 
     if episodes < 1 or max_steps < 1:
@@ -218,7 +217,7 @@ def record(env: str, policy: str, episodes: int, out: str, only_success: bool = 
     if os.path.lexists(out) and not overwrite:
         raise RecordError(f"{out} exists; recording never replaces a file (remove it or name another)")
     act = load_policy(policy, trusted_modules)
-    environment, box = make_env(env)
+    environment, box = make_env(env, task_env)
     max_tries = max_tries or (2 * episodes + 20 if only_success else episodes)
     t0, tries = time.perf_counter(), 0
     rec = Recorder(out, environment.serialize(), valid_fraction=valid_fraction, seed=seed, overwrite=overwrite)
