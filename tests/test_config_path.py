@@ -47,7 +47,10 @@ def test_checkpoint_acts_without_recipe_files(recipe, extra, reach_hdf5, tmp_pat
     def no_recipe_files(name):
         raise AssertionError(f"recipe file {name!r} read after composition")
 
+    import modmimic.recipefiles as recipefiles
+
     monkeypatch.setattr(config, "find_recipe", no_recipe_files)
+    monkeypatch.setattr(recipefiles, "find_recipe", no_recipe_files)
     np.testing.assert_array_equal(act(), before)
 
 
