@@ -369,6 +369,7 @@ def validate(cfg: DictConfig, where: str = "") -> None:
                 raise ConfigError(f"components.{n}.recipe: a component names its sub-recipe")
             component_config(cfg, n, where)  # (its recipe file was read when the config was composed)
         return
+    check_windows(cfg, where)
     names = [n for n, spec in cfg.losses.items() if spec is not None]
     for u in cfg.updates:
         for lname in u.losses:
@@ -380,6 +381,21 @@ def validate(cfg: DictConfig, where: str = "") -> None:
             if opt not in cfg.nets:
                 raise ConfigError(f"update {u.get('name')!r} steps optimizer {opt!r}, but there is no network of "
                                   f"that name (nets: {list(cfg.nets)})")
+
+
+def check_windows(cfg: DictConfig, where: str = "") -> None:
+    """The windows the recipe's batch function cuts fit ``train.seq_length`` / ``train.frame_stack`` (Diffusion
+    Policy's horizon windows; ACT's chunk is checked with its settings), before any data is read: robomimic's own
+    Diffusion Policy template has seq_length 1."""
+    b, t = cfg.get("batch") or {}, cfg.train
+    fn = str(b.get("fn") or "")
+    if fn.endswith("batching.horizon_window"):
+        to, tp = b.obs_horizon, b.prediction_horizon
+        if t.frame_stack != to or t.seq_length < tp:
+            raise ConfigError(f"train.frame_stack={t.frame_stack} and train.seq_length={t.seq_length} do not hold "
+                              f"the {to} observations and {tp}-step action chunk of algo.{where}horizon: set "
+                              f"train.frame_stack={to} (observation_horizon) and train.seq_length={tp} "
+                              "(prediction_horizon)")
 
 
 def _is_int(v) -> bool:

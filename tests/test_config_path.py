@@ -145,3 +145,12 @@ def test_user_module_backbone_and_env_adapter(tmp_path, monkeypatch, tiny):
     monkeypatch.setenv(ENV_VAR, "mymods")
     env = env_from_metadata(meta)
     assert type(env).__name__ == "LineEnv" and set(env.reset(seed=0)) == {"pos", "goal_pos", "vel"}
+
+
+def test_diffusion_windows_are_checked_at_compose_time():
+    """robomimic 0.5's own Diffusion Policy template (seq_length 1, frame_stack 1) is refused before anything
+    runs, naming both keys (it used to fail in the first training step, exit 1)."""
+    from modmimic.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.frame_stack=1 and train.seq_length=1 .* set train.frame_stack=2"):
+        compose("diffusion_policy", ["train.seq_length=1", "train.frame_stack=1"])
