@@ -979,8 +979,16 @@ def main(argv=None) -> int:
         if args.command == "info":
             from modmimic.data.lerobot import is_lerobot_root
 
-            info = (lerobot_info(args.path, args.filter_key) if is_lerobot_root(args.path)
-                    else dataset_info(args.path, args.filter_key))
+            from modmimic.data import convert as V
+
+            if is_lerobot_root(args.path):
+                info = lerobot_info(args.path, args.filter_key)
+            elif V.is_minari(args.path):
+                info = V.episodes_info(args.path, "Minari dataset", *V.minari_demos(args.path))
+            elif os.path.isfile(args.path) and V.is_d4rl(args.path):
+                info = V.episodes_info(args.path, "D4RL-style HDF5", *V.d4rl_demos(args.path))
+            else:
+                info = dataset_info(args.path, args.filter_key)
             if args.json:
                 print(json.dumps(info, indent=2))
             else:

@@ -18,6 +18,7 @@ pytest.importorskip("av")
 from lerobot_layout import FPS, decode_all, episodes_data, write_v21, write_v30  # noqa: E402
 
 from modmimic import keys as K  # noqa: E402
+from modmimic.data import convert as V  # noqa: E402
 from modmimic.config import compose  # noqa: E402
 from modmimic.data.convert import lerobot_to_robomimic, robomimic_to_lerobot, split_episodes  # noqa: E402
 from modmimic.data.hdf5 import DatasetError, load_episode_store  # noqa: E402
@@ -313,6 +314,15 @@ def test_convert_never_replaces_without_overwrite(reach_hdf5, tmp_path, capsys):
 
 # --- D4RL and Minari --------------------------------------------------------------------------------------------
 
+def f32(x):
+    return np.float32(x)
+
+
+def f32max(path, key):
+    with h5py.File(path) as f:
+        return np.asarray(f[key][()], np.float32).max()
+
+
 def test_d4rl_split_on_terminals_and_timeouts(tmp_path):
     rng = np.random.default_rng(0)
     n = 12
@@ -337,6 +347,10 @@ def test_d4rl_split_on_terminals_and_timeouts(tmp_path):
         assert json.loads(f["data"].attrs["env_args"])["env_name"] == "hopper-medium-v2"
     store = load_episode_store(out, ["flat"])
     assert store.lengths.tolist() == [4, 4, 4]
+    info = V.episodes_info(src, "D4RL-style HDF5", *V.d4rl_demos(src))  # what `dataset info` prints for it
+    assert (info["num_demos"], info["num_samples"], info["keys"]["obs/flat"]["shape"]) == (3, 12, [5])
+    assert info["keys"]["actions"]["max"] == pytest.approx(float(f32(f32max(src, "actions"))))
+    assert dataset_main(["info", src]) == 0
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -368,3 +382,6 @@ def test_minari_written_by_its_collector(tmp_path, monkeypatch):
             np.testing.assert_array_equal(g["rewards"][()], ep.rewards.astype(np.float32))
         assert json.loads(f["data"].attrs["env_args"])["env_name"] == "Pendulum-v1"
     assert load_episode_store(out, ["flat"]).num_samples == 18
+    info = V.episodes_info(folder, "Minari dataset", *V.minari_demos(folder))
+    assert (info["num_demos"], info["num_samples"], info["env_meta"]["env_name"]) == (3, 18, "Pendulum-v1")
+    assert dataset_main(["info", folder]) == 0

@@ -461,6 +461,13 @@ def d4rl_to_robomimic(in_path: str, out_path: str, env_name: str | None = None, 
     optional ``next_observations``) as robomimic HDF5: one demo per episode (split on terminals/timeouts), the
     observation as key ``flat`` (robomimic's D4RL convention), dones = terminals, next observations from
     ``next_observations`` or the following row (the last row of an episode repeated)."""
+    env_args, demos = d4rl_demos(in_path, env_name)
+    return write_demos(out_path, demos, env_args, overwrite)
+
+
+def d4rl_demos(in_path: str, env_name: str | None = None):
+    """``(env_args, demos)`` of a D4RL-style file: the episodes as robomimic demo dicts (see
+    :func:`d4rl_to_robomimic`)."""
     from modmimic.data.hdf5 import open_hdf5
 
     with open_hdf5(in_path) as f:
@@ -491,7 +498,7 @@ def d4rl_to_robomimic(in_path: str, out_path: str, env_name: str | None = None, 
 
     env_args = {"env_name": name or os.path.splitext(os.path.basename(in_path))[0], "type": 2, "env_version": None,
                 "env_kwargs": {}}
-    return write_demos(out_path, demos(), env_args, overwrite)
+    return env_args, demos()
 
 
 def is_minari(path: str) -> bool:
@@ -516,6 +523,12 @@ def minari_to_robomimic(in_path: str, out_path: str, overwrite: bool = False) ->
     """A local Minari dataset (its folder, read with ``minari.MinariDataset``) as robomimic HDF5: observations per
     key of a dict space (else ``flat``), next observations from the episode's ``T + 1`` observations, dones =
     terminations; ``env_args`` from the dataset's environment spec (a gymnasium environment, type 2)."""
+    env_args, demos = minari_demos(in_path)
+    return write_demos(out_path, demos, env_args, overwrite)
+
+
+def minari_demos(in_path: str):
+    """``(env_args, demos)`` of a local Minari dataset (see :func:`minari_to_robomimic`)."""
     try:
         import minari
     except ImportError as e:
@@ -542,4 +555,43 @@ def minari_to_robomimic(in_path: str, out_path: str, overwrite: bool = False) ->
                    "rewards": np.asarray(ep.rewards, dtype=np.float32).reshape(T),
                    "dones": np.asarray(ep.terminations).reshape(T).astype(np.int64)}
 
-    return write_demos(out_path, demos(), env_args, overwrite)
+    return env_args, demos()
+
+
+def episodes_info(path: str, fmt: str, env_args: dict | None, demos) -> dict:
+    """``python -m modmimic.dataset info`` of a D4RL-style file or a Minari dataset, in the shape of
+    :func:`modmimic.dataset.dataset_info`: the demos a conversion to robomimic would write, their keys (shape per step,
+    dtype, range), lengths and environment."""
+    keys, lengths, errors = {}, [], []
+
+    def add(name, arr):
+        arr = np.asarray(arr)
+        e = keys.setdefault(name, {"shape": list(arr.shape[1:]), "dtype": str(arr.dtype), "min": None, "max": None})
+        if arr.size and arr.dtype != np.uint8:
+            finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+            if finite.size < arr.size:
+                e["non_finite_in"] = e.get("non_finite_in", 0) + 1
+            if finite.size:
+                lo, hi = float(finite.min()), float(finite.max())
+                e["min"] = lo if e["min"] is None else min(e["min"], lo)
+                e["max"] = hi if e["max"] is None else max(e["max"], hi)
+
+    for d in demos:
+        lengths.append(len(d["actions"]))
+        for grp in ("obs", "next_obs"):
+            for k, v in d[grp].items():
+                add(f"{grp}/{k}", v)
+        for k in ("actions", "rewards", "dones"):
+            add(k, d[k])
+    if not lengths:
+        raise _error(f"{path}: no episodes")
+    for k, e in keys.items():
+        if e.get("non_finite_in"):
+            errors.append(f"{path}: {k} has NaN or Inf values in {e['non_finite_in']} episodes")
+    L = np.array(lengths)
+    act = keys["actions"]
+    return {"path": path, "filter_key": None, "format": fmt, "fps": "n/a", "num_demos": len(L),
+            "num_samples": int(L.sum()), "total_attr": None,
+            "length": {"min": int(L.min()), "mean": float(L.mean()), "max": int(L.max())}, "env_meta": env_args,
+            "filter_keys": {}, "keys": keys, "warnings": [], "errors": errors,
+            "actions_in_unit_range": None if act["min"] is None else bool(act["min"] >= -1 and act["max"] <= 1)}
