@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from modmimic.envs import NO_SUCCESS_SIGNAL, EnvError
+from modmimic.envs.base import GYM_TYPE
 from modmimic.envs.vector import LocalEnvs, make_envs
 
 
@@ -520,6 +521,9 @@ class TrainingRollouts:
         from modmimic.config import all_obs_keys
 
         env_name = cfg.experiment.env
+        if env_name and not meta.get("env_name"):  # data that names no simulator (a LeRobot folder): a gymnasium id
+            meta = {**meta, "env_name": str(env_name), "type": meta.get("type", GYM_TYPE),
+                    "env_kwargs": meta.get("env_kwargs", {})}  # or Meta-World task from experiment.env
         try:
             self.envs = make_envs(meta, self.num_envs, render=bool(cfg.experiment.render_video),
                                   **camera_obs_flags(all_obs_keys(cfg)), **({"env_name": env_name} if env_name else {}))

@@ -385,3 +385,23 @@ def test_minari_written_by_its_collector(tmp_path, monkeypatch):
     info = V.episodes_info(folder, "Minari dataset", *V.minari_demos(folder))
     assert (info["num_demos"], info["num_samples"], info["env_meta"]["env_name"]) == (3, 18, "Pendulum-v1")
     assert dataset_main(["info", folder]) == 0
+
+
+def test_experiment_env_names_the_simulator_of_a_folder_without_one(reach_hdf5, tmp_path, tiny):
+    """A LeRobot folder whose info.json names no simulator: ``experiment.env=<gymnasium id>`` gives it one, and the
+    run rolls out there."""
+    from modmimic.config import compose
+    from modmimic.trainer import train
+
+    root = str(tmp_path / "reach_lerobot")
+    assert dataset_main(["convert", str(reach_hdf5), root, "--to", "lerobot"]) == 0
+    info_path = os.path.join(root, "meta", "info.json")
+    info = json.load(open(info_path))
+    info.pop("robomimic_env_args", None)
+    json.dump(info, open(info_path, "w"))
+    cfg = compose("bc", [f"train.data={root}", f"train.output_dir={tmp_path}", "train.batch_size=8",
+                         "train.num_epochs=1", "experiment.epoch_every_n_steps=2", "experiment.logging.log_tb=false",
+                         *[o for o in tiny("bc") if o != "experiment.rollout.enabled=false"],
+                         "experiment.env=PointReach", "experiment.rollout.n=2", "experiment.rollout.horizon=5"])
+    r = train(cfg, progress=False)
+    assert "Rollout/Success_Rate/PointReach" in r["metrics"], sorted(r["metrics"])
