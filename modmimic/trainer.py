@@ -707,10 +707,17 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     The run directory is locked for the whole call (:class:`modmimic.rundir.RunLock`); SIGTERM and SIGUSR1 stop
     the run as Ctrl-C does, and once a checkpoint exists they first finish the current step and save a resumable
     ``last.pth`` (:class:`StopSignals`)."""
-    locks: list = []
+    locks: list = []  # the run directory's lock, and the directory when this call created it
     with StopSignals() as signals:
         try:
             return _train(cfg, rollout_fn, progress, locks, signals)
+        except KeyboardInterrupt as e:  # Ctrl-C or a stop signal before the loop's own handler was in place
+            new = [lock.run_dir for lock in locks if getattr(lock, "created", False)]
+            if new and not getattr(e, "modmimic_discarded_run_dir", None) and \
+                    not os.path.exists(os.path.join(new[0], RUN_MARKER)):
+                shutil.rmtree(new[0], ignore_errors=True)
+                e.modmimic_discarded_run_dir = new[0]
+            raise
         finally:
             for lock in locks:
                 lock.release()
@@ -770,6 +777,7 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
         run_dir = group.broadcast_object(make_run_dir(cfg) if group.is_main else None)
         if group.is_main:
             locks.append(RunLock(run_dir).acquire())
+            locks[-1].created = True  # a stop before the first checkpoint removes it
         if group.rank > 0:  # every rank its own stream of loss noise (rank 0 keeps the single-process one)
             seed_everything(distributed.rank_seed(int(cfg.train.seed), group.rank))
     distributed.attach(algo, group)  # identical start (rank 0's state), gradients averaged per update
