@@ -236,8 +236,8 @@ class DiffusionPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_chunk(self, td, generator=None) -> torch.Tensor:
-        """``[B, Tp, A]`` actions sampled from Gaussian noise with the schedule's sampler (DDPM or DDIM), given a
-        ``[B, To]`` observation window (``[B]`` when To = 1)."""
+        """``[B, Tp, A]`` actions sampled from Gaussian noise with the schedule's sampler (DDPM, DDIM, or the flow
+        policy's Euler steps), given a ``[B, To]`` observation window (``[B]`` when To = 1)."""
         cond = self.condition(td)
         B = cond.shape[0]
         x = torch.randn(B, self.prediction_horizon, self.ac_dim, generator=generator, device=cond.device,
@@ -262,6 +262,16 @@ def diffusion_policy(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = N
     key on ``[B * To, ...]`` (time folded into the batch, robomimic's ``time_distributed``), each step's features
     concatenated over keys. The recipe's default ResNet uses GroupNorm (``use_group_norm``), as robomimic's
     ``replace_bn_with_gn``."""
+    enc, net, To, Tp = observation_encoder_and_denoiser(obs_shapes, ac_dim, goal_shapes, denoiser, horizon, unet,
+                                                        transformer, encoder)
+    return DiffusionPolicy(enc, net, schedule_from_config(ddpm, ddim), To, Tp, ac_dim)
+
+
+def observation_encoder_and_denoiser(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
+                                     denoiser: str = "unet", horizon: dict | None = None, unet: dict | None = None,
+                                     transformer: dict | None = None, encoder: dict | None = None):
+    """``(ObsEncoder, denoiser, To, Tp)`` from the recipe's sections (shared by Diffusion Policy and the flow policy,
+    :func:`~modmimic.components.nets.flow.flow_policy`)."""
     h = dict(horizon or {})
     To, Tp = int(h.get("observation_horizon", 2)), int(h.get("prediction_horizon", 16))
     if To < 1 or Tp < 1:
@@ -275,4 +285,4 @@ def diffusion_policy(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = N
         net = TransformerDenoiser(ac_dim, enc.output_dim, Tp, To, **tr)
     else:
         raise ValueError(f"unknown denoiser {denoiser!r}: expected 'unet' or 'transformer'")
-    return DiffusionPolicy(enc, net, schedule_from_config(ddpm, ddim), To, Tp, ac_dim)
+    return enc, net, To, Tp
