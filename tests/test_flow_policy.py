@@ -30,7 +30,7 @@ class Features(nn.Module):
 
 
 class LinearTarget(nn.Module):
-    """The chunk is a linear function of the observations: ``x_1 = tanh-free W . flatten(obs)``, shape ``[B, Tp, A]``."""
+    """The chunk is a linear function of the observations: ``x_1 = W . flatten(obs)``, shape ``[B, Tp, A]``."""
 
     def __init__(self, seed=0):
         super().__init__()
@@ -144,8 +144,9 @@ def test_flow_schedule_times_steps_and_clipping():
 # --- the recipe ----------------------------------------------------------------------------------------------------
 
 def small(*extra):
-    return compose("flow_policy", [f"observation.modalities.obs.low_dim=[{','.join(KEYS)}]", "algo.unet.down_dims=[16,32]",
-                                   "algo.unet.diffusion_step_embed_dim=16", "algo.transformer.n_emb=16",
+    return compose("flow_policy", [f"observation.modalities.obs.low_dim=[{','.join(KEYS)}]",
+                                   "algo.unet.down_dims=[16,32]", "algo.unet.diffusion_step_embed_dim=16",
+                                   "algo.transformer.n_emb=16",
                                    "algo.transformer.n_layer=1", "algo.transformer.n_head=2", "train.batch_size=8",
                                    "algo.horizon.prediction_horizon=4", "algo.horizon.action_horizon=2",
                                    "algo.flow.steps=3", *extra])
