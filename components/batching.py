@@ -96,7 +96,8 @@ def action_chunk(batch, chunk_size: int, frame_stack: int = 1):
 DISCOUNT = (K.NEXT, "discount")  # [B, 1] float: the bootstrap discount of each transition (gamma ** steps)
 
 
-@declare(reads=[K.ACTION, K.REWARD, K.DONE, (K.NEXT, K.OBS)], writes=[DISCOUNT, "{next_action_key}", "{mc_return_key}"])
+@declare(reads=[K.ACTION, K.REWARD, K.DONE, (K.NEXT, K.OBS)],
+         writes=[DISCOUNT, "{next_action_key}", "{mc_return_key}"])
 def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_horizon: bool = False,
                       next_action_key: str | None = None, mc_return_key: str | None = None):
     """Windows ``[B, T]`` -> n-step transitions ``[B]`` (robomimic BCQ/CQL/TD3-BC ``process_batch_for_training``).

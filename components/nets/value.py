@@ -181,7 +181,8 @@ class QEnsemble(nn.Module):
         return out
 
     def member(self, i: int) -> nn.Sequential:
-        """A copy of member ``i`` as the plain MLP it equals (``Linear``/``ReLU`` layers)."""
+        """A copy of member ``i`` as the plain MLP it equals (``Linear``/``ReLU`` layers, ``LayerNorm`` with
+        ``layer_norm``)."""
         m = mlp(self.input_dim, 1, self.layer_dims, layer_norm=self.layer_norm).to(self.layers[0].weight.device)
         with torch.no_grad():
             m.load_state_dict({k: v.detach().clone() for k, v in self.member_state_dict(i).items()})
