@@ -144,7 +144,7 @@ def window_sampler(t, store: EpisodeStore, stream: int, obs_stats, action_stats,
 
 def preset_note(cfg: DictConfig) -> str | None:
     """What to say at start-up when the run's preset has recipe entries but none for this recipe (nor for a recipe
-    it extends): only the preset's settings for every recipe apply, so the recipe's own schedule stands."""
+    it extends): only the preset's settings for every recipe apply, and the recipe's own schedule stands."""
     from modmimic.config import load_preset, preset_family
 
     preset, recipe = cfg.get("preset"), str(cfg.get("recipe_name"))
@@ -154,8 +154,9 @@ def preset_note(cfg: DictConfig) -> str | None:
     except ConfigError:  # a recipe file that is gone (a resumed run from elsewhere): nothing to say
         return None
     return (f"preset {preset!r} has no entry for recipe {recipe!r} (nor for a recipe it extends): only its settings "
-            f"for every recipe apply, so the recipe's own schedule stands ({cfg.train.num_epochs} epochs x "
-            f"{cfg.experiment.epoch_every_n_steps} steps, batch {cfg.train.batch_size})")
+            f"for every recipe apply; this run trains {cfg.train.num_epochs} epochs x "
+            f"{cfg.experiment.epoch_every_n_steps} steps at batch {cfg.train.batch_size} (the recipe's schedule unless "
+            "the command line changed it)")
 
 
 def with_required_returns(cfg: DictConfig, store):

@@ -133,7 +133,7 @@ def test_a_preset_without_an_entry_for_the_recipe_says_so_at_start_up():
     from modmimic.trainer import preset_note
 
     note = preset_note(compose("cql", ["preset=fast"]))
-    assert "preset 'fast' has no entry for recipe 'cql'" in note and "2000 epochs x 100 steps, batch 1024" in note
+    assert "preset 'fast' has no entry for recipe 'cql'" in note and "2000 epochs x 100 steps at batch 1024" in note
     assert preset_note(compose("cql", ["preset=fast", "train.num_epochs=3"])).count("3 epochs") == 1
     assert preset_note(compose("cql")) is None  # robomimic: no recipe entries at all, nothing to say
     assert preset_note(compose("bc_rnn_gmm", ["preset=fast"])) is None  # bc_rnn's entry applies
