@@ -15,13 +15,17 @@ reported. Data: a synthetic robomimic-format file of ~30k samples with Lift-like
   step and the EMA lerp with the power-schedule decay).
 * ``dp_latency``: acting cost of one chunk (``predict_chunk``, batch 1) with DDPM 100 and DDIM 10 denoising steps,
   ``ms_per_chunk`` for robomimic's default UNet and for the small one.
+* ``flow_latency``: the same acting cost for the flow policy with 1, 4 and 10 Euler steps next to Diffusion Policy
+  with DDIM 10 on the same UNet (robomimic's default, the small one, and the ``fast`` preset's [32, 64] / 32), the
+  four samplers timed interleaved in every round (median of ``--repeats`` rounds); ``ratio_vs_ddim10`` = flow time /
+  DDIM-10 time.
 
 ``--only image`` (opt-in; slow on a CPU): image BC-RNN, two 84x84 uint8 cameras, ResNet18Conv + SpatialSoftmax(32) +
 Linear(64) + ReLU per camera, batch 16, seq 10, against the same math bare (the same plain-torch ResNet-18 trunk
 class; uint8 gather, /255, spatial softmax, LSTM and loss written out).
 
 Usage: ``python benchmarks/bench_train_step.py [--threads 1] [--repeats 7] [--steps 30]
-[--only bc,bc_rnn,sampler,diffusion_policy,dp_latency,image]``
+[--only bc,bc_rnn,sampler,diffusion_policy,dp_latency,flow_latency,image]``
 """
 from __future__ import annotations
 
@@ -158,6 +162,32 @@ def dp_latency(store, threads: int, repeats: int) -> None:
                               "threads": threads}), flush=True)
 
 
+DP_FAST = ["algo.unet.down_dims=[32,64]", "algo.unet.diffusion_step_embed_dim=32"]
+
+
+def flow_latency(store, threads: int, repeats: int) -> None:
+    """ms per ``predict_chunk`` (batch 1): DDIM 10 vs flow matching with 1 / 4 / 10 Euler steps, same UNet."""
+    for name, dims in (("unet256-512-1024", []), ("unet64-128-256", DP_SMALL), ("unet32-64", DP_FAST)):
+        nets = {"ddim10": modmimic_setup(store, "diffusion_policy", 1,
+                                         [*dims, "algo.ddpm.enabled=false", "algo.ddim.enabled=true"])[1]}
+        for steps in (1, 4, 10):
+            nets[f"flow{steps}"] = modmimic_setup(store, "flow_policy", 1, [*dims, f"algo.flow.steps={steps}"])[1]
+        td = WindowSampler(store, 1, seq_length=1, frame_stack=2).sample()
+        times = {k: [] for k in nets}
+        with torch.no_grad():
+            for algo in nets.values():
+                algo.set_eval()
+                algo.nets["ema_policy"].predict_chunk(td)
+            for _ in range(max(3, repeats)):
+                for k, algo in nets.items():
+                    times[k].append(timed(lambda: algo.nets["ema_policy"].predict_chunk(td), 1))
+        ddim = statistics.median(times["ddim10"])
+        for k, ts in times.items():
+            t = statistics.median(ts)
+            print(json.dumps({"workload": f"flow_latency/{name}/{k}", "ms_per_chunk": round(t * 1e3, 2),
+                              "ratio_vs_ddim10": round(t / ddim, 3), "threads": threads}), flush=True)
+
+
 CAMS = ("agentview_image", "robot0_eye_in_hand_image")
 
 
@@ -274,6 +304,8 @@ def main(argv=None):
                     max(2, args.steps // 10), args.repeats, args.threads)
         if "dp_latency" in only:
             dp_latency(store, args.threads, args.repeats)
+        if "flow_latency" in only:
+            flow_latency(store, args.threads, args.repeats)
         if "image" in only:
             image_bench(tmp, args)
 

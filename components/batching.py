@@ -96,8 +96,10 @@ def action_chunk(batch, chunk_size: int, frame_stack: int = 1):
 DISCOUNT = (K.NEXT, "discount")  # [B, 1] float: the bootstrap discount of each transition (gamma ** steps)
 
 
-@declare(reads=[K.ACTION, K.REWARD, K.DONE, (K.NEXT, K.OBS)], writes=[DISCOUNT])
-def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_horizon: bool = False):
+@declare(reads=[K.ACTION, K.REWARD, K.DONE, (K.NEXT, K.OBS)],
+         writes=[DISCOUNT, "{next_action_key}", "{mc_return_key}"])
+def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_horizon: bool = False,
+                      next_action_key: str | None = None, mc_return_key: str | None = None):
     """Windows ``[B, T]`` -> n-step transitions ``[B]`` (robomimic BCQ/CQL/TD3-BC ``process_batch_for_training``).
 
     * ``observation``, ``action``, ``goal``: step 0; ``("next", "observation")``: step ``n_step - 1``.
@@ -105,6 +107,10 @@ def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_h
       ``terminated``) = any done among them; ``("next", "discount")`` = ``gamma^n_step``.
     * ``infinite_horizon``: the reward of done transitions is scaled by ``1 / (1 - gamma^n_step)``.
     * the goal is also placed in ``batch["next"]``, so ``batch["next"]`` is the next state that every network reads.
+    * ``next_action_key`` (e.g. ``"next.action"``, ReBRAC's critic penalty): the data action at the next state, step
+      ``n_step`` of the window (``train.seq_length >= n_step + 1``; at a demo's end the last action, repeated).
+    * ``mc_return_key`` (``"mc_return"``, Cal-QL): the Monte-Carlo return-to-go of step 0, from windows that carry it
+      (recipes that require ``mc_returns``; :mod:`modmimic.data.returns`).
 
     With ``n_step = 1`` this is exactly robomimic's (and IQL's ``[:, 0]``) batch. For ``n_step > 1`` robomimic sums
     the rewards of every step of the window, including the steps that padding repeats at the end of a demo (the
@@ -144,7 +150,18 @@ def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_h
         goal = {k: v[:, 0] for k, v in batch.get(K.GOAL).items()}
         out[K.GOAL] = goal
         out_next[K.GOAL] = goal
-    return TensorDict._new_unsafe(out, batch_size=torch.Size([B]), device=batch.device)
+    td = TensorDict._new_unsafe(out, batch_size=torch.Size([B]), device=batch.device)
+    if next_action_key is not None:
+        if T < n_step + 1:
+            raise ValueError(f"windows have {T} steps but the next action needs n_step + 1 = {n_step + 1}: set "
+                             f"train.seq_length >= {n_step + 1}")
+        td.set(K.as_key(next_action_key), batch.get(K.ACTION)[:, n_step])
+    if mc_return_key is not None:
+        if K.MC_RETURN not in batch.keys():
+            raise ValueError("the batch has no Monte-Carlo returns ('mc_return'): the recipe must list mc_returns in "
+                             "its requires (the training loop then adds them to the episode store)")
+        td.set(K.as_key(mc_return_key), batch.get(K.MC_RETURN)[:, 0])
+    return td
 
 
 def next_state(batch):

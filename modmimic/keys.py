@@ -15,6 +15,8 @@ without remapping:
     "loss_mask"                             optional: the steps losses average over (all when absent)
     "index"                                 global index of the window's start (robomimic ``index``)
     "episode"                               demonstration number (position in the ordered demo list)
+    "mc_return"                             Monte-Carlo return-to-go of the step within its demo, trailing dim 1
+                                            (recipes that require ``mc_returns``: Cal-QL)
 
 Sequence batches are ``[B, T]``; single-step batches are ``[B]``.
 """
@@ -35,6 +37,7 @@ IS_INIT = "is_init"
 LOSS_MASK = "loss_mask"  # optional [B, T] bool: the steps a loss averages over (e.g. the transformer's last step)
 INDEX = "index"
 EPISODE = "episode"
+MC_RETURN = "mc_return"
 
 
 def obs(key: str) -> tuple:

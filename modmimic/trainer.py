@@ -77,6 +77,23 @@ def device_of(cfg: DictConfig) -> torch.device:
         raise ConfigError(f"device must be cpu, cuda or cuda:<n>, got {dev!r}") from None
 
 
+def preset_note(cfg: DictConfig) -> str | None:
+    """What to say at start-up when the run's preset has recipe entries but none for this recipe (nor for a recipe
+    it extends): only the preset's settings for every recipe apply, and the recipe's own schedule stands."""
+    from modmimic.config import load_preset, preset_family
+
+    preset, recipe = cfg.get("preset"), str(cfg.get("recipe_name"))
+    try:
+        if not preset or not (load_preset(str(preset)).get("recipes") or {}) or preset_family(str(preset), recipe):
+            return None
+    except ConfigError:  # a recipe file that is gone (a resumed run from elsewhere): nothing to say
+        return None
+    return (f"preset {preset!r} has no entry for recipe {recipe!r} (nor for a recipe it extends): only its settings "
+            f"for every recipe apply; this run trains {cfg.train.num_epochs} epochs x "
+            f"{cfg.experiment.epoch_every_n_steps} steps at batch {cfg.train.batch_size} (the recipe's schedule unless "
+            "the command line changed it)")
+
+
 # --- randomness -----------------------------------------------------------------------------------------------
 
 def seed_everything(seed: int) -> None:
@@ -842,6 +859,9 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
                   f"run directory {run_dir}" + (f"; resuming at epoch {start_epoch}" if resume else ""))
             print("modmimic.train: " + rollout_plan(cfg, rollout_fn, why, start_epoch, last_epoch,
                                                     getattr(rollout_fn, "env_name", None)), flush=True)
+            note = preset_note(cfg)
+            if note:
+                print(f"modmimic.train: {note}", flush=True)
             if os.path.exists(last_path) and not group.active:
                 signals.graceful = True  # a stop signal now finishes the step and saves a resumable checkpoint
             for epoch in range(start_epoch, last_epoch + 1):

@@ -127,3 +127,15 @@ def test_resuming_under_another_preset_is_refused(tmp_path, reach_hdf5, tiny):
     assert main([*args, "resume=true", "preset=fast"]) == 2
     assert sorted(os.listdir(tmp_path / "test")) == before
     assert main([*args, "resume=true", "preset=robomimic", "train.num_epochs=2"]) == 0
+
+
+def test_a_preset_without_an_entry_for_the_recipe_says_so_at_start_up():
+    from modmimic.trainer import preset_note
+
+    note = preset_note(compose("cql", ["preset=fast"]))
+    assert "preset 'fast' has no entry for recipe 'cql'" in note and "2000 epochs x 100 steps at batch 1024" in note
+    assert preset_note(compose("cql", ["preset=fast", "train.num_epochs=3"])).count("3 epochs") == 1
+    assert preset_note(compose("cql")) is None  # robomimic: no recipe entries at all, nothing to say
+    assert preset_note(compose("bc_rnn_gmm", ["preset=fast"])) is None  # bc_rnn's entry applies
+    for r in ("rebrac", "cal_ql", "flow_policy"):
+        assert preset_note(compose(r, ["preset=fast"])) is None

@@ -17,7 +17,8 @@ from modmimic.trainer import (build_data, make_run_dir, resume_config, run_epoch
 from modmimic.algo import algo_factory  # noqa: E402
 
 # awac: offline RL, sampling prepare steps; diffusion_policy: EMA target; act: chunked batches, a sampled latent
-FAST_RESUME = ["bc", "bc_rnn", "bc_transformer", "hbc", "awac", "diffusion_policy", "act"]  # iris: slow (hbc's engine)
+FAST_RESUME = ["bc", "bc_rnn", "bc_transformer", "hbc", "awac", "diffusion_policy", "act", "flow_policy", "rebrac",
+               "cal_ql"]  # iris: slow (hbc's engine)
 
 
 def optim_params_paths(cfg, prefix="algo"):

@@ -14,6 +14,7 @@ from modmimic.components.nets.vision import (ResNet18Conv, ShallowConv, SpatialM
                                              VisualCore)
 from modmimic.config import compose, to_plain
 from modmimic.data.hdf5 import load_episode_store
+from modmimic.trainer import with_required_returns
 from modmimic.data.sampler import WindowSampler
 from modmimic.data.synthetic import write_robomimic_hdf5
 from modmimic.policy import RolloutPolicy, make_checkpoint, policy_from_checkpoint, save_checkpoint
@@ -394,6 +395,7 @@ def test_every_recipe_takes_a_train_step_on_images(recipe, image_hdf5, tiny):
     cfg = image_config(recipe, tiny)
     torch.manual_seed(0)
     store = load_episode_store(image_hdf5, all_obs_keys(cfg), load_next_obs=True)
+    store = with_required_returns(cfg, store)  # Cal-QL's Monte-Carlo returns, as the training loop adds them
     sampler = WindowSampler(store, cfg.train.batch_size, seq_length=cfg.train.seq_length,
                             frame_stack=cfg.train.frame_stack, seed=0, goal_mode=cfg.train.goal_mode)
     algo = algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)

@@ -81,9 +81,19 @@ def cql_gap(q_candidates: torch.Tensor, log_density: torch.Tensor, q_data: torch
     return min_q_weight * (lse - q_data.mean((1, 2)))
 
 
-@declare(reads=[K.ACTION, (K.NEXT, K.OBS), "{pred_key}"], needs={"policy": ("rsample_with_log_prob",)})
+def calibrate(q_candidates: torch.Tensor, lower_bound: torch.Tensor, num_random_actions: int) -> torch.Tensor:
+    """Cal-QL (Nakamoto et al. 2023): the policy candidates' values (all but the first ``num_random_actions``
+    uniform ones) raised to at least the reference value of their state, ``max(Q(s, a~pi), V_ref(s))``.
+    ``q_candidates`` ``[N, B, M]``, ``lower_bound`` ``[B, 1]`` (the data's Monte-Carlo return-to-go)."""
+    n = int(num_random_actions)
+    return torch.cat([q_candidates[..., :n], torch.maximum(q_candidates[..., n:], lower_bound)], dim=-1)
+
+
+@declare(reads=[K.ACTION, (K.NEXT, K.OBS), "{pred_key}", "{lower_bound_key}"],
+         needs={"policy": ("rsample_with_log_prob",)})
 def cql_penalty(batch, critic, policy, log_weight, num_random_actions: int = 10, min_q_weight: float = 1.0,
-                target_q_gap: float | None = 5.0, cql_weight: float = 1.0, pred_key: str | None = None) -> dict:
+                target_q_gap: float | None = 5.0, cql_weight: float = 1.0, pred_key: str | None = None,
+                lower_bound_key: str | None = None) -> dict:
     """Sum over critics of ``w * (gap_i - target_q_gap)``.
 
     * Lagrange (``target_q_gap >= 0``): ``w = clamp(exp(log_weight), 0, 1e6)``; the loss also carries the weight's
@@ -91,9 +101,16 @@ def cql_penalty(batch, critic, policy, log_weight, num_random_actions: int = 10,
     * fixed (``target_q_gap`` None or < 0): ``w = cql_weight``, no gap target.
 
     ``pred_key`` names the data-action predictions ``[B, N, 1]`` a TD loss of the same update kept
-    (``td_loss(keep_pred=...)``); without it they are computed here."""
+    (``td_loss(keep_pred=...)``); without it they are computed here. ``lower_bound_key`` (Cal-QL): the policy
+    candidates' Q values are bounded below by ``batch[lower_bound_key]`` (:func:`calibrate`) before the
+    log-sum-exp, so the penalty stops pushing them under the data's return."""
     actions, log_density = cql_candidates(batch, policy, num_random_actions)
     q_cand = critic(batch, actions)[..., 0]  # [N, B, 3n]
+    bounded = None
+    if lower_bound_key is not None:
+        bound = batch.get(K.as_key(lower_bound_key))
+        bounded = (q_cand[..., num_random_actions:] < bound).float().mean().detach()
+        q_cand = calibrate(q_cand, bound, num_random_actions)
     q_data = batch.get(pred_key).movedim(1, 0) if pred_key is not None else critic(batch, batch.get(K.ACTION))
     gap = cql_gap(q_cand, log_density, q_data, min_q_weight)
     lagrange = target_q_gap is not None and target_q_gap >= 0
@@ -107,5 +124,8 @@ def cql_penalty(batch, critic, policy, log_weight, num_random_actions: int = 10,
         penalty = w * gap
         weight_loss = torch.zeros(())
         loss = penalty.sum()
-    return {"loss": loss, "penalty": penalty.detach().sum(), "gap": gap.detach().mean(), "cql_weight": w.detach(),
-            "weight_loss": weight_loss.detach()}
+    out = {"loss": loss, "penalty": penalty.detach().sum(), "gap": gap.detach().mean(), "cql_weight": w.detach(),
+           "weight_loss": weight_loss.detach()}
+    if bounded is not None:
+        out["bounded_fraction"] = bounded
+    return out

@@ -71,16 +71,22 @@ def value_target(batch, value, discount: float | None = None) -> dict:
     return {Q_TARGET: bootstrap(batch, value(next_state(batch)), discount)}
 
 
-@declare(reads=[K.REWARD, K.DONE, (K.NEXT, K.OBS)], writes=[Q_TARGET])
+@declare(reads=[K.REWARD, K.DONE, (K.NEXT, K.OBS), "{next_action_key}"], writes=[Q_TARGET])
 def actor_target(batch, actor, critic, ensemble_weight: float = 1.0, noise_std: float = 0.0,
-                 noise_clip: float = 0.5, discount: float | None = None) -> dict:
-    """TD3 (-BC): next action ``clip(actor'(s') + clip(N(0, noise_std^2), +-noise_clip), -1, 1)`` (target policy
-    smoothing), scored by the target critics mixed with ``ensemble_weight``."""
+                 noise_clip: float = 0.5, discount: float | None = None, bc_coef: float = 0.0,
+                 next_action_key: str | None = None) -> dict:
+    """TD3 (-BC): next action ``a' = clip(actor'(s') + clip(N(0, noise_std^2), +-noise_clip), -1, 1)`` (target policy
+    smoothing), scored by the target critics mixed with ``ensemble_weight``. ReBRAC's critic penalty: with
+    ``next_action_key`` (the data's next action ``a'_data``, :func:`~modmimic.components.batching.n_step_transition`)
+    the next value is ``mix_i Q'_i(s', a') - bc_coef * ||a' - a'_data||^2``."""
     nxt = next_state(batch)
     a = actor(nxt)
     if noise_std > 0:
         a = (a + (torch.randn_like(a) * noise_std).clamp(-noise_clip, noise_clip)).clamp(-1.0, 1.0)
-    return {Q_TARGET: bootstrap(batch, next_q_value(critic, nxt, a, ensemble_weight), discount)}
+    v = next_q_value(critic, nxt, a, ensemble_weight)
+    if next_action_key is not None:
+        v = v - bc_coef * (a - batch.get(K.as_key(next_action_key))).pow(2).sum(-1, keepdim=True)
+    return {Q_TARGET: bootstrap(batch, v, discount)}
 
 
 @declare(reads=[K.REWARD, K.DONE, (K.NEXT, K.OBS)], writes=[Q_TARGET], needs={"policy": ("rsample", "rsample_with_log_prob")})

@@ -236,7 +236,8 @@ class DiffusionPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_chunk(self, td, generator=None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, Tp, A]`` actions sampled from Gaussian noise with the schedule's sampler (DDPM or DDIM), given a
+        """``[B, Tp, A]`` actions sampled from Gaussian noise with the schedule's sampler (DDPM, DDIM, or the
+        flow policy's Euler steps), given a
         ``[B, To]`` observation window (``[B]`` when To = 1). ``noise`` ``[1 + schedule.noise_draws(), B, Tp, A]``:
         every Gaussian draw of the loop, in the order it makes them (the initial sample, then one per DDPM step
         ``t > 0``), given instead of drawn; drawing them in that order from one generator gives the same chunk as
@@ -275,6 +276,16 @@ def diffusion_policy(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = N
     key on ``[B * To, ...]`` (time folded into the batch, robomimic's ``time_distributed``), each step's features
     concatenated over keys. The recipe's default ResNet uses GroupNorm (``use_group_norm``), as robomimic's
     ``replace_bn_with_gn``."""
+    enc, net, To, Tp = observation_encoder_and_denoiser(obs_shapes, ac_dim, goal_shapes, denoiser, horizon, unet,
+                                                        transformer, encoder)
+    return DiffusionPolicy(enc, net, schedule_from_config(ddpm, ddim), To, Tp, ac_dim)
+
+
+def observation_encoder_and_denoiser(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
+                                     denoiser: str = "unet", horizon: dict | None = None, unet: dict | None = None,
+                                     transformer: dict | None = None, encoder: dict | None = None):
+    """``(ObsEncoder, denoiser, To, Tp)`` from the recipe's sections (shared by Diffusion Policy and the flow policy,
+    :func:`~modmimic.components.nets.flow.flow_policy`)."""
     h = dict(horizon or {})
     To, Tp = int(h.get("observation_horizon", 2)), int(h.get("prediction_horizon", 16))
     if To < 1 or Tp < 1:
@@ -288,4 +299,4 @@ def diffusion_policy(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = N
         net = TransformerDenoiser(ac_dim, enc.output_dim, Tp, To, **tr)
     else:
         raise ValueError(f"unknown denoiser {denoiser!r}: expected 'unet' or 'transformer'")
-    return DiffusionPolicy(enc, net, schedule_from_config(ddpm, ddim), To, Tp, ac_dim)
+    return enc, net, To, Tp

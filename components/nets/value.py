@@ -84,17 +84,35 @@ class StackedLinear(nn.Module):
         return torch.addmm(self.bias[i], x, self.weight[i])
 
 
+class StackedLayerNorm(nn.Module):
+    """``N`` LayerNorms as one: ``weight``/``bias`` ``[N, 1, dim]``; ``forward`` on ``[N, M, dim]``."""
+
+    def __init__(self, norms: Sequence[nn.LayerNorm]):
+        super().__init__()
+        self.dim, self.eps = norms[0].normalized_shape, norms[0].eps
+        self.weight = nn.Parameter(torch.stack([n.weight.detach() for n in norms]).unsqueeze(1).contiguous())
+        self.bias = nn.Parameter(torch.stack([n.bias.detach() for n in norms]).unsqueeze(1).contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(x, self.dim, eps=self.eps) * self.weight + self.bias
+
+    def member(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(x, self.dim, self.weight[i, 0], self.bias[i, 0], self.eps)
+
+
 class QEnsemble(nn.Module):
     """``N`` Q MLPs over ``cat(state features, action)`` evaluated together: each layer's weights are stacked
     ``[N, in, out]`` and run as one batched matmul, the encoder is shared. Parameters are drawn as ``N`` independent
     :func:`~modmimic.components.nets.core.mlp` in a row (the RNG order of a list of member MLPs), so seeded runs are
     those of separate critics. ``member(i)`` gives a copy of member ``i`` as a plain ``nn.Sequential``;
     :meth:`clip_grad_norm_per_member_` clips each member's gradient on its own (robomimic steps every critic with its
-    own optimizer). State dict: ``layers.<j>.weight [N, in, out]``, ``layers.<j>.bias [N, 1, out]``."""
+    own optimizer). State dict: ``layers.<j>.weight [N, in, out]``, ``layers.<j>.bias [N, 1, out]``; with
+    ``layer_norm`` (ReBRAC's critics) a LayerNorm after every hidden linear layer, before its ReLU
+    (``norms.<j>.weight`` / ``.bias`` ``[N, 1, out]``)."""
 
     def __init__(self, obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
                  layer_dims: Sequence[int] = (300, 400), n: int = 2, value_bounds=None,
-                 encoder: dict | None = None):
+                 encoder: dict | None = None, layer_norm: bool = False):
         super().__init__()
         if n < 1:
             raise ValueError(f"a Q ensemble needs at least one member, got n={n}")
@@ -102,11 +120,14 @@ class QEnsemble(nn.Module):
         if any(True for _ in self.encoder.parameters()):
             raise ValueError("QEnsemble shares one parameter-free (low-dim) encoder among its members; with image "
                              "encoders use EncodedQEnsemble (q_ensemble chooses it)")
-        self.n, self.layer_dims = n, tuple(layer_dims)
+        self.n, self.layer_dims, self.layer_norm = n, tuple(layer_dims), bool(layer_norm)
         self.input_dim = self.encoder.output_dim + ac_dim
-        members = [mlp(self.input_dim, 1, layer_dims) for _ in range(n)]
+        members = [mlp(self.input_dim, 1, layer_dims, layer_norm=self.layer_norm) for _ in range(n)]
         linears = [[m for m in member if isinstance(m, nn.Linear)] for member in members]
         self.layers = nn.ModuleList(StackedLinear([ls[j] for ls in linears]) for j in range(len(linears[0])))
+        norms = [[m for m in member if isinstance(m, nn.LayerNorm)] for member in members]
+        self.norms = nn.ModuleList(StackedLayerNorm([ns[j] for ns in norms]) for j in range(len(norms[0]))) \
+            if self.layer_norm else None
         self.bounds = _bounds(value_bounds)
 
     def _member_mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +136,7 @@ class QEnsemble(nn.Module):
         for j, layer in enumerate(self.layers):
             x = layer.member(i, x)
             if j < last:
-                x = torch.relu_(x)
+                x = torch.relu_(x if self.norms is None else self.norms[j].member(i, x))
         return x
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +151,7 @@ class QEnsemble(nn.Module):
         for j, layer in enumerate(self.layers):
             x = layer(x)
             if j < last:
-                x = torch.relu_(x)
+                x = torch.relu_(x if self.norms is None else self.norms[j](x))
         return x
 
     def forward(self, td, action: torch.Tensor) -> torch.Tensor:
@@ -152,12 +173,17 @@ class QEnsemble(nn.Module):
         for j, layer in enumerate(self.layers):
             out[f"{k}.weight"] = layer.weight[i].t()
             out[f"{k}.bias"] = layer.bias[i, 0]
+            if self.norms is not None and j < len(self.norms):
+                out[f"{k + 1}.weight"] = self.norms[j].weight[i, 0]
+                out[f"{k + 1}.bias"] = self.norms[j].bias[i, 0]
+                k += 1
             k += 2
         return out
 
     def member(self, i: int) -> nn.Sequential:
-        """A copy of member ``i`` as the plain MLP it equals (``Linear``/``ReLU`` layers)."""
-        m = mlp(self.input_dim, 1, self.layer_dims).to(self.layers[0].weight.device)
+        """A copy of member ``i`` as the plain MLP it equals (``Linear``/``ReLU`` layers, ``LayerNorm`` with
+        ``layer_norm``)."""
+        m = mlp(self.input_dim, 1, self.layer_dims, layer_norm=self.layer_norm).to(self.layers[0].weight.device)
         with torch.no_grad():
             m.load_state_dict({k: v.detach().clone() for k, v in self.member_state_dict(i).items()})
         return m
@@ -195,14 +221,14 @@ class EncodedQEnsemble(nn.Module):
 
     def __init__(self, obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
                  layer_dims: Sequence[int] = (300, 400), n: int = 2, value_bounds=None,
-                 encoder: dict | None = None):
+                 encoder: dict | None = None, layer_norm: bool = False):
         super().__init__()
         if n < 1:
             raise ValueError(f"a Q ensemble needs at least one member, got n={n}")
         inputs = group_inputs(obs_shapes, goal_shapes)
         self.bounds = _bounds(value_bounds)
         self.members = nn.ModuleList(
-            EncodedMember(e, mlp(e.output_dim + ac_dim, 1, layer_dims))
+            EncodedMember(e, mlp(e.output_dim + ac_dim, 1, layer_dims, layer_norm=layer_norm))
             for e in (ObsEncoder(inputs, encoder) for _ in range(n)))
 
     def forward(self, td, action: torch.Tensor) -> torch.Tensor:
@@ -277,12 +303,13 @@ def value_net(obs_shapes: dict, ac_dim: int | None = None, goal_shapes: dict | N
 
 def q_ensemble(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
                layer_dims: Sequence[int] = (300, 400), n: int = 2, value_bounds=None,
-               encoder: dict | None = None):
+               encoder: dict | None = None, layer_norm: bool = False):
     """Low-dim observations: the stacked :class:`QEnsemble` (one shared parameter-free encoder); image encoders:
-    :class:`EncodedQEnsemble` (one encoder per critic)."""
+    :class:`EncodedQEnsemble` (one encoder per critic). ``layer_norm``: LayerNorm after every hidden layer."""
     if any(True for _ in ObsEncoder(group_inputs(obs_shapes, goal_shapes), encoder).parameters()):
-        return EncodedQEnsemble(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), n, value_bounds, encoder)
-    return QEnsemble(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), n, value_bounds, encoder)
+        return EncodedQEnsemble(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), n, value_bounds, encoder,
+                                layer_norm)
+    return QEnsemble(obs_shapes, ac_dim, goal_shapes, tuple(layer_dims), n, value_bounds, encoder, layer_norm)
 
 
 def distributional_q(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,

@@ -18,7 +18,8 @@ from modmimic.data.default import default_dataset_path
 from modmimic.data.hdf5 import DatasetError, EpisodeStore, load_episode_store
 from modmimic.data.meta import (MetaSampler, check_same_layout, dataset_names, dataset_probabilities,
                                 merged_action_stats, merged_obs_stats)
-from modmimic.data.requirements import check_requirements
+from modmimic.data.requirements import check_requirements, requirements
+from modmimic.data.returns import with_mc_returns
 from modmimic.data.sampler import WindowSampler
 from modmimic.dataset import dataset_entries
 from modmimic.logger import check_dir_creatable
@@ -84,6 +85,14 @@ def window_sampler(t, store: EpisodeStore, stream: int, obs_stats, action_stats,
         raise DatasetError(f"{store.path}: {e}") from None
 
 
+def with_required_returns(cfg: DictConfig, store):
+    """``store`` with Monte-Carlo returns-to-go at ``algo.discount`` when the recipe requires ``mc_returns``
+    (Cal-QL), else as is."""
+    if store is None or "mc_returns" not in requirements(cfg):
+        return store
+    return with_mc_returns(store, float(cfg.algo.discount))
+
+
 def build_data(cfg: DictConfig, device="cpu") -> TrainData:
     """Episode stores and window samplers of the train (and validation) split of ``train.data``."""
     t = cfg.train
@@ -108,6 +117,7 @@ def build_data(cfg: DictConfig, device="cpu") -> TrainData:
     train_store = load(entry.get("filter_key") or t.hdf5_filter_key, "train")
     check_requirements(cfg, train_store)  # offline RL: rewards, dones, next observations
     valid_store = load(t.hdf5_validation_filter_key, "valid") if cfg.experiment.validate else None
+    train_store, valid_store = with_required_returns(cfg, train_store), with_required_returns(cfg, valid_store)
     if valid_store is not None:
         check_disjoint(path, train_store, valid_store, f"train.hdf5_filter_key={t.hdf5_filter_key}",
                        f"train.hdf5_validation_filter_key={t.hdf5_validation_filter_key}")
@@ -199,6 +209,8 @@ def build_meta_data(cfg: DictConfig, entries: list[dict], device="cpu") -> Train
             check_disjoint(path, train_stores[-1], valid_stores[-1], f"filter key {train_key}",
                            f"validation filter key {valid_key}")
     check_same_layout(train_stores + valid_stores)
+    train_stores = [with_required_returns(cfg, st) for st in train_stores]
+    valid_stores = [with_required_returns(cfg, st) for st in valid_stores]
     obs_stats = merged_obs_stats(train_stores) if t.hdf5_normalize_obs else None
     try:
         action_stats = merged_action_stats(train_stores, action_config)

@@ -2,7 +2,9 @@
 dataset lacking it, before any network is built.
 
 * ``rewards``  — ``rewards`` and ``dones`` in every demo (offline RL: TD targets);
-* ``next_obs`` — ``next_obs/<key>`` for the observation keys (bootstrapping from the next state).
+* ``next_obs`` — ``next_obs/<key>`` for the observation keys (bootstrapping from the next state);
+* ``mc_returns`` — Monte-Carlo returns-to-go, computed from the rewards and dones at load time
+  (:mod:`modmimic.data.returns`); implied by a batch function that keeps them (``batch.mc_return_key``, Cal-QL).
 """
 from __future__ import annotations
 
@@ -11,7 +13,13 @@ from modmimic.data.hdf5 import DatasetError
 
 
 def requirements(cfg) -> list[str]:
-    return list(cfg.get("requires") or [])
+    """The recipe's ``requires`` list, plus ``mc_returns`` when its batch function keeps Monte-Carlo returns
+    (``batch.mc_return_key``, Cal-QL)."""
+    out = list(cfg.get("requires") or [])
+    batch = cfg.get("batch") or {}
+    if batch.get("mc_return_key") is not None and "mc_returns" not in out:
+        out.append("mc_returns")
+    return out
 
 
 def load_rewards_flag(cfg) -> bool | None:
@@ -26,7 +34,8 @@ def check_requirements(cfg, store) -> None:
     path = getattr(store, "path", "the dataset")
     missing = []
     for req in requirements(cfg):
-        if req == "rewards" and not (store.has(K.REWARD) and store.has(K.DONE)):
+        if req in ("rewards", "mc_returns") and not (store.has(K.REWARD) and store.has(K.DONE)) and \
+                not any(m.startswith("rewards") for m in missing):
             missing.append("rewards and dones (data/<demo>/rewards, data/<demo>/dones)")
         if req == "next_obs":
             have = {k[2] for k in list(store.columns) + list(store.uint8) if k[0] == K.NEXT and k[1] == K.OBS}

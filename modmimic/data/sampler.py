@@ -214,6 +214,9 @@ class WindowSampler:
             nxt["terminated"] = done
         if nxt:
             out[K.NEXT] = nxt
+        if K.MC_RETURN in cols:  # Monte-Carlo returns-to-go (modmimic.data.returns)
+            a, b, _ = cols[K.MC_RETURN]
+            out[K.MC_RETURN] = block[..., a:b]
         out[K.MASK[0]] = {K.MASK[1]: (raw == rows).to(self.device)}
         out[K.IS_INIT] = (rows == self._offsets[self.episode[w]].unsqueeze(1)).to(self.device)
         out[K.INDEX] = w.to(self.device).unsqueeze(1).expand(B, T)
