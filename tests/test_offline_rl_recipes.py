@@ -14,7 +14,7 @@ from modmimic.data.requirements import check_requirements
 from modmimic.data.sampler import WindowSampler
 from modmimic.data.synthetic import chain_obs, chain_optimal_q, make_chain_dataset, write_robomimic_hdf5
 from modmimic.policy import RolloutPolicy, make_checkpoint, policy_from_checkpoint, save_checkpoint
-from modmimic.trainer import with_required_returns
+from modmimic.data.build import with_required_returns
 
 RL_RECIPES = ["iql", "td3_bc", "cql", "bcq", "bcq_gmm", "bcq_distributional", "rebrac", "cal_ql"]
 N_STATES, GAMMA = 5, 0.9

@@ -14,7 +14,7 @@ from modmimic.components.nets.vision import (ResNet18Conv, ShallowConv, SpatialM
                                              VisualCore)
 from modmimic.config import compose, to_plain
 from modmimic.data.hdf5 import load_episode_store
-from modmimic.trainer import with_required_returns
+from modmimic.data.build import with_required_returns
 from modmimic.data.sampler import WindowSampler
 from modmimic.data.synthetic import write_robomimic_hdf5
 from modmimic.policy import RolloutPolicy, make_checkpoint, policy_from_checkpoint, save_checkpoint
