@@ -94,10 +94,13 @@ def same(a, b) -> bool:
 
 
 def compare(before, after) -> int:
-    a, b = torch.load(before, weights_only=False), torch.load(after, weights_only=False)
-    bad = [k for k in a if k not in b or not same(a[k], b[k])] + [k for k in b if k not in a]
+    a, b = torch.load(before, weights_only=True), torch.load(after, weights_only=True)  # results are plain data
+    bad = [k for k in a if k not in b or not same(a[k], b[k])]
     for k in a:
         print(f"{'same' if k not in bad else 'DIFFERENT'}  {k}  ({a[k].get('recipe', a[k].get('error'))})")
+    for k in b:
+        if k not in a:
+            print(f"new   {k}  (not in {before})")
     print(f"{len(a) - len(bad)}/{len(a)} cases bit-identical")
     return 1 if bad else 0
 

@@ -72,3 +72,20 @@ def report(e: BaseException, prog: str, labels=(), failure: str = "failed", inte
         msg, code = f"{failure} with {type(e).__name__}: {' '.join(str(e).split())[:500]}{at}", EXIT_FAILURE
     print(f"{prog}: {msg}", file=sys.stderr, flush=True)
     return code
+
+
+def run_main(argv, usage, body, report) -> int:
+    """A ``key=value`` CLI's ``main``: ``--help`` prints ``usage()``; otherwise ``body(argv)`` gives the exit status
+    and every failure becomes ``report(exception)``'s one line and status (``SystemExit`` passes through)."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(usage())
+        return 0
+    try:
+        return body(argv)
+    except BaseException as e:  # noqa: BLE001 - every failure becomes a message and an exit status
+        if isinstance(e, SystemExit):
+            raise
+        return report(e)

@@ -25,7 +25,7 @@ import os
 import sys
 import time
 
-from modmimic.cli import ArgumentError, convert, parse_kv, report as cli_report  # noqa: F401  (re-exported)
+from modmimic.cli import ArgumentError, convert, parse_kv, report as cli_report, run_main  # noqa: F401  (re-exported)
 
 PROG = "modmimic.eval"
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
@@ -228,40 +228,35 @@ def report(e: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(usage())
-        return 0
-    try:
-        from modmimic.package import check_package
+    return run_main(argv, usage, run, report)
 
-        check_package()
-        a = parse_args(argv)
-        quiet = a.pop("quiet") or int(os.environ.get("RANK", "0") or 0) > 0  # torchrun: rank 0 prints
 
-        def on_episode(e):
-            if not quiet:
-                print(f"  episode {e.index:4d} (seed {e.seed}): {'success' if e.success else 'failure'}  "
-                      f"length {e.length:4d}  return {e.ret:.3f}", flush=True)
+def run(argv: list[str]) -> int:
+    from modmimic.package import check_package
 
+    check_package()
+    a = parse_args(argv)
+    quiet = a.pop("quiet") or int(os.environ.get("RANK", "0") or 0) > 0  # torchrun: rank 0 prints
+
+    def on_episode(e):
         if not quiet:
-            print(f"{PROG}: {a['checkpoint']}: {a['episodes']} episodes, {a['num_envs']} env"
-                  f"{'s' if a['num_envs'] > 1 else ''}, seeds {a['seed']}..{a['seed'] + a['episodes'] - 1}",
-                  flush=True)
-        if a["server"] is not None or a["token_file"] is not None:
-            from modmimic.serve import read_token
+            print(f"  episode {e.index:4d} (seed {e.seed}): {'success' if e.success else 'failure'}  "
+                  f"length {e.length:4d}  return {e.ret:.3f}", flush=True)
 
-            a["token"] = read_token(a["token_file"])
-        a.pop("token_file")
-        s = evaluate(a.pop("checkpoint"), json_path=a.pop("json"), on_episode=on_episode, **a)
-        if int(os.environ.get("RANK", "0") or 0) > 0:
-            return 0
-        print(f"{s['env_name']}, horizon {s['horizon']}:\n{format_summary(s)}", flush=True)
+    if not quiet:
+        print(f"{PROG}: {a['checkpoint']}: {a['episodes']} episodes, {a['num_envs']} env"
+              f"{'s' if a['num_envs'] > 1 else ''}, seeds {a['seed']}..{a['seed'] + a['episodes'] - 1}",
+              flush=True)
+    if a["server"] is not None or a["token_file"] is not None:
+        from modmimic.serve import read_token
+
+        a["token"] = read_token(a["token_file"])
+    a.pop("token_file")
+    s = evaluate(a.pop("checkpoint"), json_path=a.pop("json"), on_episode=on_episode, **a)
+    if int(os.environ.get("RANK", "0") or 0) > 0:
         return 0
-    except BaseException as e:  # noqa: BLE001 - every failure becomes a message and an exit status
-        if isinstance(e, SystemExit):
-            raise
-        return report(e)
+    print(f"{s['env_name']}, horizon {s['horizon']}:\n{format_summary(s)}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":

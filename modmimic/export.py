@@ -32,7 +32,7 @@ import json
 import os
 import sys
 
-from modmimic.cli import ArgumentError, parse_kv, report as cli_report
+from modmimic.cli import ArgumentError, parse_kv, report as cli_report, run_main
 
 PROG = "modmimic.export"
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
@@ -340,23 +340,18 @@ def report(e: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(usage())
-        return 0
-    try:
-        a = parse_kv(argv, ARGS, PROG)
-        if not a["checkpoint"] or not a["out"]:
-            raise ArgumentError("checkpoint=<path.pth> and out=<dir> are required")
-        m = export(a["checkpoint"], a["format"], a["out"], batch=a["batch"], overwrite=a["overwrite"],
-                   opset=a["opset"])
-        print(f"{PROG}: wrote {os.path.join(a['out'], m['file'])} ({m['format']}, {m['acting']} acting, recipe "
-              f"{m['recipe']}) and {MANIFEST}", flush=True)
-        return 0
-    except BaseException as e:  # noqa: BLE001 - every failure becomes a message and an exit status
-        if isinstance(e, SystemExit):
-            raise
-        return report(e)
+    return run_main(argv, usage, run, report)
+
+
+def run(argv: list[str]) -> int:
+    a = parse_kv(argv, ARGS, PROG)
+    if not a["checkpoint"] or not a["out"]:
+        raise ArgumentError("checkpoint=<path.pth> and out=<dir> are required")
+    m = export(a["checkpoint"], a["format"], a["out"], batch=a["batch"], overwrite=a["overwrite"],
+               opset=a["opset"])
+    print(f"{PROG}: wrote {os.path.join(a['out'], m['file'])} ({m['format']}, {m['acting']} acting, recipe "
+          f"{m['recipe']}) and {MANIFEST}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def _weights_only_reason(e: BaseException) -> str:
 
 def read_checkpoint_file(path: str):
     """``torch.load(path, map_location="cpu", weights_only=True)``, every failure a :class:`CheckpointError` in
-    modmimic's words (never torch's advice to load with ``weights_only=False``)."""
+    modmimic's words (never torch's advice to switch the safe loader off)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}" if not os.path.exists(path)
                               else f"checkpoint {path} is not a file")

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from modmimic.cli import ArgumentError, parse_kv, report as cli_report
+from modmimic.cli import ArgumentError, parse_kv, report as cli_report, run_main
 from modmimic.wire import PROTOCOL, WireError, pack, unpack
 
 PROG = "modmimic.serve"
@@ -337,27 +337,22 @@ def report(e: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(usage())
-        return 0
-    try:
-        a = parse_kv(argv, ARGS, PROG)
-        if not a["checkpoint"]:
-            raise ArgumentError("checkpoint=<path.pth> is required")
-        if a["max_message_mb"] is None or a["max_message_mb"] <= 0:
-            raise ArgumentError(f"max_message_mb must be positive, got {a['max_message_mb']}")
-        server = server_from_checkpoint(a["checkpoint"], a["host"], a["port"], a["device"], read_token(a["token_file"]),
-                                        int(a["max_message_mb"] * (1 << 20)))
-        m = server.meta
-        print(f"{PROG}: serving {m['recipe']} ({a['checkpoint']}, sha256 {m['checkpoint_sha256'][:12]}) on "
-              f"ws://{a['host']}:{a['port']}" + (" (token required)" if server.token else ""), flush=True)
-        server.serve_forever()
-        return 0
-    except BaseException as e:  # noqa: BLE001 - every failure becomes a message and an exit status
-        if isinstance(e, SystemExit):
-            raise
-        return report(e)
+    return run_main(argv, usage, run, report)
+
+
+def run(argv: list[str]) -> int:
+    a = parse_kv(argv, ARGS, PROG)
+    if not a["checkpoint"]:
+        raise ArgumentError("checkpoint=<path.pth> is required")
+    if a["max_message_mb"] is None or a["max_message_mb"] <= 0:
+        raise ArgumentError(f"max_message_mb must be positive, got {a['max_message_mb']}")
+    server = server_from_checkpoint(a["checkpoint"], a["host"], a["port"], a["device"], read_token(a["token_file"]),
+                                    int(a["max_message_mb"] * (1 << 20)))
+    m = server.meta
+    print(f"{PROG}: serving {m['recipe']} ({a['checkpoint']}, sha256 {m['checkpoint_sha256'][:12]}) on "
+          f"ws://{a['host']}:{a['port']}" + (" (token required)" if server.token else ""), flush=True)
+    server.serve_forever()
+    return 0
 
 
 if __name__ == "__main__":

@@ -223,6 +223,12 @@ def test_checkpoint_round_trip_acts_with_ema_weights(recipe, extra, reach_hdf5, 
     algo.set_train()
     for _ in range(3):
         algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1)
+    assert_checkpoint_acts_with_ema(algo, store, tmp_path)
+
+
+def assert_checkpoint_acts_with_ema(algo, store, tmp_path):
+    """The checkpoint's policy acts as the trained one, bit for bit, reading the EMA network only (a change of the
+    trained network leaves its actions alone, a change of the EMA does not). Returns the checkpoint."""
     path = str(tmp_path / "ckpt.pth")
     save_checkpoint(path, make_checkpoint(algo, env_meta=store.env_meta))
     policy, ckpt = policy_from_checkpoint(ckpt_path=path)
@@ -244,6 +250,7 @@ def test_checkpoint_round_trip_acts_with_ema_weights(recipe, extra, reach_hdf5, 
         for p in policy.policy.nets["ema_policy"].parameters():
             p.add_(0.1)
     assert not np.array_equal(a, run(policy))
+    return ckpt
 
 
 def test_explain_diffusion_policy():

@@ -14,7 +14,7 @@ from modmimic.components.nets.flow import FlowSchedule
 from modmimic.config import ConfigError, compose
 from modmimic.data.hdf5 import load_episode_store
 from modmimic.data.sampler import WindowSampler
-from modmimic.policy import RolloutPolicy, make_checkpoint, policy_from_checkpoint, save_checkpoint
+from test_diffusion import assert_checkpoint_acts_with_ema  # noqa: E402
 
 KEYS = ["pos", "goal_pos", "vel"]
 B, TO, TP, A, D = 5, 2, 4, 3, 2
@@ -182,24 +182,8 @@ def test_recipe_trains_checkpoints_and_acts_with_ema_weights(denoiser, reach_hdf
     losses = [algo.log_info(algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1))["Loss"]
               for _ in range(3)]
     assert np.all(np.isfinite(losses))
-    path = str(tmp_path / "ckpt.pth")
-    save_checkpoint(path, make_checkpoint(algo, env_meta=store.env_meta))
-    policy, ckpt = policy_from_checkpoint(ckpt_path=path)
+    ckpt = assert_checkpoint_acts_with_ema(algo, store, tmp_path)
     assert ckpt["recipe_name"] == "flow_policy"
-    rng = np.random.default_rng(0)
-    obs = [{k: rng.uniform(-1, 1, 2) for k in KEYS} for _ in range(5)]
-
-    def run(pol):
-        torch.manual_seed(7)
-        pol.start_episode()
-        return np.stack([pol(o) for o in obs])
-
-    a = run(RolloutPolicy(algo))
-    assert np.array_equal(a, run(policy)) and a.shape == (5, 2) and np.abs(a).max() <= 1.0
-    with torch.no_grad():  # acting reads the EMA network only
-        for p in policy.policy.nets["policy"].parameters():
-            p.add_(1.0)
-    assert np.array_equal(a, run(policy))
 
 
 def test_bad_flow_settings_are_config_errors(reach_hdf5):

@@ -24,18 +24,7 @@ from modmimic.data.sampler import WindowSampler
 from modmimic.data.synthetic import write_robomimic_hdf5
 
 
-class TableQ(nn.Module):
-    """A fake ensemble: ``Q_i(s, a) = w_i * a[..., 0] + s[..., 0]``."""
-
-    def __init__(self, slopes=(1.0, 2.0)):
-        super().__init__()
-        self.slopes = torch.tensor(slopes)
-
-    def forward(self, td, a):
-        s = td.get(K.obs("x"))[..., :1]
-        if a.dim() > s.dim():
-            s = s.unsqueeze(-2)
-        return torch.stack([w * a[..., :1] + s for w in self.slopes])
+from test_offline_rl_losses import TableQ  # noqa: E402  (Q_i(s, a) = w_i * a + s)
 
 
 # --- ReBRAC ------------------------------------------------------------------------------------------------------

@@ -163,14 +163,16 @@ class MetaWorldEnv:
             obs[f"{cam}_image"] = self.render(self._kwargs["camera_heights"], self._kwargs["camera_widths"], cam)
         return obs
 
-    def _select(self, index: int, rand_vec=None, seed: int | None = None):
-        """Make task ``index`` current with placement ``rand_vec`` (or one drawn from ``seed``) and reset it."""
+    def _select(self, index: int, task=None, rand_vec=None, seed: int | None = None):
+        """Make task ``index`` current and reset it, with the placement of benchmark ``task`` (set by Meta-World's
+        own ``set_task`` from the goal it stored in the task), a stored ``rand_vec`` (``reset_to``), or one drawn
+        from ``seed``."""
         self.index = index
         self.env = env = self._env(index)
-        env.set_task(self.tasks[self.names[index]][0])
+        env.set_task(task if task is not None else self.tasks[self.names[index]][0])
         if rand_vec is not None:
             env._last_rand_vec = np.asarray(rand_vec, dtype=np.float64).copy()
-        else:  # Meta-World's seeded placement: the task's own generator seeded with the episode seed
+        elif task is None:  # Meta-World's seeded placement: the task's own generator seeded with the episode seed
             env._freeze_rand_vec, env.seeded_rand_vec = False, True
             env.seed(int(seed))
         with warnings.catch_warnings():
@@ -187,10 +189,7 @@ class MetaWorldEnv:
         self.seed = seed
         if self._kwargs["goals"] == "benchmark":
             self.goal_index = (seed // n) % N_GOALS
-            task = self.tasks[self.names[index]][self.goal_index]
-            import pickle
-
-            flat = self._select(index, rand_vec=pickle.loads(task.data)["rand_vec"])
+            flat = self._select(index, task=self.tasks[self.names[index]][self.goal_index])
         else:
             self.goal_index = None
             flat = self._select(index, seed=seed)
