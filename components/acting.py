@@ -130,12 +130,18 @@ class Chunked:
             self.ctx = torch.where(fresh, filled, torch.cat([self.ctx[:, 1:], step], dim=1))
         return self.ctx
 
-    def _chunk(self, window: TensorDict) -> torch.Tensor:
+    def predict(self, window: TensorDict) -> torch.Tensor:
+        """The whole predicted chunk from the current step on, ``[B, Tp - start, A]``, for a window as
+        ``predict_chunk`` takes it; no episode state is read or changed (asynchronous execution queues and merges
+        chunks itself: :mod:`modmimic.chunking`)."""
         chunk = self.nets[self.net].predict_chunk(window)
         if chunk.dim() != 3 or chunk.shape[1] < self.start + self.Ta:
             raise ValueError(f"{self.net}.predict_chunk returned shape {tuple(chunk.shape)}: chunked acting needs "
                              f"[B, Tp, A] with Tp >= start + action_horizon = {self.start + self.Ta}")
-        return chunk[:, self.start:self.start + self.Ta]
+        return chunk[:, self.start:]
+
+    def _chunk(self, window: TensorDict) -> torch.Tensor:
+        return self.predict(window)[:, :self.Ta]
 
     def __call__(self, td: TensorDict) -> torch.Tensor:
         B = td.batch_size[0]

@@ -67,6 +67,7 @@ class RemotePolicy:
                                       recipe_name=m["recipe"], device="remote")
         self.num_envs = 1
         self._seed = seed
+        self.chunking = m.get("chunking")  # None: acts one step at a time
 
     @property
     def action_dim(self) -> int:
@@ -104,6 +105,16 @@ class RemotePolicy:
             raise RemoteError("goal-conditioned policies are not served yet")
         obs = {k: np.asarray(ob[k]) for k in self.policy.obs_shapes if k in ob}
         return self._request({"op": "act", "obs": obs, "batched": bool(batched_ob)})["action"]
+
+    def predict_chunk(self, window: dict, batched_ob: bool = False) -> np.ndarray:
+        """The served policy's whole chunk for an observation window (key -> ``[obs_horizon, *shape]``, or
+        ``[n, obs_horizon, *shape]`` with ``batched_ob``), ``[H, A]`` (``[n, H, A]``), without touching the
+        session's episode state: what :class:`modmimic.chunking.ChunkExecutor` asks for while the robot keeps
+        acting (``executor_for(remote)``)."""
+        if self.chunking is None:
+            raise RemoteError(f"{self.url}: recipe {self.metadata['recipe']!r} acts one step at a time (no chunks)")
+        obs = {k: np.asarray(window[k]) for k in self.policy.obs_shapes if k in window}
+        return self._request({"op": "chunk", "obs": obs, "batched": bool(batched_ob)})["chunk"]
 
     def close(self) -> None:
         self._ws.close()

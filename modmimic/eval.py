@@ -54,6 +54,15 @@ ARGS = {
     "server": (str, None, "act through a policy server (python -m modmimic.serve) at host:port or ws://host:port; "
                           "the checkpoint gives the environment and must be the one served"),
     "token_file": (str, None, "file holding the server's token (or $MODMIMIC_SERVE_TOKEN)"),
+    "latency_ms": (float, None, "inject this inference delay: the environment keeps stepping at its control rate "
+                                "with the queued chunk or the last action while the policy computes"),
+    "execution": (str, "async", "with latency_ms: sync (wait for each chunk, holding the last action) or async "
+                                "(execute the queue while the next chunk is computed, merge the overlap)"),
+    "merge": (str, None, "with latency_ms: how overlapping chunks merge, latest or ensemble (default: ensemble "
+                         "for temporal-ensembling policies, else latest)"),
+    "refill_at": (int, None, "with latency_ms, async: ask for the next chunk when this many queued actions remain "
+                             "(default max(delay, H - chunk_size))"),
+    "control_hz": (float, None, "with latency_ms: the environment's control rate (default its control_freq)"),
 }
 
 
@@ -78,8 +87,46 @@ def parse_args(argv: list[str]) -> dict:
             raise ArgumentError(f"{k} must be a positive integer, got {out[k]!r}")
     if out["horizon"] is not None and out["horizon"] < 1:
         raise ArgumentError(f"horizon must be a positive integer, got {out['horizon']!r}")
+    check_latency_args(out)
     check_outputs(out["overwrite"], write_dataset=out["write_dataset"], video=out["video"], json=out["json"])
     return out
+
+
+def check_latency_args(a: dict) -> None:
+    from modmimic.chunking import MERGES, MODES
+
+    if a["latency_ms"] is None:
+        given = [k for k in ("merge", "refill_at", "control_hz") if a[k] is not None]
+        if given or a["execution"] != "async":
+            raise ArgumentError(f"{', '.join(given) or 'execution'}= only applies with latency_ms=<n>")
+        return
+    if not a["latency_ms"] >= 0:
+        raise ArgumentError(f"latency_ms must be >= 0, got {a['latency_ms']}")
+    if a["execution"] not in MODES:
+        raise ArgumentError(f"execution must be one of {', '.join(MODES)}, got {a['execution']!r}")
+    if a["merge"] is not None and a["merge"] not in MERGES:
+        raise ArgumentError(f"merge must be one of {', '.join(MERGES)}, got {a['merge']!r}")
+    if a["refill_at"] is not None and a["refill_at"] < 0:
+        raise ArgumentError(f"refill_at must be >= 0, got {a['refill_at']}")
+    if a["control_hz"] is not None and not a["control_hz"] > 0:
+        raise ArgumentError(f"control_hz must be positive, got {a['control_hz']}")
+
+
+def with_latency(policy, ckpt: dict, latency_ms: float, execution: str = "async", merge: str | None = None,
+                 refill_at: int | None = None, control_hz: float | None = None):
+    """``policy`` behind a :class:`modmimic.chunking.ChunkExecutor` whose chunks arrive ``latency_ms`` late, in
+    control steps of the environment (its ``control_freq``, or ``control_hz``)."""
+    from modmimic.chunking import executor_for, latency_to_steps
+    from modmimic.export import control_rate
+
+    rate = control_hz or control_rate(ckpt)
+    if rate is None:
+        raise ArgumentError("latency_ms= needs the environment's control rate and the checkpoint's env metadata has "
+                            "no control_freq: pass control_hz=<Hz>")
+    try:
+        return executor_for(policy, latency_to_steps(latency_ms, rate), execution, merge, refill_at)
+    except ValueError as e:
+        raise ArgumentError(f"latency_ms={latency_ms:g}: {e}") from None
 
 
 OUTPUTS = {"write_dataset": "a new robomimic HDF5 file", "video": "an MP4 of the episodes", "json": "the JSON summary"}
@@ -100,14 +147,18 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
              device: str = "cpu", video: str | None = None, video_skip: int = 5, video_size: int = 512,
              video_episodes: int | None = None, camera: str | None = None, write_dataset: str | None = None,
              timeout: float = 120.0, on_episode=None, json_path: str | None = None, overwrite: bool = False,
-             trusted_modules=None, group=None, server: str | None = None, token: str | None = None) -> dict:
+             trusted_modules=None, group=None, server: str | None = None, token: str | None = None,
+             latency_ms: float | None = None, execution: str = "async", merge: str | None = None,
+             refill_at: int | None = None, control_hz: float | None = None) -> dict:
     """Evaluate a checkpoint (path or loaded dict). Returns the summary (:func:`modmimic.rollout.summarize` plus
     ``Episodes_per_Second``, ``Wall_Seconds``, ``env_name``, ``horizon``) with ``episodes``: one dict per episode.
     ``write_dataset``, ``video`` and ``json_path`` must not exist unless ``overwrite``; ``trusted_modules``: see
     :func:`modmimic.policy.policy_from_checkpoint`. ``group``: the processes that share the episodes (default: every
     process of a torchrun launch, see :mod:`modmimic.distributed`); every rank returns the whole summary, rank 0
     writes the files. ``server``: act through the policy server at that URL (``token``: its shared secret) instead of
-    loading the policy here; the checkpoint must be the one it serves (same sha256)."""
+    loading the policy here; the checkpoint must be the one it serves (same sha256). ``latency_ms``: chunks arrive
+    that late, the environment stepping meanwhile (:func:`with_latency`; ``execution``, ``merge``, ``refill_at``,
+    ``control_hz`` as there)."""
     import torch
 
     from modmimic import distributed
@@ -138,6 +189,9 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
     if not env_meta:
         raise EnvError("the checkpoint has no env metadata (its training dataset had no data.attrs['env_args']), so "
                        "there is no environment to evaluate it in")
+    served = policy
+    if latency_ms is not None:
+        policy = with_latency(served, ckpt, latency_ms, execution, merge, refill_at, control_hz)
     if horizon is None:
         horizon = int(((ckpt.get("config") or {}).get("experiment") or {}).get("rollout", {}).get("horizon") or 400)
     t0 = time.perf_counter()
@@ -154,13 +208,16 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
     finally:
         torch.set_num_threads(threads)
         if server is not None:
-            policy.close()
+            served.close()
     eps = distributed.gather_episodes(eps, group)
     group.close()  # a process group this call created (torchrun); one made by the caller stays
     wall = time.perf_counter() - t0
     out = summarize(eps)
     out.update(Wall_Seconds=wall, Episodes_per_Second=len(eps) / wall, env_name=env or env_meta.get("env_name"),
                horizon=horizon, num_envs=num_envs, seed=seed)
+    if latency_ms is not None:
+        out.update(latency_ms=latency_ms, latency_steps=policy.delay, execution=policy.mode, merge=policy.merge,
+                   stalled_steps=policy.stalls, chunk_requests=policy.requests)
     if write_dataset is not None:
         meta = dict(env_meta)
         if env is not None:
@@ -207,6 +264,9 @@ def format_summary(s: dict) -> str:
              f"return {s['Return']:.3f} +- {s['Return_Std']:.3f}   episode length {s['Horizon']:.1f} steps",
              f"{s['Episodes_per_Second']:.2f} episodes/s ({s['Wall_Seconds']:.1f} s, {s['num_envs']} env"
              f"{'s' if s['num_envs'] > 1 else ''})"]
+    if s.get("latency_ms") is not None:
+        lines.append(f"latency {s['latency_ms']:g} ms = {s['latency_steps']} control steps, {s['execution']} "
+                     f"execution ({s['merge']}): {s['chunk_requests']} requests, {s['stalled_steps']} steps held")
     if s.get("video"):
         lines.append(f"video: {s['video']}")
     if s.get("dataset"):

@@ -494,11 +494,55 @@ class RolloutPolicy:
         g = self._prepare(goal, batched_ob, self.policy.goal_shapes) if goal is not None and self.policy.goal_shapes else None
         a = (self.policy.get_action(obs, g) if self.act_path is None else
              self.policy.get_action(obs, g, act_path=self.act_path)).detach().cpu().numpy()
+        a = self._env_actions(a)
+        return a if batched_ob else a[0]
+
+    def _env_actions(self, a: np.ndarray) -> np.ndarray:
+        """Network actions ``[..., A]`` -> the environment's: un-normalized, 6D rotations converted."""
         if self._affine is not None:
             a = a * self._affine[1] + self._affine[0]
         if self._segments is not None:
             a = np.concatenate([a[..., s:e] if conv is None else convert_rot_6d(a[..., s:e], conv).astype(a.dtype)
                                 for _, s, e, conv in self._segments], -1)
+        return a
+
+    @property
+    def chunking(self) -> dict | None:
+        """How this policy's chunks are executed (``chunk_size``, ``obs_horizon``, ``temporal_ensemble``,
+        ``ensemble_k``), or None when it acts one step at a time."""
+        path = self.acting_path
+        if not hasattr(path, "predict") or not hasattr(path, "Ta"):
+            return None
+        return {"chunk_size": int(path.Ta), "obs_horizon": int(path.To),
+                "temporal_ensemble": bool(path.temporal_ensemble), "ensemble_k": float(path.ensemble_k)}
+
+    def predict_chunk(self, window: dict, batched_ob: bool = False) -> np.ndarray:
+        """The whole chunk a chunking policy predicts from an observation window, without touching episode state
+        (:class:`modmimic.chunking.ChunkExecutor` queues and merges chunks itself). ``window``: key -> the last
+        ``obs_horizon`` raw observations, oldest first, ``[obs_horizon, *shape]`` (``[B, obs_horizon, *shape]``
+        with ``batched_ob``). Returns the environment's actions for the current step and the following ones,
+        ``[H, A]`` (``[B, H, A]``); the first ``chunk_size`` are what the in-process policy executes."""
+        spec = self.chunking
+        if spec is None:
+            raise ValueError(f"recipe {self.policy.recipe_name!r} acts one step at a time "
+                             f"({type(self.acting_path).__name__}): it has no chunks to predict")
+        To = spec["obs_horizon"]
+        flat, B = {}, None
+        for k in self.policy.obs_shapes:
+            if k not in window:
+                raise KeyError(f"observation window has no key {k!r} that the policy needs (has: {sorted(window)})")
+            v = np.asarray(window[k])
+            v = v if batched_ob else v[None]
+            if v.ndim < 2 or v.shape[1] != To:
+                raise ValueError(f"observation window {k!r} has shape {list(v.shape)}: expected "
+                                 f"[{'B, ' if batched_ob else ''}{To}, ...] (obs_horizon {To})")
+            B = v.shape[0]
+            flat[k] = v.reshape(B * To, *v.shape[2:])
+        td = self.policy._obs_td(self._prepare(flat, True, self.policy.obs_shapes))
+        if To > 1:
+            td = td.reshape(B, To)
+        with torch.no_grad():
+            a = self._env_actions(self.acting_path.predict(td).detach().cpu().numpy())
         return a if batched_ob else a[0]
 
     def __repr__(self) -> str:

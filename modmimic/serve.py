@@ -99,6 +99,7 @@ def metadata(policy, ckpt: dict, sha256: str) -> dict:
         "chunk_size": int(path.Ta) if chunked else 1,
         "obs_horizon": int(getattr(path, "To", 1)),
         "temporal_ensemble": bool(getattr(path, "temporal_ensemble", False)),
+        "chunking": policy.chunking,  # None: acts one step at a time (no "chunk" requests)
         "acting": type(path).__name__,
         "control_rate_hz": control_rate(ckpt),
         "max_envs": MAX_ENVS,
@@ -132,6 +133,13 @@ class Session:
             self.policy.reset_envs(done)
 
     def act(self, obs: dict, batched: bool) -> np.ndarray:
+        return self._with_rng(self.policy, obs, batched_ob=batched)
+
+    def chunk(self, window: dict, batched: bool) -> np.ndarray:
+        return self._with_rng(self.policy.predict_chunk, window, batched_ob=batched)
+
+    def _with_rng(self, fn, *args, **kwargs) -> np.ndarray:
+        """``fn(*args)`` drawing from this session's RNG stream."""
         import torch
 
         cuda = self.device.type == "cuda"
@@ -139,11 +147,11 @@ class Session:
             torch.set_rng_state(self.rng)
             if cuda and self.gpu_rng is not None:
                 torch.cuda.set_rng_state(self.gpu_rng, self.device)
-            action = self.policy(obs, batched_ob=batched)
+            out = fn(*args, **kwargs)
             self.rng = torch.get_rng_state()
             if cuda:
                 self.gpu_rng = torch.cuda.get_rng_state(self.device)
-        return np.asarray(action, dtype=np.float32)
+        return np.asarray(out, dtype=np.float32)
 
 
 class PolicyServer:
@@ -173,30 +181,40 @@ class PolicyServer:
         policy.policy.set_eval()
 
     # --- protocol ------------------------------------------------------------------------------------------
-    def check_obs(self, obs, batched, session: Session) -> dict:
+    def check_obs(self, obs, batched, session: Session, op: str = "act") -> dict:
         """The observation map of an ``act`` request, checked: every key the policy needs, each a finite numeric
-        array of the policy's shape (``[num_envs, *shape]`` when batched); other keys are ignored."""
+        array of the policy's shape (``[num_envs, *shape]`` when batched); other keys are ignored. For ``chunk``,
+        the observation window: ``[obs_horizon, *shape]`` (``[n, obs_horizon, *shape]`` batched, any ``n`` up to
+        ``max_envs``)."""
         if not isinstance(obs, dict):
-            raise WireError(f"act: obs must be a map of observation key -> array, got {type(obs).__name__}")
+            raise WireError(f"{op}: obs must be a map of observation key -> array, got {type(obs).__name__}")
         if not isinstance(batched, bool):
-            raise WireError(f"act: batched must be true or false, got {type(batched).__name__}")
+            raise WireError(f"{op}: batched must be true or false, got {type(batched).__name__}")
         missing = [k for k in self.shapes if k not in obs]
         if missing:
-            raise WireError(f"act: observation has no key(s) {missing} (the policy reads {sorted(self.shapes)}; "
+            raise WireError(f"{op}: observation has no key(s) {missing} (the policy reads {sorted(self.shapes)}; "
                             f"got {sorted(map(str, obs))[:20]})")
-        out = {}
+        out, rows = {}, None
         for k, shape in self.shapes.items():
             v = obs[k]
             if not isinstance(v, np.ndarray):
-                raise WireError(f"act: observation {k!r} must be an array, got {type(v).__name__}")
-            want = (session.num_envs, *shape) if batched else shape
+                raise WireError(f"{op}: observation {k!r} must be an array, got {type(v).__name__}")
+            if op == "chunk":
+                shape = (self.meta["obs_horizon"], *shape)
+                if batched:
+                    rows = v.shape[0] if rows is None and v.ndim else rows
+                    if not v.ndim or not 1 <= v.shape[0] <= MAX_ENVS or v.shape[0] != rows:
+                        raise WireError(f"chunk: observation window {k!r} has shape {list(v.shape)}: batched windows "
+                                        f"are [n, obs_horizon, *shape] with the same n <= {MAX_ENVS} for every key")
+            want = ((rows if op == "chunk" else session.num_envs), *shape) if batched else shape
             if tuple(v.shape) != want:
-                raise WireError(f"act: observation {k!r} has shape {list(v.shape)}, the policy needs {list(want)}"
-                                + (" ([num_envs, *shape] with the num_envs of reset)" if batched else ""))
+                raise WireError(f"{op}: observation {k!r} has shape {list(v.shape)}, the policy needs {list(want)}"
+                                + (" ([num_envs, *shape] with the num_envs of reset)" if batched and op == "act"
+                                   else ""))
             if v.dtype == np.bool_:
-                raise WireError(f"act: observation {k!r} is bool; send numbers")
+                raise WireError(f"{op}: observation {k!r} is bool; send numbers")
             if v.dtype.kind == "f" and not np.isfinite(v).all():
-                raise WireError(f"act: observation {k!r} has NaN or Inf values")
+                raise WireError(f"{op}: observation {k!r} has NaN or Inf values")
             if self.meta["obs_dtypes"][k] == "uint8" and v.dtype != np.uint8:
                 v = v.astype(np.float32)  # a float image: the encoder clips it to [0, 1] after / 255
             out[k] = v
@@ -228,7 +246,12 @@ class PolicyServer:
                 session.reset(1)
             obs = self.check_obs(msg.get("obs"), msg.get("batched", False), session)
             return {"ok": True, "action": session.act(obs, msg.get("batched", False))}
-        raise WireError(f"unknown op {str(op)[:40]!r}: expected metadata, reset or act")
+        if op == "chunk":
+            if self.meta["chunking"] is None:
+                raise WireError(f"chunk: recipe {self.meta['recipe']!r} acts one step at a time; use act")
+            obs = self.check_obs(msg.get("obs"), msg.get("batched", False), session, op="chunk")
+            return {"ok": True, "chunk": session.chunk(obs, msg.get("batched", False))}
+        raise WireError(f"unknown op {str(op)[:40]!r}: expected metadata, reset, act or chunk")
 
     def _answer(self, session: Session, data) -> bytes:
         try:
