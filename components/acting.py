@@ -130,11 +130,18 @@ class Chunked:
             self.ctx = torch.where(fresh, filled, torch.cat([self.ctx[:, 1:], step], dim=1))
         return self.ctx
 
-    def predict(self, window: TensorDict) -> torch.Tensor:
+    def predict(self, window: TensorDict, prefix: torch.Tensor | None = None) -> torch.Tensor:
         """The whole predicted chunk from the current step on, ``[B, Tp - start, A]``, for a window as
         ``predict_chunk`` takes it; no episode state is read or changed (asynchronous execution queues and merges
-        chunks itself: :mod:`modmimic.chunking`)."""
-        chunk = self.nets[self.net].predict_chunk(window)
+        chunks itself: :mod:`modmimic.chunking`). ``prefix`` ``[B, P, A]``: the actions of the first ``P`` steps
+        are already decided; a network that samples its chunk (Diffusion Policy, flow policy) inpaints them."""
+        if prefix is None:
+            chunk = self.nets[self.net].predict_chunk(window)
+        elif getattr(self.nets[self.net], "schedule", None) is None:
+            raise ValueError(f"{self.net} ({type(self.nets[self.net]).__name__}) does not sample its chunks: it "
+                             "cannot inpaint decided actions")
+        else:
+            chunk = self.nets[self.net].predict_chunk(window, prefix=prefix, prefix_at=self.start)
         if chunk.dim() != 3 or chunk.shape[1] < self.start + self.Ta:
             raise ValueError(f"{self.net}.predict_chunk returned shape {tuple(chunk.shape)}: chunked acting needs "
                              f"[B, Tp, A] with Tp >= start + action_horizon = {self.start + self.Ta}")

@@ -98,6 +98,10 @@ class ChunkExecutor:
       time, the last measured one), so chunks are re-planned every ``chunk_size`` steps when the delay allows, and
       just in time otherwise; ``merge="ensemble"`` defaults to every step (ACT).
     * ``horizon``: use at most this many actions of each chunk (ACT's temporal ensembling uses ``chunk_size``).
+    * ``inpaint`` (async): send the source the actions that will be executed while the chunk is computed (the
+      queue's next ``delay`` actions) as a decided prefix; a sampling policy (Diffusion Policy, flow policy)
+      inpaints them, so the new chunk continues the motion the robot is making instead of jumping (the idea of
+      real-time chunking, Black et al. 2025, with inpainting by replacement rather than guidance).
     * ``hold``: what to do when no chunk covers a step: ``"last"`` repeats the last action (zeros at an episode
       start), ``"zero"`` sends zeros. ``stalls`` counts such steps.
     """
@@ -105,7 +109,7 @@ class ChunkExecutor:
     def __init__(self, source, obs_shapes: dict, action_dim: int, chunk_size: int, obs_horizon: int = 1,
                  mode: str = "async",
                  latency_steps: int | None = 0, refill_at: int | None = None, merge: str = "latest",
-                 ensemble_k: float = 0.01, horizon: int | None = None, hold: str = "last"):
+                 ensemble_k: float = 0.01, horizon: int | None = None, hold: str = "last", inpaint: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if merge not in MERGES:
@@ -124,6 +128,7 @@ class ChunkExecutor:
         if isinstance(source, StepSource):
             self.mode = "sync"  # one action per request: nothing to execute while the next one is computed
         self.delay, self.refill_at, self.horizon = latency_steps, refill_at, horizon
+        self.inpaint = bool(inpaint) and self.mode == "async"
         self.policy = SimpleNamespace(obs_shapes=self.obs_shapes, goal_shapes={}, ac_dim=self.A)  # the rollout loop
         self.action_dim = self.A
         self.num_envs, self.stalls, self.requests = 0, 0, 0
@@ -199,23 +204,36 @@ class ChunkExecutor:
             return left == 0
         return left <= self._threshold(len(self.chunks[j][-1][1]))
 
+    def _decided(self, rows: list):
+        """The actions each row will execute while a chunk asked for now is computed, ``[n, P, A]`` (P: the delay,
+        or fewer when some row's queue is shorter), or None."""
+        delay = self.measured_delay if self.delay is None else self.delay
+        P = min([delay] + [self._remaining(j) for j in rows])
+        if not self.inpaint or P < 1:
+            return None
+        return np.stack([[self._merged(j, self.t[j] + i) for i in range(P)] for j in rows]).astype(np.float32)
+
     def _request(self, rows: list) -> None:
         window = {k: v[rows] for k, v in self.hist.items()}
+        prefix = self._decided(rows)
         self.requests += 1
         if self.delay is None:  # real time: the chunk is computed while the robot keeps acting
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="modmimic-chunk")
-            fut = self._pool.submit(self._call_source, window, rows)
+            fut = self._pool.submit(self._call_source, window, rows, prefix)
             for i, j in enumerate(rows):
                 self.pending[j] = (int(self.t[j]), fut, i)
             return
-        chunks = self._call_source(window, rows)
+        chunks = self._call_source(window, rows, prefix)
         for i, j in enumerate(rows):
             self.pending[j] = (int(self.t[j]), int(self.t[j]) + self.delay, chunks[i])
 
-    def _call_source(self, window: dict, rows: list) -> np.ndarray:
-        out = np.asarray(self.source(window, rows) if isinstance(self.source, StepSource) else self.source(window),
-                         dtype=np.float32)
+    def _call_source(self, window: dict, rows: list, prefix=None) -> np.ndarray:
+        if isinstance(self.source, StepSource):
+            out = self.source(window, rows)
+        else:
+            out = self.source(window) if prefix is None else self.source(window, prefix=prefix)
+        out = np.asarray(out, dtype=np.float32)
         if out.ndim != 3 or out.shape[0] != len(rows):
             raise ValueError(f"the chunk source returned shape {out.shape}; expected [{len(rows)}, H, A]")
         return out[:, :self.horizon] if self.horizon else out
@@ -239,20 +257,25 @@ class ChunkExecutor:
                 t0, chunk = int(self.t[j]), chunk[:self.Ta]
             self.chunks[j] = [(s, c) for s, c in self.chunks[j] if s + len(c) > self.t[j]] + [(t0, chunk)]
 
+    def _merged(self, j: int, t: int):
+        """The action the queued chunks of environment ``j`` give step ``t`` (None: no chunk covers it)."""
+        cover = [(t - t0, c[t - t0]) for t0, c in self.chunks[j] if t0 <= t < t0 + len(c)]
+        if not cover:
+            return None
+        if self.merge == "latest":
+            return cover[-1][1]
+        ages = np.array([age for age, _ in cover], dtype=np.float64)
+        w = np.exp(self.k * (ages - ages.max()))
+        return (np.stack([c for _, c in cover]) * (w / w.sum())[:, None]).sum(0)
+
     def _act(self) -> np.ndarray:
-        acts = self.last if self.hold == "last" else np.zeros_like(self.last)
-        acts = acts.copy()
+        acts = (self.last if self.hold == "last" else np.zeros_like(self.last)).copy()
         for j in range(self.num_envs):
-            t = self.t[j]
-            cover = [(t - t0, c[t - t0]) for t0, c in self.chunks[j] if t0 <= t < t0 + len(c)]
-            if not cover:
+            a = self._merged(j, self.t[j])
+            if a is None:
                 self.stalls += 1
-            elif self.merge == "latest":
-                acts[j] = cover[-1][1]
             else:
-                ages = np.array([age for age, _ in cover], dtype=np.float64)
-                w = np.exp(self.k * (ages - ages.max()))
-                acts[j] = (np.stack([c for _, c in cover]) * (w / w.sum())[:, None]).sum(0)
+                acts[j] = a
         self.last = acts
         return acts.copy()
 
@@ -263,7 +286,7 @@ class ChunkExecutor:
 
 
 def executor_for(policy, latency_steps: int | None = 0, mode: str = "async", merge: str | None = None,
-                 refill_at: int | None = None, hold: str = "last") -> ChunkExecutor:
+                 refill_at: int | None = None, hold: str = "last", inpaint: bool = False) -> ChunkExecutor:
     """A :class:`ChunkExecutor` driving ``policy`` (an in-process :class:`~modmimic.policy.RolloutPolicy` or a
     :class:`~modmimic.client.RemotePolicy`) as its acting path would: chunk size, observation history and, for
     temporal ensembling (ACT), every-step chunks of ``chunk_size`` actions merged with its ``ensemble_k``. A policy
@@ -277,7 +300,11 @@ def executor_for(policy, latency_steps: int | None = 0, mode: str = "async", mer
         return ChunkExecutor(StepSource(policy), shapes, dim, 1, mode="sync", latency_steps=latency_steps,
                              hold=hold)
     te = bool(spec["temporal_ensemble"])
-    return ChunkExecutor(lambda window: policy.predict_chunk(window, batched_ob=True), shapes, dim,
+    def source(window, prefix=None):
+        return policy.predict_chunk(window, batched_ob=True, prefix=prefix)
+
+    return ChunkExecutor(source, shapes, dim,
                          spec["chunk_size"], spec["obs_horizon"], mode=mode, latency_steps=latency_steps,
                          refill_at=refill_at, merge=merge or ("ensemble" if te else "latest"),
-                         ensemble_k=spec["ensemble_k"], horizon=spec["chunk_size"] if te else None, hold=hold)
+                         ensemble_k=spec["ensemble_k"], horizon=spec["chunk_size"] if te else None, hold=hold,
+                         inpaint=inpaint)

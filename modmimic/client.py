@@ -106,15 +106,19 @@ class RemotePolicy:
         obs = {k: np.asarray(ob[k]) for k in self.policy.obs_shapes if k in ob}
         return self._request({"op": "act", "obs": obs, "batched": bool(batched_ob)})["action"]
 
-    def predict_chunk(self, window: dict, batched_ob: bool = False) -> np.ndarray:
+    def predict_chunk(self, window: dict, batched_ob: bool = False, prefix=None) -> np.ndarray:
         """The served policy's whole chunk for an observation window (key -> ``[obs_horizon, *shape]``, or
         ``[n, obs_horizon, *shape]`` with ``batched_ob``), ``[H, A]`` (``[n, H, A]``), without touching the
         session's episode state: what :class:`modmimic.chunking.ChunkExecutor` asks for while the robot keeps
-        acting (``executor_for(remote)``)."""
+        acting (``executor_for(remote)``). ``prefix``: actions already decided for the first steps, inpainted by
+        sampling policies."""
         if self.chunking is None:
             raise RemoteError(f"{self.url}: recipe {self.metadata['recipe']!r} acts one step at a time (no chunks)")
         obs = {k: np.asarray(window[k]) for k in self.policy.obs_shapes if k in window}
-        return self._request({"op": "chunk", "obs": obs, "batched": bool(batched_ob)})["chunk"]
+        msg = {"op": "chunk", "obs": obs, "batched": bool(batched_ob)}
+        if prefix is not None:
+            msg["prefix"] = np.asarray(prefix, dtype=np.float32)
+        return self._request(msg)["chunk"]
 
     def close(self) -> None:
         self._ws.close()

@@ -62,6 +62,8 @@ ARGS = {
                          "for temporal-ensembling policies, else latest)"),
     "refill_at": (int, None, "with latency_ms, async: ask for the next chunk when this many queued actions remain "
                              "(default max(delay, H - chunk_size))"),
+    "inpaint": (bool, False, "with latency_ms, async: sampling policies (Diffusion, flow) inpaint the actions "
+                             "executed while their chunk is computed, so chunks continue the motion"),
     "control_hz": (float, None, "with latency_ms: the environment's control rate (default its control_freq)"),
 }
 
@@ -96,7 +98,8 @@ def check_latency_args(a: dict) -> None:
     from modmimic.chunking import MERGES, MODES
 
     if a["latency_ms"] is None:
-        given = [k for k in ("merge", "refill_at", "control_hz") if a[k] is not None]
+        given = [k for k in ("merge", "refill_at", "control_hz") if a[k] is not None] + (["inpaint"] if a["inpaint"]
+                                                                                           else [])
         if given or a["execution"] != "async":
             raise ArgumentError(f"{', '.join(given) or 'execution'}= only applies with latency_ms=<n>")
         return
@@ -113,7 +116,7 @@ def check_latency_args(a: dict) -> None:
 
 
 def with_latency(policy, ckpt: dict, latency_ms: float, execution: str = "async", merge: str | None = None,
-                 refill_at: int | None = None, control_hz: float | None = None):
+                 refill_at: int | None = None, control_hz: float | None = None, inpaint: bool = False):
     """``policy`` behind a :class:`modmimic.chunking.ChunkExecutor` whose chunks arrive ``latency_ms`` late, in
     control steps of the environment (its ``control_freq``, or ``control_hz``)."""
     from modmimic.chunking import executor_for, latency_to_steps
@@ -124,7 +127,7 @@ def with_latency(policy, ckpt: dict, latency_ms: float, execution: str = "async"
         raise ArgumentError("latency_ms= needs the environment's control rate and the checkpoint's env metadata has "
                             "no control_freq: pass control_hz=<Hz>")
     try:
-        return executor_for(policy, latency_to_steps(latency_ms, rate), execution, merge, refill_at)
+        return executor_for(policy, latency_to_steps(latency_ms, rate), execution, merge, refill_at, inpaint=inpaint)
     except ValueError as e:
         raise ArgumentError(f"latency_ms={latency_ms:g}: {e}") from None
 
@@ -149,7 +152,7 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
              timeout: float = 120.0, on_episode=None, json_path: str | None = None, overwrite: bool = False,
              trusted_modules=None, group=None, server: str | None = None, token: str | None = None,
              latency_ms: float | None = None, execution: str = "async", merge: str | None = None,
-             refill_at: int | None = None, control_hz: float | None = None) -> dict:
+             refill_at: int | None = None, control_hz: float | None = None, inpaint: bool = False) -> dict:
     """Evaluate a checkpoint (path or loaded dict). Returns the summary (:func:`modmimic.rollout.summarize` plus
     ``Episodes_per_Second``, ``Wall_Seconds``, ``env_name``, ``horizon``) with ``episodes``: one dict per episode.
     ``write_dataset``, ``video`` and ``json_path`` must not exist unless ``overwrite``; ``trusted_modules``: see
@@ -191,7 +194,7 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
                        "there is no environment to evaluate it in")
     served = policy
     if latency_ms is not None:
-        policy = with_latency(served, ckpt, latency_ms, execution, merge, refill_at, control_hz)
+        policy = with_latency(served, ckpt, latency_ms, execution, merge, refill_at, control_hz, inpaint)
     if horizon is None:
         horizon = int(((ckpt.get("config") or {}).get("experiment") or {}).get("rollout", {}).get("horizon") or 400)
     t0 = time.perf_counter()
@@ -217,6 +220,7 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
                horizon=horizon, num_envs=num_envs, seed=seed)
     if latency_ms is not None:
         out.update(latency_ms=latency_ms, latency_steps=policy.delay, execution=policy.mode, merge=policy.merge,
+                   inpaint=policy.inpaint,
                    stalled_steps=policy.stalls, chunk_requests=policy.requests)
     if write_dataset is not None:
         meta = dict(env_meta)
@@ -265,8 +269,9 @@ def format_summary(s: dict) -> str:
              f"{s['Episodes_per_Second']:.2f} episodes/s ({s['Wall_Seconds']:.1f} s, {s['num_envs']} env"
              f"{'s' if s['num_envs'] > 1 else ''})"]
     if s.get("latency_ms") is not None:
+        how = s["merge"] + (", inpainting" if s.get("inpaint") else "")
         lines.append(f"latency {s['latency_ms']:g} ms = {s['latency_steps']} control steps, {s['execution']} "
-                     f"execution ({s['merge']}): {s['chunk_requests']} requests, {s['stalled_steps']} steps held")
+                     f"execution ({how}): {s['chunk_requests']} requests, {s['stalled_steps']} steps held")
     if s.get("video"):
         lines.append(f"video: {s['video']}")
     if s.get("dataset"):

@@ -506,6 +506,17 @@ class RolloutPolicy:
                                 for _, s, e, conv in self._segments], -1)
         return a
 
+    def _network_actions(self, a: np.ndarray, batched: bool, B: int) -> torch.Tensor:
+        """Environment actions ``[P, A]`` (``[B, P, A]``) -> the network's (normalized) ``[B, P, A]`` tensor."""
+        a = a if batched else a[None]
+        if self._segments is not None:
+            raise ValueError("decided actions cannot be given to a policy whose rot_6d actions are converted")
+        if a.ndim != 3 or a.shape[0] != B or a.shape[2] != int(self.policy.ac_dim):
+            raise ValueError(f"decided actions have shape {list(a.shape)}: expected [{B}, P, {self.policy.ac_dim}]")
+        if self._affine is not None:
+            a = (a - self._affine[0]) / self._affine[1]
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.policy.device)
+
     @property
     def chunking(self) -> dict | None:
         """How this policy's chunks are executed (``chunk_size``, ``obs_horizon``, ``temporal_ensemble``,
@@ -516,12 +527,14 @@ class RolloutPolicy:
         return {"chunk_size": int(path.Ta), "obs_horizon": int(path.To),
                 "temporal_ensemble": bool(path.temporal_ensemble), "ensemble_k": float(path.ensemble_k)}
 
-    def predict_chunk(self, window: dict, batched_ob: bool = False) -> np.ndarray:
+    def predict_chunk(self, window: dict, batched_ob: bool = False, prefix=None) -> np.ndarray:
         """The whole chunk a chunking policy predicts from an observation window, without touching episode state
         (:class:`modmimic.chunking.ChunkExecutor` queues and merges chunks itself). ``window``: key -> the last
         ``obs_horizon`` raw observations, oldest first, ``[obs_horizon, *shape]`` (``[B, obs_horizon, *shape]``
         with ``batched_ob``). Returns the environment's actions for the current step and the following ones,
-        ``[H, A]`` (``[B, H, A]``); the first ``chunk_size`` are what the in-process policy executes."""
+        ``[H, A]`` (``[B, H, A]``); the first ``chunk_size`` are what the in-process policy executes.
+        ``prefix``: environment actions ``[P, A]`` (``[B, P, A]``) already decided for the first ``P`` steps,
+        inpainted by sampling policies (Diffusion Policy, flow policy) and returned as given."""
         spec = self.chunking
         if spec is None:
             raise ValueError(f"recipe {self.policy.recipe_name!r} acts one step at a time "
@@ -541,8 +554,10 @@ class RolloutPolicy:
         td = self.policy._obs_td(self._prepare(flat, True, self.policy.obs_shapes))
         if To > 1:
             td = td.reshape(B, To)
+        if prefix is not None:
+            prefix = self._network_actions(np.asarray(prefix, dtype=np.float32), batched_ob, B)
         with torch.no_grad():
-            a = self._env_actions(self.acting_path.predict(td).detach().cpu().numpy())
+            a = self._env_actions(self.acting_path.predict(td, prefix).detach().cpu().numpy())
         return a if batched_ob else a[0]
 
     def __repr__(self) -> str:

@@ -135,8 +135,8 @@ class Session:
     def act(self, obs: dict, batched: bool) -> np.ndarray:
         return self._with_rng(self.policy, obs, batched_ob=batched)
 
-    def chunk(self, window: dict, batched: bool) -> np.ndarray:
-        return self._with_rng(self.policy.predict_chunk, window, batched_ob=batched)
+    def chunk(self, window: dict, batched: bool, prefix=None) -> np.ndarray:
+        return self._with_rng(self.policy.predict_chunk, window, batched_ob=batched, prefix=prefix)
 
     def _with_rng(self, fn, *args, **kwargs) -> np.ndarray:
         """``fn(*args)`` drawing from this session's RNG stream."""
@@ -220,6 +220,23 @@ class PolicyServer:
             out[k] = v
         return out
 
+    def check_prefix(self, prefix, batched: bool, rows: int):
+        """A ``chunk`` request's decided actions (to inpaint): nil, or a finite float array ``[P, A]``
+        (``[n, P, A]`` batched) with ``1 <= P <= 64``."""
+        if prefix is None:
+            return None
+        A = self.meta["action_dim"]
+        if not isinstance(prefix, np.ndarray) or prefix.dtype.kind != "f":
+            raise WireError("chunk: prefix must be a float array of decided actions")
+        want = 3 if batched else 2
+        if prefix.ndim != want or prefix.shape[-1] != A or not 1 <= prefix.shape[-2] <= 64 or \
+                (batched and prefix.shape[0] != rows):
+            raise WireError(f"chunk: prefix has shape {list(prefix.shape)}, expected "
+                            f"[{str(rows) + ', ' if batched else ''}P, {A}] with 1 <= P <= 64")
+        if not np.isfinite(prefix).all():
+            raise WireError("chunk: prefix has NaN or Inf values")
+        return prefix
+
     def handle(self, session: Session, msg: dict) -> dict:
         """One request (already unpacked) -> its reply. Runs on the worker thread."""
         op = msg.get("op")
@@ -249,8 +266,10 @@ class PolicyServer:
         if op == "chunk":
             if self.meta["chunking"] is None:
                 raise WireError(f"chunk: recipe {self.meta['recipe']!r} acts one step at a time; use act")
-            obs = self.check_obs(msg.get("obs"), msg.get("batched", False), session, op="chunk")
-            return {"ok": True, "chunk": session.chunk(obs, msg.get("batched", False))}
+            batched = msg.get("batched", False)
+            obs = self.check_obs(msg.get("obs"), batched, session, op="chunk")
+            prefix = self.check_prefix(msg.get("prefix"), batched, next(iter(obs.values())).shape[0] if batched else 1)
+            return {"ok": True, "chunk": session.chunk(obs, batched, prefix)}
         raise WireError(f"unknown op {str(op)[:40]!r}: expected metadata, reset, act or chunk")
 
     def _answer(self, session: Session, data) -> bytes:

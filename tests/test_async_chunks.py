@@ -73,11 +73,12 @@ class StepStamp:
     """A chunk source whose chunk from an observation taken at step ``t`` is ``[100 t, 100 t + 1, ...]``."""
 
     def __init__(self, H=8):
-        self.H, self.calls = H, []
+        self.H, self.calls, self.prefixes = H, [], []
 
-    def __call__(self, window):
+    def __call__(self, window, prefix=None):
         t = window["t"][:, -1, 0]
         self.calls.append(t.tolist())
+        self.prefixes.append(None if prefix is None else prefix[..., 0].tolist())
         return (100 * t[:, None, None] + np.arange(self.H)[None, :, None]).astype(np.float32)
 
 
@@ -224,3 +225,52 @@ def test_eval_latency(ckpts, tmp_path):
         r = subprocess.run([sys.executable, "-m", "modmimic.eval", f"checkpoint={ck}", *bad],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
+
+
+def test_inpainting_sends_the_actions_executed_while_the_chunk_is_computed():
+    acts, ex, src = run_stamped(11, mode="async", latency_steps=2, inpaint=True)
+    assert src.calls == [[0], [4], [8]]
+    # at step 4 the queue will play 4 and 5 before the new chunk arrives; at step 0 nothing is queued
+    assert src.prefixes == [None, [[4.0, 5.0]], [[404.0, 405.0]]]
+    assert run_stamped(7, mode="sync", latency_steps=2, inpaint=True)[2].prefixes == [None, None]
+
+
+def test_inpainted_chunk_holds_the_prefix_and_schedules_noise_it_in_closed_form():
+    from modmimic.components.nets.diffusion_schedule import NoiseSchedule
+    from modmimic.components.nets.flow import FlowSchedule
+
+    x, n = torch.full((1, 2, 1), 3.0), torch.full((1, 2, 1), -1.0)
+    flow = FlowSchedule(steps=4, time_scale=100.0)
+    assert torch.allclose(flow.noised_after(x, n, 50.0), 0.25 * n + 0.75 * x)  # t = 0.5, one step of 0.25 on
+    assert torch.equal(flow.noised_after(x, n, 75.0), x)
+    ddim = NoiseSchedule("ddim", num_train_timesteps=100, num_inference_timesteps=10)
+    a = ddim._a_prev(50)
+    assert torch.allclose(ddim.noised_after(x, n, 50), a ** 0.5 * x + (1 - a) ** 0.5 * n)
+
+
+@pytest.mark.parametrize("recipe", ["diffusion_policy", "act"])
+def test_predict_chunk_with_a_prefix(recipe, ckpts):
+    policy, _ = policy_from_checkpoint(ckpt_path=ckpts[recipe])
+    window = {k: np.random.default_rng(0).standard_normal((1, 2 if recipe == "diffusion_policy" else 1, *s))
+              .astype(np.float32) for k, s in policy.policy.obs_shapes.items()}
+    prefix = np.array([[[0.3, -0.2], [0.1, 0.4]]], np.float32)
+    if recipe == "act":
+        with pytest.raises(ValueError, match="cannot inpaint"):
+            policy.predict_chunk(window, batched_ob=True, prefix=prefix)
+        return
+    torch.manual_seed(1)
+    free = policy.predict_chunk(window, batched_ob=True)
+    torch.manual_seed(1)
+    held = policy.predict_chunk(window, batched_ob=True, prefix=prefix)
+    np.testing.assert_allclose(held[:, :2], prefix, atol=1e-5)  # un-normalized back to the actions given
+    assert held.shape == free.shape and not np.allclose(held[:, 2:], free[:, 2:])  # the rest follows the prefix
+    server = server_from_checkpoint(ckpts[recipe], port=0).start()
+    try:
+        remote = RemotePolicy(server.url)
+        remote.start_episode(seed=1)
+        assert np.array_equal(remote.predict_chunk(window, batched_ob=True, prefix=prefix), held)
+        with pytest.raises(RemoteError, match="prefix"):
+            remote.predict_chunk(window, batched_ob=True, prefix=np.zeros((1, 2, 5), np.float32))
+        remote.close()
+    finally:
+        server.stop()

@@ -235,13 +235,20 @@ class DiffusionPolicy(nn.Module):
         return self.denoiser(x_t, t, cond)
 
     @torch.no_grad()
-    def predict_chunk(self, td, generator=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def predict_chunk(self, td, generator=None, noise: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
+                      prefix_at: int = 0) -> torch.Tensor:
         """``[B, Tp, A]`` actions sampled from Gaussian noise with the schedule's sampler (DDPM, DDIM, or the
         flow policy's Euler steps), given a
         ``[B, To]`` observation window (``[B]`` when To = 1). ``noise`` ``[1 + schedule.noise_draws(), B, Tp, A]``:
         every Gaussian draw of the loop, in the order it makes them (the initial sample, then one per DDPM step
         ``t > 0``), given instead of drawn; drawing them in that order from one generator gives the same chunk as
-        passing the generator (exported policies take the noise as an input)."""
+        passing the generator (exported policies take the noise as an input).
+
+        ``prefix`` ``[B, P, A]``: actions already decided for chunk positions ``prefix_at .. prefix_at + P`` (those a
+        robot executes while this chunk is computed); they are inpainted: after every sampling step those
+        positions are reset to the prefix at the step's noise level (from the initial noise), so the rest of the
+        chunk is sampled consistent with them, and the returned chunk holds them exactly (asynchronous execution,
+        :mod:`modmimic.chunking`)."""
         cond = self.condition(td)
         B = cond.shape[0]
         if noise is None:
@@ -252,12 +259,23 @@ class DiffusionPolicy(nn.Module):
             if tuple(noise.shape) != want:
                 raise ValueError(f"diffusion noise must have shape {want}, got {tuple(noise.shape)}")
             x = noise[0]
+        if prefix is not None:
+            known = slice(prefix_at, prefix_at + prefix.shape[1])
+            if prefix.dim() != 3 or prefix.shape[0] != B or prefix.shape[2] != self.ac_dim or \
+                    not 0 <= prefix_at < prefix_at + prefix.shape[1] <= self.prediction_horizon:
+                raise ValueError(f"inpainting prefix of shape {tuple(prefix.shape)} at {prefix_at} does not fit a "
+                                 f"[{B}, {self.prediction_horizon}, {self.ac_dim}] chunk")
+            start = x[:, known].clone()
         i = 1
         for t in self.schedule.timesteps():
             eps = None
             if noise is not None and t > 0 and self.schedule.sampler == "ddpm":
                 eps, i = noise[i], i + 1
             x = self.schedule.step(self.denoiser(x, t, cond), t, x, generator, noise=eps)
+            if prefix is not None:
+                x[:, known] = self.schedule.noised_after(prefix, start, t)
+        if prefix is not None:
+            x[:, known] = prefix
         return x
 
 

@@ -131,6 +131,12 @@ class NoiseSchedule(nn.Module):
             return self._ab[prev]
         return 1.0 if (self.sampler == "ddpm" or self.set_alpha_to_one) else self._ab[0]
 
+    def noised_after(self, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+        """``x0`` at the noise level the sampler reaches after its step at ``t`` (``sqrt(a) x0 + sqrt(1 - a) noise``
+        with ``a`` the previous timestep's alpha-bar): how inpainting writes known actions into the sample."""
+        a = self._a_prev(t)
+        return math.sqrt(a) * x0 + math.sqrt(1.0 - a) * noise
+
     def noise_draws(self) -> int:
         """How many Gaussian draws of the sample's shape one sampling loop makes after the initial noise: DDPM one
         per timestep ``t > 0``, DDIM none (deterministic, eta = 0)."""

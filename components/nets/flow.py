@@ -56,6 +56,12 @@ class FlowSchedule(nn.Module):
         """Gaussian draws the sampling loop makes after the initial sample (exported policies take them as input)."""
         return 0
 
+    def noised_after(self, x1: torch.Tensor, noise: torch.Tensor, t: float) -> torch.Tensor:
+        """``x1`` on its straight path at the time the Euler step at ``t`` reaches, ``(1 - s) noise + s x1`` with
+        ``s = t / time_scale + 1 / steps``: how inpainting writes known actions into the sample."""
+        s = min(1.0, t / self.time_scale + 1.0 / self.steps)
+        return (1.0 - s) * noise + s * x1
+
     def step(self, out: torch.Tensor, t: float, x_t: torch.Tensor, generator=None,
              noise: torch.Tensor | None = None) -> torch.Tensor:
         """``x_{t + dt} = x_t + dt * v`` with ``v = out``; the last step clips when ``clip_sample``."""
