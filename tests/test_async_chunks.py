@@ -274,3 +274,39 @@ def test_predict_chunk_with_a_prefix(recipe, ckpts):
         remote.close()
     finally:
         server.stop()
+
+
+def test_malformed_chunk_requests_get_errors_and_the_session_goes_on(ckpts):
+    from websockets.sync.client import connect
+
+    from modmimic.wire import pack, unpack
+
+    server = server_from_checkpoint(ckpts["diffusion_policy"], port=0).start()
+    try:
+        policy, _ = policy_from_checkpoint(ckpt_path=ckpts["diffusion_policy"])
+        w = {k: np.zeros((2, *s), np.float32) for k, s in policy.policy.obs_shapes.items()}  # one window, To = 2
+        k0 = sorted(w)[0]
+        ok_prefix = np.zeros((3, 2), np.float32)
+        bad = [{"obs": {k: v[0] for k, v in w.items()}},  # one observation, not a window
+               {"obs": {**w, k0: np.zeros((3, 2), np.float32)}},  # wrong history length
+               {"obs": w, "batched": True},  # batched needs [n, To, ...]
+               {"obs": {k: np.zeros((2, *v.shape), np.float32) if k != k0 else np.zeros((3, *v.shape), np.float32)
+                        for k, v in w.items()}, "batched": True},  # different n per key
+               {"obs": {k: np.zeros((2000, *v.shape), np.float32) for k, v in w.items()}, "batched": True},
+               {"obs": {**w, k0: np.full((2, 2), np.inf, np.float32)}},
+               {"obs": w, "prefix": "actions"}, {"obs": w, "prefix": np.zeros((3, 2), np.int64)},
+               {"obs": w, "prefix": np.zeros((3, 5), np.float32)}, {"obs": w, "prefix": np.zeros((0, 2), np.float32)},
+               {"obs": w, "prefix": np.zeros((65, 2), np.float32)}, {"obs": w, "prefix": ok_prefix[None]},
+               {"obs": w, "prefix": np.full((3, 2), np.nan, np.float32)},
+               {"obs": w, "prefix": np.zeros((9, 2), np.float32)}]  # longer than the chunk: the policy refuses
+        with connect(server.url, max_size=None) as ws:
+            for m in bad:
+                ws.send(pack({"op": "chunk", **m}))
+                reply = unpack(ws.recv(timeout=30))
+                assert not reply["ok"] and 0 < len(reply["error"]) < 600, m
+            ws.send(pack({"op": "chunk", "obs": w, "prefix": ok_prefix}))
+            reply = unpack(ws.recv(timeout=30))
+            assert reply["ok"] and reply["chunk"].shape == (7, 2)
+            np.testing.assert_allclose(reply["chunk"][:3], ok_prefix, atol=1e-5)
+    finally:
+        server.stop()

@@ -280,7 +280,7 @@ def test_deploy_doc_snippets_run(ckpts, serve, tmp_path):
     from modmimic.export import main as export_main
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
-    inproc, remote, onnx = re.findall(r"^```python\n(.*?)^```$", doc, flags=re.S | re.M)
+    inproc, remote, onnx, robot_loop = re.findall(r"^```python\n(.*?)^```$", doc, flags=re.S | re.M)
     ckpt = ckpts["diffusion_policy"]
     ns = {}
     exec(inproc.replace("runs/test/<run>/models/last.pth", ckpt), ns)
@@ -289,6 +289,33 @@ def test_deploy_doc_snippets_run(ckpts, serve, tmp_path):
     exec(remote.replace('"gpu-box:8765"', repr(server.url)).replace('open("/etc/robot/token").read().strip()',
                                                                      '"tok"'), ns)
     assert ns["action"].shape == (2,)
+
+    class Robot:  # the asynchronous control loop of section 5, for 12 ticks at 100 Hz
+        def __init__(self):
+            self.actions, self.rng = [], np.random.default_rng(0)
+
+        def observe(self):
+            time.sleep(0.01)
+            return {k: self.rng.standard_normal(s).astype(np.float32) for k, s in
+                    {"pos": (2,), "goal_pos": (2,), "vel": (2,)}.items()}
+
+        def apply(self, a):
+            self.actions.append(a)
+
+    class Ticks:
+        def __init__(self, n):
+            self.n = n
+
+        def __bool__(self):
+            self.n -= 1
+            return self.n >= 0
+
+    loop_ns = {"robot": Robot(), "running": Ticks(12)}
+    exec(robot_loop.replace('"gpu-box:8765"', repr(server.url)).replace("token=...", 'token="tok"'), loop_ns)
+    acts = loop_ns["robot"].actions
+    assert len(acts) == 12 and all(a.shape == (2,) for a in acts) and loop_ns["policy"].requests >= 1
+    loop_ns["policy"].close()
+    loop_ns["remote"].close()
     if all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnxscript")):
         assert export_main([f"checkpoint={ckpt}", "format=onnx", f"out={tmp_path}"]) == 0
         exec(onnx.replace('"export/', f'"{tmp_path}/'), ns)
