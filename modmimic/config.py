@@ -546,7 +546,7 @@ def to_plain(node):
 
 def save_config_yaml(cfg: DictConfig, path: str, sources=()) -> None:
     """``cfg`` resolved, as YAML; ``sources`` (``[{"recipe", "file", "sha256"}]``, see
-    :func:`modmimic.trainer.recipe_sources`) go first as comments."""
+    :func:`modmimic.checkpointing.recipe_sources`) go first as comments."""
     from modmimic.io import atomic_write_text
 
     head = "".join(f"# recipe {s['recipe']}: {s['file']} sha256 {s['sha256']}\n" for s in sources)

@@ -121,3 +121,66 @@ class RunLock:
     def __exit__(self, *exc):
         self.release()
         return False
+
+
+# --- stop signals ---------------------------------------------------------------------------------------------
+
+class RunStopped(KeyboardInterrupt):
+    """A run ended by SIGTERM or SIGUSR1 (SLURM's pre-emption warning, Kubernetes, ``timeout``). ``exit_code`` is
+    128 + the signal number, as a shell reports a process killed by it; ``saved``: the checkpoint written on the way
+    out (None when the run had none yet)."""
+
+    def __init__(self, signum: int, message: str = "", saved: str | None = None):
+        import signal
+
+        self.signum, self.saved, self.exit_code = signum, saved, 128 + int(signum)
+        name = signal.Signals(signum).name
+        super().__init__(f"{name}{': ' + message if message else ''}")
+
+
+class StopSignals:
+    """SIGTERM and SIGUSR1 handlers for the life of a run (main thread only; the previous handlers come back after).
+
+    Until the run has a checkpoint (``graceful`` false) a signal ends it at once, as Ctrl-C does: the new run
+    directory, holding nothing, is removed. Afterwards the signal is only noted (``requested()``): the trainer finishes
+    the step under way, saves ``last.pth`` (mid-epoch: the epoch's step count is saved too, so a resume continues
+    bit for bit) and raises :meth:`stopped`. Under torchrun a signal always ends the run at once (the processes
+    would have to agree on the step first); the last checkpoint is the previous epoch's."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        self.graceful = False
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+        return False
+
+    def _handle(self, signum, frame):
+        if not self.graceful:
+            raise RunStopped(signum)
+        self.signum = signum
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def stopped(self, last_path: str, epoch: int, steps: int, n_steps: int) -> RunStopped:
+        where = (f"after epoch {epoch}" if steps >= n_steps else f"in epoch {epoch} after step {steps} of {n_steps}")
+        return RunStopped(self.signum, f"stopped {where}; {last_path} holds the run's state", saved=last_path)

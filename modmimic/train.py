@@ -182,12 +182,12 @@ def build_config(overrides: list[str]):
             if unfinished is None:
                 raise
         if unfinished is None:
-            from modmimic.trainer import resume_config
+            from modmimic.resume import resume_config
 
             cfg = resume_config(run_dir, [o for o in rest if not o.startswith("preset=")])
         else:  # killed before its first checkpoint: nothing to continue, so start it again
             from modmimic.rundir import RunLock
-            from modmimic.trainer import restart_config
+            from modmimic.resume import restart_config
 
             RunLock(unfinished).acquire().release()  # not while its process is still starting up
 

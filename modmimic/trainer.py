@@ -30,7 +30,6 @@ on CPU, 2 epochs + resume to 4 equals 4 epochs bit for bit. ``train.stop_after_e
 """
 from __future__ import annotations
 
-import glob
 import math
 import os
 import random
@@ -43,23 +42,24 @@ import warnings
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from modmimic import distributed
 from modmimic.algo import Algo, NonFiniteLossError, algo_factory
-from modmimic.config import ConfigError, finalize, save_config_yaml
+from modmimic.config import ConfigError, save_config_yaml
 from modmimic.data.build import TrainData, action_settings, build_data, sampler_seed  # noqa: F401  (re-exported)
 from modmimic.data.default import default_dataset_path
 from modmimic.data.hdf5 import DatasetError
 from modmimic.data.sampler import WindowSampler
+from modmimic.train_rollouts import rollout_due, rollout_plan, rollout_scalars, setup_rollouts  # noqa: F401
 from modmimic.dataset import dataset_entry, with_data
 from modmimic.logger import (RUN_MARKER, RunLogger, check_dir_creatable, find_run_dir, make_run_dir, start_wandb,
                              tee_stdout)
 from modmimic.package import check_package
-from modmimic.policy import (CheckpointError, RolloutPolicy, check_weights, load_checkpoint, make_checkpoint, one_line,
-                             save_checkpoint)
-from modmimic.rundir import RunDirError, RunLock, check_run_tree, open_append
-from modmimic.stored import StoredFileError, check_stored_config, load_run_config
+from modmimic.policy import CheckpointError, RolloutPolicy, check_weights, load_checkpoint, make_checkpoint
+from modmimic.checkpointing import _remove_stale_temps, checkpoint_names, recipe_sources, write_checkpoint
+from modmimic.resume import resume_config, restore_run, rng_state, set_rng_state  # noqa: F401  (re-exported)
+from modmimic.rundir import RunDirError, RunLock, RunStopped, StopSignals, check_run_tree, open_append  # noqa: F401
 from modmimic.trust import stored_config_modules, trusting
 
 
@@ -101,33 +101,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    """Python's, numpy's and torch's global RNG states as plain containers and tensors (checkpoints hold no other
-    objects)."""
-    version, internal, gauss = random.getstate()
-    np_state = np.random.get_state(legacy=False)
-    state = {"python": {"version": version, "internal": list(internal), "gauss_next": gauss},
-             "numpy": {"bit_generator": str(np_state["bit_generator"]),
-                       "key": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
-                       "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                       "gauss": float(np_state["gauss"])},
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    p, n = state["python"], state["numpy"]
-    random.setstate((int(p["version"]), tuple(int(x) for x in p["internal"]), p["gauss_next"]))
-    np.random.set_state({"bit_generator": str(n["bit_generator"]),
-                         "state": {"key": np.asarray(n["key"].numpy(), dtype=np.uint32), "pos": int(n["pos"])},
-                         "has_gauss": int(n["has_gauss"]), "gauss": float(n["gauss"])})
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --- one epoch --------------------------------------------------------------------------------------------------
@@ -221,96 +194,6 @@ def per_dataset_scalars(name: str, metrics: dict) -> dict:
             if not (k.startswith(("Time_", "Optimizer/")) or k in ("Steps_per_Second", "Steps_Done"))}
 
 
-# --- rollouts (hook) ----------------------------------------------------------------------------------------
-#
-# A rollout function is called at the epochs ``rollout_due`` picks, with the policy in eval mode:
-#     rollout_fn(policy: RolloutPolicy, epoch: int, cfg, env_meta: dict, run_dir: str)
-#         -> {env name: {"Success_Rate": ..., "Return": ..., "Horizon": ..., "Time_Episode": ...}} or None
-# Metrics are logged as ``Rollout/<metric>/<env>`` (``Time_*`` as ``Timing_Stats/Rollout_<env>_*``); a new best mean
-# success rate saves ``models/best_rollout_success.pth``. If it raises ImportError (a simulator is not installed),
-# the run warns once and goes on without rollouts. ``close()`` is called at the end when the function has one.
-
-
-def no_rollouts(policy: RolloutPolicy, epoch: int, cfg: DictConfig, env_meta: dict, run_dir: str | None = None):
-    """A rollout function that does nothing."""
-    return None
-
-
-def default_rollout_fn(progress=None):
-    """``(rollout function, None)``: the environment rollouts of :mod:`modmimic.rollout`; or ``(None, reason)`` when
-    they cannot be imported. ``progress``: see :class:`modmimic.rollout.TrainingRollouts`."""
-    try:
-        from modmimic.rollout import TrainingRollouts
-    except ImportError as e:
-        return None, str(e)
-    return TrainingRollouts(progress=progress), None
-
-
-def rollout_due(cfg: DictConfig, epoch: int) -> bool:
-    """Every ``experiment.rollout.rate`` epochs after ``warmstart``, and at ``train.num_epochs`` with
-    ``experiment.rollout.at_end`` (configs saved before that key existed: off)."""
-    r = cfg.experiment.rollout
-    if not r.enabled:
-        return False
-    if bool(r.get("at_end", False)) and epoch == int(cfg.train.num_epochs):
-        return True
-    return epoch > int(r.warmstart) and int(r.rate) > 0 and epoch % int(r.rate) == 0
-
-
-def prepare_rollouts(rollout_fn, cfg: DictConfig, env_meta: dict):
-    """``(rollout function or None, why not)``: make the environment now when the hook can (``prepare``), so a
-    missing simulator or an environment that cannot be created shows at start-up, not after the first epochs."""
-    prepare = getattr(rollout_fn, "prepare", None)
-    if rollout_fn is None or prepare is None:
-        return rollout_fn, None
-    try:
-        prepare(cfg, env_meta)
-    except ImportError as e:
-        return None, f"no simulator installed: {e}"
-    except (DatasetError, ValueError) as e:
-        return None, f"the environment cannot be created: {e}"
-    return rollout_fn, None
-
-
-def rollout_plan(cfg: DictConfig, rollout_fn, why: str | None, start_epoch: int, last_epoch: int,
-                 env_name: str | None = None) -> str:
-    """The start-up line that says when rollouts happen in this invocation, or that they do not and why."""
-    r = cfg.experiment.rollout
-    num_epochs = int(cfg.train.num_epochs)
-    if not r.enabled:
-        return "rollouts: none (experiment.rollout.enabled=false)"
-    if rollout_fn is None:
-        return f"rollouts: none ({why or 'no rollout function'})"
-    due = [e for e in range(start_epoch, last_epoch + 1) if rollout_due(cfg, e)]
-    if not due:
-        reason = (f"experiment.rollout.rate={r.rate} > train.num_epochs={num_epochs}" if int(r.rate) > num_epochs
-                  else f"none of epochs {start_epoch}-{last_epoch} is a multiple of experiment.rollout.rate={r.rate}"
-                  f" after warmstart {r.warmstart}")
-        if last_epoch < num_epochs:
-            reason += f"; this invocation stops at train.stop_after_epoch={last_epoch}"
-        elif not r.get("at_end", False):
-            reason += " and experiment.rollout.at_end=false"
-        return f"rollouts: none in epochs {start_epoch}-{last_epoch} ({reason})"
-    shown = ", ".join(map(str, due)) if len(due) <= 6 else f"{', '.join(map(str, due[:3]))}, ..., {due[-1]}"
-    where = f" in {env_name}" if env_name else ""
-    return (f"rollouts: {r.n} episodes{where} (horizon {r.horizon}) at epoch{'s' if len(due) > 1 else ''} {shown}"
-            f" (every {r.rate} epochs{', and at the last epoch' if r.get('at_end', False) else ''})")
-
-
-def rollout_scalars(rollout: dict) -> dict:
-    out = {}
-    for env_name, m in rollout.items():
-        for k, v in m.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                continue
-            if k.startswith("Time_"):
-                out[f"Timing_Stats/Rollout_{env_name}_{k[5:]}"] = v
-            else:
-                out[f"Rollout/{k}/{env_name}"] = v
-    return out
-
-
-
 def obs_key_hint(e: DatasetError, cfg: DictConfig, path: str) -> DatasetError:
     """``e`` (an observation key the recipe names is not in the dataset) with the override that fixes it: the
     dataset's low-dim keys (the base config's defaults when the dataset has them all). robomimic's TD3-BC config,
@@ -398,167 +281,6 @@ def discard_unfinished_run(run_dir: str, logger) -> bool:
     return not os.path.exists(run_dir)
 
 
-# --- stop signals ---------------------------------------------------------------------------------------------
-
-class RunStopped(KeyboardInterrupt):
-    """A run ended by SIGTERM or SIGUSR1 (SLURM's pre-emption warning, Kubernetes, ``timeout``). ``exit_code`` is
-    128 + the signal number, as a shell reports a process killed by it; ``saved``: the checkpoint written on the way
-    out (None when the run had none yet)."""
-
-    def __init__(self, signum: int, message: str = "", saved: str | None = None):
-        import signal
-
-        self.signum, self.saved, self.exit_code = signum, saved, 128 + int(signum)
-        name = signal.Signals(signum).name
-        super().__init__(f"{name}{': ' + message if message else ''}")
-
-
-class StopSignals:
-    """SIGTERM and SIGUSR1 handlers for the life of a run (main thread only; the previous handlers come back after).
-
-    Until the run has a checkpoint (``graceful`` false) a signal ends it at once, as Ctrl-C does: the new run
-    directory, holding nothing, is removed. Afterwards the signal is only noted (``requested()``): the trainer finishes
-    the step under way, saves ``last.pth`` (mid-epoch: the epoch's step count is saved too, so a resume continues
-    bit for bit) and raises :meth:`stopped`. Under torchrun a signal always ends the run at once (the processes
-    would have to agree on the step first); the last checkpoint is the previous epoch's."""
-
-    SIGNALS = ("SIGTERM", "SIGUSR1")
-
-    def __init__(self):
-        self.graceful = False
-        self.signum = None
-        self._old = {}
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for name in self.SIGNALS:
-                sig = getattr(signal, name, None)
-                if sig is not None:
-                    self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        import signal
-
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old = {}
-        return False
-
-    def _handle(self, signum, frame):
-        if not self.graceful:
-            raise RunStopped(signum)
-        self.signum = signum
-
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def stopped(self, last_path: str, epoch: int, steps: int, n_steps: int) -> RunStopped:
-        where = (f"after epoch {epoch}" if steps >= n_steps else f"in epoch {epoch} after step {steps} of {n_steps}")
-        return RunStopped(self.signum, f"stopped {where}; {last_path} holds the run's state", saved=last_path)
-
-
-# --- resume -------------------------------------------------------------------------------------------------
-
-def resume_config(run_dir: str, overrides=()) -> DictConfig:
-    """The config a run was trained with (from its ``last.pth``), with ``overrides`` (``key=value`` strings, e.g.
-    ``train.num_epochs=100``) applied and ``resume``/``resume_dir`` set. The stored config is data
-    (:mod:`modmimic.stored`): callables only inside the trusted modules, no interpolation resolvers."""
-    marker = os.path.join(run_dir, RUN_MARKER)
-    ckpt = load_checkpoint(marker)
-    stored = (ckpt.get("trainer_state") or {}).get("config") or ckpt["config"]
-    try:
-        check_stored_config(stored, marker, stored_config_modules())
-    except StoredFileError as e:
-        raise CheckpointError(str(e)) from None
-    return run_config(stored, overrides, resume_dir=run_dir)
-
-
-def restart_config(run_dir: str, overrides=()) -> DictConfig:
-    """The config of a run that ended before its first checkpoint (its ``config.yaml``) with ``overrides`` applied,
-    set to start from scratch (a new run directory). The file is read under the stored-file rules
-    (:func:`modmimic.stored.load_run_config`): a name outside the trusted modules is refused before anything
-    is built."""
-    path = os.path.join(run_dir, "config.yaml")
-    stored = load_run_config(path, stored_config_modules())
-    if "recipe_name" not in stored or not isinstance(stored.get("train"), dict):
-        raise ConfigError(f"{path} is not a modmimic config; start a new run without resume=true")
-    return run_config(stored, overrides, resume_dir=None)
-
-
-def run_config(stored: dict, overrides, resume_dir: str | None) -> DictConfig:
-    """A stored run config (already checked) with ``overrides``, set to resume ``resume_dir`` (None: a new run)."""
-    cfg = with_overrides(OmegaConf.create(stored), overrides)
-    with open_dict(cfg):
-        cfg.resume = resume_dir is not None
-        cfg.resume_dir = resume_dir
-    return finalize(cfg)
-
-
-_ABSENT = object()
-
-
-def with_overrides(stored: DictConfig, overrides=()) -> DictConfig:
-    """``stored`` (a run's config) with ``key=value`` overrides applied. Keys must exist in the stored config and
-    values keep their types; no recipe file is read (the stored config is the whole tree). Run-selection keys
-    (``recipe``, ``preset``, ``resume``, ``resume_dir``, ``train.output_dir``) and hydra's are ignored."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    from modmimic.config import _leaf_paths, _type_ok, closest
-
-    skip = ("recipe", "preset", "resume", "resume_dir", "train.output_dir", "dataset")
-    overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in skip
-                 and not o.lstrip("+~").startswith("hydra")]
-    if not overrides:
-        return stored
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as e:
-        raise ConfigError(f"cannot parse the command line: {str(e).splitlines()[0]}") from None
-    cfg = stored
-    for o in parsed:
-        key = o.key_or_group
-        current = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
-        if current is _ABSENT:
-            valid = [p for p, _ in _leaf_paths(cfg)]
-            raise ConfigError(f"unknown config key {key!r} for the stored run{closest(key, valid)}")
-        if o.is_delete():
-            OmegaConf.update(cfg, key, None, merge=False)
-            continue
-        value = o.value()
-        if not isinstance(current, (DictConfig, ListConfig)) and not _type_ok(current, value):
-            raise ConfigError(f"config key {key!r} must be {type(current).__name__}, got {value!r}")
-        OmegaConf.update(cfg, key, value, merge=False)
-    return cfg
-
-
-def restore_run(algo: Algo, data: TrainData, ckpt: dict, source: str) -> tuple[int, int, dict]:
-    """Networks, optimizers, schedulers, samplers and RNG states from a run's ``last.pth``; returns
-    ``(start epoch, global step, best scores, steps of the start epoch already done)``. A checkpoint that does not fit is a :class:`CheckpointError`."""
-    model = ckpt["model"]
-    check_weights(algo, model.get("nets", model), source)
-    try:
-        algo.deserialize(model, load_optimizers=True)
-        ts, vs = ckpt["trainer_state"], ckpt["variable_state"]
-        data.train_sampler.load_state_dict(ts["samplers"]["train"])
-        if data.valid_sampler is not None and ts["samplers"].get("valid") is not None:
-            data.valid_sampler.load_state_dict(ts["samplers"]["valid"])
-        set_rng_state(ts["rng"])
-        start_epoch, global_step = int(vs["epoch"]) + 1, int(vs["global_step"])
-        done_steps = int(vs.get("epoch_step", 0))
-        best = {"valid_loss": float(vs["best_valid_loss"]), "success_rate": float(vs["best_success_rate"]),
-                "return": float(vs["best_return"])}
-    except (ConfigError, KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
-        what = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {one_line(e)}"
-        raise CheckpointError(f"{source}: cannot resume from it: its trainer state, variable state or optimizer "
-                              f"state does not fit this run ({what})") from None
-    return start_epoch, global_step, best, done_steps
-
-
 # --- the parts of a run -----------------------------------------------------------------------------------------
 
 def epoch_lengths(cfg: DictConfig, data: TrainData) -> tuple[int, int | None, dict]:
@@ -572,28 +294,6 @@ def epoch_lengths(cfg: DictConfig, data: TrainData) -> tuple[int, int | None, di
     n_sets = {name: cfg.experiment.validation_epoch_every_n_steps or max(1, len(s) // batch)
               for name, s in data.valid_sets.items()}
     return int(n_train), n_valid, n_sets
-
-
-def setup_rollouts(cfg: DictConfig, rollout_fn, progress, group, env_meta: dict, start_epoch: int,
-                   last_epoch: int):
-    """``(rollout function or None, why not)`` for this invocation: the default simulator rollouts for ``"auto"``,
-    shared over the ranks under torchrun, the environment made now when a rollout is due (so a missing simulator
-    shows at start-up); a warning when rollouts are enabled but unavailable."""
-    why = None
-    if not cfg.experiment.rollout.enabled:
-        return None, None
-    if isinstance(rollout_fn, str) and rollout_fn == "auto":
-        rollout_fn, why = default_rollout_fn(progress)
-        if why is not None:
-            why = f"no simulator installed: {why}"
-    if rollout_fn is not None and group.active:  # episodes split over the ranks (or rank 0 alone plays them)
-        rollout_fn = distributed.shared_rollouts(rollout_fn, group)
-    if rollout_fn is not None and any(rollout_due(cfg, e) for e in range(start_epoch, last_epoch + 1)):
-        rollout_fn, why = prepare_rollouts(rollout_fn, cfg, env_meta)
-    if rollout_fn is None and why is not None:
-        warnings.warn(f"experiment.rollout.enabled is true, but environment rollouts are unavailable ({why}): they "
-                      "are skipped (set experiment.rollout.enabled=false to silence this)", stacklevel=3)
-    return rollout_fn, why
 
 
 def validate_epoch(algo: Algo, data: TrainData, n_valid: int, n_sets: dict, epoch: int, group, progress,
@@ -613,100 +313,6 @@ def validate_epoch(algo: Algo, data: TrainData, n_valid: int, n_sets: dict, epoc
     return scalars, seconds
 
 
-def checkpoint_names(save_cfg, epoch: int, valid_loss, rollout: dict | None, best: dict,
-                     since_last_save: float) -> tuple[list, dict, bool, bool]:
-    """Which checkpoints epoch ``epoch`` writes besides ``last.pth`` (robomimic's ``experiment.save`` rules):
-    ``(names, best scores updated, new best success rate?, periodic save?)``."""
-    best, names, new_best_rollout = dict(best), [], False
-    if valid_loss is not None and valid_loss < best["valid_loss"]:
-        best["valid_loss"] = valid_loss
-        if save_cfg.enabled:
-            names.append("best_validation.pth")
-            if save_cfg.on_best_validation:
-                names.append(f"model_epoch_{epoch}_best_validation_{valid_loss:.6g}.pth")
-    if rollout:
-        sr = [m["Success_Rate"] for m in rollout.values() if "Success_Rate" in m]
-        ret = [m["Return"] for m in rollout.values() if "Return" in m]
-        if sr and float(np.mean(sr)) > best["success_rate"]:
-            best["success_rate"], new_best_rollout = float(np.mean(sr)), True
-            if save_cfg.enabled:
-                names.append("best_rollout_success.pth")
-                if save_cfg.on_best_rollout_success_rate:
-                    names.append(f"model_epoch_{epoch}_success_{best['success_rate']:.4g}.pth")
-        if ret and float(np.mean(ret)) > best["return"]:
-            best["return"] = float(np.mean(ret))
-            if save_cfg.enabled and save_cfg.on_best_rollout_return:
-                names.append(f"model_epoch_{epoch}_return_{best['return']:.4g}.pth")
-    periodic = bool(save_cfg.enabled and (
-        (save_cfg.every_n_epochs and epoch % int(save_cfg.every_n_epochs) == 0)
-        or epoch in list(save_cfg.epochs or [])
-        or (save_cfg.every_n_seconds and since_last_save > save_cfg.every_n_seconds)))
-    if periodic:
-        names.append(f"model_epoch_{epoch}.pth")
-    return names, best, new_best_rollout, periodic
-
-
-# --- checkpoints ------------------------------------------------------------------------------------------------
-
-def recipe_sources(config: DictConfig) -> list:
-    """``[{"recipe", "file", "sha256"}]``: the files the run's recipe came from (the recipe, then the parents it
-    inherits), as found when the run was built (``$MODMIMIC_RECIPE_PATH`` first, then the shipped recipes); empty
-    when the recipe is not a file (built in Python)."""
-    import hashlib
-
-    from modmimic.config import find_recipe, recipe_lineage
-
-    try:
-        names = recipe_lineage(str(config.recipe_name))
-    except (ConfigError, OSError, ValueError):
-        return []
-    out = []
-    for name in names:
-        try:
-            path = find_recipe(name)
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        except (ConfigError, OSError):
-            continue
-        out.append({"recipe": str(name), "file": str(path), "sha256": digest})
-    return out
-
-
-def write_checkpoint(path: str, ckpt: dict) -> None:
-    """Atomic save. ``MODMIMIC_TEST_SLOW_SAVE=<seconds>`` stretches the write of the temporary file over that long
-    (tests kill the process in the middle of it)."""
-    delay = float(os.environ.get("MODMIMIC_TEST_SLOW_SAVE", "0") or 0)
-    if delay <= 0:
-        save_checkpoint(path, ckpt)
-        return
-    import io as _io
-
-    from modmimic.io import _atomic_write_bytes
-
-    from modmimic.policy import encode_checkpoint
-
-    buf = _io.BytesIO()
-    torch.save(encode_checkpoint(ckpt), buf)
-    data = buf.getbuffer()
-    chunk = max(1, len(data) // 20)
-
-    def slow(f):
-        for i in range(0, len(data), chunk):
-            f.write(data[i:i + chunk])
-            f.flush()
-            time.sleep(delay / 20)
-
-    _atomic_write_bytes(path, slow)
-
-
-def _remove_stale_temps(models_dir: str) -> None:
-    """Temporary files of writes that a crash interrupted (the real files are intact)."""
-    for p in glob.glob(os.path.join(models_dir, ".*.tmp")):
-        try:
-            os.unlink(p)
-        except OSError:
-            pass
-
-
 def _ram_mb() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 1024 / 1024 if sys.platform == "darwin" else r / 1024
@@ -716,8 +322,8 @@ def _ram_mb() -> float:
 
 def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     """Train ``cfg`` (a composed config, see :func:`modmimic.config.compose`); with ``cfg.resume`` continue the run
-    in ``cfg.resume_dir`` (or the one :func:`find_run_dir` finds). ``rollout_fn``: see the rollout hook above
-    ("auto": :func:`default_rollout_fn`; None: no rollouts). ``progress``: tqdm bars (None: when stderr is a
+    in ``cfg.resume_dir`` (or the one :func:`find_run_dir` finds). ``rollout_fn``: see :mod:`modmimic.train_rollouts`
+    ("auto": :func:`~modmimic.train_rollouts.default_rollout_fn`; None: no rollouts). ``progress``: tqdm bars (None: when stderr is a
     terminal). Returns ``{"run_dir", "epoch", "global_step", "best_valid_loss", "best_success_rate", "metrics"}``
     (``metrics``: the last epoch's scalars).
 
