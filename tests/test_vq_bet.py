@@ -16,6 +16,7 @@ from modmimic.components.nets.vqbet import ActionVQVAE, ResidualVQ, VQBeTPrior, 
 from modmimic.config import ConfigError, compose
 from modmimic.data.hdf5 import load_episode_store
 from modmimic.data.sampler import WindowSampler
+from modmimic.export import ExportError, acting_module
 from modmimic.policy import RolloutPolicy, make_checkpoint, policy_from_checkpoint, save_checkpoint
 from modmimic.program import Update
 
@@ -247,6 +248,8 @@ def test_recipe_acts_in_chunks_and_the_checkpoint_acts_the_same(reach_hdf5, tmp_
         for p in policy.policy.nets["vqvae"].decoder.parameters():
             p.add_(0.5)
     assert not np.array_equal(a, run(policy))
+    with pytest.raises(ExportError, match="vqvae"):  # not exportable yet: a clear error, not a wrong module
+        acting_module(policy)
 
 
 def test_bad_settings_are_config_errors(reach_hdf5):
