@@ -265,3 +265,11 @@ def test_bad_settings_are_config_errors(reach_hdf5):
 def test_fast_preset_entry():
     cfg = compose("vq_bet", ["preset=fast"])
     assert cfg.algo.vqvae.train_steps < cfg.train.num_epochs * cfg.experiment.epoch_every_n_steps
+
+
+def test_explain_shows_the_two_phases():
+    from modmimic.recipe import explain
+
+    text = explain("vq_bet", ["algo.gpt.embed_dim=16", "algo.gpt.num_layers=1", "algo.gpt.num_heads=2"])
+    assert "update 'vqvae' (steps [0, 20000))" in text and "update 'prior' (steps [20000, end))" in text
+    assert "horizon_window(obs_horizon=5, prediction_horizon=11, frame_stack=5)" in text
