@@ -19,13 +19,15 @@ reported. Data: a synthetic robomimic-format file of ~30k samples with Lift-like
   with DDIM 10 on the same UNet (robomimic's default, the small one, and the ``fast`` preset's [32, 64] / 32), the
   four samplers timed interleaved in every round (median of ``--repeats`` rounds); ``ratio_vs_ddim10`` = flow time /
   DDIM-10 time.
+* ``vqbet_latency``: VQ-BeT's acting cost per chunk and per executed action, LeRobot's and the ``fast`` network, next
+  to the ``fast`` Diffusion Policy (DDIM 10) and flow policy (4 steps), interleaved.
 
 ``--only image`` (opt-in; slow on a CPU): image BC-RNN, two 84x84 uint8 cameras, ResNet18Conv + SpatialSoftmax(32) +
 Linear(64) + ReLU per camera, batch 16, seq 10, against the same math bare (the same plain-torch ResNet-18 trunk
 class; uint8 gather, /255, spatial softmax, LSTM and loss written out).
 
 Usage: ``python benchmarks/bench_train_step.py [--threads 1] [--repeats 7] [--steps 30]
-[--only bc,bc_rnn,sampler,diffusion_policy,dp_latency,flow_latency,image]``
+[--only bc,bc_rnn,sampler,diffusion_policy,dp_latency,flow_latency,vqbet_latency,image]``
 """
 from __future__ import annotations
 
@@ -188,6 +190,40 @@ def flow_latency(store, threads: int, repeats: int) -> None:
                               "ratio_vs_ddim10": round(t / ddim, 3), "threads": threads}), flush=True)
 
 
+VQBET_FAST = ["algo.gpt.embed_dim=128", "algo.gpt.num_layers=2", "algo.gpt.num_heads=4",
+              "algo.vqbet.head_hidden_dim=256"]
+
+
+def vqbet_latency(store, threads: int, repeats: int) -> None:
+    """ms per chunk (batch 1) of VQ-BeT (LeRobot's network and the ``fast`` one: GPT, code sampling, VQ-VAE decoding)
+    next to the ``fast`` Diffusion Policy (DDIM 10) and flow policy (4 steps), timed interleaved in every round;
+    ``ms_per_action`` divides by the actions executed per chunk (VQ-BeT 5, the others 8)."""
+    algos = {"vq_bet": (modmimic_setup(store, "vq_bet", 1)[1], "prior"),
+             "vq_bet_fast": (modmimic_setup(store, "vq_bet", 1, VQBET_FAST)[1], "prior"),
+             "ddim10_fast": (modmimic_setup(store, "diffusion_policy", 1, [*DP_FAST, "algo.ddpm.enabled=false",
+                                                                          "algo.ddim.enabled=true"])[1], "ema_policy"),
+             "flow4_fast": (modmimic_setup(store, "flow_policy", 1, [*DP_FAST, "algo.flow.steps=4"])[1], "ema_policy")}
+    calls, per_chunk = {}, {}
+    for k, (algo, net) in algos.items():
+        algo.set_eval()
+        path = algo.act_path
+        td = WindowSampler(store, 1, seq_length=1, frame_stack=path.To).sample()
+        extra = {a: algo.nets[n] for a, n in getattr(path, "net_args", {}).items()}
+        calls[k] = (lambda n=algo.nets[net], td=td, extra=extra: n.predict_chunk(td, **extra))
+        per_chunk[k] = path.Ta
+    times = {k: [] for k in calls}
+    with torch.no_grad():
+        for c in calls.values():
+            c()
+        for _ in range(max(3, repeats)):
+            for k, c in calls.items():
+                times[k].append(timed(c, 1))
+    for k, ts in times.items():
+        t = statistics.median(ts)
+        print(json.dumps({"workload": f"vqbet_latency/{k}", "ms_per_chunk": round(t * 1e3, 2),
+                          "ms_per_action": round(t * 1e3 / per_chunk[k], 3), "threads": threads}), flush=True)
+
+
 CAMS = ("agentview_image", "robot0_eye_in_hand_image")
 
 
@@ -306,6 +342,8 @@ def main(argv=None):
             dp_latency(store, args.threads, args.repeats)
         if "flow_latency" in only:
             flow_latency(store, args.threads, args.repeats)
+        if "vqbet_latency" in only:
+            vqbet_latency(store, args.threads, args.repeats)
         if "image" in only:
             image_bench(tmp, args)
 

@@ -75,12 +75,14 @@ class Chunked:
     with ``pred_future_acs``).
 
     ``Chunked(nets, net: str, action_horizon: int, obs_horizon: int = 1, start: int = 0,
-    temporal_ensemble: bool = False, ensemble_k: float = 0.01)``
+    temporal_ensemble: bool = False, ensemble_k: float = 0.01, net_args: dict | None = None)``
 
     * The network ``nets[net]`` exposes ``predict_chunk(td) -> [B, Tp, A]``: ``td`` is a ``[B, obs_horizon]``
       TensorDict of the last ``obs_horizon`` observations of each environment, oldest first (a ``[B]`` TensorDict of
       the current observation when ``obs_horizon == 1``), with the same keys as the acting batch (observation and
       goal groups). It is called under ``torch.no_grad`` (``get_action``) on the rows that re-plan, in env order.
+      ``net_args`` ``{argument: net}`` passes other networks as keyword arguments (VQ-BeT's prior decodes its codes
+      with ``vqvae``: ``predict_chunk(td, vqvae=nets["vqvae"])``).
     * Observation history: per environment, the last ``obs_horizon`` observations; at an episode start the first
       observation fills all of them (robomimic's ``FrameStackWrapper``).
     * Execution: chunk index ``start`` is the current step (Diffusion Policy: ``To - 1``; ACT: 0). The actions
@@ -95,11 +97,11 @@ class Chunked:
     """
 
     def __init__(self, nets, net: str, action_horizon: int, obs_horizon: int = 1, start: int = 0,
-                 temporal_ensemble: bool = False, ensemble_k: float = 0.01):
+                 temporal_ensemble: bool = False, ensemble_k: float = 0.01, net_args: dict | None = None):
         if action_horizon < 1 or obs_horizon < 1 or start < 0:
             raise ValueError(f"chunked acting needs action_horizon >= 1, obs_horizon >= 1 and start >= 0, got "
                              f"{action_horizon}, {obs_horizon}, {start}")
-        self.nets, self.net = nets, net
+        self.nets, self.net, self.net_args = nets, net, dict(net_args or {})
         self.Ta, self.To, self.start = int(action_horizon), int(obs_horizon), int(start)
         self.temporal_ensemble, self.ensemble_k = bool(temporal_ensemble), float(ensemble_k)
         self.ctx = self.fresh = None
@@ -135,13 +137,15 @@ class Chunked:
         ``predict_chunk`` takes it; no episode state is read or changed (asynchronous execution queues and merges
         chunks itself: :mod:`modmimic.chunking`). ``prefix`` ``[B, P, A]``: the actions of the first ``P`` steps
         are already decided; a network that samples its chunk (Diffusion Policy, flow policy) inpaints them."""
+        net = self.nets[self.net]
+        extra = {a: self.nets[n] for a, n in self.net_args.items()}
         if prefix is None:
-            chunk = self.nets[self.net].predict_chunk(window)
-        elif getattr(self.nets[self.net], "schedule", None) is None:
-            raise ValueError(f"{self.net} ({type(self.nets[self.net]).__name__}) does not sample its chunks: it "
-                             "cannot inpaint decided actions")
+            chunk = net.predict_chunk(window, **extra)
+        elif getattr(net, "schedule", None) is None:
+            raise ValueError(f"{self.net} ({type(net).__name__}) does not sample its chunks from noise: it cannot "
+                             "inpaint decided actions")
         else:
-            chunk = self.nets[self.net].predict_chunk(window, prefix=prefix, prefix_at=self.start)
+            chunk = net.predict_chunk(window, prefix=prefix, prefix_at=self.start, **extra)
         if chunk.dim() != 3 or chunk.shape[1] < self.start + self.Ta:
             raise ValueError(f"{self.net}.predict_chunk returned shape {tuple(chunk.shape)}: chunked acting needs "
                              f"[B, Tp, A] with Tp >= start + action_horizon = {self.start + self.Ta}")

@@ -350,7 +350,8 @@ class Builder:
         weights = dict(spec.pop("losses"))
         u = Update(name=name, losses=[], optimizers=[_join(scope, o) for o in opts], scope=scope, prefix=prefix,
                    every=int(spec.pop("every", 1) or 1), start_epoch=int(spec.pop("start_epoch", -1)),
-                   end_epoch=int(spec.pop("end_epoch", -1)), max_grad_norm=spec.pop("max_grad_norm", None),
+                   end_epoch=int(spec.pop("end_epoch", -1)), start_step=int(spec.pop("start_step", -1)),
+                   end_step=int(spec.pop("end_step", -1)), max_grad_norm=spec.pop("max_grad_norm", None),
                    clip_per_member=bool(spec.pop("clip_per_member", False)),
                    targets=[_join(scope, t) for t in (spec.pop("targets", None) or [])])
         if spec:
@@ -430,8 +431,8 @@ class Builder:
             p.steps.extend(sub_programs[name])
 
 
-UPDATE_KEYS = ("name", "losses", "optimizer", "every", "start_epoch", "end_epoch", "max_grad_norm", "clip_per_member",
-               "targets", "prepare")
+UPDATE_KEYS = ("name", "losses", "optimizer", "every", "start_epoch", "end_epoch", "start_step", "end_step",
+               "max_grad_norm", "clip_per_member", "targets", "prepare")
 
 
 def compile_recipe(config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu", goal_shapes=None):

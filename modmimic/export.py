@@ -190,6 +190,9 @@ def acting_module(policy, batch: int = 1):
         info["recurrent"] = {"horizon": path.horizon, "state": states, "state_shape": sshape,
                              "reset": "zeros at an episode start and every `horizon` steps; else the returned state"}
     elif name in ("Chunked", "Context"):
+        if getattr(path, "net_args", None):
+            raise ExportError(f"chunked acting that reads other networks besides {path.net!r} "
+                              f"({', '.join(sorted(path.net_args.values()))}; e.g. VQ-BeT) is not exported yet")
         window = path.To > 1
         diffusion = hasattr(net, "schedule")
         module = Chunk(*common, start=path.start, horizon=path.Ta, diffusion=diffusion, window=window)

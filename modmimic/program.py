@@ -77,7 +77,9 @@ class Update:
     e.g., its learnable weight). ``max_grad_norm`` clips the first of them, each ensemble member separately with
     ``clip_per_member`` (robomimic steps every critic with its own optimizer). ``every = n``: the update runs on the
     n-th, 2n-th, ... step (robomimic's TD3 ``actor_update_counter % update_freq == 0`` after the increment);
-    ``start_epoch`` / ``end_epoch`` (-1: unbounded) bound the epochs it runs in."""
+    ``start_epoch`` / ``end_epoch`` (-1: unbounded) bound the epochs it runs in, ``start_step`` / ``end_step`` (-1:
+    unbounded) the training steps (the global step counter, from 0): an update runs on step ``s`` when
+    ``start_step <= s < end_step`` (VQ-BeT trains its VQ-VAE on steps ``[0, n)``, then its prior from ``n`` on)."""
     name: str
     losses: list  # [(name, Call, weight)]
     optimizers: list
@@ -86,13 +88,17 @@ class Update:
     every: int = 1
     start_epoch: int = -1
     end_epoch: int = -1
+    start_step: int = -1
+    end_step: int = -1
     max_grad_norm: float | None = None
     clip_per_member: bool = False
     targets: list = field(default_factory=list)
 
     def active(self, epoch: int, step: int) -> bool:
         return ((self.start_epoch < 0 or epoch >= self.start_epoch)
-                and (self.end_epoch < 0 or epoch < self.end_epoch) and (step + 1) % self.every == 0)
+                and (self.end_epoch < 0 or epoch < self.end_epoch)
+                and (self.start_step < 0 or step >= self.start_step)
+                and (self.end_step < 0 or step < self.end_step) and (step + 1) % self.every == 0)
 
 
 @dataclass

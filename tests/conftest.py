@@ -25,7 +25,9 @@ def reach_hdf5(tmp_path_factory):
 
 
 # values a recipe cannot default (its config documents that they must be set)
-REQUIRED = {"bcq_distributional": ["algo.critic.value_bounds=[0.0,1.0]"]}
+REQUIRED = {"bcq_distributional": ["algo.critic.value_bounds=[0.0,1.0]"],
+            # two-phase recipes: the second phase starts within a few steps, so short runs (resume) cover both
+            "vq_bet": ["algo.vqvae.train_steps=5"]}
 
 
 def tiny_overrides(recipe: str) -> list[str]:
