@@ -310,11 +310,14 @@ def load_episode_store(
                      for key, _, shape in uint8_entries}
         raw = data.attrs.get("env_args")
         env_meta = {} if raw is None else parse_env_args(raw, path)
+        from modmimic.tasks import hdf5_demo_task
+
+        tasks = [hdf5_demo_task(data[d]) for d in demos]
     return EpisodeStore(
         path=path, demos=demos, lengths=torch.tensor(lengths, dtype=torch.int64),
         offsets=torch.from_numpy(offsets), flat=flat, columns=columns, uint8=uint8, obs_keys=obs_keys,
         action_keys=action_keys, env_meta=env_meta, obs_moments=obs_moments, action_moments=act_moments,
-        memmap_path=memmap_path, memmap_reused=reused)
+        memmap_path=memmap_path, memmap_reused=reused, tasks=tasks if any(tasks) else [])
 
 
 def _summary(errors: list[str]) -> str:
