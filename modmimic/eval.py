@@ -39,7 +39,8 @@ ARGS = {
     "horizon": (int, None, "maximum steps per episode (default: the checkpoint's experiment.rollout.horizon)"),
     "seed": (int, DEFAULT_SEED, "episode i starts from seed + i; also seeds the policy's sampling"),
     "terminate_on_success": (bool, True, "end an episode at its first success"),
-    "env": (str, None, "evaluate in this environment instead of the dataset's (same simulator)"),
+    "env": (str, None, "evaluate in this environment instead of the dataset's (same simulator; default: the one "
+                       "training rollouts used, experiment.env, else the dataset's)"),
     "device": (str, "cpu", "where the policy runs (cpu, cuda)"),
     "video": (str, None, "write an MP4 of the episodes here"),
     "video_skip": (int, 5, "render every n-th step"),
@@ -145,6 +146,8 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
     from modmimic.envs import update_env_meta
 
     experiment = (ckpt.get("config") or {}).get("experiment") or {}
+    if env is None and experiment.get("env"):  # where training rolled out (e.g. Meta-World/MT10 for co-trained tasks)
+        env = str(experiment["env"])
     env_meta = update_env_meta(ckpt.get("env_metadata") or {}, experiment.get("env_meta_update_dict"))
     if not env_meta:
         raise EnvError("the checkpoint has no env metadata (its training dataset had no data.attrs['env_args']), so "

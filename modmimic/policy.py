@@ -539,8 +539,9 @@ class RolloutPolicy:
             B = next(iter(obs.values())).shape[0]
             if task.shape[0] not in (1, B):
                 raise ConfigError(f"{task.shape[0]} tasks for {B} environments")
-        a = (self.policy.get_action(obs, g, task=task) if self.act_path is None else
-             self.policy.get_action(obs, g, act_path=self.act_path, task=task)).detach().cpu().numpy()
+        kw = {} if task is None else {"task": task}  # (a single-task algorithm object may not take task=)
+        a = (self.policy.get_action(obs, g, **kw) if self.act_path is None else
+             self.policy.get_action(obs, g, act_path=self.act_path, **kw)).detach().cpu().numpy()
         if self._affine is not None:
             a = a * self._affine[1] + self._affine[0]
         if self._segments is not None:

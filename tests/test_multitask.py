@@ -90,7 +90,7 @@ def test_task_conditioned_encoder_reads_the_batch_key():
 
 def test_cotraining_batch_carries_each_rows_task(three, tiny):
     cfg = compose("bc_rnn", [task_list(three, ["reach", "push", "reach"]), "train.batch_size=64",
-                             "task.conditioning=onehot", *tiny("bc_rnn")])
+                             "task.conditioning=onehot", "train.seq_length=4", "algo.rnn.horizon=4", *tiny("bc_rnn")])
     data = build_data(with_data(cfg))
     v = data.task_vocab
     assert v.names == ["reach", "push"] and v.texts == ["reach", "push"] and data.task_dim == 2
@@ -146,6 +146,10 @@ def test_missing_tasks_are_a_clear_error(three, tiny):
         build_data(with_data(cfg))
     with pytest.raises(ConfigError, match="task.conditioning must be null, onehot or language"):
         compose("bc", ["task.conditioning=words", *tiny("bc")])
+    from modmimic.algo import algo_factory
+    cfg = compose("diffusion_policy", ["task.conditioning=onehot", *tiny("diffusion_policy")])
+    with pytest.raises(ConfigError, match="no network of recipe 'diffusion_policy' takes a task input"):
+        algo_factory(cfg.algo_name, cfg, {"pos": (2,), "goal_pos": (2,), "vel": (2,)}, 2, task_dim=3)
 
 
 # --- checkpoints act with the task ---------------------------------------------------------------------------------
@@ -163,7 +167,7 @@ def test_checkpoint_round_trip_acts_with_the_task(three, tiny, tmp_path, fuse):
     policy, _ = policy_from_checkpoint(ckpt_path=path)
     assert policy.multi_task and policy.task_vocab.names == ["reach-v3", "push-v3"]
     rng = np.random.default_rng(0)
-    ob = {k: rng.uniform(-1, 1, (3, 2)).astype(np.float32) for k in ("pos", "goal_pos", "vel")}
+    ob = {k: np.repeat(rng.uniform(-1, 1, (1, 2)), 3, 0).astype(np.float32) for k in ("pos", "goal_pos", "vel")}
     policy.start_episode(3)
     with pytest.raises(ConfigError, match="this policy is multi-task: give the task"):
         policy(ob, batched_ob=True)
@@ -334,3 +338,15 @@ def test_eval_arguments():
     assert parse_args(["checkpoint=x.pth", "task=reach-v3"])["task"] == "reach-v3"
     with pytest.raises(ArgumentError, match="not both"):
         parse_args(["checkpoint=x.pth", "task=a", "instruction=b"])
+
+
+def test_robomimic_lang_emb_key_is_language_conditioning():
+    """robomimic v0.5 lists ``lang_emb`` among the observation keys; modmimic reads it as task.conditioning."""
+    from modmimic.robomimic_config import to_overrides
+
+    data = {"algo_name": "bc", "train": {"data": [{"path": "a.hdf5", "lang": "pick the cube"}]},
+            "observation": {"modalities": {"obs": {"low_dim": ["robot0_eef_pos", "lang_emb"]}}}}
+    recipe, out = to_overrides(data)
+    assert recipe == "bc" and "task.conditioning=language" in out and "task.fuse=concat" in out
+    assert any(o.startswith("observation.modalities.obs.low_dim=") and "lang_emb" not in o for o in out)
+    assert data["observation"]["modalities"]["obs"]["low_dim"] == ["robot0_eef_pos", "lang_emb"]  # not modified
