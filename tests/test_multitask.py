@@ -350,3 +350,21 @@ def test_robomimic_lang_emb_key_is_language_conditioning():
     assert recipe == "bc" and "task.conditioning=language" in out and "task.fuse=concat" in out
     assert any(o.startswith("observation.modalities.obs.low_dim=") and "lang_emb" not in o for o in out)
     assert data["observation"]["modalities"]["obs"]["low_dim"] == ["robot0_eef_pos", "lang_emb"]  # not modified
+
+
+def test_lerobot_task_strings_are_the_episodes_tasks(tmp_path, tiny):
+    """A LeRobotDataset folder (written in LeRobot's layout) carries its per-episode task strings into the batch."""
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("av")
+    from lerobot_layout import episodes_data, write_v30
+
+    eps = episodes_data([6, 4, 7, 5, 3])
+    root = str(tmp_path / "v30")
+    write_v30(root, eps)
+    cfg = compose("bc", [f"train.data={root}", "observation.modalities.obs.low_dim=[state,environment_state]",
+                         "experiment.rollout.enabled=false", "task.conditioning=onehot", "train.batch_size=16",
+                         "algo.actor_layer_dims=[16]"])
+    data = build_data(with_data(cfg))
+    assert data.task_vocab.names == ["task 0", "task 1"]  # episode e does "task {e % 2}"
+    b = data.train_sampler.sample()
+    assert torch.equal(b[K.TASK_ID][:, 0], b[K.EPISODE][:, 0] % 2)
