@@ -191,6 +191,44 @@ def test_checkpoint_round_trip_acts_with_the_task(three, tiny, tmp_path, fuse):
         algo_factory("bc", algo.config, algo.obs_key_shapes, algo.ac_dim)
 
 
+@pytest.fixture(scope="module")
+def mt_ckpt(three, tmp_path_factory):
+    from conftest import tiny_overrides
+
+    out = tmp_path_factory.mktemp("mt_ckpt")
+    cfg = compose("bc", [task_list(three[:2], ["reach-v3", "push-v3"]), "task.conditioning=onehot",
+                         f"train.output_dir={out}", "train.num_epochs=1", "experiment.epoch_every_n_steps=20",
+                         "experiment.logging.log_tb=false", "algo.optim_params.policy.learning_rate.initial=0.01",
+                         *tiny_overrides("bc")])
+    return os.path.join(train(cfg, rollout_fn=None, progress=False)["run_dir"], "models", "last.pth")
+
+
+def test_served_multi_task_policy_acts_as_in_process(mt_ckpt):
+    """The policy server takes the task with each act (one per environment) and answers as the in-process policy;
+    an unknown task is a refused request; export refuses a multi-task policy in one line."""
+    pytest.importorskip("websockets")
+    from modmimic.client import RemoteError, RemotePolicy
+    from modmimic.serve import server_from_checkpoint
+
+    local, _ = policy_from_checkpoint(ckpt_path=mt_ckpt)
+    ob = {k: np.random.default_rng(1).uniform(-1, 1, (2, 2)).astype(np.float32) for k in ("pos", "goal_pos", "vel")}
+    local.start_episode(2)
+    want = local(ob, batched_ob=True, tasks=["push-v3", "reach-v3"])
+    server = server_from_checkpoint(mt_ckpt, port=0).start()
+    try:
+        with RemotePolicy(server.url) as remote:
+            assert remote.multi_task and remote.metadata["tasks"] == ["reach-v3", "push-v3"]
+            remote.start_episode(2)
+            assert np.allclose(remote(ob, batched_ob=True, tasks=["push-v3", "reach-v3"]), want, atol=1e-6)
+            with pytest.raises(RemoteError, match="not one of the policy's 2 tasks"):
+                remote(ob, batched_ob=True, tasks=["door-open-v3", "reach-v3"])
+    finally:
+        server.stop()
+    from modmimic.export import export
+    with pytest.raises(ConfigError, match="exporting a multi-task policy"):
+        export(mt_ckpt, "torchscript", str(os.path.dirname(mt_ckpt) + "/exported"))
+
+
 # --- the text encoder: local weights only ---------------------------------------------------------------------------
 
 def make_tiny_clip(path):
