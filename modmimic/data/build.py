@@ -51,7 +51,14 @@ class TrainData:
         return None if self.task_vocab is None else self.task_vocab.dim
 
     def describe(self) -> str:
-        """``<path> (<samples> samples, <demos> demos[, <n> validation demos])``, or the same per dataset."""
+        """``<path> (<samples> samples, <demos> demos[, <n> validation demos])``, or the same per dataset; a
+        multi-task run's tasks after them."""
+        v = self.task_vocab
+        tasks = "" if v is None else f"; {len(v)} tasks ({v.conditioning}, embeddings of size {v.dim}): " + \
+            ", ".join(repr(n) for n in v.names[:12]) + (", ..." if len(v) > 12 else "")
+        return self._describe_data() + tasks
+
+    def _describe_data(self) -> str:
         if not self.names:
             return (f"{self.path} ({self.train_store.num_samples} samples, {len(self.train_store.demos)} demos"
                     f"{'' if self.valid_store is None else f', {len(self.valid_store.demos)} validation demos'})")
@@ -245,7 +252,7 @@ def build_meta_data(cfg: DictConfig, entries: list[dict], device="cpu") -> Train
                      for k in action_keys)
     env_meta = train_stores[0].env_meta
     for st in train_stores[1:]:
-        if st.env_meta != env_meta:
+        if st.env_meta != env_meta and not cfg.experiment.get("env"):  # experiment.env: rollouts and eval use it
             warnings.warn(f"train.data: {st.path} has other environment metadata ({st.env_meta.get('env_name')!r}) "
                           f"than the first dataset {train_stores[0].path} ({env_meta.get('env_name')!r}); rollouts "
                           "and checkpoints use the first dataset's", stacklevel=2)
