@@ -16,14 +16,13 @@ vocabulary (``task_vocab``: names, texts, embeddings), so a policy acts with a t
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from modmimic.config import ConfigError, to_plain
-from modmimic.data.hdf5 import DatasetError
+from modmimic.data.episodes import DatasetError
 
 
 @dataclass
@@ -124,26 +123,6 @@ def demo_tasks(store, entry: dict) -> list[tuple[str, str]]:
     raise DatasetError(f"{store.path}: task.conditioning needs each demo's task: give its train.data entry "
                        "task: <name> and/or lang: <instruction>, or use demos that name their task (LeRobot task "
                        "strings, an HDF5 demo attribute 'task' or ep_meta 'lang'/'task')")
-
-
-def hdf5_demo_task(group) -> str | None:
-    """An HDF5 demo's task: its ``task`` attribute, else its ``ep_meta`` JSON's ``lang`` or ``task``."""
-    t = group.attrs.get("task")
-    if t is not None:
-        return t.decode() if isinstance(t, bytes) else str(t)
-    raw = group.attrs.get("ep_meta")
-    if raw is None:
-        return None
-    try:
-        meta = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
-    except (ValueError, TypeError):
-        return None
-    if not isinstance(meta, dict):
-        return None
-    for k in ("lang", "task"):
-        if isinstance(meta.get(k), str) and meta[k]:
-            return meta[k]
-    return None
 
 
 def build_vocab(cfg, per_store: list) -> TaskVocab:
