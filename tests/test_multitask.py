@@ -406,3 +406,23 @@ def test_lerobot_task_strings_are_the_episodes_tasks(tmp_path, tiny):
     assert data.task_vocab.names == ["task 0", "task 1"]  # episode e does "task {e % 2}"
     b = data.train_sampler.sample()
     assert torch.equal(b[K.TASK_ID][:, 0], b[K.EPISODE][:, 0] % 2)
+
+
+@pytest.mark.parametrize("recipe", ["bc_transformer", "bc_rnn_gmm"])
+def test_context_and_recurrent_acting_paths_carry_the_task(recipe, tiny):
+    """The transformer's observation context and the RNN's step-wise acting see the task embedding: with a FiLM
+    that depends on the task, the same observations give different actions for different tasks."""
+    from modmimic.algo import algo_factory
+
+    cfg = compose(recipe, ["task.conditioning=onehot", *tiny(recipe)])
+    algo = algo_factory(cfg.algo_name, cfg, {"pos": (2,), "goal_pos": (2,), "vel": (2,)}, 2, task_dim=2)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        algo.nets["policy"].encoder.film.proj.weight.normal_()
+    policy = RolloutPolicy(algo, task_vocab=TaskVocab("onehot", ["a", "b"], ["a", "b"], torch.eye(2)))
+    ob = {k: np.full((2, 2), 0.3, np.float32) for k in ("pos", "goal_pos", "vel")}
+    torch.manual_seed(1)
+    policy.start_episode(2)
+    for _ in range(3):
+        a = policy(ob, batched_ob=True, tasks=["a", "b"])
+    assert a.shape == (2, 2) and not np.allclose(a[0], a[1], atol=1e-5)
