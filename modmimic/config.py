@@ -254,7 +254,8 @@ def check_override_keys(recipe: str, overrides) -> None:
 
 
 FIXED_SECTIONS = ("experiment", "train", "algo", "observation", "task")  # robomimic's sections: their keys are fixed
-OPEN_DICTS = ("train.action_config", "experiment.env_meta_update_dict", "task.text_encoder.kwargs")  # user data: any key may be added
+# user data: any key may be added
+OPEN_DICTS = ("train.action_config", "experiment.env_meta_update_dict", "task.text_encoder.kwargs")
 
 
 def _is_empty_dict(ref: DictConfig, key: str) -> bool:

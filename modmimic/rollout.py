@@ -615,5 +615,6 @@ class TrainingRollouts:
             self.envs = None
 
 
-__all__ = ["Episode", "RolloutError", "run_episodes", "rollout", "summarize", "summarize_tasks", "wilson_interval", "DatasetWriter",
-           "write_episodes", "split_masks", "TrainingRollouts", "RolloutProgress", "LocalEnvs", "EnvError"]
+__all__ = ["Episode", "RolloutError", "run_episodes", "rollout", "summarize", "summarize_tasks", "wilson_interval",
+           "DatasetWriter", "write_episodes", "split_masks", "TrainingRollouts", "RolloutProgress", "LocalEnvs",
+           "EnvError"]

@@ -239,7 +239,8 @@ class WindowSampler:
         if self.task_ids is not None:
             tid = self.task_ids[self.episode[w]].to(self.device)
             emb = self.task_table[tid]
-            out[K.TASK] = {"id": tid.unsqueeze(1).expand(B, T), "embedding": emb.unsqueeze(1).expand(B, T, emb.shape[-1])}
+            out[K.TASK] = {"id": tid.unsqueeze(1).expand(B, T),
+                           "embedding": emb.unsqueeze(1).expand(B, T, emb.shape[-1])}
         if self.goal_mode == "last":
             grow = self.goal_row[self.episode[w]]
             gblock = self._flat[grow].to(self.device)
