@@ -426,3 +426,33 @@ def test_context_and_recurrent_acting_paths_carry_the_task(recipe, tiny):
     for _ in range(3):
         a = policy(ob, batched_ob=True, tasks=["a", "b"])
     assert a.shape == (2, 2) and not np.allclose(a[0], a[1], atol=1e-5)
+
+
+def test_evaluate_takes_the_task_and_reports_it(tmp_path, tiny):
+    """``modmimic.eval``'s path: a multi-task checkpoint in an environment that does not say its task needs task=
+    (a clear error without it); with it, every episode gets that task and the summary has it per task. A single-task
+    checkpoint refuses task=."""
+    from modmimic.data.synthetic import make_reach_dataset
+    from modmimic.eval import evaluate
+    from modmimic.rollout import RolloutError
+
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"r{i}.hdf5"))
+        make_reach_dataset(paths[-1], n_demos=6, seed=i, max_len=10)
+    common = [f"train.output_dir={tmp_path / 'runs'}", "train.num_epochs=1", "experiment.epoch_every_n_steps=3",
+              "experiment.logging.log_tb=false", *tiny("bc")]
+    run = train(compose("bc", [task_list(paths, ["near", "far"]), "task.conditioning=onehot", *common]),
+                rollout_fn=None, progress=False)["run_dir"]
+    ckpt = os.path.join(run, "models", "last.pth")
+    with pytest.raises(RolloutError, match="does not say which task it plays"):
+        evaluate(ckpt, episodes=2)
+    s = evaluate(ckpt, episodes=3, horizon=5, task="far")
+    assert list(s["Tasks"]) == ["far"] and s["Tasks"]["far"]["Num_Episodes"] == 3
+    assert [e["task"] for e in s["episodes"]] == ["far"] * 3
+    with pytest.raises(ConfigError, match="is not one of the policy's 2 tasks: near, far"):
+        evaluate(ckpt, episodes=1, task="elsewhere")
+    single = train(compose("bc", [f"train.data={paths[0]}", "experiment.name=single", *common]),
+                   rollout_fn=None, progress=False)["run_dir"]
+    with pytest.raises(ConfigError, match="not multi-task"):
+        evaluate(os.path.join(single, "models", "last.pth"), episodes=1, task="far")
