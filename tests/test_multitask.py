@@ -456,3 +456,21 @@ def test_evaluate_takes_the_task_and_reports_it(tmp_path, tiny):
                    rollout_fn=None, progress=False)["run_dir"]
     with pytest.raises(ConfigError, match="not multi-task"):
         evaluate(os.path.join(single, "models", "last.pth"), episodes=1, task="far")
+
+
+def test_resume_needs_the_same_tasks(three, tiny, tmp_path):
+    from modmimic.policy import CheckpointError
+    from modmimic.trainer import resume_config
+
+    common = ["task.conditioning=onehot", f"train.output_dir={tmp_path}", "train.num_epochs=2",
+              "train.stop_after_epoch=1", "experiment.epoch_every_n_steps=2", "experiment.logging.log_tb=false",
+              *tiny("bc")]
+    part = train(compose("bc", [task_list(three[:2], ["reach-v3", "push-v3"]), *common]), rollout_fn=None,
+                 progress=False)
+    renamed = task_list(three[:2], ["push-v3", "reach-v3"])
+    with pytest.raises(CheckpointError, match=r"trained on tasks \['reach-v3', 'push-v3'\], the data now gives "
+                                              r"\['push-v3', 'reach-v3'\]"):
+        train(resume_config(part["run_dir"], [renamed, "train.stop_after_epoch=null"]), rollout_fn=None,
+              progress=False)
+    done = train(resume_config(part["run_dir"], ["train.stop_after_epoch=null"]), rollout_fn=None, progress=False)
+    assert done["epoch"] == 2
