@@ -209,7 +209,7 @@ class Builder:
     def __init__(self, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device, task_dim: int | None = None):
         self.root, self.ac_dim, self.device = config, int(ac_dim), torch.device(device)
         self.task_dim = task_conditioning_dim(config, task_dim)
-        self.task_nets = []  # networks built with the task input
+        self.task_nets, self.task_blind = [], []  # networks built with / without the task input
         self.obs_key_shapes = {k: tuple(v) for k, v in obs_key_shapes.items()}
         self.program = Program(recipe=str(config.recipe_name), nets=nn.ModuleDict(), data_keys=data_keys(config))
         self.shapes = {}  # scope -> {"obs": ..., "goal": ..., "subgoal": ...}
@@ -291,17 +291,21 @@ class Builder:
             if not spec.pop("enabled", True):
                 p.disabled.add(_join(scope, name))
                 continue
-            builder = resolve(spec.pop("_target_"))
+            spec_target = spec.pop("_target_")
+            builder = resolve(spec_target)
             kwargs = dict(obs_shapes=shapes["obs"], ac_dim=self.ac_dim, goal_shapes=shapes["goal"], **spec)
             params = inspect.signature(builder).parameters
             if "subgoal_shapes" in params:
                 kwargs.setdefault("subgoal_shapes", shapes["subgoal"] or None)
             if "encoder" in params and "encoder" not in kwargs:  # the observation encoder spec (modalities, cores)
                 kwargs["encoder"] = encoder
-            if self.task_dim and "task_dim" in params:  # a multi-task run: the networks that take a task get it
-                kwargs.setdefault("task_dim", self.task_dim)
-                kwargs.setdefault("task_fuse", str(config.task.fuse))
-                self.task_nets.append(_join(scope, name))
+            if self.task_dim:  # a multi-task run: every network takes the task (a critic blind to it would be wrong)
+                if "task_dim" not in params:
+                    self.task_blind.append(f"{_join(scope, name)} ({spec_target})")
+                else:
+                    kwargs.setdefault("task_dim", self.task_dim)
+                    kwargs.setdefault("task_fuse", str(config.task.fuse))
+                    self.task_nets.append(_join(scope, name))
             check_kwargs(builder, kwargs, where(f"nets.{name}"))
             try:
                 nets[name] = builder(**kwargs).to(self.device)
@@ -461,10 +465,10 @@ def compile_recipe(config: DictConfig, obs_key_shapes: dict, ac_dim: int, device
     (``task.conditioning``), given to every network whose builder takes ``task_dim``."""
     b = Builder(config, obs_key_shapes, ac_dim, device, task_dim)
     b.build(config, (), "", goal_shapes)
-    if b.task_dim and not b.task_nets:
-        raise ConfigError(f"task.conditioning={config.task.conditioning}: no network of recipe "
-                          f"{config.recipe_name!r} takes a task input (task_dim); multi-task conditioning is built "
-                          "into modmimic.components.nets.policy.policy (BC, BC-RNN, BC-Transformer and their "
+    if b.task_dim and b.task_blind:
+        raise ConfigError(f"task.conditioning={config.task.conditioning}: recipe {config.recipe_name!r} has networks "
+                          f"without a task input (task_dim): {', '.join(b.task_blind)}; multi-task conditioning is "
+                          "built into modmimic.components.nets.policy.policy (BC, BC-RNN, BC-Transformer and their "
                           "Gaussian/GMM variants)")
     check_keys(b.program, str(config.recipe_name))
     return b.program, b

@@ -148,7 +148,10 @@ def test_missing_tasks_are_a_clear_error(three, tiny):
         compose("bc", ["task.conditioning=words", *tiny("bc")])
     from modmimic.algo import algo_factory
     cfg = compose("diffusion_policy", ["task.conditioning=onehot", *tiny("diffusion_policy")])
-    with pytest.raises(ConfigError, match="no network of recipe 'diffusion_policy' takes a task input"):
+    with pytest.raises(ConfigError, match="recipe 'diffusion_policy' has networks without a task input"):
+        algo_factory(cfg.algo_name, cfg, {"pos": (2,), "goal_pos": (2,), "vel": (2,)}, 2, task_dim=3)
+    cfg = compose("td3_bc", ["task.conditioning=onehot", *tiny("td3_bc")])  # its actor would take it, its critics not
+    with pytest.raises(ConfigError, match=r"without a task input \(task_dim\): critic"):
         algo_factory(cfg.algo_name, cfg, {"pos": (2,), "goal_pos": (2,), "vel": (2,)}, 2, task_dim=3)
 
 
