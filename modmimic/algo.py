@@ -200,6 +200,8 @@ def data_keys(config: DictConfig) -> list:
         out += [K.REWARD, K.DONE, K.TERMINATED]
     if t.get("goal_mode"):
         out.append(K.GOAL)
+    if (config.get("task") or {}).get("conditioning") not in (None, "none", "None"):
+        out += [K.TASK_ID, K.TASK_EMB]  # multi-task runs (modmimic.tasks)
     return out
 
 
