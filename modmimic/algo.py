@@ -200,14 +200,18 @@ def data_keys(config: DictConfig) -> list:
         out += [K.REWARD, K.DONE, K.TERMINATED]
     if t.get("goal_mode"):
         out.append(K.GOAL)
+    if (config.get("task") or {}).get("conditioning") not in (None, "none", "None"):
+        out += [K.TASK_ID, K.TASK_EMB]  # multi-task runs (modmimic.tasks)
     return out
 
 
 class Builder:
     """Compiles a (possibly hierarchical) recipe config into a :class:`Program` (see :mod:`modmimic.program`)."""
 
-    def __init__(self, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device):
+    def __init__(self, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device, task_dim: int | None = None):
         self.root, self.ac_dim, self.device = config, int(ac_dim), torch.device(device)
+        self.task_dim = task_conditioning_dim(config, task_dim)
+        self.task_nets, self.task_blind = [], []  # networks built with / without the task input
         self.obs_key_shapes = {k: tuple(v) for k, v in obs_key_shapes.items()}
         self.program = Program(recipe=str(config.recipe_name), nets=nn.ModuleDict(), data_keys=data_keys(config))
         self.shapes = {}  # scope -> {"obs": ..., "goal": ..., "subgoal": ...}
@@ -289,13 +293,21 @@ class Builder:
             if not spec.pop("enabled", True):
                 p.disabled.add(_join(scope, name))
                 continue
-            builder = resolve(spec.pop("_target_"))
+            spec_target = spec.pop("_target_")
+            builder = resolve(spec_target)
             kwargs = dict(obs_shapes=shapes["obs"], ac_dim=self.ac_dim, goal_shapes=shapes["goal"], **spec)
             params = inspect.signature(builder).parameters
             if "subgoal_shapes" in params:
                 kwargs.setdefault("subgoal_shapes", shapes["subgoal"] or None)
             if "encoder" in params and "encoder" not in kwargs:  # the observation encoder spec (modalities, cores)
                 kwargs["encoder"] = encoder
+            if self.task_dim:  # a multi-task run: every network takes the task (a critic blind to it would be wrong)
+                if "task_dim" not in params:
+                    self.task_blind.append(f"{_join(scope, name)} ({spec_target})")
+                else:
+                    kwargs.setdefault("task_dim", self.task_dim)
+                    kwargs.setdefault("task_fuse", str(config.task.fuse))
+                    self.task_nets.append(_join(scope, name))
             check_kwargs(builder, kwargs, where(f"nets.{name}"))
             try:
                 nets[name] = builder(**kwargs).to(self.device)
@@ -435,11 +447,32 @@ UPDATE_KEYS = ("name", "losses", "optimizer", "every", "start_epoch", "end_epoch
                "max_grad_norm", "clip_per_member", "targets", "prepare")
 
 
-def compile_recipe(config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu", goal_shapes=None):
+def task_conditioning_dim(config: DictConfig, task_dim: int | None) -> int | None:
+    """The task embedding size the networks take: ``task_dim`` when ``task.conditioning`` is set (then it is
+    required), None otherwise (then ``task_dim`` must be None)."""
+    cond = (config.get("task") or {}).get("conditioning")
+    if cond in (None, "none", "None"):
+        if task_dim:
+            raise ConfigError(f"a task embedding of size {task_dim} was given but task.conditioning is null")
+        return None
+    if not task_dim or int(task_dim) < 1:
+        raise ConfigError(f"task.conditioning={cond} needs the task embedding size (the run's task vocabulary): "
+                          "train on data with tasks, or load a checkpoint that stores its task_vocab")
+    return int(task_dim)
+
+
+def compile_recipe(config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu", goal_shapes=None,
+                   task_dim: int | None = None):
     """``(program, builder)``: ``config`` compiled into a :class:`Program`, its keys checked (see
-    :func:`modmimic.program.check_keys`)."""
-    b = Builder(config, obs_key_shapes, ac_dim, device)
+    :func:`modmimic.program.check_keys`). ``task_dim``: the task embedding size of a multi-task run
+    (``task.conditioning``), given to every network whose builder takes ``task_dim``."""
+    b = Builder(config, obs_key_shapes, ac_dim, device, task_dim)
     b.build(config, (), "", goal_shapes)
+    if b.task_dim and b.task_blind:
+        raise ConfigError(f"task.conditioning={config.task.conditioning}: recipe {config.recipe_name!r} has networks "
+                          f"without a task input (task_dim): {', '.join(b.task_blind)}; multi-task conditioning is "
+                          "built into modmimic.components.nets.policy.policy (BC, BC-RNN, BC-Transformer and their "
+                          "Gaussian/GMM variants)")
     check_keys(b.program, str(config.recipe_name))
     return b.program, b
 
@@ -566,14 +599,15 @@ class Algo:
     network by path (``paths["actor.policy"]``)."""
 
     def __init__(self, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu",
-                 goal_shapes: dict | None = None, *, _view=None):
+                 goal_shapes: dict | None = None, *, task_dim: int | None = None, _view=None):
         self._bind(config, obs_key_shapes, ac_dim, device)
         if _view is None:
-            program, builder = compile_recipe(config, obs_key_shapes, ac_dim, device, goal_shapes)
+            program, builder = compile_recipe(config, obs_key_shapes, ac_dim, device, goal_shapes, task_dim)
             scope = ()
         else:
             program, builder, scope = _view
         self.program, self.scope, self._builder = program, scope, builder
+        self.task_dim = builder.task_dim  # the task embedding size of a multi-task policy (None: single task)
         self.nets = program.nets if not scope else program.net(".".join(scope))
         self.paths = NetPaths(self.nets)
         sh = builder.shapes[scope]
@@ -791,7 +825,7 @@ class Algo:
                     s.load_state_dict(sd)
             self._step = int(model_dict.get("step", 0))
 
-    def _obs_td(self, obs_dict, goal_dict=None) -> TensorDict:
+    def _obs_td(self, obs_dict, goal_dict=None, task=None) -> TensorDict:
         if isinstance(obs_dict, TensorDict):
             td = obs_dict if K.OBS in obs_dict.keys() else TensorDict({K.OBS: obs_dict}, obs_dict.batch_size)
         else:
@@ -802,6 +836,10 @@ class Algo:
         if goal_dict is not None:
             g = {k: _obs_tensor(v, self.device) for k, v in goal_dict.items() if k in self.goal_shapes}
             td[K.GOAL] = TensorDict(g, batch_size=td.batch_size, device=self.device)
+        if task is not None:  # a multi-task policy: the task embedding of each row, [B, task_dim]
+            td = td.to(self.device)
+            td.set(K.TASK_EMB, torch.as_tensor(task, dtype=torch.float32, device=self.device)
+                   .expand(*td.batch_size, -1))
         return td.to(self.device)
 
     def new_act_path(self):
@@ -809,10 +847,13 @@ class Algo:
         return _from_spec(self.config.act, self.paths, "act")
 
     @torch.no_grad()
-    def get_action(self, obs_dict, goal_dict=None, act_path=None) -> torch.Tensor:
+    def get_action(self, obs_dict, goal_dict=None, act_path=None, task=None) -> torch.Tensor:
         """Actions ``[B, A]`` for a batch of observations (dict of ``[B, ...]`` tensors or a TensorDict); ``act_path``:
-        another acting path than the algorithm's own (:meth:`new_act_path`)."""
-        return (self.act_path if act_path is None else act_path)(self._obs_td(obs_dict, goal_dict))
+        another acting path than the algorithm's own (:meth:`new_act_path`); ``task``: the task embedding ``[B, D]``
+        (or ``[D]``, every row) of a multi-task policy."""
+        if self.task_dim and task is None and not (isinstance(obs_dict, TensorDict) and K.TASK in obs_dict.keys()):
+            raise ValueError(f"this policy is multi-task (task embeddings of size {self.task_dim}): pass task=")
+        return (self.act_path if act_path is None else act_path)(self._obs_td(obs_dict, goal_dict, task))
 
     @torch.no_grad()
     def get_state_value(self, obs_dict, goal_dict=None) -> torch.Tensor:
@@ -903,7 +944,8 @@ def _with_component_variant(config: DictConfig, name: str, sub_cfg: DictConfig) 
     return out
 
 
-def algo_factory(algo_name: str, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu") -> Algo:
+def algo_factory(algo_name: str, config: DictConfig, obs_key_shapes: dict, ac_dim: int, device="cpu",
+                 task_dim: int | None = None) -> Algo:
     """robomimic's ``algo_factory``. The recipe is chosen by the algo name's factory function from the config's
     flags (e.g. ``bc`` with ``algo.rnn.enabled`` is ``bc_rnn``); if that differs from the recipe the config was
     composed from, the chosen recipe's structure is used with the config's values. Hierarchical recipes (with
@@ -920,4 +962,4 @@ def algo_factory(algo_name: str, config: DictConfig, obs_key_shapes: dict, ac_di
 
             config = with_recipe_structure(config, recipe)
     cls = HierarchicalAlgo if config.get("components") else Algo
-    return cls(config, obs_key_shapes, ac_dim, device)
+    return cls(config, obs_key_shapes, ac_dim, device, task_dim=task_dim)

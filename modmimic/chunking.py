@@ -291,8 +291,8 @@ def executor_for(policy, latency_steps: int | None = 0, mode: str = "async", mer
     :class:`~modmimic.client.RemotePolicy`) as its acting path would: chunk size, observation history and, for
     temporal ensembling (ACT), every-step chunks of ``chunk_size`` actions merged with its ``ensemble_k``. A policy
     that acts one step at a time becomes a :class:`StepSource` (synchronous: nothing to execute while waiting)."""
-    if getattr(policy.policy, "goal_shapes", None):
-        raise ValueError("goal-conditioned policies are not driven by the chunk executor yet")
+    if getattr(policy.policy, "goal_shapes", None) or getattr(policy, "multi_task", False):
+        raise ValueError("goal-conditioned and multi-task policies are not driven by the chunk executor yet")
     shapes = policy.policy.obs_shapes
     dim = policy.action_dim if policy.action_dim is not None else policy.policy.ac_dim
     spec = getattr(policy, "chunking", None)

@@ -68,6 +68,12 @@ class RemotePolicy:
         self.num_envs = 1
         self._seed = seed
         self.chunking = m.get("chunking")  # None: acts one step at a time
+        # multi-task policies: the task names it was trained on (instructions too for a language policy)
+        self.task_vocab = SimpleNamespace(names=list(m.get("tasks") or []), conditioning=m.get("task_conditioning"))
+
+    @property
+    def multi_task(self) -> bool:
+        return bool(self.task_vocab.names)
 
     @property
     def action_dim(self) -> int:
@@ -100,11 +106,16 @@ class RemotePolicy:
     def reset_envs(self, done) -> None:
         self._request({"op": "reset", "num_envs": self.num_envs, "done": np.asarray(done, dtype=bool)})
 
-    def __call__(self, ob: dict, goal: dict | None = None, batched_ob: bool = False) -> np.ndarray:
+    def __call__(self, ob: dict, goal: dict | None = None, batched_ob: bool = False, tasks=None) -> np.ndarray:
+        """``tasks``: a multi-task policy's task (name or instruction), one or one per environment; kept by the
+        server for the next calls."""
         if goal is not None and self.policy.goal_shapes:
             raise RemoteError("goal-conditioned policies are not served yet")
         obs = {k: np.asarray(ob[k]) for k in self.policy.obs_shapes if k in ob}
-        return self._request({"op": "act", "obs": obs, "batched": bool(batched_ob)})["action"]
+        msg = {"op": "act", "obs": obs, "batched": bool(batched_ob)}
+        if tasks is not None:
+            msg["tasks"] = tasks if isinstance(tasks, str) else [str(t) for t in tasks]
+        return self._request(msg)["action"]
 
     def predict_chunk(self, window: dict, batched_ob: bool = False, prefix=None) -> np.ndarray:
         """The served policy's whole chunk for an observation window (key -> ``[obs_horizon, *shape]``, or

@@ -253,8 +253,9 @@ def check_override_keys(recipe: str, overrides) -> None:
         raise ConfigError(f"unknown config key {key!r}{closest(key, valid)}")
 
 
-FIXED_SECTIONS = ("experiment", "train", "algo", "observation")  # robomimic's sections: their keys are fixed
-OPEN_DICTS = ("train.action_config", "experiment.env_meta_update_dict")  # user data: any key may be added
+FIXED_SECTIONS = ("experiment", "train", "algo", "observation", "task")  # robomimic's sections: their keys are fixed
+# user data: any key may be added
+OPEN_DICTS = ("train.action_config", "experiment.env_meta_update_dict", "task.text_encoder.kwargs")
 
 
 def _is_empty_dict(ref: DictConfig, key: str) -> bool:
@@ -305,6 +306,25 @@ def check_run_name(name) -> None:
                           "paths; choose the parent folder with train.output_dir")
 
 
+TASK_CONDITIONING = (None, "onehot", "language")
+
+
+def check_task_section(cfg: DictConfig) -> None:
+    """``task.conditioning`` is null, onehot or language; ``task.fuse`` film or concat; language needs a text
+    encoder ``fn``."""
+    t = cfg.get("task")
+    if t is None:
+        return
+    cond = t.get("conditioning")
+    if cond not in TASK_CONDITIONING:
+        raise ConfigError(f"task.conditioning must be null, onehot or language, got {cond!r}")
+    if t.get("fuse") not in ("film", "concat"):
+        raise ConfigError(f"task.fuse must be film or concat, got {t.get('fuse')!r}")
+    if cond == "language" and not (t.get("text_encoder") or {}).get("fn"):
+        raise ConfigError("task.conditioning=language needs task.text_encoder.fn (e.g. "
+                          "modmimic.text.clip_text_embeddings with task.text_encoder.kwargs.path=<local dir>)")
+
+
 def validate(cfg: DictConfig, where: str = "") -> None:
     """Consistency checks that do not need data (those that do live in the Algo builder). ``where``: the
     component path (``"planner."``) of a sub-config, for messages that name the full key."""
@@ -320,6 +340,7 @@ def validate(cfg: DictConfig, where: str = "") -> None:
         if not isinstance(t[k], int) or isinstance(t[k], bool) or t[k] < 1:
             raise ConfigError(f"train.{k} must be a positive int, got {t[k]!r}")
     check_values(cfg, where)
+    check_task_section(cfg)
     a = cfg.algo
     if a.get("rnn") is not None and a.rnn.get("enabled") and a.rnn.horizon > t.seq_length:
         raise ConfigError(f"algo.{where}rnn.horizon ({a.rnn.horizon}) is longer than train.seq_length "

@@ -119,7 +119,7 @@ ROBOMIMIC_DEFAULT_LOW_DIM = ["robot0_eef_pos", "robot0_eef_quat", "robot0_grippe
 
 
 DATA_ENTRY_KEYS = ("path", "weight", "filter_key", "validation_filter_key", "demo_limit", "name", "key", "eval",
-                   "lang")
+                   "lang", "task")
 
 
 def dataset_entries(cfg: DictConfig) -> list[dict]:
@@ -150,7 +150,7 @@ def dataset_entries(cfg: DictConfig) -> list[dict]:
             w = 1.0
         if not isinstance(w, (int, float)) or isinstance(w, bool) or not np.isfinite(w) or w <= 0:
             raise ConfigError(f"{where}.weight must be a positive number (robomimic's default 1.0), got {w!r}")
-        for k in ("filter_key", "validation_filter_key", "name", "key"):
+        for k in ("filter_key", "validation_filter_key", "name", "key", "lang", "task"):
             if d.get(k) is not None and not isinstance(d[k], str):
                 raise ConfigError(f"{where}.{k} must be a str or null, got {d[k]!r}")
         n = d.get("demo_limit")

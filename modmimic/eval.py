@@ -39,7 +39,8 @@ ARGS = {
     "horizon": (int, None, "maximum steps per episode (default: the checkpoint's experiment.rollout.horizon)"),
     "seed": (int, DEFAULT_SEED, "episode i starts from seed + i; also seeds the policy's sampling"),
     "terminate_on_success": (bool, True, "end an episode at its first success"),
-    "env": (str, None, "evaluate in this environment instead of the dataset's (same simulator)"),
+    "env": (str, None, "evaluate in this environment instead of the dataset's (same simulator; default: the one "
+                       "training rollouts used, experiment.env, else the dataset's)"),
     "device": (str, "cpu", "where the policy runs (cpu, cuda)"),
     "video": (str, None, "write an MP4 of the episodes here"),
     "video_skip": (int, 5, "render every n-th step"),
@@ -49,6 +50,10 @@ ARGS = {
     "write_dataset": (str, None, "write the rollouts to this robomimic HDF5 file"),
     "overwrite": (bool, False, "let write_dataset=, video= and json= replace existing files"),
     "json": (str, None, "write the summary and every episode as JSON here"),
+    "task": (str, None, "multi-task policies: the task of every episode (a task name or an instruction; default: "
+                        "the task the environment plays, e.g. Meta-World MT10's task seed mod 10)"),
+    "instruction": (str, None, "language-conditioned policies: the instruction of every episode (may be new: it is "
+                               "embedded with the checkpoint's local text encoder)"),
     "timeout": (float, 120.0, "seconds an environment worker may take to answer before it counts as hung"),
     "quiet": (bool, False, "print only the summary"),
     "server": (str, None, "act through a policy server (python -m modmimic.serve) at host:port or ws://host:port; "
@@ -91,6 +96,10 @@ def parse_args(argv: list[str]) -> dict:
         raise ArgumentError(f"horizon must be a positive integer, got {out['horizon']!r}")
     check_latency_args(out)
     check_outputs(out["overwrite"], write_dataset=out["write_dataset"], video=out["video"], json=out["json"])
+    if out["task"] is not None and out["instruction"] is not None:
+        raise ArgumentError("give task= or instruction=, not both")
+    out["task"] = out.pop("instruction") if out["instruction"] is not None else out["task"]
+    out.pop("instruction", None)
     return out
 
 
@@ -152,7 +161,8 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
              timeout: float = 120.0, on_episode=None, json_path: str | None = None, overwrite: bool = False,
              trusted_modules=None, group=None, server: str | None = None, token: str | None = None,
              latency_ms: float | None = None, execution: str = "async", merge: str | None = None,
-             refill_at: int | None = None, control_hz: float | None = None, inpaint: bool = False) -> dict:
+             refill_at: int | None = None, control_hz: float | None = None, inpaint: bool = False,
+             task: str | None = None) -> dict:
     """Evaluate a checkpoint (path or loaded dict). Returns the summary (:func:`modmimic.rollout.summarize` plus
     ``Episodes_per_Second``, ``Wall_Seconds``, ``env_name``, ``horizon``) with ``episodes``: one dict per episode.
     ``write_dataset``, ``video`` and ``json_path`` must not exist unless ``overwrite``; ``trusted_modules``: see
@@ -161,7 +171,9 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
     writes the files. ``server``: act through the policy server at that URL (``token``: its shared secret) instead of
     loading the policy here; the checkpoint must be the one it serves (same sha256). ``latency_ms``: chunks arrive
     that late, the environment stepping meanwhile (:func:`with_latency`; ``execution``, ``merge``, ``refill_at``,
-    ``control_hz`` as there)."""
+    ``control_hz`` as there). ``task``: a multi-task policy's
+    task (name or instruction) for every episode, instead of each environment's own; the summary then has
+    ``Tasks`` (per-task summaries) and ``Mean_Task_Success_Rate``."""
     import torch
 
     from modmimic import distributed
@@ -188,10 +200,17 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
     from modmimic.envs import update_env_meta
 
     experiment = (ckpt.get("config") or {}).get("experiment") or {}
+    if env is None and experiment.get("env"):  # where training rolled out (e.g. Meta-World/MT10 for co-trained tasks)
+        env = str(experiment["env"])
     env_meta = update_env_meta(ckpt.get("env_metadata") or {}, experiment.get("env_meta_update_dict"))
     if not env_meta:
         raise EnvError("the checkpoint has no env metadata (its training dataset had no data.attrs['env_args']), so "
                        "there is no environment to evaluate it in")
+    if task is not None and not getattr(policy, "multi_task", False):
+        from modmimic.config import ConfigError
+
+        raise ConfigError(f"task={task!r}: the checkpoint's policy is not multi-task (trained without "
+                          "task.conditioning)")
     served = policy
     if latency_ms is not None:
         policy = with_latency(served, ckpt, latency_ms, execution, merge, refill_at, control_hz, inpaint)
@@ -207,7 +226,8 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
                           terminate_on_success=terminate_on_success, record=record,
                           video_path=video, video_skip=video_skip, video_size=(video_size, video_size),
                           camera_name=camera, video_episodes=video_episodes, on_episode=on_episode, timeout=timeout,
-                          env_name=env, indices=distributed.episode_share(episodes, group) if group.active else None)
+                          env_name=env, indices=distributed.episode_share(episodes, group) if group.active else None,
+                          task=task)
     finally:
         torch.set_num_threads(threads)
         if server is not None:
@@ -215,7 +235,10 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
     eps = distributed.gather_episodes(eps, group)
     group.close()  # a process group this call created (torchrun); one made by the caller stays
     wall = time.perf_counter() - t0
+    from modmimic.rollout import summarize_tasks
+
     out = summarize(eps)
+    out.update(summarize_tasks(eps))
     out.update(Wall_Seconds=wall, Episodes_per_Second=len(eps) / wall, env_name=env or env_meta.get("env_name"),
                horizon=horizon, num_envs=num_envs, seed=seed)
     if latency_ms is not None:
@@ -230,8 +253,8 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
         out["dataset"] = os.path.abspath(write_dataset)
     if video is not None:
         out["video"] = os.path.abspath(video)
-    out["episodes"] = [{"index": e.index, "seed": e.seed, "success": e.success, "return": e.ret, "length": e.length}
-                       for e in eps]
+    out["episodes"] = [{"index": e.index, "seed": e.seed, "success": e.success, "return": e.ret, "length": e.length,
+                        **({"task": e.task} if e.task is not None else {})} for e in eps]
     if json_path is not None:
         from modmimic.io import atomic_write_text
 
@@ -272,6 +295,12 @@ def format_summary(s: dict) -> str:
         how = s["merge"] + (", inpainting" if s.get("inpaint") else "")
         lines.append(f"latency {s['latency_ms']:g} ms = {s['latency_steps']} control steps, {s['execution']} "
                      f"execution ({how}): {s['chunk_requests']} requests, {s['stalled_steps']} steps held")
+    if s.get("Tasks"):
+        width = max(len(t) for t in s["Tasks"])
+        for t, m in s["Tasks"].items():
+            lines.append(f"  {t.ljust(width)}  success rate {m['Success_Rate']:.3f} ({m['Num_Success']}/"
+                         f"{m['Num_Episodes']})")
+        lines.append(f"mean success rate over {len(s['Tasks'])} tasks {s['Mean_Task_Success_Rate']:.3f}")
     if s.get("video"):
         lines.append(f"video: {s['video']}")
     if s.get("dataset"):
@@ -305,7 +334,8 @@ def run(argv: list[str]) -> int:
 
     def on_episode(e):
         if not quiet:
-            print(f"  episode {e.index:4d} (seed {e.seed}): {'success' if e.success else 'failure'}  "
+            print(f"  episode {e.index:4d} (seed {e.seed}{f', {e.task}' if e.task else ''}): "
+                  f"{'success' if e.success else 'failure'}  "
                   f"length {e.length:4d}  return {e.ret:.3f}", flush=True)
 
     if not quiet:

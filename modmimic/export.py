@@ -280,6 +280,12 @@ def export(checkpoint: str, fmt: str, out: str, batch: int = 1, overwrite: bool 
         if os.path.lexists(p) and not overwrite:
             raise ArgumentError(f"{p} exists; pass overwrite=true to replace it, or choose another out=")
     policy, ckpt = policy_from_checkpoint(ckpt_path=checkpoint, trusted_modules=trusted_modules)
+    if policy.multi_task:
+        from modmimic.config import ConfigError
+
+        raise ConfigError(f"{checkpoint}: exporting a multi-task policy (task.conditioning="
+                          f"{policy.task_vocab.conditioning}) is not supported yet; serve it with python -m "
+                          "modmimic.serve (reset with tasks=...) or act in-process")
     module, example, info = acting_module(policy, batch)
     names = [i["name"] for i in info["inputs"]]
     module._input_names, module._output_names = names, [o["name"] for o in info["outputs"]]

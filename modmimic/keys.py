@@ -17,6 +17,10 @@ without remapping:
     "episode"                               demonstration number (position in the ordered demo list)
     "mc_return"                             Monte-Carlo return-to-go of the step within its demo, trailing dim 1
                                             (recipes that require ``mc_returns``: Cal-QL)
+    ("task", "id")                          multi-task training: the episode's task number in the run's task
+                                            vocabulary (int64)
+    ("task", "embedding")                   multi-task training: the task's embedding, float ``[..., D]`` (a
+                                            one-hot of the id, or a text encoder's embedding of the instruction)
 
 Sequence batches are ``[B, T]``; single-step batches are ``[B]``.
 """
@@ -38,6 +42,9 @@ LOSS_MASK = "loss_mask"  # optional [B, T] bool: the steps a loss averages over 
 INDEX = "index"
 EPISODE = "episode"
 MC_RETURN = "mc_return"
+TASK = "task"
+TASK_ID = (TASK, "id")
+TASK_EMB = (TASK, "embedding")
 
 
 def obs(key: str) -> tuple:

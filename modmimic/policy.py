@@ -68,9 +68,11 @@ def versions() -> dict:
 
 
 def make_checkpoint(algo: Algo, obs_normalization_stats=None, action_normalization_stats=None, env_meta=None,
-                    variable_state=None, trainer_state=None, action_keys=None) -> dict:
+                    variable_state=None, trainer_state=None, action_keys=None, task_vocab=None) -> dict:
+    """``task_vocab``: a multi-task policy's :class:`modmimic.tasks.TaskVocab` (stored as ``task_vocab``, its
+    embedding size as ``shape_metadata.task_dim``)."""
     cfg = OmegaConf.to_container(algo.config, resolve=True)
-    return {
+    out = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(),
         "algo_name": algo.algo_name, "recipe_name": algo.recipe_name, "config": cfg,
         "shape_metadata": {"ac_dim": algo.ac_dim, "all_shapes": {k: list(v) for k, v in algo.obs_key_shapes.items()},
@@ -83,6 +85,10 @@ def make_checkpoint(algo: Algo, obs_normalization_stats=None, action_normalizati
         "variable_state": variable_state or {},
         "trainer_state": trainer_state,
     }
+    if task_vocab is not None:
+        out["task_vocab"] = task_vocab.to_plain()
+        out["shape_metadata"]["task_dim"] = task_vocab.dim
+    return out
 
 
 # --- storage: plain containers only ------------------------------------------------------------------------
@@ -258,6 +264,15 @@ def check_checkpoint(raw, source: str = "checkpoint") -> dict:
             raise CheckpointError(f"{source}: checkpoint field {key!r} must be a dict or None, got "
                                   f"{type(ckpt[key]).__name__}")
     ckpt["env_metadata"] = ckpt.get("env_metadata") or {}
+    if ckpt.get("task_vocab") is not None:
+        from modmimic.tasks import TaskVocab
+
+        if not isinstance(ckpt["task_vocab"], dict):
+            raise CheckpointError(f"{source}: checkpoint field 'task_vocab' must be a dict")
+        try:
+            TaskVocab.from_plain(ckpt["task_vocab"], source)
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
     ckpt["variable_state"] = ckpt.get("variable_state") or {}
     for key in ("obs_normalization_stats", "action_normalization_stats"):
         _stats(ckpt.get(key), source, key)
@@ -318,7 +333,7 @@ def algo_from_checkpoint(ckpt, device="cpu", load_optimizers: bool = False, trus
         with trusting(modules):
             config = config_factory(ckpt["algo_name"], ckpt["config"])
             algo = algo_factory(ckpt["algo_name"], config, {k: tuple(v) for k, v in sm["all_shapes"].items()},
-                                sm["ac_dim"], device)
+                                sm["ac_dim"], device, task_dim=sm.get("task_dim"))
     except UntrustedNameError as e:
         raise CheckpointError(f"{source}: refused: its recipe {e}") from None
     except ConfigError as e:
@@ -403,11 +418,19 @@ class RolloutPolicy:
     ``action_config`` (robomimic's ``train.action_config``): after un-normalizing, each key with ``format: rot_6d``
     becomes axis-angle (``convert_at_runtime: rot_axis_angle``, the default) or Euler XYZ (``rot_euler``), 3 dims per
     6, so the environment receives its native action (``action_dim`` wide).
+
+    A multi-task policy (``task_vocab``, a :class:`modmimic.tasks.TaskVocab`) acts on each environment's task:
+    ``__call__(..., tasks=[...])`` (one task name or instruction per environment, or one for all), or the tasks set
+    by :meth:`set_tasks`.
     """
 
     def __init__(self, policy: Algo, obs_normalization_stats=None, action_normalization_stats=None,
-                 action_keys=None, action_config=None, act_path=None):
+                 action_keys=None, action_config=None, act_path=None, task_vocab=None):
         self.policy = policy
+        self.task_vocab = task_vocab
+        self._tasks, self._task_emb = None, None
+        if getattr(policy, "task_dim", None) and task_vocab is None:
+            raise ConfigError("RolloutPolicy: a multi-task policy needs its task_vocab")
         self.act_path = act_path  # None: the algorithm's own (see fork)
         self.obs_normalization_stats = obs_normalization_stats
         self.action_normalization_stats = action_normalization_stats
@@ -489,11 +512,36 @@ class RolloutPolicy:
             out[k] = torch.from_numpy(v).to(self.policy.device)
         return out
 
-    def __call__(self, ob: dict, goal: dict | None = None, batched_ob: bool = False) -> np.ndarray:
+    @property
+    def multi_task(self) -> bool:
+        return self.task_vocab is not None
+
+    def set_tasks(self, tasks) -> None:
+        """The task (name or instruction) of every environment from now on: a list, one per environment, or one
+        string for all; embedded once here (a new instruction through the text encoder)."""
+        if not self.multi_task:
+            raise ConfigError("this policy is not multi-task (trained without task.conditioning): it takes no task")
+        tasks = [tasks] if isinstance(tasks, str) else [str(t) for t in tasks]
+        if tasks != self._tasks:
+            self._tasks, self._task_emb = tasks, self.task_vocab.embed(tasks).to(self.policy.device)
+
+    def __call__(self, ob: dict, goal: dict | None = None, batched_ob: bool = False, tasks=None) -> np.ndarray:
         obs = self._prepare(ob, batched_ob, self.policy.obs_shapes)
         g = self._prepare(goal, batched_ob, self.policy.goal_shapes) if goal is not None and self.policy.goal_shapes else None
-        a = (self.policy.get_action(obs, g) if self.act_path is None else
-             self.policy.get_action(obs, g, act_path=self.act_path)).detach().cpu().numpy()
+        task = None
+        if tasks is not None:
+            self.set_tasks(tasks)
+        if self.multi_task:
+            if self._task_emb is None:
+                raise ConfigError(f"this policy is multi-task: give the task (one of {', '.join(self.task_vocab.names)}"
+                                  f"{' or an instruction' if self.task_vocab.conditioning == 'language' else ''})")
+            task = self._task_emb
+            B = next(iter(obs.values())).shape[0]
+            if task.shape[0] not in (1, B):
+                raise ConfigError(f"{task.shape[0]} tasks for {B} environments")
+        kw = {} if task is None else {"task": task}  # (a single-task algorithm object may not take task=)
+        a = (self.policy.get_action(obs, g, **kw) if self.act_path is None else
+             self.policy.get_action(obs, g, act_path=self.act_path, **kw)).detach().cpu().numpy()
         a = self._env_actions(a)
         return a if batched_ob else a[0]
 
@@ -571,6 +619,15 @@ def checkpoint_action_config(ckpt: dict) -> dict:
     return cfg if isinstance(cfg, dict) else {}
 
 
+def checkpoint_task_vocab(ckpt: dict):
+    """A multi-task checkpoint's :class:`modmimic.tasks.TaskVocab`, else None."""
+    if ckpt.get("task_vocab") is None:
+        return None
+    from modmimic.tasks import TaskVocab
+
+    return TaskVocab.from_plain(ckpt["task_vocab"])
+
+
 def policy_from_checkpoint(device="cpu", ckpt_path=None, ckpt_dict=None, verbose: bool = False,
                            trusted_modules=None):
     """``(RolloutPolicy, checkpoint dict)`` from a checkpoint path or dict (robomimic's signature).
@@ -585,7 +642,8 @@ def policy_from_checkpoint(device="cpu", ckpt_path=None, ckpt_dict=None, verbose
     try:
         policy = RolloutPolicy(algo, stats_from_lists(ckpt.get("obs_normalization_stats")),
                                stats_from_lists(ckpt.get("action_normalization_stats")),
-                               ckpt["shape_metadata"].get("action_keys"), checkpoint_action_config(ckpt))
+                               ckpt["shape_metadata"].get("action_keys"), checkpoint_action_config(ckpt),
+                               task_vocab=checkpoint_task_vocab(ckpt))
     except ConfigError as e:
         raise CheckpointError(f"{ckpt_path or 'checkpoint'}: {e}") from None
     except (KeyError, ValueError, TypeError) as e:

@@ -124,6 +124,11 @@ def restore_run(algo: Algo, data: TrainData, ckpt: dict, source: str) -> tuple[i
     ``(start epoch, global step, best scores, steps of the start epoch already done)``. A checkpoint that does not fit is a :class:`CheckpointError`."""
     model = ckpt["model"]
     check_weights(algo, model.get("nets", model), source)
+    saved = (ckpt.get("task_vocab") or {}).get("names")
+    now = None if data.task_vocab is None else data.task_vocab.names
+    if saved != now:  # a multi-task run's task rows must mean the same tasks after a resume
+        raise CheckpointError(f"{source}: cannot resume from it: it was trained on tasks {saved}, the data now gives "
+                              f"{now}")
     try:
         algo.deserialize(model, load_optimizers=True)
         ts, vs = ckpt["trainer_state"], ckpt["variable_state"]

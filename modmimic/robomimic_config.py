@@ -189,6 +189,7 @@ def to_overrides(data: dict, source: str = "config", skip=()) -> tuple[str, list
     from modmimic.config import OPEN_DICTS
 
     _check_safe(data, source)
+    data, language = language_keys(data)
     unknown = [k for k in data if k not in (*SECTIONS, "algo_name")]
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key {unknown[0]!r}; a robomimic config has algo_name and the "
@@ -233,7 +234,27 @@ def to_overrides(data: dict, source: str = "config", skip=()) -> tuple[str, list
             raise ConfigError(f"{source}: robomimic config key {key!r} cannot be honoured: modmimic's {recipe} "
                               f"config has no such setting{closest(key, list(ref))}")
         out.append(f"{key}={hydra_value(value, key)}")
-    return recipe, out
+    return recipe, out + [o for o in language if o.split("=", 1)[0] not in skip]
+
+
+LANG_EMB = "lang_emb"  # robomimic v0.5's observation key of the instruction's CLIP embedding (lang_utils.py)
+
+
+def language_keys(data: dict) -> tuple[dict, list]:
+    """robomimic's language conditioning in modmimic's terms: ``lang_emb`` listed as an observation key becomes
+    ``task.conditioning=language`` (low_dim: the embedding as an extra input, ``task.fuse=concat``; a visual
+    modality: ``task.fuse=film``) and is taken out of the key lists. The text encoder's local directory is still
+    needed (``task.text_encoder.kwargs.path``): modmimic downloads nothing."""
+    mods = ((data.get("observation") or {}).get("modalities") or {}).get("obs") or {}
+    found = [m for m, keys in mods.items() if isinstance(keys, list) and LANG_EMB in keys]
+    if not found:
+        return data, []
+    import copy
+
+    data = copy.deepcopy(data)
+    for m in found:
+        data["observation"]["modalities"]["obs"][m] = [k for k in mods[m] if k != LANG_EMB]
+    return data, ["task.conditioning=language", f"task.fuse={'concat' if found == ['low_dim'] else 'film'}"]
 
 
 def expand_args(args: list[str]) -> list[str]:

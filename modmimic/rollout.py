@@ -65,6 +65,7 @@ class Episode:
     length: int
     slot: int = 0
     wall: float = 0.0
+    task: str | None = None  # the task given to the policy, else the one the environment reports (task sets)
     trajectory: dict | None = field(default=None, repr=False)
 
 
@@ -90,6 +91,17 @@ def summarize(episodes: list[Episode]) -> dict:
             "Num_Success": int(k), "Num_Episodes": n,
             "Return": float(rets.mean()) if n else float("nan"), "Return_Std": float(rets.std()) if n else float("nan"),
             "Horizon": float(lens.mean()) if n else float("nan")}
+
+
+def summarize_tasks(episodes: list[Episode]) -> dict:
+    """Per task (multi-task evaluation): ``{task: summarize(its episodes)}`` in order of first appearance, plus
+    ``Mean_Task_Success_Rate`` (the unweighted mean over tasks, the MT10/MT50 benchmark number); ``{}`` when no
+    episode has a task."""
+    tasks = list(dict.fromkeys(e.task for e in episodes if e.task is not None))
+    if not tasks:
+        return {}
+    per = {t: summarize([e for e in episodes if e.task == t]) for t in tasks}
+    return {"Tasks": per, "Mean_Task_Success_Rate": float(np.mean([m["Success_Rate"] for m in per.values()]))}
 
 
 def check_policy_fits(policy, obs: dict, action_dimension: int, env_name: str = "") -> None:
@@ -149,7 +161,7 @@ def _trajectory(s: _Slot) -> dict:
 def run_episodes(policy, envs, n: int, horizon: int, seed: int | None = 0, terminate_on_success: bool = True,
                  record: bool = False, initial_states: list | None = None, video=None, video_skip: int = 5,
                  video_size: tuple = (512, 512), camera_name: str | None = None, video_episodes: int | None = None,
-                 on_episode=None, indices: list | None = None) -> list[Episode]:
+                 on_episode=None, indices: list | None = None, task: str | None = None) -> list[Episode]:
     """Play ``n`` episodes with ``policy`` (a :class:`modmimic.policy.RolloutPolicy`) in ``envs`` (a
     :class:`~modmimic.envs.vector.LocalEnvs` or :class:`~modmimic.envs.vector.WorkerEnvs`).
 
@@ -160,6 +172,11 @@ def run_episodes(policy, envs, n: int, horizon: int, seed: int | None = 0, termi
     ``video``: a :class:`~modmimic.envs.video.VideoWriter`; frames every ``video_skip`` steps of the first
     ``video_episodes`` episodes (all when None), appended episode by episode. ``on_episode(episode)`` is called as
     each episode ends (progress output). Returns the episodes in index order.
+
+    A multi-task policy (``policy.multi_task``) gets each environment's task with its observations: ``task`` (a
+    name or an instruction) for every episode, else the task the environment reports at reset (a Meta-World task
+    set plays task ``seed mod T``); each :class:`Episode` records it (any policy's episodes record the task the
+    environment reports, so a task set's success is reported per task either way).
     """
     if n < 1:
         raise ValueError(f"number of episodes must be >= 1, got {n}")
@@ -180,6 +197,8 @@ def run_episodes(policy, envs, n: int, horizon: int, seed: int | None = 0, termi
     results: list[Episode] = []
     next_index = 0
     want_state = bool(record)
+    multi_task = bool(getattr(policy, "multi_task", False))
+    tasks: list[str | None] = [task] * K
 
     def wants_video(index: int) -> bool:
         return video is not None and (video_episodes is None or index < video_episodes)
@@ -204,6 +223,11 @@ def run_episodes(policy, envs, n: int, horizon: int, seed: int | None = 0, termi
 
     def begin(j: int, ans: dict) -> None:
         s = slots[j]
+        tasks[j] = task if task is not None else ans.get("task")
+        if multi_task:
+            if tasks[j] is None:
+                raise RolloutError("the policy is multi-task and the environment does not say which task it plays: "
+                                   f"give the task (one of {', '.join(policy.task_vocab.names)}) with task=")
         s.obs.append(ans["obs"] if record else None)
         last_obs[j] = ans["obs"]
         if record:
@@ -215,7 +239,8 @@ def run_episodes(policy, envs, n: int, horizon: int, seed: int | None = 0, termi
     def finish(j: int) -> None:
         s = slots[j]
         ep = Episode(index=s.index, seed=s.seed, success=bool(s.success), ret=float(s.ret), length=s.length, slot=j,
-                     wall=time.perf_counter() - s.t0, trajectory=_trajectory(s) if record else None)
+                     wall=time.perf_counter() - s.t0, trajectory=_trajectory(s) if record else None,
+                     task=tasks[j])
         if video is not None:
             for f in s.frames:
                 video.append(f)
@@ -236,11 +261,13 @@ def run_episodes(policy, envs, n: int, horizon: int, seed: int | None = 0, termi
     policy.start_episode(K)
     for j in range(len(first), K):  # slots without an episode act on a copy of slot 0's observation
         last_obs[j] = last_obs[0]
+        tasks[j] = tasks[0]
 
     while any(s is not None for s in slots):
         active = [j for j in range(K) if slots[j] is not None]
         batch = {k: np.stack([np.asarray(last_obs[j][k]) for j in range(K)]) for k in obs_keys}
-        actions = np.asarray(policy(batch, batched_ob=True))
+        actions = np.asarray(policy(batch, batched_ob=True, tasks=list(tasks)) if multi_task else
+                             policy(batch, batched_ob=True))
         for j in active:
             envs.send(j, ("step", actions[j], opts(slots[j].index, slots[j].length + 1)))
         ended = []
@@ -297,7 +324,8 @@ def rollout(policy, env_meta: dict, n: int, horizon: int, seed: int | None = 0, 
             terminate_on_success: bool = True, record: bool = False, video_path: str | None = None,
             video_skip: int = 5, video_size: tuple = (512, 512), camera_name: str | None = None,
             video_episodes: int | None = None, initial_states: list | None = None, on_episode=None,
-            timeout: float = 120.0, env_name: str | None = None, indices: list | None = None) -> list[Episode]:
+            timeout: float = 120.0, env_name: str | None = None, indices: list | None = None,
+            task: str | None = None) -> list[Episode]:
     """:func:`run_episodes` in freshly made environments (closed afterwards): ``num_envs == 1`` in this process,
     more in worker processes. ``indices``: play only these of the ``n`` episodes (see :func:`run_episodes`)."""
     if indices is not None and not list(indices):
@@ -315,7 +343,7 @@ def rollout(policy, env_meta: dict, n: int, horizon: int, seed: int | None = 0, 
         return run_episodes(policy, envs, n, horizon, seed=seed, terminate_on_success=terminate_on_success,
                             record=record, initial_states=initial_states, video=video, video_skip=video_skip,
                             video_size=video_size, camera_name=camera_name, video_episodes=video_episodes,
-                            on_episode=on_episode, indices=indices)
+                            on_episode=on_episode, indices=indices, task=task)
     finally:
         if video is not None:
             video.close()
@@ -574,6 +602,10 @@ class TrainingRollouts:
             self.videos[self.env_name] = video.path
         eps = distributed.gather_episodes(eps, group)
         m = summarize(eps)
+        by_task = summarize_tasks(eps)
+        if by_task:  # multi-task: each task's success rate as its own scalar (Rollout/Success_Rate_<task>/<env>)
+            m["Mean_Task_Success_Rate"] = by_task["Mean_Task_Success_Rate"]
+            m.update({f"Success_Rate_{t}": v["Success_Rate"] for t, v in by_task["Tasks"].items()})
         m["Time_Episode"] = (time.perf_counter() - t0) / 60 / max(1, len(eps))
         return {self.env_name: m}
 
@@ -583,5 +615,6 @@ class TrainingRollouts:
             self.envs = None
 
 
-__all__ = ["Episode", "RolloutError", "run_episodes", "rollout", "summarize", "wilson_interval", "DatasetWriter",
-           "write_episodes", "split_masks", "TrainingRollouts", "RolloutProgress", "LocalEnvs", "EnvError"]
+__all__ = ["Episode", "RolloutError", "run_episodes", "rollout", "summarize", "summarize_tasks", "wilson_interval",
+           "DatasetWriter", "write_episodes", "split_masks", "TrainingRollouts", "RolloutProgress", "LocalEnvs",
+           "EnvError"]

@@ -103,6 +103,9 @@ def metadata(policy, ckpt: dict, sha256: str) -> dict:
         "acting": type(path).__name__,
         "control_rate_hz": control_rate(ckpt),
         "max_envs": MAX_ENVS,
+        # multi-task policies: act with tasks=<name or instruction> (one, or one per environment)
+        "tasks": list(policy.task_vocab.names) if getattr(policy, "multi_task", False) else [],
+        "task_conditioning": policy.task_vocab.conditioning if getattr(policy, "multi_task", False) else None,
     }
 
 
@@ -237,6 +240,22 @@ class PolicyServer:
             raise WireError("chunk: prefix has NaN or Inf values")
         return prefix
 
+    def set_tasks(self, session: Session, tasks) -> None:
+        """``act``'s optional ``tasks`` (multi-task policies): a name or instruction, or one per environment."""
+        if tasks is None:
+            return
+        if not self.meta["tasks"]:
+            raise WireError("act: tasks= is for multi-task policies; this one takes no task")
+        ok = isinstance(tasks, str) or (isinstance(tasks, list) and len(tasks) == session.num_envs
+                                        and all(isinstance(t, str) for t in tasks))
+        if not ok or any(len(t) > 1000 for t in ([tasks] if isinstance(tasks, str) else tasks)):
+            raise WireError(f"act: tasks must be a string or a list of {session.num_envs} strings (one per "
+                            "environment, each at most 1000 characters)")
+        try:
+            session.policy.set_tasks(tasks)
+        except ValueError as e:  # an unknown task (ConfigError)
+            raise WireError(f"act: {e}") from None
+
     def handle(self, session: Session, msg: dict) -> dict:
         """One request (already unpacked) -> its reply. Runs on the worker thread."""
         op = msg.get("op")
@@ -262,6 +281,7 @@ class PolicyServer:
             if session.num_envs == 0:
                 session.reset(1)
             obs = self.check_obs(msg.get("obs"), msg.get("batched", False), session)
+            self.set_tasks(session, msg.get("tasks"))
             return {"ok": True, "action": session.act(obs, msg.get("batched", False))}
         if op == "chunk":
             if self.meta["chunking"] is None:

@@ -374,7 +374,7 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
         raise obs_key_hint(e, cfg, dataset_entry(cfg)["path"] or default_dataset_path()) from None
     # a resumed run's config was read back from its run directory: its callables resolve only in trusted modules
     with trusting(stored_config_modules() if resume else None):
-        algo = algo_factory(cfg.algo_name, cfg, data.obs_shapes, data.ac_dim, device)
+        algo = algo_factory(cfg.algo_name, cfg, data.obs_shapes, data.ac_dim, device, task_dim=data.task_dim)
     n_train, n_valid, n_valid_sets = epoch_lengths(cfg, data)
     num_epochs, stop_after = int(cfg.train.num_epochs), cfg.train.get("stop_after_epoch")
     last_epoch = num_epochs if stop_after is None else min(num_epochs, int(stop_after))
@@ -448,7 +448,7 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
                 variable_state={"epoch": epoch, "epoch_step": epoch_step, "global_step": global_step,
                                 "best_valid_loss": best["valid_loss"], "best_return": best["return"],
                                 "best_success_rate": best["success_rate"]},
-                trainer_state=trainer_state, action_keys=list(cfg.train.action_keys))
+                trainer_state=trainer_state, action_keys=list(cfg.train.action_keys), task_vocab=data.task_vocab)
             ckpt["recipe_sources"] = recipe_sources(algo.config)
             for name in dict.fromkeys(names):  # last.pth last: it marks the run as resumable from this state
                 write_checkpoint(os.path.join(models_dir, name), ckpt)
@@ -497,7 +497,7 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
                 if rollout_fn is not None and rollout_due(cfg, epoch):
                     if policy is None:
                         policy = RolloutPolicy(algo, data.obs_normalization_stats, data.action_normalization_stats,
-                                               *action_settings(cfg.train))
+                                               *action_settings(cfg.train), task_vocab=data.task_vocab)
                     algo.set_eval()
                     t_rollout = time.perf_counter()
                     try:

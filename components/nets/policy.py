@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from modmimic.components.nets.core import ObsEncoder, group_inputs, mlp, mlp_output_dim
+from modmimic.components.nets.film import TaskConditionedEncoder
 from modmimic.components.nets.heads import HEADS
 
 
@@ -117,14 +118,18 @@ class Policy(nn.Module):
 def policy(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, goal_group: str = "goal",
            backbone: str = "mlp", head: str = "deterministic", layer_dims: Sequence[int] = (),
            rnn: dict | None = None, transformer: dict | None = None, head_kwargs: dict | None = None,
-           encoder: dict | None = None) -> Policy:
+           encoder: dict | None = None, task_dim: int | None = None, task_fuse: str = "film") -> Policy:
     """Compose a policy. ``backbone`` in {mlp, rnn, transformer}; ``head`` in {deterministic, gaussian, gmm};
     ``layer_dims`` are the MLP layers (the per-step MLP after an RNN); ``rnn``/``transformer`` are robomimic's
     ``algo.rnn`` / ``algo.transformer`` sections; ``encoder`` the observation encoder spec
     (:func:`~modmimic.components.nets.core.encoder_spec`; the transformer's has no feature activation, as
-    robomimic's ``MIMO_Transformer``)."""
+    robomimic's ``MIMO_Transformer``). ``task_dim``: a multi-task policy, its encoder conditioned on the task
+    embedding of that size (``task_fuse``: ``film`` or ``concat``, see
+    :class:`~modmimic.components.nets.film.TaskConditionedEncoder`)."""
     enc = ObsEncoder(group_inputs(obs_shapes, goal_shapes, goal_group), encoder,
                      feature_activation=None if backbone == "transformer" else nn.ReLU)
+    if task_dim:
+        enc = TaskConditionedEncoder(enc, task_dim, task_fuse)
     if backbone == "mlp":
         bb = MLPBackbone(enc.output_dim, layer_dims)
     elif backbone == "rnn":

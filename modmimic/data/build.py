@@ -44,9 +44,21 @@ class TrainData:
     train_stores: list = field(default_factory=list)
     valid_stores: list = field(default_factory=list)
     valid_sets: dict = field(default_factory=dict)
+    task_vocab: object = None  # multi-task training (task.conditioning): a modmimic.tasks.TaskVocab
+
+    @property
+    def task_dim(self) -> int | None:
+        return None if self.task_vocab is None else self.task_vocab.dim
 
     def describe(self) -> str:
-        """``<path> (<samples> samples, <demos> demos[, <n> validation demos])``, or the same per dataset."""
+        """``<path> (<samples> samples, <demos> demos[, <n> validation demos])``, or the same per dataset; a
+        multi-task run's tasks after them."""
+        v = self.task_vocab
+        tasks = "" if v is None else f"; {len(v)} tasks ({v.conditioning}, embeddings of size {v.dim}): " + \
+            ", ".join(repr(n) for n in v.names[:12]) + (", ..." if len(v) > 12 else "")
+        return self._describe_data() + tasks
+
+    def _describe_data(self) -> str:
         if not self.names:
             return (f"{self.path} ({self.train_store.num_samples} samples, {len(self.train_store.demos)} demos"
                     f"{'' if self.valid_store is None else f', {len(self.valid_store.demos)} validation demos'})")
@@ -72,15 +84,16 @@ def sampler_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([int(seed), 7919, stream]).generate_state(1)[0])
 
 
-def window_sampler(t, store: EpisodeStore, stream: int, obs_stats, action_stats, device) -> WindowSampler:
+def window_sampler(t, store: EpisodeStore, stream: int, obs_stats, action_stats, device, tasks=None) -> WindowSampler:
     """The shuffled window sampler of ``store`` with ``train`` section ``t``'s window settings, seeded for sampler
-    ``stream`` (0 = train, 1 = valid, ...); bad window settings are a :class:`DatasetError` naming the file."""
+    ``stream`` (0 = train, 1 = valid, ...); bad window settings are a :class:`DatasetError` naming the file.
+    ``tasks``: ``(demo task ids, embeddings)`` of a multi-task run."""
     try:
         return WindowSampler(store, t.batch_size, seq_length=t.seq_length, frame_stack=t.frame_stack,
                              pad_seq_length=t.pad_seq_length, pad_frame_stack=t.pad_frame_stack,
                              goal_mode=t.goal_mode, obs_normalization_stats=obs_stats,
                              action_normalization_stats=action_stats, shuffle=True,
-                             seed=sampler_seed(t.seed, stream), device=device)
+                             seed=sampler_seed(t.seed, stream), device=device, tasks=tasks)
     except ValueError as e:
         raise DatasetError(f"{store.path}: {e}") from None
 
@@ -135,15 +148,33 @@ def build_data(cfg: DictConfig, device="cpu") -> TrainData:
                   f"{store.memmap_path}", flush=True)
     warn_about_data(cfg, train_store, action_config)
 
+    vocab, task_ids = task_tables(cfg, [entry], [train_store], [valid_store] if valid_store else [])
+
     def sampler(store, stream):
-        return window_sampler(t, store, stream, obs_stats, action_stats if normalized else None, device)
+        tasks = None if vocab is None else (task_ids[id(store)], vocab.embeddings)
+        return window_sampler(t, store, stream, obs_stats, action_stats if normalized else None, device, tasks)
 
     train_sampler = sampler(train_store, 0)
     check_batch_size(t, train_sampler, device)
     return TrainData(path=path, train_store=train_store, train_sampler=train_sampler,
                      valid_store=valid_store, valid_sampler=sampler(valid_store, 1) if valid_store else None,
                      obs_normalization_stats=obs_stats, action_normalization_stats=action_stats,
-                     env_meta=train_store.env_meta)
+                     env_meta=train_store.env_meta, task_vocab=vocab)
+
+
+def task_tables(cfg: DictConfig, entries: list, train_stores: list, valid_stores: list):
+    """``(TaskVocab, {id(store): demo task ids})`` of a multi-task run (``task.conditioning``), else ``(None, {})``:
+    the vocabulary over the training demos, every store's demos mapped into it (:mod:`modmimic.tasks`)."""
+    from modmimic import tasks as T
+
+    if not T.conditioned(cfg):
+        return None, {}
+    train_pairs = [T.demo_tasks(st, e) for st, e in zip(train_stores, entries)]
+    vocab = T.build_vocab(cfg, train_pairs)
+    ids = {id(st): T.demo_ids(vocab, p, st.path) for st, p in zip(train_stores, train_pairs)}
+    for st, e in zip(valid_stores, entries):
+        ids[id(st)] = T.demo_ids(vocab, T.demo_tasks(st, e), st.path)
+    return vocab, ids
 
 
 def action_settings(t) -> tuple[list, dict]:
@@ -221,7 +252,7 @@ def build_meta_data(cfg: DictConfig, entries: list[dict], device="cpu") -> Train
                      for k in action_keys)
     env_meta = train_stores[0].env_meta
     for st in train_stores[1:]:
-        if st.env_meta != env_meta:
+        if st.env_meta != env_meta and not cfg.experiment.get("env"):  # experiment.env: rollouts and eval use it
             warnings.warn(f"train.data: {st.path} has other environment metadata ({st.env_meta.get('env_name')!r}) "
                           f"than the first dataset {train_stores[0].path} ({env_meta.get('env_name')!r}); rollouts "
                           "and checkpoints use the first dataset's", stacklevel=2)
@@ -232,8 +263,11 @@ def build_meta_data(cfg: DictConfig, entries: list[dict], device="cpu") -> Train
     for st in train_stores:
         warn_about_data(cfg, st, action_config)
 
+    vocab, task_ids = task_tables(cfg, entries, train_stores, valid_stores)
+
     def sampler(store, stream):
-        return window_sampler(t, store, stream, obs_stats, action_stats if normalized else None, device)
+        tasks = None if vocab is None else (task_ids[id(store)], vocab.embeddings)
+        return window_sampler(t, store, stream, obs_stats, action_stats if normalized else None, device, tasks)
 
     by_size = bool(t.get("normalize_weights_by_ds_size", False))
     weights = [e["weight"] for e in entries]
@@ -251,7 +285,7 @@ def build_meta_data(cfg: DictConfig, entries: list[dict], device="cpu") -> Train
                      valid_store=valid_stores[0] if validate else None, valid_sampler=valid_sampler,
                      obs_normalization_stats=obs_stats, action_normalization_stats=action_stats, env_meta=env_meta,
                      names=names, train_stores=train_stores, valid_stores=valid_stores,
-                     valid_sets=dict(zip(names, valid_sampler.samplers)) if validate else {})
+                     valid_sets=dict(zip(names, valid_sampler.samplers)) if validate else {}, task_vocab=vocab)
 
 
 def warn_about_data(cfg: DictConfig, store: EpisodeStore, action_config: dict) -> None:

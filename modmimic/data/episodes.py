@@ -47,7 +47,7 @@ class EpisodeStore:
     action_moments: dict = field(default_factory=dict)
     memmap_path: str | None = None  # the memory-mapped store's directory, when there is one
     memmap_reused: bool = False  # True when an earlier run built it (same file contents, filter key and layout)
-    tasks: list = field(default_factory=list)  # one task string per demo (LeRobot sources; empty for HDF5)
+    tasks: list = field(default_factory=list)  # one task per demo (LeRobot; HDF5 attr task, ep_meta lang/task)
 
     @property
     def num_samples(self) -> int:

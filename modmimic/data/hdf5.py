@@ -12,6 +12,7 @@ three or more dimensions (depth ``[H, W, 1]``) get none.
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -120,6 +121,26 @@ def _dataset_in_demo(demo: h5py.Group, name: str):
         return demo[name]
     except KeyError:
         return None
+
+
+def hdf5_demo_task(group) -> str | None:
+    """An HDF5 demo's task: its ``task`` attribute, else its ``ep_meta`` JSON's ``lang`` or ``task``."""
+    t = group.attrs.get("task")
+    if t is not None:
+        return t.decode() if isinstance(t, bytes) else str(t)
+    raw = group.attrs.get("ep_meta")
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    for k in ("lang", "task"):
+        if isinstance(meta.get(k), str) and meta[k]:
+            return meta[k]
+    return None
 
 
 def load_episode_store(
@@ -310,11 +331,12 @@ def load_episode_store(
                      for key, _, shape in uint8_entries}
         raw = data.attrs.get("env_args")
         env_meta = {} if raw is None else parse_env_args(raw, path)
+        tasks = [hdf5_demo_task(data[d]) for d in demos]
     return EpisodeStore(
         path=path, demos=demos, lengths=torch.tensor(lengths, dtype=torch.int64),
         offsets=torch.from_numpy(offsets), flat=flat, columns=columns, uint8=uint8, obs_keys=obs_keys,
         action_keys=action_keys, env_meta=env_meta, obs_moments=obs_moments, action_moments=act_moments,
-        memmap_path=memmap_path, memmap_reused=reused)
+        memmap_path=memmap_path, memmap_reused=reused, tasks=tasks if any(tasks) else [])
 
 
 def _summary(errors: list[str]) -> str:

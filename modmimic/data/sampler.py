@@ -50,12 +50,14 @@ class WindowSampler:
     per-step host-to-device copy).
     Normalization (``(raw - offset) / scale``) is applied to the gathered block: observations, next observations
     and goals with the observation stats, the action vector with the per-action-key stats.
+    ``tasks = (demo_task_ids [n_demos] int64, embeddings [n_tasks, D])`` (multi-task training, :mod:`modmimic.tasks`)
+    adds ``("task", "id")`` ``[B, T]`` and ``("task", "embedding")`` ``[B, T, D]`` (the window's demo's task).
     """
 
     def __init__(self, store: EpisodeStore, batch_size: int, seq_length: int = 1, frame_stack: int = 1,
                  pad_seq_length: bool = True, pad_frame_stack: bool = True, goal_mode: str | None = None,
                  obs_normalization_stats: dict | None = None, action_normalization_stats: dict | None = None,
-                 shuffle: bool = True, seed: int = 0, device: str | torch.device = "cpu"):
+                 shuffle: bool = True, seed: int = 0, device: str | torch.device = "cpu", tasks=None):
         if seq_length < 1 or frame_stack < 1:
             raise ValueError(f"seq_length ({seq_length}) and frame_stack ({frame_stack}) must be >= 1")
         if goal_mode not in (None, "last"):
@@ -84,6 +86,15 @@ class WindowSampler:
         self._obs_keys = [k for k in store.columns if k[0] == K.OBS]
         self._next_keys = [k for k in store.columns if k[0] == K.NEXT and k[1] == K.OBS]
         self._other = [k for k in (K.ACTION, K.REWARD) if k in store.columns]
+        self.task_ids = self.task_table = None
+        if tasks is not None:
+            ids, table = tasks
+            ids, table = torch.as_tensor(ids, dtype=torch.int64), torch.as_tensor(table, dtype=torch.float32)
+            if ids.shape != (len(store.lengths),) or table.dim() != 2 or int(ids.max()) >= table.shape[0] or \
+                    int(ids.min()) < 0:
+                raise ValueError(f"tasks: {tuple(ids.shape)} demo task ids for {len(store.lengths)} demos, "
+                                 f"embeddings of shape {tuple(table.shape)}")
+            self.task_ids, self.task_table = ids, table.to(self.device)
 
     def __len__(self) -> int:
         """Number of windows (robomimic ``len(SequenceDataset)``)."""
@@ -127,6 +138,8 @@ class WindowSampler:
     def set_device(self, device) -> "WindowSampler":
         """Serve batches on ``device`` (before :meth:`keep_on_device`)."""
         self.device = torch.device(device)
+        if self.task_table is not None:
+            self.task_table = self.task_table.to(self.device)
         if self._affine is not None:
             self._affine = tuple(t.to(self.device) for t in self._affine)
         return self
@@ -139,6 +152,8 @@ class WindowSampler:
         self._offsets = self.store.offsets.to(d)
         self.starts, self.episode, self.lo, self.hi = (t.to(d) for t in (self.starts, self.episode, self.lo, self.hi))
         self.goal_row, self.rel = self.goal_row.to(d), self.rel.to(d)
+        if self.task_ids is not None:
+            self.task_ids, self.task_table = self.task_ids.to(d), self.task_table.to(d)
         self._idx_dev, self._perm_dev = d, None
         return self
 
@@ -221,6 +236,11 @@ class WindowSampler:
         out[K.IS_INIT] = (rows == self._offsets[self.episode[w]].unsqueeze(1)).to(self.device)
         out[K.INDEX] = w.to(self.device).unsqueeze(1).expand(B, T)
         out[K.EPISODE] = self.episode[w].to(self.device).unsqueeze(1).expand(B, T)
+        if self.task_ids is not None:
+            tid = self.task_ids[self.episode[w]].to(self.device)
+            emb = self.task_table[tid]
+            out[K.TASK] = {"id": tid.unsqueeze(1).expand(B, T),
+                           "embedding": emb.unsqueeze(1).expand(B, T, emb.shape[-1])}
         if self.goal_mode == "last":
             grow = self.goal_row[self.episode[w]]
             gblock = self._flat[grow].to(self.device)

@@ -154,6 +154,11 @@ class MetaWorldEnv:
     def action_dimension(self) -> int:
         return 4
 
+    @property
+    def current_task(self) -> str:
+        """The task the current episode plays (``reach-v3``, ...): a multi-task policy's task input."""
+        return self.names[self.index]
+
     def _obs(self, flat) -> dict:
         self._flat = np.asarray(flat, dtype=np.float64).copy()
         obs = {"flat": self._flat.copy()}

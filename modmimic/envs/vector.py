@@ -9,7 +9,8 @@ environment before waiting for any answer (workers simulate concurrently). A req
     ("step", action, opts)     one step
     ("info", None, None)       {"name", "action_dimension", "env_meta", "success_signal"}
 
-and the answer a dict: ``obs`` (and, after a step, ``reward``, ``done``, ``success``), plus ``state`` (the flat
+and the answer a dict: ``obs`` (and, after a step, ``reward``, ``done``, ``success``; after a reset of an environment
+with a ``current_task``, such as a Meta-World task set, ``task``: the episode's task name), plus ``state`` (the flat
 simulator state of the new observation) when ``opts["state"]``, ``model`` (the model XML) when ``opts["model"]`` and
 ``frame`` (an RGB image) when ``opts["frame"] = (height, width, camera)``.
 
@@ -49,6 +50,8 @@ def execute(env, request) -> dict:
         out = {"obs": obs, "reward": reward, "done": done, "success": env.is_success()}
     else:
         raise ValueError(f"unknown environment request {cmd!r}")
+    if cmd != "step" and getattr(env, "current_task", None) is not None:  # a task set (Meta-World MT10): this episode's
+        out["task"] = str(env.current_task)
     if opts.get("state") or opts.get("model"):
         st = env.get_state(include_model=bool(opts.get("model")))
         out["state"] = st["states"]
