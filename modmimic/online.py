@@ -7,7 +7,8 @@
   (counted over all slots, in the order they start) starts from ``seed + i``. ``terminated``: the environment's
   done flag, or a success with ``terminate_on_success``; ``truncated``: ``horizon`` steps without termination.
 * :class:`OnlineSampler` — a drop-in for the trainer's window sampler: each :meth:`~OnlineSampler.sample` first steps
-  the environments with the exploring policy (its share of ``online.env_steps_per_update`` transitions per gradient
+  the environments with the exploring policy (a sample of the actor, clipped to the range of the dataset's actions;
+  its share of ``online.env_steps_per_update`` transitions per gradient
   step, until the budget ``online.env_steps`` is spent), puts finished episodes into a torchrl
   ``TensorDictReplayBuffer`` (``LazyTensorStorage``), then returns ``[B, 1]`` windows: ``B - round(ratio * B)`` rows
   from the offline data, ``round(ratio * B)`` from the buffer (RLPD's symmetric sampling at ``ratio = 0.5``),
@@ -134,7 +135,8 @@ class TorchRLEnv(EnvBase):
                           batch_size=[n])
 
     # --- resume: replay the episodes in progress -------------------------------------------------------------
-    def state_dict(self, *args, **kwargs) -> dict:  # noqa: D401 - EnvBase is an nn.Module
+    def episode_state(self) -> dict:
+        """What :meth:`restore` needs: the episode counter, and each slot's episode and actions so far."""
         return {"next_episode": int(self.next_episode), "slot_episode": [int(e) for e in self.slot_episode],
                 "slot_actions": [torch.stack(a) if a else torch.zeros(0, self.action_spec.shape[-1])
                                  for a in self.slot_actions]}
@@ -253,7 +255,7 @@ class OnlineSampler:
     def __init__(self, offline, env: TorchRLEnv, policy, *, ratio: float = 0.5, env_steps: int = 10_000,
                  env_steps_per_update: float = 1.0, buffer_size: int | None = None, warmup_steps: int = 0,
                  discount: float = 0.99, seed: int = 0, obs_stats=None, action_stats=None, action_keys=("actions",),
-                 with_mc_return: bool = False):
+                 with_mc_return: bool = False, action_range: tuple | None = None):
         self.offline, self.env, self.policy = offline, env, policy
         self.batch_size = int(offline.batch_size)
         self.n_online = int(round(float(ratio) * self.batch_size))
@@ -262,6 +264,7 @@ class OnlineSampler:
         self.warmup = max(int(warmup_steps), 1) if self.n_online else int(warmup_steps)
         self.discount, self.with_mc_return = float(discount), bool(with_mc_return)
         self.obs_stats, self.action_stats, self.action_keys = obs_stats, action_stats, list(action_keys)
+        self.action_range = action_range  # (low, high) [A]: the data's actions; explored actions are clipped to it
         self.generator = torch.Generator().manual_seed(int(seed))
         capacity = int(buffer_size or env_steps)
         self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(capacity), sampler=RandomSampler(),
@@ -283,6 +286,9 @@ class OnlineSampler:
         t0 = time.perf_counter()
         with torch.no_grad():
             td = self.policy(self.carry.clone(False))
+            if self.action_range is not None:  # a Gaussian's samples leave the range the data (and simulator) act in
+                td.set(K.ACTION, torch.maximum(torch.minimum(td.get(K.ACTION), self.action_range[1]),
+                                               self.action_range[0]))
         td, self.carry = self.env.step_and_maybe_reset(td)
         self.env_seconds += time.perf_counter() - t0
         n = td.batch_size[0]
@@ -360,7 +366,7 @@ class OnlineSampler:
         rows = storage.get(torch.arange(n)).to_dict() if n else None
         return {"offline": self.offline.state_dict(), "buffer_rows": rows, "buffer_len": n,
                 "buffer_cursor": int(getattr(self.buffer.writer, "_cursor", n)),
-                "generator": self.generator.get_state(), "env": self.env.state_dict(),
+                "generator": self.generator.get_state(), "env": self.env.episode_state(),
                 "counters": {"env_steps": self.env_steps, "episodes": self.episodes, "successes": self.successes,
                              "updates": self.updates, "owed": float(self.owed), "env_seconds": float(self.env_seconds)},
                 "started": self.carry is not None}
@@ -423,6 +429,13 @@ ONLINE_DEFAULTS = {"env_steps": 10_000, "ratio": 0.5, "num_envs": 1, "env_steps_
                    "buffer_size": None, "warmup_steps": 0, "horizon": None}
 
 
+def data_action_range(store) -> tuple:
+    """``(low, high)``: the per-dimension range of the dataset's (raw) actions."""
+    a, b, _ = store.columns[K.ACTION]
+    acts = store.flat[:, a:b]
+    return acts.min(0).values.float(), acts.max(0).values.float()
+
+
 def attach(data, algo, cfg, group=None):
     """Replace ``data.train_sampler`` by an :class:`OnlineSampler` over the dataset's environment (``cfg.online``):
     the exploring policy is ``algo``'s acting path with its networks in training mode (a sample of the actor's
@@ -458,5 +471,5 @@ def attach(data, algo, cfg, group=None):
         warmup_steps=o["warmup_steps"], discount=float(cfg.algo.get("discount", 0.99)),
         seed=sampler_seed(int(cfg.train.seed), 9), obs_stats=data.obs_normalization_stats,
         action_stats=action_stats, action_keys=action_keys,
-        with_mc_return=K.MC_RETURN in data.train_store.columns)
+        with_mc_return=K.MC_RETURN in data.train_store.columns, action_range=data_action_range(data.train_store))
     return data

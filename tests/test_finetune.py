@@ -14,15 +14,20 @@ from modmimic.trainer import train
 KEYS = ["pos", "goal_pos", "vel"]
 
 
-def iql_overrides(data, out, epochs):
-    """A small IQL on the reach data (the fast preset's settings, 64-unit networks): 100 steps an epoch."""
+def small_overrides(data, out, epochs):
+    """64-unit networks on the reach data, 100 steps an epoch, one evaluation (50 episodes) at the end."""
     return [f"train.data={data}", f"train.output_dir={out}", f"observation.modalities.obs.low_dim=[{','.join(KEYS)}]",
             "algo.actor.layer_dims=[64,64]", "algo.critic.layer_dims=[64,64]", "train.batch_size=64",
             f"train.num_epochs={epochs}", "experiment.epoch_every_n_steps=100", "experiment.rollout.n=50",
             "experiment.rollout.horizon=40", f"experiment.rollout.rate={epochs}", "train.hdf5_normalize_obs=true",
-            "experiment.render_video=false", "experiment.logging.log_tb=false",
-            "algo.adv.beta=0.1", "algo.target_tau=0.005", "algo.optim_params.actor.learning_rate.initial=1e-3",
-            "algo.optim_params.critic.learning_rate.initial=3e-4", "algo.optim_params.vf.learning_rate.initial=3e-4"]
+            "experiment.render_video=false", "experiment.logging.log_tb=false"]
+
+
+def iql_overrides(data, out, epochs):
+    """A small IQL with the fast preset's settings."""
+    return small_overrides(data, out, epochs) + [
+        "algo.adv.beta=0.1", "algo.target_tau=0.005", "algo.optim_params.actor.learning_rate.initial=1e-3",
+        "algo.optim_params.critic.learning_rate.initial=3e-4", "algo.optim_params.vf.learning_rate.initial=3e-4"]
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +186,39 @@ def test_tensordict_module_on_gymnasium_env(tmp_path):
     assert successes >= 4
     with pytest.raises(KeyError, match="position"):
         as_tensordict_module(ckpt, in_keys={"position": "pos"})
+
+
+def test_episode_rows_closed_form():
+    """An episode's transitions: ``("next", "done")`` is termination only (a time limit bootstraps), ``is_init`` the
+    first step, ``mc_return`` the discounted return-to-go (0 after the last step)."""
+    from modmimic.online import episode_rows
+
+    def step(t, r, term):
+        return TensorDict({"observation": {"pos": torch.full((2,), float(t))}, "action": torch.full((2,), 0.5),
+                           "episode": torch.tensor(3),
+                           "next": {"observation": {"pos": torch.full((2,), t + 1.0)}, "reward": torch.tensor([r]),
+                                    "terminated": torch.tensor([term]), "success": torch.tensor([term])}}, [])
+
+    g = 0.9
+    ended = episode_rows([step(0, 0.0, False), step(1, 0.0, False), step(2, 1.0, True)], g)
+    assert torch.allclose(ended["mc_return"].squeeze(-1), torch.tensor([g * g, g, 1.0]))
+    assert ended[("next", "done")].squeeze(-1).tolist() == [False, False, True]
+    assert ended["is_init"].tolist() == [True, False, False]
+    assert torch.equal(ended[("next", "observation", "pos")][:, 0], torch.tensor([1.0, 2.0, 3.0]))
+    cut = episode_rows([step(0, 0.0, False), step(1, 1.0, False), step(2, 0.0, False)], g)  # truncated: no done
+    assert torch.allclose(cut["mc_return"].squeeze(-1), torch.tensor([g, 1.0, 0.0]))
+    assert not cut[("next", "done")].any()
+
+
+def test_cal_ql_fine_tunes_with_online_returns(weak, tmp_path):
+    """Cal-QL (its penalty's lower bound reads mc_return) fine-tunes: online rows carry the episodes' returns."""
+    from modmimic.policy import load_checkpoint
+
+    off = train(compose("cal_ql", small_overrides(weak["data"], tmp_path / "off", 1) + [
+        "experiment.epoch_every_n_steps=10", "experiment.rollout.enabled=false"]), progress=False)
+    r = train(finetune_cfg(os.path.join(off["run_dir"], "models", "last.pth"), "online.env_steps=60",
+                           "experiment.epoch_every_n_steps=30", "train.num_epochs=2"), progress=False)
+    assert r["metrics"]["Online/Env_Steps"] == 60 and np.isfinite(r["metrics"]["Train/Loss"])
+    rows = load_checkpoint(os.path.join(r["run_dir"], "models", "last.pth"))["trainer_state"]["samplers"]["train"]
+    ret, rew = rows["buffer_rows"]["mc_return"].squeeze(-1), rows["buffer_rows"]["next"]["reward"].squeeze(-1)
+    assert len(ret) >= 40 and (ret >= rew).all()
