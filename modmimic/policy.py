@@ -653,3 +653,93 @@ def policy_from_checkpoint(device="cpu", ckpt_path=None, ckpt_dict=None, verbose
     if verbose:
         print(algo)
     return policy, ckpt
+
+
+# --- torchrl: a policy as a TensorDict module ----------------------------------------------------------------------
+
+def _tensordict_policy_class():
+    """:class:`TensorDictPolicy` is defined on first use: importing torchrl takes seconds, and acting through
+    :class:`RolloutPolicy` never needs it."""
+    global TensorDictPolicy
+    if "TensorDictPolicy" in globals():
+        return TensorDictPolicy
+    from tensordict.nn import TensorDictModuleBase
+    from torchrl.envs.utils import ExplorationType, exploration_type
+
+    from modmimic import keys as K
+
+    class TensorDictPolicy(TensorDictModuleBase):
+        """A :class:`RolloutPolicy` as a torchrl policy: reads the observation entries ``in_keys`` (by default
+        ``("observation", <obs key>)``, the keys of modmimic's batch contract and of
+        :class:`modmimic.online.TorchRLEnv`) of a TensorDict of any batch shape (``[]`` for one environment) and
+        writes ``action`` (the environment's action: un-normalized, rot_6d converted), exactly the action
+        :class:`RolloutPolicy` returns for the same observations.
+
+        ``explore``: True samples the actor's distribution (the networks in training mode for the call), False acts
+        as in evaluation (the recipe's acting path in eval mode, :class:`RolloutPolicy`'s action); None follows
+        torchrl's ``set_exploration_type`` (``RANDOM`` samples; anything else, and no setting, evaluates). Per
+        environment state (RNN hidden state, observation history) starts afresh when the batch size changes and,
+        for the rows where the TensorDict's ``is_init`` entry (torchrl's ``InitTracker``) is True."""
+
+        def __init__(self, policy: RolloutPolicy, in_keys: dict | None = None, out_key="action",
+                     explore: bool | None = None):
+            super().__init__()
+            self.rollout_policy = policy.fork()
+            self.nets = policy.policy.nets  # the parameters, for torchrl code that looks for them
+            obs_keys = list(policy.policy.obs_shapes)
+            unknown = [k for k in (in_keys or {}) if k not in obs_keys]
+            if unknown:
+                raise KeyError(f"in_keys names observation keys {unknown} that the policy does not read "
+                               f"(it reads {obs_keys})")
+            self.key_map = {k: (in_keys or {}).get(k, (K.OBS, k)) for k in obs_keys}
+            self.in_keys = list(self.key_map.values())
+            self.out_keys = [out_key]
+            self.explore = explore
+            self._num_envs = None
+
+        def forward(self, tensordict):
+            lead = tuple(tensordict.batch_size)
+            n = int(np.prod(lead)) if lead else 1
+            obs = {k: tensordict.get(key).reshape(n, *tensordict.get(key).shape[len(lead):]).detach().cpu().numpy()
+                   for k, key in self.key_map.items()}
+            algo = self.rollout_policy.policy
+            training = algo.nets.training
+            if self._num_envs != n:
+                self.rollout_policy.start_episode(n)
+                self._num_envs = n
+            init = tensordict.get(K.IS_INIT, None)
+            if init is not None:
+                self.rollout_policy.reset_envs(init.reshape(n, -1).any(-1).cpu().numpy())
+            explore = self.explore if self.explore is not None else exploration_type() == ExplorationType.RANDOM
+            (algo.set_train if explore else algo.set_eval)()
+            try:
+                a = self.rollout_policy(obs, batched_ob=True)
+            finally:
+                (algo.set_train if training else algo.set_eval)()
+            action = torch.as_tensor(np.asarray(a, dtype=np.float32), device=tensordict.device)
+            tensordict.set(self.out_keys[0], action.reshape(*lead, action.shape[-1]))
+            return tensordict
+
+    globals()["TensorDictPolicy"] = TensorDictPolicy
+    return TensorDictPolicy
+
+
+def as_tensordict_module(ckpt_or_policy, in_keys: dict | None = None, explore: bool | None = None,
+                         device="cpu", out_key="action"):
+    """A policy that a torchrl environment can roll out (``env.rollout(max_steps, policy)``), a
+    ``tensordict.nn.TensorDictModuleBase``. ``ckpt_or_policy``: a checkpoint (path or dict, loaded as
+    :func:`policy_from_checkpoint` does, on ``device``) or a :class:`RolloutPolicy`. ``in_keys``:
+    ``{observation key: TensorDict key}`` for keys the environment names otherwise (a gymnasium ``Dict`` space
+    wrapped by torchrl's ``GymEnv`` puts them at the top level: ``{"pos": "pos"}``); the rest are read at
+    ``("observation", <key>)``. ``explore``: see :class:`TensorDictPolicy`."""
+    cls = _tensordict_policy_class()
+    if isinstance(ckpt_or_policy, RolloutPolicy):
+        policy = ckpt_or_policy
+    elif isinstance(ckpt_or_policy, (str, os.PathLike, dict)):
+        policy, _ = policy_from_checkpoint(device=device, ckpt_path=None if isinstance(ckpt_or_policy, dict)
+                                           else ckpt_or_policy,
+                                           ckpt_dict=ckpt_or_policy if isinstance(ckpt_or_policy, dict) else None)
+    else:
+        raise TypeError(f"as_tensordict_module takes a checkpoint (path or dict) or a RolloutPolicy, got "
+                        f"{type(ckpt_or_policy).__name__}")
+    return cls(policy, in_keys=in_keys, explore=explore, out_key=out_key)

@@ -172,6 +172,13 @@ def run_epoch(algo: Algo, sampler: WindowSampler, n_steps: int, epoch: int, vali
     return out
 
 
+def sampler_scalars(sampler) -> dict:
+    """What a sampler reports of itself each epoch (``log_info``: the online sampler's ``Online/*`` environment
+    steps, episodes, success rate, env-steps/s); ``{}`` for the window samplers."""
+    log_info = getattr(sampler, "log_info", None)
+    return log_info() if log_info is not None else {}
+
+
 def namespaced(prefix: str, metrics: dict) -> dict:
     """robomimic's log names: ``Time_*`` -> ``Timing_Stats/<prefix>_*``, ``Optimizer/*`` as is, the rest
     ``<prefix>/<name>``."""
@@ -233,6 +240,10 @@ def epoch_line(epoch: int, num_epochs: int, scalars: dict, rollout: dict | None,
             if "Success_Rate_CI95_Low" in m:
                 line += (f" [{m['Success_Rate_CI95_Low']:.2f}, {m['Success_Rate_CI95_High']:.2f}]"
                          f" ({m.get('Num_Success', '?')}/{m.get('Num_Episodes', '?')})")
+    if scalars.get("Online/Env_Steps") is not None:
+        line += f"  env steps {int(scalars['Online/Env_Steps'])}"
+        if scalars.get("Online/Success_Rate") is not None:
+            line += f" (training episodes: success {scalars['Online/Success_Rate']:.2f})"
     sps = scalars.get("Timing_Stats/Train_Steps_per_Second")
     if sps is not None:
         line += f"  {sps:.1f} steps/s"
@@ -375,6 +386,10 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
     # a resumed run's config was read back from its run directory: its callables resolve only in trusted modules
     with trusting(stored_config_modules() if resume else None):
         algo = algo_factory(cfg.algo_name, cfg, data.obs_shapes, data.ac_dim, device, task_dim=data.task_dim)
+    if cfg.get("online") is not None:  # offline-to-online fine-tuning: batches mix in environment interaction
+        from modmimic.online import attach
+
+        data = attach(data, algo, cfg, group)
     n_train, n_valid, n_valid_sets = epoch_lengths(cfg, data)
     num_epochs, stop_after = int(cfg.train.num_epochs), cfg.train.get("stop_after_epoch")
     last_epoch = num_epochs if stop_after is None else min(num_epochs, int(stop_after))
@@ -489,6 +504,7 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
                 epoch_seconds = {"train": 60 * train_m["Time_Epoch"], "valid": 0.0, "rollout": 0.0}
                 algo.on_epoch_end(epoch)
                 scalars = namespaced("Train", train_m)
+                scalars.update(sampler_scalars(data.train_sampler))
                 if data.valid_sampler is not None:
                     valid_scalars, epoch_seconds["valid"] = validate_epoch(algo, data, n_valid, n_valid_sets, epoch,
                                                                            group, progress, desc)
@@ -558,5 +574,7 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
         logger.close()
         if hasattr(rollout_fn, "close"):
             rollout_fn.close()
+        if hasattr(data.train_sampler, "close"):  # online fine-tuning: its environments
+            data.train_sampler.close()
         group.close()
     return result

@@ -105,3 +105,46 @@ class PointReachEnv:
 
 
 BUILTIN_ENVS = {"PointReach": PointReachEnv}
+
+GYMNASIUM_ID = "modmimic/PointReach-v0"
+
+
+def make_gymnasium_env(dim: int = 2, max_len: int = 40, render_mode: str | None = None):
+    """PointReach as a ``gymnasium.Env`` (a ``Dict`` observation space of ``pos``, ``goal_pos``, ``vel``; actions in
+    ``[-1, 1]^dim``; ``terminated`` at success, ``truncated`` after ``max_len`` steps; ``info["is_success"]``), for
+    code that expects gymnasium's API, such as torchrl's ``GymEnv``. :func:`register_gymnasium` registers it as
+    ``modmimic/PointReach-v0``."""
+    import gymnasium as gym
+
+    class PointReachGym(gym.Env):
+        metadata = {"render_modes": ["rgb_array"]}
+
+        def __init__(self):
+            self.env = PointReachEnv({"env_name": "PointReach", "env_kwargs": {"dim": dim, "max_len": max_len}})
+            self.render_mode = render_mode
+            box = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float64)
+            self.observation_space = gym.spaces.Dict({"pos": box, "goal_pos": box, "vel": box})
+            self.action_space = gym.spaces.Box(-1.0, 1.0, (dim,), np.float32)
+
+        def reset(self, *, seed: int | None = None, options=None):
+            super().reset(seed=seed)
+            return self.env.reset(seed=int(self.np_random.integers(2**31))), {}
+
+        def step(self, action):
+            obs, reward, _, _ = self.env.step(action)
+            success = self.env.is_success()["task"]
+            return obs, reward, success, not success and self.env.t >= self.env.max_len, {"is_success": success}
+
+        def render(self):
+            return self.env.render()
+
+    return PointReachGym()
+
+
+def register_gymnasium() -> str:
+    """Register :func:`make_gymnasium_env` with gymnasium (once) and return its id, ``modmimic/PointReach-v0``."""
+    import gymnasium as gym
+
+    if GYMNASIUM_ID not in gym.registry:
+        gym.register(id=GYMNASIUM_ID, entry_point=make_gymnasium_env)
+    return GYMNASIUM_ID
