@@ -68,7 +68,7 @@ def finetune_config(argv: list[str]):
     from modmimic.policy import CheckpointError, load_checkpoint
     from modmimic.stored import StoredFileError, check_stored_config
     from modmimic.train import quote_paths, rewrite_dataset
-    from modmimic.trainer import with_overrides
+    from modmimic.resume import with_overrides
     from modmimic.trust import stored_config_modules
 
     args = quote_paths(rewrite_dataset(list(argv)))

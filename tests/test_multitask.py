@@ -463,7 +463,7 @@ def test_evaluate_takes_the_task_and_reports_it(tmp_path, tiny):
 
 def test_resume_needs_the_same_tasks(three, tiny, tmp_path):
     from modmimic.policy import CheckpointError
-    from modmimic.trainer import resume_config
+    from modmimic.resume import resume_config
 
     common = ["task.conditioning=onehot", f"train.output_dir={tmp_path}", "train.num_epochs=2",
               "train.stop_after_epoch=1", "experiment.epoch_every_n_steps=2", "experiment.logging.log_tb=false",
