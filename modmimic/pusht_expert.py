@@ -84,9 +84,9 @@ class PushTExpert:
         return self._keypoints_at(pose[:2], pose[2])
 
     def _keypoints_at(self, position, angle: float) -> np.ndarray:
-        e = self.env.env
-        pts = [np.array(v) for s in e._block_shapes for v in s.get_vertices()]
-        return np.array([rot(angle) @ p + position for p in pts])
+        if not hasattr(self, "_local"):
+            self._local = np.array([tuple(v) for s in self.env.env._block_shapes for v in s.get_vertices()])
+        return self._local @ rot(angle).T + np.asarray(position, dtype=np.float64)
 
     def _block_polygon(self, position, angle: float):
         import shapely.geometry as sg
@@ -107,6 +107,15 @@ class PushTExpert:
         m.block.velocity, m.block.angular_velocity = (0.0, 0.0), 0.0
         m.space.reindex_shapes_for_body(m.block)
         m.space.reindex_shapes_for_body(m.agent)
+
+    def _advance(self, action: np.ndarray) -> None:
+        """One control step of the simulator copy: gym-pusht's ``step`` without its observation and coverage
+        (its PD law on the pusher, its physics steps), which the planner does not need at every step."""
+        m = self.model
+        for _ in range(int(1 / (m.dt * m.control_hz))):
+            acc = m.k_p * (action - np.array(m.agent.position)) - m.k_v * np.array(m.agent.velocity)
+            m.agent.velocity = (np.array(m.agent.velocity) + acc * m.dt).tolist()
+            m.space.step(m.dt)
 
     def plan_pushes(self) -> list[tuple[float, np.ndarray, list[np.ndarray]]]:
         """``(predicted error, start point, push actions)`` of each candidate push that brings the block closer to
@@ -134,8 +143,9 @@ class PushTExpert:
                     for k in range(PUSH_STEPS):
                         a = np.clip(np.array(self.model.agent.position) + d * speed, WALL_LO, WALL_HI)
                         actions.append(a)
-                        self.model.step(a)
-                        err = keypoint_error(self.model.get_keypoints(self.model._block_shapes), self.goal_keypoints)
+                        self._advance(a)
+                        b = self.model.block
+                        err = keypoint_error(self._keypoints_at(np.array(b.position), b.angle), self.goal_keypoints)
                         if err < best[0]:
                             best = (err, k + 1)
                     if best[1]:
