@@ -225,3 +225,25 @@ def test_aloha_reset_to_and_cameras(aloha):
         aloha_env(camera_names=["wrist"])
     with pytest.raises(EnvError, match="expected 14"):
         env.step(np.zeros(7))
+
+
+def test_aloha_transfer_cube_expert_and_its_demos(aloha, tmp_path):
+    """The scripted transfer-cube expert (26/50 on seeds 0-49, docs/benchmarks_envs.md) on seeds 0-4 (4 succeed,
+    deterministically), and its demos through the dataset reader and one training step."""
+    from modmimic.data.hdf5 import load_episode_store, read_env_meta
+    from modmimic.demos import expert_success, generate
+    from modmimic.train import main as train_main
+
+    s = expert_success("aloha_transfer_cube", episodes=5, seed=0)
+    assert s["successes"] == 4, s
+    path = str(tmp_path / "cube.hdf5")
+    g = generate("aloha_transfer_cube", 1, path, seed=2, progress=None, valid_fraction=0.0)
+    assert g["demos"] == g["tries"] == 1
+    meta = read_env_meta(path)
+    assert meta["env_name"] == "gym_aloha/AlohaTransferCube-v0"
+    store = load_episode_store(path, ["agent_pos", "env_state"])
+    assert store.obs_shapes() == {"agent_pos": (14,), "env_state": (7,)} and store.ac_dim == 14
+    rc = train_main(["recipe=bc", f"dataset={path}", "observation.modalities.obs.low_dim=[agent_pos,env_state]",
+                     "algo.actor_layer_dims=[8]", "train.hdf5_validation_filter_key=null",
+                     f"train.output_dir={tmp_path / 'runs'}", *ONE_STEP])
+    assert rc == 0
