@@ -16,13 +16,13 @@ gripper command is replayed as given, the arm joints as the mocap run reached th
   planned from where the cube then hangs in the planning run: 8 cm in front of it along -x (270), around it (300),
   close (330), pull away along -x holding it (380).
 
-MuJoCo 3 differs from the MuJoCo the scene was written for: it stores a 13 cm position offset in each weld (from
-the reference pose qpos0), which the scene's mocap start poses do not expect; the planner drops that offset (the link
-follows its target's position, the weld keeps its orientation offset) and steers tool points instead. The left
+With MuJoCo 3.3.7 each weld holds a 13 cm position offset (computed from the reference pose qpos0) that the scene's
+mocap start poses (the gripper links' own positions) do not expect; the planner drops that offset (the link follows
+its target's position, the weld keeps its orientation offset) and steers tool points instead. The left
 gripper cannot pitch as far as the ACT script's 90 degrees there (~50 reached), hence 30.
 
-Measured: 26/50 (seeds 0-49) transferred cubes, below the ACT paper's scripted data (kept episodes only: demos
-keep only successes). The failures are mostly handovers: the cube hangs from the right fingertips and sways.
+Measured (``modmimic.demos expert``): 26/50 transferred cubes on seeds 0-49; ``generate`` keeps only the successful
+episodes. The failures are mostly handovers: the cube hangs from the right fingertips and sways.
 """
 from __future__ import annotations
 

@@ -782,7 +782,8 @@ def expert_success(task: str, episodes: int = 50, seed: int = 1000, max_steps: i
 # --- command line -----------------------------------------------------------------------------------------------
 
 USAGE = f"""usage:
-  python -m {PROG} generate task=Lift|Can|Square|<Meta-World task>|MT10|MT50|pusht|aloha_transfer_cube n=<demos> out=<path.hdf5> [seed=0]
+  python -m {PROG} generate task=Lift|Can|Square|<Meta-World task>|MT10|MT50|pusht|aloha_transfer_cube
+                   n=<demos> out=<path.hdf5> [seed=0]
                    [max_tries=2n] [obs_dtype=float32] [valid_fraction=0.1] [compress=true] [next_obs=true]
                    [max_steps=<task default>] [compress_model=false] [camera_names=agentview,robot0_eye_in_hand]
                    [camera_height=84] [camera_width=84] [depth=false] [quality=expert|mixed]
@@ -808,7 +809,8 @@ pusht: gym-pusht's PushT with modmimic's push-planning expert (modmimic.pusht_ex
 its image (camera_height=96 camera_width=96 as gym-pusht's pixels observation). aloha_transfer_cube: gym-aloha's
 transfer cube with modmimic's scripted expert (modmimic.aloha_expert; camera_names=top, 480 x 640 in LeRobot's data).
 Needs the simulator extra: pip install 'modmimic[sim]' (Meta-World: pip install 'modmimic[metaworld]' &&
-pip install --no-deps metaworld==3.1.1; PushT: pip install 'modmimic[pusht]'; ALOHA: 'modmimic[aloha]'). Exit status 0 done, 1 failure, 2 bad input."""
+pip install --no-deps metaworld==3.1.1; PushT: pip install 'modmimic[pusht]'; ALOHA: 'modmimic[aloha]').
+Exit status 0 done, 1 failure, 2 bad input."""
 
 ARGS = {"generate": {"task": str, "n": int, "out": str, "seed": int, "max_tries": int, "obs_dtype": str,
                      "valid_fraction": float, "compress": bool, "next_obs": bool, "max_steps": int,

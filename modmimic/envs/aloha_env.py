@@ -78,7 +78,8 @@ def check_kwargs(name: str, env_kwargs: dict) -> dict:
         for k in ("max_episode_steps", "camera_heights", "camera_widths"):
             kw[k] = int(kw[k])
     except (TypeError, ValueError):
-        raise EnvError(f"{name}: env_kwargs max_episode_steps, camera_heights, camera_widths must be integers") from None
+        raise EnvError(f"{name}: env_kwargs max_episode_steps, camera_heights, camera_widths must be integers"
+                       ) from None
     if not 1 <= kw["max_episode_steps"] <= 100_000:
         raise EnvError(f"{name}: max_episode_steps must be in [1, 100000], got {kw['max_episode_steps']}")
     kw["camera_names"] = [kw["camera_names"]] if isinstance(kw["camera_names"], str) else list(kw["camera_names"])
@@ -133,7 +134,9 @@ class AlohaEnv:
     def initial_object_poses(self, seed: int | None) -> np.ndarray:
         """gym-aloha's object poses for ``seed`` (its ``reset(seed=...)``)."""
         u = self._utils
-        return u.sample_box_pose(seed) if self.task == "transfer_cube" else np.concatenate(u.sample_insertion_pose(seed))
+        if self.task == "transfer_cube":
+            return u.sample_box_pose(seed)
+        return np.concatenate(u.sample_insertion_pose(seed))
 
     def reset(self, seed: int | None = None) -> dict:
         self.seed = None if seed is None else int(seed)

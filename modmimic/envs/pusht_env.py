@@ -171,7 +171,8 @@ class PushTEnv:
         if camera_name not in (None, CAMERA):
             raise EnvError(f"{self.name}: no camera {camera_name!r} (PushT has {CAMERA!r})")
         screen = self.env._draw()
-        return np.ascontiguousarray(self.env._get_img(screen, width=width, height=height, render_action=min(height, width) >= 96))
+        marker = min(height, width) >= 96  # gym-pusht's action marker is 0 px thick below that
+        return np.ascontiguousarray(self.env._get_img(screen, width=width, height=height, render_action=marker))
 
     def serialize(self) -> dict:
         return {"env_name": self.name, "type": GYM_TYPE, "env_version": pusht_version(),
