@@ -481,6 +481,23 @@ def is_metaworld(task: str) -> bool:
     return str(task).startswith("Meta-World/") or str(task).endswith("-v3") or str(task) in ("MT10", "MT50")
 
 
+PUSHT_NAMES = ("pusht", "PushT", "gym_pusht/PushT-v0")  # task names of PushT
+PUSHT_OBS_KEYS = ["state", "agent_pos", "keypoints"]
+
+
+def is_pusht(task: str) -> bool:
+    return str(task) in PUSHT_NAMES
+
+
+ALOHA_TASKS = {"aloha_transfer_cube": "AlohaTransferCube-v0", "aloha_insertion": "AlohaInsertion-v0"}
+ALOHA_EXPERTS = ("aloha_transfer_cube",)  # tasks with a scripted expert (modmimic.aloha_expert)
+ALOHA_OBS_KEYS = ["agent_pos", "qvel", "env_state"]
+
+
+def is_aloha(task: str) -> bool:
+    return str(task) in ALOHA_TASKS
+
+
 def metaworld_task(task: str) -> str:
     return str(task).split("/", 1)[1] if str(task).startswith("Meta-World/") else str(task)
 
@@ -504,6 +521,13 @@ class MetaWorldExpert:
 
 
 def env_name_of(task: str) -> str:
+    if is_pusht(task):
+        return "PushT"
+    if is_aloha(task):
+        if task not in ALOHA_EXPERTS:
+            raise ValueError(f"no scripted expert for {task} yet (ALOHA experts: {', '.join(ALOHA_EXPERTS)}); its "
+                             "environment is there: gym_aloha/" + ALOHA_TASKS[task])
+        return ALOHA_TASKS[task]
     if is_metaworld(task):
         from modmimic.envs.metaworld_env import task_names
 
@@ -514,7 +538,8 @@ def env_name_of(task: str) -> str:
 
         close = difflib.get_close_matches(task, list(TASKS), n=1)
         raise ValueError(f"no scripted expert for task {task!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                         + f"; tasks: {', '.join(sorted(set(TASKS) - ALIASES))}")
+                         + f"; tasks: {', '.join(sorted(set(TASKS) - ALIASES))}, pusht, Meta-World v3 tasks "
+                         "(push-v3, ...), MT10, MT50")
     return TASKS[task]
 
 
@@ -575,6 +600,21 @@ def make_env(task: str, camera_names=(), camera_height: int = 84, camera_width: 
              goals: str = "benchmark", benchmark_seed: int = 0):
     """The task's environment; with ``camera_names``, camera observations (``<camera>_image``, and ``<camera>_depth``
     with ``depth``) at ``camera_height`` x ``camera_width``. ``goals``, ``benchmark_seed``: Meta-World only."""
+    if is_pusht(task):
+        from modmimic.envs.pusht_env import PushTEnv, env_meta
+
+        if depth:
+            raise ArgumentError("depth=true: PushT is a 2-d task; it renders RGB images only")
+        meta = env_meta(camera_names=list(camera_names), camera_heights=camera_height, camera_widths=camera_width)
+        return PushTEnv(meta, use_image_obs=bool(camera_names))
+    if is_aloha(task):
+        from modmimic.envs.aloha_env import AlohaEnv, env_meta
+
+        if depth:
+            raise ArgumentError("depth=true: the ALOHA adapter renders RGB images only")
+        meta = env_meta(ALOHA_TASKS[task], camera_names=list(camera_names) or ["top"], camera_heights=camera_height,
+                        camera_widths=camera_width)
+        return AlohaEnv(meta, use_image_obs=bool(camera_names))
     if is_metaworld(task):
         from modmimic.envs.metaworld_env import MetaWorldEnv, env_meta
 
@@ -593,8 +633,10 @@ def make_env(task: str, camera_names=(), camera_height: int = 84, camera_width: 
 
 
 def named_task_env(name: str):
-    """``(environment, box observation?)`` of a task this module knows (robosuite's Lift/Can/Square, Meta-World), or
-    None: what ``record`` uses for ``env=<task>``."""
+    """``(environment, box observation?)`` of a task this module knows (robosuite's Lift/Can/Square, Meta-World,
+    PushT), or None: what ``record`` uses for ``env=<task>``."""
+    if is_pusht(name) or name in ALOHA_EXPERTS:
+        return make_env(name), False
     return (make_env(name), is_metaworld(name)) if is_metaworld(name) or name in TASKS else None
 
 
@@ -603,6 +645,15 @@ def task_setup(task: str, camera_names=(), camera_height: int = 84, camera_width
     """``(environment, expert, default max steps, observation keys)`` of a task."""
     name = env_name_of(task)
     env = make_env(task, camera_names, camera_height, camera_width, depth, goals, benchmark_seed)
+    if is_pusht(task):
+        from modmimic.pusht_expert import PushTExpert
+
+        return env, PushTExpert(), env.serialize()["env_kwargs"]["max_episode_steps"], list(PUSHT_OBS_KEYS)
+    if is_aloha(task):
+        from modmimic.aloha_expert import AlohaTransferCubeExpert
+
+        return (env, AlohaTransferCubeExpert(), env.serialize()["env_kwargs"]["max_episode_steps"],
+                list(ALOHA_OBS_KEYS))
     if is_metaworld(task):
         return env, MetaWorldExpert(), env.env.max_path_length, ["flat"] + (["task_id"] if len(env.names) > 1 else [])
     return env, EXPERTS[name](), MAX_STEPS[name], list(OBS_KEYS)
@@ -731,7 +782,8 @@ def expert_success(task: str, episodes: int = 50, seed: int = 1000, max_steps: i
 # --- command line -----------------------------------------------------------------------------------------------
 
 USAGE = f"""usage:
-  python -m {PROG} generate task=Lift|Can|Square|<Meta-World task>|MT10|MT50 n=<demos> out=<path.hdf5> [seed=0]
+  python -m {PROG} generate task=Lift|Can|Square|<Meta-World task>|MT10|MT50|pusht|aloha_transfer_cube
+                   n=<demos> out=<path.hdf5> [seed=0]
                    [max_tries=2n] [obs_dtype=float32] [valid_fraction=0.1] [compress=true] [next_obs=true]
                    [max_steps=<task default>] [compress_model=false] [camera_names=agentview,robot0_eye_in_hand]
                    [camera_height=84] [camera_width=84] [depth=false] [quality=expert|mixed]
@@ -753,8 +805,12 @@ record:   roll any policy out (a callable taking one observation, returning one 
 Meta-World tasks (reach-v3, push-v3, pick-place-v3, ... or the task sets MT10, MT50) use Meta-World's scripted
 policies; goals= chooses the placements (random: drawn from each episode's seed; benchmark: the benchmark's 50 per
 task, benchmark_seed= picks them); the dataset's env_args evaluate on the benchmark's.
+pusht: gym-pusht's PushT with modmimic's push-planning expert (modmimic.pusht_expert); camera_names=top records
+its image (camera_height=96 camera_width=96 as gym-pusht's pixels observation). aloha_transfer_cube: gym-aloha's
+transfer cube with modmimic's scripted expert (modmimic.aloha_expert; camera_names=top, 480 x 640 in LeRobot's data).
 Needs the simulator extra: pip install 'modmimic[sim]' (Meta-World: pip install 'modmimic[metaworld]' &&
-pip install --no-deps metaworld==3.1.1). Exit status 0 done, 1 failure, 2 bad input."""
+pip install --no-deps metaworld==3.1.1; PushT: pip install 'modmimic[pusht]'; ALOHA: 'modmimic[aloha]').
+Exit status 0 done, 1 failure, 2 bad input."""
 
 ARGS = {"generate": {"task": str, "n": int, "out": str, "seed": int, "max_tries": int, "obs_dtype": str,
                      "valid_fraction": float, "compress": bool, "next_obs": bool, "max_steps": int,

@@ -291,6 +291,9 @@ def format_summary(s: dict) -> str:
              f"return {s['Return']:.3f} +- {s['Return_Std']:.3f}   episode length {s['Horizon']:.1f} steps",
              f"{s['Episodes_per_Second']:.2f} episodes/s ({s['Wall_Seconds']:.1f} s, {s['num_envs']} env"
              f"{'s' if s['num_envs'] > 1 else ''})"]
+    extra = [f"{k[4:].lower()} (episode max) {v:.3f}" for k, v in s.items() if k.startswith("Max_")]
+    if extra:
+        lines.insert(2, "mean " + ", ".join(extra))
     if s.get("latency_ms") is not None:
         how = s["merge"] + (", inpainting" if s.get("inpaint") else "")
         lines.append(f"latency {s['latency_ms']:g} ms = {s['latency_steps']} control steps, {s['execution']} "

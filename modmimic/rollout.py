@@ -67,6 +67,15 @@ class Episode:
     wall: float = 0.0
     task: str | None = None  # the task given to the policy, else the one the environment reports (task sets)
     trajectory: dict | None = field(default=None, repr=False)
+    metrics: dict = field(default_factory=dict)  # per task metric of the env's is_success() (PushT's coverage): max
+
+
+def track_metrics(metrics: dict, success: dict) -> None:
+    """Keep in ``metrics`` the episode's maximum of each number an environment's ``is_success()`` gives beside
+    ``task`` (PushT's ``coverage``: LeRobot's "max overlap")."""
+    for k, v in success.items():
+        if k != "task" and isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, (bool, np.bool_)):
+            metrics[k] = max(metrics.get(k, -math.inf), float(v))
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -90,7 +99,9 @@ def summarize(episodes: list[Episode]) -> dict:
     return {"Success_Rate": k / n if n else float("nan"), "Success_Rate_CI95_Low": lo, "Success_Rate_CI95_High": hi,
             "Num_Success": int(k), "Num_Episodes": n,
             "Return": float(rets.mean()) if n else float("nan"), "Return_Std": float(rets.std()) if n else float("nan"),
-            "Horizon": float(lens.mean()) if n else float("nan")}
+            "Horizon": float(lens.mean()) if n else float("nan"),
+            **{f"Max_{k.capitalize()}": float(np.mean([e.metrics[k] for e in episodes])) for k in
+               (episodes[0].metrics if n else {}) if all(k in e.metrics for e in episodes)}}
 
 
 def summarize_tasks(episodes: list[Episode]) -> dict:
@@ -138,6 +149,7 @@ class _Slot:
         self.obs, self.actions, self.rewards, self.dones, self.states = [], [], [], [], []
         self.model = self.ep_meta = None
         self.frames = []
+        self.metrics = {}
 
 
 def _trajectory(s: _Slot) -> dict:
@@ -240,7 +252,7 @@ def run_episodes(policy, envs, n: int, horizon: int, seed: int | None = 0, termi
         s = slots[j]
         ep = Episode(index=s.index, seed=s.seed, success=bool(s.success), ret=float(s.ret), length=s.length, slot=j,
                      wall=time.perf_counter() - s.t0, trajectory=_trajectory(s) if record else None,
-                     task=tasks[j])
+                     task=tasks[j], metrics=dict(s.metrics))
         if video is not None:
             for f in s.frames:
                 video.append(f)
@@ -276,6 +288,7 @@ def run_episodes(policy, envs, n: int, horizon: int, seed: int | None = 0, termi
             s.length += 1
             s.ret += ans["reward"]
             ok = bool(ans["success"]["task"])
+            track_metrics(s.metrics, ans["success"])
             s.success = s.success or ok
             stop = bool(ans["done"]) or (terminate_on_success and ok) or s.length >= horizon
             if record:

@@ -7,7 +7,9 @@ An environment is created from a dataset's ``env_args`` (robomimic's env metadat
     2  gym            :class:`modmimic.envs.gymnasium_env.GymnasiumEnv`, or a modmimic built-in (``PointReach``), or
                       a benchmark adapter chosen by the env name's namespace (:data:`GYM_NAMESPACES`):
                       ``Meta-World/<task>-v3``, ``Meta-World/MT10``, ``Meta-World/MT50``
-                      (:class:`modmimic.envs.metaworld_env.MetaWorldEnv`)
+                      (:class:`modmimic.envs.metaworld_env.MetaWorldEnv`); ``gym_pusht/PushT-v0``
+                      (:class:`modmimic.envs.pusht_env.PushTEnv`); ``gym_aloha/AlohaTransferCube-v0``,
+                      ``gym_aloha/AlohaInsertion-v0`` (:class:`modmimic.envs.aloha_env.AlohaEnv`)
 
 Every adapter offers the methods of :class:`Env`. Observations are flat dicts ``{obs key: np.ndarray}`` with
 robomimic's key names (robosuite's ``object-state`` is ``object``). Simulators are imported only when an adapter is

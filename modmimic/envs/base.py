@@ -5,7 +5,9 @@ from __future__ import annotations
 ROBOSUITE_TYPE, GYM_TYPE, IG_MOMART_TYPE = 1, 2, 3
 TYPE_NAMES = {ROBOSUITE_TYPE: "robosuite", GYM_TYPE: "gym", IG_MOMART_TYPE: "iGibson MOMART"}
 # gym env names "<namespace>/<id>" that a benchmark adapter serves (not gymnasium.make): namespace -> module, class
-GYM_NAMESPACES = {"Meta-World": ("modmimic.envs.metaworld_env", "MetaWorldEnv")}
+GYM_NAMESPACES = {"Meta-World": ("modmimic.envs.metaworld_env", "MetaWorldEnv"),
+                  "gym_pusht": ("modmimic.envs.pusht_env", "PushTEnv"),
+                  "gym_aloha": ("modmimic.envs.aloha_env", "AlohaEnv")}
 NO_SUCCESS_SIGNAL = "none"  # an adapter's ``success_signal`` when the environment reports no success at all
 
 

@@ -1,0 +1,249 @@
+"""PushT (gym-pusht) and ALOHA sim (gym-aloha) adapters against the benchmarks' own environments, the PushT scripted
+expert, and its demos through modmimic's dataset and trainer. Skipped when the extra is not installed
+(``pip install 'modmimic[pusht]'`` / ``'modmimic[aloha]'``)."""
+import math
+
+import numpy as np
+import pytest
+
+from modmimic.envs import EnvError, env_from_metadata
+from modmimic.envs.vector import LocalEnvs
+from modmimic.rollout import run_episodes, summarize
+
+ONE_STEP = ["train.num_epochs=1", "experiment.epoch_every_n_steps=1", "train.batch_size=4",
+            "experiment.rollout.enabled=false", "experiment.logging.log_tb=false",
+            "experiment.logging.terminal_output_to_txt=false", "experiment.save.every_n_epochs=null"]
+
+
+class Act:
+    """A policy for the rollout loop (what run_episodes uses of a RolloutPolicy): ``act(obs[key])`` per env."""
+
+    def __init__(self, key: str, dim: int, ac_dim: int, act):
+        self.policy = type("Algo", (), {"obs_shapes": {key: (dim,)}, "goal_shapes": {}, "ac_dim": ac_dim})()
+        self.action_dim, self.key, self.act = ac_dim, key, act
+
+    def start_episode(self, n):
+        pass
+
+    def reset_envs(self, mask):
+        pass
+
+    def __call__(self, batch, batched_ob=True):
+        return np.stack([self.act(o) for o in batch[self.key]])
+
+
+# --- PushT --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pusht():
+    return pytest.importorskip("gym_pusht", reason="gym-pusht is not installed: pip install 'modmimic[pusht]'")
+
+
+def pusht_env(**kw):
+    from modmimic.envs.pusht_env import env_meta
+
+    return env_from_metadata(env_meta(**{k: v for k, v in kw.items() if k != "use_image_obs"}),
+                             use_image_obs=kw.get("use_image_obs", False))
+
+
+def test_pusht_resets_and_steps_are_gym_pushts_own(pusht):
+    import gymnasium as gym
+
+    env = pusht_env(use_image_obs=True, camera_heights=48, camera_widths=64)
+    ref = gym.make("gym_pusht/PushT-v0", disable_env_checker=True)
+    obs = env.reset(seed=7)
+    assert sorted(obs) == ["agent_pos", "keypoints", "state", "top_image"]
+    assert obs["state"].shape == (5,) and obs["keypoints"].shape == (16,) and obs["top_image"].shape == (48, 64, 3)
+    assert obs["top_image"].dtype == np.uint8 and env.action_dimension == 2
+    ref_obs, _ = ref.reset(seed=7)
+    np.testing.assert_array_equal(obs["state"], ref_obs)
+    np.testing.assert_array_equal(env.reset(seed=7)["state"], ref_obs)  # the same seed, the same start
+    assert not np.array_equal(env.reset(seed=8)["state"], ref_obs)
+    env.reset(seed=7)
+    rng = np.random.default_rng(0)
+    for _ in range(15):  # random targets around the block: contacts happen
+        a = obs["state"][2:4] + rng.normal(0, 40, 2)
+        obs, r, done, info = env.step(a)
+        ref_obs, ref_r, *_ , ref_info = ref.step(a)
+        np.testing.assert_array_equal(obs["state"], ref_obs)
+        assert r == ref_r and env.is_success()["coverage"] == ref_info["coverage"]
+    with pytest.raises(EnvError, match="expected 2"):
+        env.step(np.zeros(3))
+    env.close()
+
+
+def test_pusht_success_is_coverage_above_the_benchmarks_threshold(pusht):
+    env = pusht_env()
+    assert env.threshold == 0.95  # gym-pusht's success_threshold
+    goal = np.asarray(env.env.goal_pose, dtype=np.float64)
+    far = [60.0, 60.0, 0.0, 0.0]
+
+    def state(dx):  # pusher far away, block at the goal pose shifted dx px along x, at rest
+        return np.array([*far, goal[0] + dx, goal[1], goal[2], 0.0, 0.0, 0.0, np.nan, np.nan])
+
+    env.reset_to({"states": state(0.0)})
+    assert env.is_success() == {"task": True, "coverage": pytest.approx(1.0)}
+    obs, reward, done, info = env.step(np.array([60.0, 60.0]))
+    assert info["is_success"] and done and reward == 1.0  # gym-pusht ends the episode at success
+    outcomes = []
+    for dx in (1.0, 1.5, 2.0, 2.5, 3.0, 6.0):
+        env.reset_to({"states": state(dx)})
+        s = env.is_success()
+        assert s["task"] == (s["coverage"] > 0.95) and s["coverage"] == pytest.approx(env.env._get_coverage())
+        _, reward, done, info = env.step(np.array([60.0, 60.0]))
+        assert done == info["is_success"] == s["task"] and reward == pytest.approx(min(s["coverage"] / 0.95, 1.0))
+        outcomes.append(s["task"])
+    assert outcomes[0] and not outcomes[-1]  # 1 px off still covers > 95 %, 6 px off does not
+
+
+def test_pusht_reset_to_gives_the_recorded_observation(pusht):
+    env = pusht_env()
+    obs = [env.reset(seed=3)]
+    states, rng = [], np.random.default_rng(1)
+    for _ in range(20):
+        states.append(env.get_state()["states"])
+        obs.append(env.step(obs[-1]["state"][2:4] + rng.normal(0, 30, 2))[0])
+    for t in (0, 7, 19):
+        o = env.reset_to({"states": states[t]})
+        for k in o:
+            np.testing.assert_array_equal(o[k], obs[t][k])
+    with pytest.raises(EnvError, match="12 finite numbers"):
+        env.reset_to({"states": np.zeros(5)})
+
+
+def test_rollouts_report_pushts_max_coverage(pusht):
+    """The rollout loop's ``Max_Coverage`` is the mean over episodes of each episode's highest coverage."""
+    target = lambda o: o[2:4] + np.array([0.0, 40.0])  # noqa: E731 - push at the block from one side
+    meta = pusht_env().serialize()
+    with LocalEnvs.from_metadata(meta) as envs:
+        eps = run_episodes(Act("state", 5, 2, target), envs, n=2, horizon=12, seed=5)
+    env, expected = pusht_env(), []
+    for seed in (5, 6):
+        o, best = env.reset(seed=seed), -math.inf
+        for _ in range(12):
+            o, _, done, _ = env.step(target(o["state"]))
+            best = max(best, env.is_success()["coverage"])
+            if done:
+                break
+        expected.append(best)
+    assert [e.metrics["coverage"] for e in eps] == expected
+    assert summarize(eps)["Max_Coverage"] == pytest.approx(np.mean(expected))
+
+
+def test_pusht_expert_succeeds(pusht):
+    """The push-planning expert on 2 seeds (49/50 on seeds 1000-1049, docs/benchmarks_envs.md)."""
+    from modmimic.demos import expert_success
+
+    s = expert_success("pusht", episodes=2, seed=1002)
+    assert s["successes"] == 2, s
+
+
+def test_pusht_demos_load_and_train(pusht, tmp_path):
+    import h5py
+
+    from modmimic.data.hdf5 import load_episode_store, read_env_meta
+    from modmimic.demos import generate
+    from modmimic.train import main as train_main
+
+    path = str(tmp_path / "pusht.hdf5")
+    s = generate("pusht", 2, path, seed=1002, progress=None, valid_fraction=0.5)
+    assert s["demos"] == 2 and s["tries"] == 2
+    meta = read_env_meta(path)
+    assert meta["env_name"] == "gym_pusht/PushT-v0" and meta["env_kwargs"]["max_episode_steps"] == 300
+    with h5py.File(path) as f:
+        demo = f["data/demo_0"]
+        states, obs0, actions = demo["states"][:], demo["obs/state"][:], demo["actions"][:]
+    store = load_episode_store(path, ["state", "keypoints"])
+    assert store.obs_shapes() == {"state": (5,), "keypoints": (16,)} and store.ac_dim == 2
+    env = env_from_metadata(meta)  # the demo replays: from its start, its actions reach success
+    np.testing.assert_allclose(env.reset(seed=1002)["state"], obs0[0], rtol=1e-6)
+    np.testing.assert_allclose(env.reset_to({"states": states[5]})["state"], obs0[5], rtol=1e-6)
+    rc = train_main(["recipe=bc", f"dataset={path}", "observation.modalities.obs.low_dim=[state,keypoints]",
+                     "algo.actor_layer_dims=[8]", "train.action_config.actions.normalization=min_max",
+                     f"train.output_dir={tmp_path / 'runs'}", *ONE_STEP])
+    assert rc == 0 and np.all((actions >= 0) & (actions <= 512))
+
+
+# --- ALOHA --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def aloha():
+    import modmimic.envs.aloha_env  # noqa: F401 - first: it picks MuJoCo's headless GL (EGL) before mujoco loads
+
+    pytest.importorskip("dm_control", reason="dm-control is not installed: pip install 'modmimic[aloha]'")
+    return pytest.importorskip("gym_aloha", reason="gym-aloha is not installed: pip install 'modmimic[aloha]'")
+
+
+def aloha_env(task="AlohaTransferCube-v0", **kw):
+    from modmimic.envs.aloha_env import env_meta
+
+    return env_from_metadata(env_meta(task, **{k: v for k, v in kw.items() if k != "use_image_obs"}),
+                             use_image_obs=kw.get("use_image_obs", False))
+
+
+@pytest.mark.parametrize("task", ["AlohaTransferCube-v0", "AlohaInsertion-v0"])
+def test_aloha_resets_and_steps_are_gym_alohas_own(aloha, task):
+    import gymnasium as gym
+    from gym_aloha.utils import sample_box_pose, sample_insertion_pose
+
+    env = aloha_env(task)
+    obs = env.reset(seed=11)
+    assert sorted(obs) == ["agent_pos", "env_state", "qvel"] and env.action_dimension == 14
+    objects = (sample_box_pose(11) if task == "AlohaTransferCube-v0" else np.concatenate(sample_insertion_pose(11)))
+    np.testing.assert_allclose(obs["env_state"], objects, atol=1e-12)
+    assert not np.allclose(env.reset(seed=12)["env_state"], objects)
+    ref = gym.make(f"gym_aloha/{task}", obs_type="pixels_agent_pos", observation_width=32, observation_height=24,
+                   disable_env_checker=True)
+    ref_obs, _ = ref.reset(seed=11)
+    obs = env.reset(seed=11)
+    np.testing.assert_allclose(obs["agent_pos"], ref_obs["agent_pos"], atol=1e-12)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        a = (obs["agent_pos"] + rng.normal(0, 0.05, 14)).astype(np.float32)  # gym-aloha's action dtype
+        obs, r, done, info = env.step(a)
+        ref_obs, ref_r, *_ = ref.step(a)
+        np.testing.assert_allclose(obs["agent_pos"], ref_obs["agent_pos"], atol=1e-9)
+        assert r == ref_r == 0 and not done and env.is_success() == {"task": False, "stage": 0.0}
+    ref.close()
+    env.close()
+
+
+def test_aloha_reset_to_and_cameras(aloha):
+    env = aloha_env(use_image_obs=True, camera_heights=24, camera_widths=32)
+    obs = [env.reset(seed=2)]
+    states = []
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        states.append(env.get_state()["states"])
+        obs.append(env.step(obs[0]["agent_pos"] + rng.normal(0, 0.05, 14))[0])
+    assert obs[0]["top_image"].shape == (24, 32, 3) and obs[0]["top_image"].dtype == np.uint8
+    for t in (0, 3):
+        o = env.reset_to({"states": states[t]})
+        for k in ("agent_pos", "qvel", "env_state"):
+            np.testing.assert_array_equal(o[k], obs[t][k])
+    with pytest.raises(EnvError, match="no camera 'wrist'"):
+        aloha_env(camera_names=["wrist"])
+    with pytest.raises(EnvError, match="expected 14"):
+        env.step(np.zeros(7))
+
+
+def test_aloha_transfer_cube_expert_and_its_demos(aloha, tmp_path):
+    """The scripted transfer-cube expert (26/50 on seeds 0-49, docs/benchmarks_envs.md) on seeds 0-4 (4 succeed,
+    deterministically), and its demos through the dataset reader and one training step."""
+    from modmimic.data.hdf5 import load_episode_store, read_env_meta
+    from modmimic.demos import expert_success, generate
+    from modmimic.train import main as train_main
+
+    s = expert_success("aloha_transfer_cube", episodes=5, seed=0)
+    assert s["successes"] == 4, s
+    path = str(tmp_path / "cube.hdf5")
+    g = generate("aloha_transfer_cube", 1, path, seed=2, progress=None, valid_fraction=0.0)
+    assert g["demos"] == g["tries"] == 1
+    meta = read_env_meta(path)
+    assert meta["env_name"] == "gym_aloha/AlohaTransferCube-v0"
+    store = load_episode_store(path, ["agent_pos", "env_state"])
+    assert store.obs_shapes() == {"agent_pos": (14,), "env_state": (7,)} and store.ac_dim == 14
+    rc = train_main(["recipe=bc", f"dataset={path}", "observation.modalities.obs.low_dim=[agent_pos,env_state]",
+                     "algo.actor_layer_dims=[8]", "train.hdf5_validation_filter_key=null",
+                     f"train.output_dir={tmp_path / 'runs'}", *ONE_STEP])
+    assert rc == 0
