@@ -102,6 +102,9 @@ class ChunkExecutor:
       queue's next ``delay`` actions) as a decided prefix; a sampling policy (Diffusion Policy, flow policy)
       inpaints them, so the new chunk continues the motion the robot is making instead of jumping (the idea of
       real-time chunking, Black et al. 2025, with inpainting by replacement rather than guidance).
+    * ``in_flight`` (async): requests an environment may have outstanding at once (default 1). With a delay longer
+      than ``H - chunk_size`` one request at a time cannot keep the queue filled (each chunk brings ``H - delay``
+      fresh actions per ``delay`` steps); more in flight pipeline the requests, when the server's throughput allows.
     * ``hold``: what to do when no chunk covers a step: ``"last"`` repeats the last action (zeros at an episode
       start), ``"zero"`` sends zeros. ``stalls`` counts such steps.
     """
@@ -109,7 +112,8 @@ class ChunkExecutor:
     def __init__(self, source, obs_shapes: dict, action_dim: int, chunk_size: int, obs_horizon: int = 1,
                  mode: str = "async",
                  latency_steps: int | None = 0, refill_at: int | None = None, merge: str = "latest",
-                 ensemble_k: float = 0.01, horizon: int | None = None, hold: str = "last", inpaint: bool = False):
+                 ensemble_k: float = 0.01, horizon: int | None = None, hold: str = "last", inpaint: bool = False,
+                 in_flight: int = 1):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if merge not in MERGES:
@@ -120,6 +124,8 @@ class ChunkExecutor:
             raise ValueError(f"chunk_size and obs_horizon must be >= 1, got {chunk_size}, {obs_horizon}")
         if latency_steps is not None and latency_steps < 0:
             raise ValueError(f"latency_steps must be >= 0 or None (real time), got {latency_steps}")
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be >= 1, got {in_flight}")
         if refill_at is not None and refill_at < 0:
             raise ValueError(f"refill_at must be >= 0, got {refill_at}")
         self.source, self.mode, self.merge, self.hold = source, mode, merge, hold
@@ -129,6 +135,7 @@ class ChunkExecutor:
             self.mode = "sync"  # one action per request: nothing to execute while the next one is computed
         self.delay, self.refill_at, self.horizon = latency_steps, refill_at, horizon
         self.inpaint = bool(inpaint) and self.mode == "async"
+        self.in_flight = int(in_flight) if self.mode == "async" else 1
         self.policy = SimpleNamespace(obs_shapes=self.obs_shapes, goal_shapes={}, ac_dim=self.A)  # the rollout loop
         self.action_dim = self.A
         self.num_envs, self.stalls, self.requests = 0, 0, 0
@@ -141,7 +148,7 @@ class ChunkExecutor:
         self.num_envs = int(num_envs)
         self.t = np.zeros(self.num_envs, dtype=np.int64)
         self.chunks = [[] for _ in range(self.num_envs)]  # per env: [(t0, [h, A] actions)], oldest first
-        self.pending = [None] * self.num_envs  # per env: (t0, ready step or future, row in the request)
+        self.pending = [[] for _ in range(self.num_envs)]  # per env: [(t0, ready step or future, row)], oldest first
         self.hist = None
         self.fresh = np.ones(self.num_envs, dtype=bool)
         self.last = np.zeros((self.num_envs, self.A), dtype=np.float32)
@@ -151,7 +158,7 @@ class ChunkExecutor:
     def reset_envs(self, done) -> None:
         rows = np.flatnonzero(np.asarray(done, dtype=bool))
         for j in rows:
-            self.t[j], self.chunks[j], self.pending[j], self.last[j] = 0, [], None, 0
+            self.t[j], self.chunks[j], self.pending[j], self.last[j] = 0, [], [], 0
         self.fresh[rows] = True
         if hasattr(self.source, "reset") and len(rows):
             self.source.reset(rows)
@@ -164,7 +171,7 @@ class ChunkExecutor:
             self.start_episode(B)
         self._push(obs)
         self._deliver()
-        due = [j for j in range(B) if self.pending[j] is None and self._wants(j)]
+        due = [j for j in range(B) if len(self.pending[j]) < self.in_flight and self._wants(j)]
         if due:
             self._request(due)
             self._deliver()
@@ -222,11 +229,11 @@ class ChunkExecutor:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="modmimic-chunk")
             fut = self._pool.submit(self._call_source, window, rows, prefix)
             for i, j in enumerate(rows):
-                self.pending[j] = (int(self.t[j]), fut, i)
+                self.pending[j].append((int(self.t[j]), fut, i))
             return
         chunks = self._call_source(window, rows, prefix)
         for i, j in enumerate(rows):
-            self.pending[j] = (int(self.t[j]), int(self.t[j]) + self.delay, chunks[i])
+            self.pending[j].append((int(self.t[j]), int(self.t[j]) + self.delay, chunks[i]))
 
     def _call_source(self, window: dict, rows: list, prefix=None) -> np.ndarray:
         if isinstance(self.source, StepSource):
@@ -239,23 +246,22 @@ class ChunkExecutor:
         return out[:, :self.horizon] if self.horizon else out
 
     def _deliver(self) -> None:
-        for j, p in enumerate(self.pending):
-            if p is None:
-                continue
-            t0, when, row = p
-            if self.delay is None:
-                if not when.done():
-                    continue
-                chunk = when.result()[row]
-                self.measured_delay = int(self.t[j] - t0)
-            else:
-                if when > self.t[j]:
-                    continue
-                chunk = row
-            self.pending[j] = None
-            if self.mode == "sync":  # the robot waited: execute the chunk from its first action
-                t0, chunk = int(self.t[j]), chunk[:self.Ta]
-            self.chunks[j] = [(s, c) for s, c in self.chunks[j] if s + len(c) > self.t[j]] + [(t0, chunk)]
+        for j, waiting in enumerate(self.pending):
+            while waiting:  # in the order they were asked for
+                t0, when, row = waiting[0]
+                if self.delay is None:
+                    if not when.done():
+                        break
+                    chunk = when.result()[row]
+                    self.measured_delay = int(self.t[j] - t0)
+                else:
+                    if when > self.t[j]:
+                        break
+                    chunk = row
+                waiting.pop(0)
+                if self.mode == "sync":  # the robot waited: execute the chunk from its first action
+                    t0, chunk = int(self.t[j]), chunk[:self.Ta]
+                self.chunks[j] = [(s, c) for s, c in self.chunks[j] if s + len(c) > self.t[j]] + [(t0, chunk)]
 
     def _merged(self, j: int, t: int):
         """The action the queued chunks of environment ``j`` give step ``t`` (None: no chunk covers it)."""
@@ -286,7 +292,8 @@ class ChunkExecutor:
 
 
 def executor_for(policy, latency_steps: int | None = 0, mode: str = "async", merge: str | None = None,
-                 refill_at: int | None = None, hold: str = "last", inpaint: bool = False) -> ChunkExecutor:
+                 refill_at: int | None = None, hold: str = "last", inpaint: bool = False,
+                 in_flight: int = 1) -> ChunkExecutor:
     """A :class:`ChunkExecutor` driving ``policy`` (an in-process :class:`~modmimic.policy.RolloutPolicy` or a
     :class:`~modmimic.client.RemotePolicy`) as its acting path would: chunk size, observation history and, for
     temporal ensembling (ACT), every-step chunks of ``chunk_size`` actions merged with its ``ensemble_k``. A policy
@@ -307,4 +314,4 @@ def executor_for(policy, latency_steps: int | None = 0, mode: str = "async", mer
                          spec["chunk_size"], spec["obs_horizon"], mode=mode, latency_steps=latency_steps,
                          refill_at=refill_at, merge=merge or ("ensemble" if te else "latest"),
                          ensemble_k=spec["ensemble_k"], horizon=spec["chunk_size"] if te else None, hold=hold,
-                         inpaint=inpaint)
+                         inpaint=inpaint, in_flight=in_flight)

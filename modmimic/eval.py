@@ -69,6 +69,7 @@ ARGS = {
                              "(default max(delay, H - chunk_size))"),
     "inpaint": (bool, False, "with latency_ms, async: sampling policies (Diffusion, flow) inpaint the actions "
                              "executed while their chunk is computed, so chunks continue the motion"),
+    "in_flight": (int, None, "with latency_ms, async: chunk requests an environment may have outstanding (default 1)"),
     "control_hz": (float, None, "with latency_ms: the environment's control rate (default its control_freq)"),
 }
 
@@ -107,7 +108,7 @@ def check_latency_args(a: dict) -> None:
     from modmimic.chunking import MERGES, MODES
 
     if a["latency_ms"] is None:
-        given = [k for k in ("merge", "refill_at", "control_hz") if a[k] is not None] + (["inpaint"] if a["inpaint"]
+        given = [k for k in ("merge", "refill_at", "control_hz", "in_flight") if a[k] is not None] + (["inpaint"] if a["inpaint"]
                                                                                            else [])
         if given or a["execution"] != "async":
             raise ArgumentError(f"{', '.join(given) or 'execution'}= only applies with latency_ms=<n>")
@@ -120,12 +121,15 @@ def check_latency_args(a: dict) -> None:
         raise ArgumentError(f"merge must be one of {', '.join(MERGES)}, got {a['merge']!r}")
     if a["refill_at"] is not None and a["refill_at"] < 0:
         raise ArgumentError(f"refill_at must be >= 0, got {a['refill_at']}")
+    if a["in_flight"] is not None and a["in_flight"] < 1:
+        raise ArgumentError(f"in_flight must be >= 1, got {a['in_flight']}")
     if a["control_hz"] is not None and not a["control_hz"] > 0:
         raise ArgumentError(f"control_hz must be positive, got {a['control_hz']}")
 
 
 def with_latency(policy, ckpt: dict, latency_ms: float, execution: str = "async", merge: str | None = None,
-                 refill_at: int | None = None, control_hz: float | None = None, inpaint: bool = False):
+                 refill_at: int | None = None, control_hz: float | None = None, inpaint: bool = False,
+                 in_flight: int | None = None):
     """``policy`` behind a :class:`modmimic.chunking.ChunkExecutor` whose chunks arrive ``latency_ms`` late, in
     control steps of the environment (its ``control_freq``, or ``control_hz``)."""
     from modmimic.chunking import executor_for, latency_to_steps
@@ -136,7 +140,8 @@ def with_latency(policy, ckpt: dict, latency_ms: float, execution: str = "async"
         raise ArgumentError("latency_ms= needs the environment's control rate and the checkpoint's env metadata has "
                             "no control_freq: pass control_hz=<Hz>")
     try:
-        return executor_for(policy, latency_to_steps(latency_ms, rate), execution, merge, refill_at, inpaint=inpaint)
+        return executor_for(policy, latency_to_steps(latency_ms, rate), execution, merge, refill_at, inpaint=inpaint,
+                            in_flight=in_flight or 1)
     except ValueError as e:
         raise ArgumentError(f"latency_ms={latency_ms:g}: {e}") from None
 
@@ -162,7 +167,7 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
              trusted_modules=None, group=None, server: str | None = None, token: str | None = None,
              latency_ms: float | None = None, execution: str = "async", merge: str | None = None,
              refill_at: int | None = None, control_hz: float | None = None, inpaint: bool = False,
-             task: str | None = None) -> dict:
+             in_flight: int | None = None, task: str | None = None) -> dict:
     """Evaluate a checkpoint (path or loaded dict). Returns the summary (:func:`modmimic.rollout.summarize` plus
     ``Episodes_per_Second``, ``Wall_Seconds``, ``env_name``, ``horizon``) with ``episodes``: one dict per episode.
     ``write_dataset``, ``video`` and ``json_path`` must not exist unless ``overwrite``; ``trusted_modules``: see
@@ -213,7 +218,7 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
                           "task.conditioning)")
     served = policy
     if latency_ms is not None:
-        policy = with_latency(served, ckpt, latency_ms, execution, merge, refill_at, control_hz, inpaint)
+        policy = with_latency(served, ckpt, latency_ms, execution, merge, refill_at, control_hz, inpaint, in_flight)
     if horizon is None:
         horizon = int(((ckpt.get("config") or {}).get("experiment") or {}).get("rollout", {}).get("horizon") or 400)
     t0 = time.perf_counter()
@@ -243,7 +248,7 @@ def evaluate(checkpoint, episodes: int = 50, num_envs: int = 1, horizon: int | N
                horizon=horizon, num_envs=num_envs, seed=seed)
     if latency_ms is not None:
         out.update(latency_ms=latency_ms, latency_steps=policy.delay, execution=policy.mode, merge=policy.merge,
-                   inpaint=policy.inpaint,
+                   inpaint=policy.inpaint, in_flight=policy.in_flight,
                    stalled_steps=policy.stalls, chunk_requests=policy.requests)
     if write_dataset is not None:
         meta = dict(env_meta)
@@ -295,7 +300,8 @@ def format_summary(s: dict) -> str:
     if extra:
         lines.insert(2, "mean " + ", ".join(extra))
     if s.get("latency_ms") is not None:
-        how = s["merge"] + (", inpainting" if s.get("inpaint") else "")
+        how = s["merge"] + (", inpainting" if s.get("inpaint") else "") + (
+            f", {s['in_flight']} requests in flight" if s.get("in_flight", 1) > 1 else "")
         lines.append(f"latency {s['latency_ms']:g} ms = {s['latency_steps']} control steps, {s['execution']} "
                      f"execution ({how}): {s['chunk_requests']} requests, {s['stalled_steps']} steps held")
     if s.get("Tasks"):

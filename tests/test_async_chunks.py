@@ -105,6 +105,10 @@ def test_sync_holds_and_replays_stale_chunks_async_stays_on_time():
     # one request in flight at a time: a chunk that has only H - delay = 2 fresh actions left cannot keep up
     short, ex, _ = run_stamped(14, H=8, mode="async", latency_steps=6)
     assert short == [0] * 6 + [6, 7, 7, 7, 7, 7, 606, 607] and ex.stalls == 6 + 4
+    # ... unless requests are pipelined: with 6 in flight a chunk asked for at every step arrives at every step
+    piped, ex, src = run_stamped(14, H=8, mode="async", latency_steps=6, in_flight=6)
+    assert piped == [0] * 6 + [6, 106, 206, 306, 406, 506, 606, 706] and ex.stalls == 6
+    assert src.calls[:7] == [[t] for t in range(7)]
     # zero delay: async re-plans after chunk_size steps exactly as sync does
     assert run_stamped(12, mode="async", latency_steps=0)[0] == run_stamped(12, mode="sync", latency_steps=0)[0]
 
