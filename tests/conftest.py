@@ -66,3 +66,17 @@ def tiny_overrides(recipe: str) -> list[str]:
 @pytest.fixture
 def tiny():
     return tiny_overrides
+
+
+def build_from_reach(cfg, path, keys=("pos", "goal_pos", "vel"), seed=0):
+    """``(store, sampler, algo)`` for a composed ``cfg`` on a reach dataset: the episode store of ``keys``, a window
+    sampler of the config's batch, sequence and frame-stack sizes, and the algorithm, seeded."""
+    from modmimic.algo import algo_factory
+    from modmimic.data.hdf5 import load_episode_store
+    from modmimic.data.sampler import WindowSampler
+
+    torch.manual_seed(seed)
+    store = load_episode_store(str(path), list(keys), load_next_obs=False)
+    sampler = WindowSampler(store, cfg.train.batch_size, seq_length=cfg.train.seq_length,
+                            frame_stack=cfg.train.frame_stack, seed=seed)
+    return store, sampler, algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)

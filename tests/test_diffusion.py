@@ -8,6 +8,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from conftest import build_from_reach
 from modmimic import keys as K
 from modmimic.algo import algo_factory
 from modmimic.components.acting import Chunked, Context
@@ -112,11 +113,7 @@ def small(recipe="diffusion_policy", *extra):
 
 
 def build(cfg, path, seed=0):
-    torch.manual_seed(seed)
-    store = load_episode_store(str(path), KEYS, load_next_obs=False)
-    sampler = WindowSampler(store, cfg.train.batch_size, seq_length=cfg.train.seq_length,
-                            frame_stack=cfg.train.frame_stack, seed=seed)
-    return store, sampler, algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)
+    return build_from_reach(cfg, path, KEYS, seed)
 
 
 def test_ema_target_is_the_hand_recursion_of_the_policy(reach_hdf5):

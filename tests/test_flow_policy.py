@@ -6,6 +6,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from conftest import build_from_reach
 from modmimic import keys as K
 from modmimic.algo import algo_factory
 from modmimic.components.losses.flow import flow_matching
@@ -13,7 +14,6 @@ from modmimic.components.nets.diffusion import DiffusionPolicy
 from modmimic.components.nets.flow import FlowSchedule
 from modmimic.config import ConfigError, compose
 from modmimic.data.hdf5 import load_episode_store
-from modmimic.data.sampler import WindowSampler
 from test_diffusion import assert_checkpoint_acts_with_ema  # noqa: E402
 
 KEYS = ["pos", "goal_pos", "vel"]
@@ -153,11 +153,7 @@ def small(*extra):
 
 
 def build(cfg, path, seed=0):
-    torch.manual_seed(seed)
-    store = load_episode_store(str(path), KEYS, load_next_obs=False)
-    sampler = WindowSampler(store, cfg.train.batch_size, seq_length=cfg.train.seq_length,
-                            frame_stack=cfg.train.frame_stack, seed=seed)
-    return store, sampler, algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)
+    return build_from_reach(cfg, path, KEYS, seed)
 
 
 def test_recipe_shares_diffusion_policys_networks(reach_hdf5):

@@ -8,14 +8,12 @@ import torch.nn.functional as F
 from omegaconf import open_dict
 from tensordict import TensorDict
 
+from conftest import build_from_reach
 from modmimic import keys as K
-from modmimic.algo import algo_factory
 from modmimic.components.losses.vqbet import (chunks, codebook_loss, commitment_loss, focal_loss, vqbet_prior_loss,
                                               vqvae_loss)
 from modmimic.components.nets.vqbet import ActionVQVAE, ResidualVQ, VQBeTPrior, nearest_code, residual_quantize
 from modmimic.config import ConfigError, compose
-from modmimic.data.hdf5 import load_episode_store
-from modmimic.data.sampler import WindowSampler
 from modmimic.export import ExportError, acting_module
 from modmimic.policy import RolloutPolicy, make_checkpoint, policy_from_checkpoint, save_checkpoint
 from modmimic.program import Update
@@ -191,11 +189,7 @@ def small(*extra):
 
 
 def build(cfg, path, seed=0):
-    torch.manual_seed(seed)
-    store = load_episode_store(str(path), KEYS, load_next_obs=False)
-    sampler = WindowSampler(store, cfg.train.batch_size, seq_length=cfg.train.seq_length,
-                            frame_stack=cfg.train.frame_stack, seed=seed)
-    return store, sampler, algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)
+    return build_from_reach(cfg, path, KEYS, seed)
 
 
 def params(net):
