@@ -132,7 +132,12 @@ def test_wandb_offline_run_files(reach_hdf5, tmp_path, tiny, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = compose("bc", overrides(reach_hdf5, tmp_path, tiny, "bc", "train.num_epochs=2",
                                   "experiment.logging.log_wandb=true", "experiment.logging.wandb_proj_name=mm-test"))
-    r = train(cfg, rollout_fn=None, progress=False)
+    import wandb
+
+    try:
+        r = train(cfg, rollout_fn=None, progress=False)
+    finally:  # stop this process's wandb-core service: left running, it spun at a third of a core for the rest of
+        wandb.teardown()  # the suite (the run's files are written and closed by then: wandb.finish in RunLogger)
     runs = glob.glob(os.path.join(r["run_dir"], "logs", "wandb", "offline-run-*"))
     assert len(runs) == 1
     assert glob.glob(os.path.join(runs[0], "run-*.wandb"))
