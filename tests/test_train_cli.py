@@ -155,8 +155,9 @@ def test_help_lists_recipes(tmp_path):
 
 
 
-def kill_when(p: subprocess.Popen, ready, delay: float, timeout: float = 120) -> bool:
-    """SIGKILL ``p`` ``delay`` seconds after ``ready()`` first holds (polled every 50 ms); whether it was killed."""
+def kill_when(p: subprocess.Popen, ready, delay: float, timeout: float = 300) -> bool:
+    """SIGKILL ``p`` ``delay`` seconds after ``ready()`` first holds (polled every 50 ms); whether it was killed.
+    ``timeout`` is generous: a loaded 2-core CI machine once took more than 120 s to reach a tiny run's 2nd epoch."""
     try:
         deadline = time.time() + timeout
         while time.time() < deadline and p.poll() is None:
