@@ -80,3 +80,24 @@ def build_from_reach(cfg, path, keys=("pos", "goal_pos", "vel"), seed=0):
     sampler = WindowSampler(store, cfg.train.batch_size, seq_length=cfg.train.seq_length,
                             frame_stack=cfg.train.frame_stack, seed=seed)
     return store, sampler, algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)
+
+
+def checkpoint_round_trip(algo, store, tmp_path, keys=("pos", "goal_pos", "vel"), steps=5):
+    """Save ``algo`` with the store's env metadata, reload it with ``policy_from_checkpoint`` and act the same seeded
+    observations: ``(in-process actions, run, reloaded policy, checkpoint)``; ``run(policy)`` acts them again."""
+    import numpy as np
+
+    from modmimic.policy import RolloutPolicy, make_checkpoint, policy_from_checkpoint, save_checkpoint
+
+    path = str(tmp_path / "ckpt.pth")
+    save_checkpoint(path, make_checkpoint(algo, env_meta=store.env_meta))
+    policy, ckpt = policy_from_checkpoint(ckpt_path=path)
+    rng = np.random.default_rng(0)
+    obs = [{k: rng.uniform(-1, 1, 2) for k in keys} for _ in range(steps)]
+
+    def run(pol):
+        torch.manual_seed(7)
+        pol.start_episode()
+        return np.stack([pol(o) for o in obs])
+
+    return run(RolloutPolicy(algo)), run, policy, ckpt

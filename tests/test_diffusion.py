@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from conftest import build_from_reach
+from conftest import build_from_reach, checkpoint_round_trip
 from modmimic import keys as K
 from modmimic.algo import algo_factory
 from modmimic.components.acting import Chunked, Context
@@ -18,7 +18,7 @@ from modmimic.components.nets.diffusion_schedule import (NoiseSchedule, alphas_c
 from modmimic.config import ConfigError, compose
 from modmimic.data.hdf5 import load_episode_store
 from modmimic.data.sampler import WindowSampler
-from modmimic.policy import RolloutPolicy, make_checkpoint, policy_from_checkpoint, save_checkpoint
+from modmimic.policy import RolloutPolicy
 from modmimic.program import ema_decay
 
 KEYS = ["pos", "goal_pos", "vel"]
@@ -226,18 +226,7 @@ def test_checkpoint_round_trip_acts_with_ema_weights(recipe, extra, reach_hdf5, 
 def assert_checkpoint_acts_with_ema(algo, store, tmp_path):
     """The checkpoint's policy acts as the trained one, bit for bit, reading the EMA network only (a change of the
     trained network leaves its actions alone, a change of the EMA does not). Returns the checkpoint."""
-    path = str(tmp_path / "ckpt.pth")
-    save_checkpoint(path, make_checkpoint(algo, env_meta=store.env_meta))
-    policy, ckpt = policy_from_checkpoint(ckpt_path=path)
-    rng = np.random.default_rng(0)
-    obs = [{k: rng.uniform(-1, 1, 2) for k in KEYS} for _ in range(5)]
-
-    def run(pol):
-        torch.manual_seed(7)
-        pol.start_episode()
-        return np.stack([pol(o) for o in obs])
-
-    a = run(RolloutPolicy(algo))
+    a, run, policy, ckpt = checkpoint_round_trip(algo, store, tmp_path, KEYS)
     assert np.array_equal(a, run(policy)) and a.shape == (5, 2) and np.abs(a).max() <= 1.0
     with torch.no_grad():  # acting reads the EMA network only
         for p in policy.policy.nets["policy"].parameters():

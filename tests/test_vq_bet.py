@@ -8,14 +8,13 @@ import torch.nn.functional as F
 from omegaconf import open_dict
 from tensordict import TensorDict
 
-from conftest import build_from_reach
+from conftest import build_from_reach, checkpoint_round_trip
 from modmimic import keys as K
 from modmimic.components.losses.vqbet import (chunks, codebook_loss, commitment_loss, focal_loss, vqbet_prior_loss,
                                               vqvae_loss)
 from modmimic.components.nets.vqbet import ActionVQVAE, ResidualVQ, VQBeTPrior, nearest_code, residual_quantize
 from modmimic.config import ConfigError, compose
 from modmimic.export import ExportError, acting_module
-from modmimic.policy import RolloutPolicy, make_checkpoint, policy_from_checkpoint, save_checkpoint
 from modmimic.program import Update
 
 KEYS = ["pos", "goal_pos", "vel"]
@@ -223,19 +222,8 @@ def test_recipe_acts_in_chunks_and_the_checkpoint_acts_the_same(reach_hdf5, tmp_
     algo.set_train()
     for _ in range(5):
         algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), epoch=1)
-    path = str(tmp_path / "ckpt.pth")
-    save_checkpoint(path, make_checkpoint(algo, env_meta=store.env_meta))
-    policy, ckpt = policy_from_checkpoint(ckpt_path=path)
+    a, run, policy, ckpt = checkpoint_round_trip(algo, store, tmp_path, KEYS)
     assert ckpt["recipe_name"] == "vq_bet"
-    rng = np.random.default_rng(0)
-    obs = [{k: rng.uniform(-1, 1, 2) for k in KEYS} for _ in range(5)]
-
-    def run(pol):
-        torch.manual_seed(7)
-        pol.start_episode()
-        return np.stack([pol(o) for o in obs])
-
-    a = run(RolloutPolicy(algo))
     assert a.shape == (5, 2) and np.isfinite(a).all()
     assert np.array_equal(a, run(policy))
     with torch.no_grad():  # acting decodes with the VQ-VAE
