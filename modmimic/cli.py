@@ -46,6 +46,16 @@ def parse_kv(argv: list[str], spec: dict, prog: str) -> dict:
     return out
 
 
+def usage_text(prog: str, synopsis: str, description: str, spec: dict, exit_status: str) -> str:
+    """A ``key=value`` CLI's ``--help``: ``usage: python -m <prog> <synopsis>``, the description, one line per
+    argument of ``spec`` (its help and default) and the exit statuses."""
+    width = max(len(k) for k in spec)
+    lines = "\n".join(f"  {k.ljust(width)}  {h}" + (f" (default {d})" if d is not None else "")
+                      for k, (_, d, h) in spec.items())
+    return (f"usage: python -m {prog} {synopsis}\n\n{description}\n\narguments:\n{lines}\n\n"
+            f"Exit status: {exit_status}")
+
+
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
 

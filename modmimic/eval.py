@@ -26,6 +26,7 @@ import sys
 import time
 
 from modmimic.cli import ArgumentError, convert, parse_kv, report as cli_report, run_main  # noqa: F401  (re-exported)
+from modmimic.cli import usage_text
 
 PROG = "modmimic.eval"
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
@@ -75,15 +76,11 @@ ARGS = {
 
 
 def usage() -> str:
-    width = max(len(k) for k in ARGS)
-    lines = "\n".join(f"  {k.ljust(width)}  {h}" + (f" (default {d})" if d is not None else "")
-                      for k, (_, d, h) in ARGS.items())
-    return (f"usage: python -m {PROG} checkpoint=<path.pth> [key=value ...]\n\n"
-            "Roll a trained modmimic policy out in its dataset's environment and report the success rate (95 % "
-            "confidence interval), return and episode length.\n\n"
-            f"arguments:\n{lines}\n\n"
-            "Exit status: 0 done, 1 failure while running, 2 bad input, 130 interrupted. MODMIMIC_DEBUG=1 prints "
-            "tracebacks.")
+    return usage_text(PROG, "checkpoint=<path.pth> [key=value ...]",
+                      "Roll a trained modmimic policy out in its dataset's environment and report the success rate "
+                      "(95 % confidence interval), return and episode length.", ARGS,
+                      "0 done, 1 failure while running, 2 bad input, 130 interrupted. MODMIMIC_DEBUG=1 prints "
+                      "tracebacks.")
 
 
 def parse_args(argv: list[str]) -> dict:

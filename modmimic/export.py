@@ -32,7 +32,7 @@ import json
 import os
 import sys
 
-from modmimic.cli import ArgumentError, parse_kv, report as cli_report, run_main
+from modmimic.cli import ArgumentError, parse_kv, report as cli_report, run_main, usage_text
 
 PROG = "modmimic.export"
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
@@ -331,13 +331,10 @@ def control_rate(ckpt: dict):
 # --- CLI ---------------------------------------------------------------------------------------------------------
 
 def usage() -> str:
-    width = max(len(k) for k in ARGS)
-    lines = "\n".join(f"  {k.ljust(width)}  {h}" + (f" (default {d})" if d is not None else "")
-                      for k, (_, d, h) in ARGS.items())
-    return (f"usage: python -m {PROG} checkpoint=<path.pth> format=torchscript|onnx|pt2 out=<dir> [key=value ...]\n\n"
-            "Export a policy's acting path (normalization, encoders, network, action un-normalization) as a module "
-            "that runs without modmimic, with a manifest.json.\n\n"
-            f"arguments:\n{lines}\n\nExit status: 0 written, 1 exporter failure, 2 bad input, 130 interrupted.")
+    return usage_text(PROG, "checkpoint=<path.pth> format=torchscript|onnx|pt2 out=<dir> [key=value ...]",
+                      "Export a policy's acting path (normalization, encoders, network, action un-normalization) as "
+                      "a module that runs without modmimic, with a manifest.json.", ARGS,
+                      "0 written, 1 exporter failure, 2 bad input, 130 interrupted.")
 
 
 def report(e: BaseException) -> int:

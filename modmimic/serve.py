@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from modmimic.cli import ArgumentError, parse_kv, report as cli_report, run_main
+from modmimic.cli import ArgumentError, parse_kv, report as cli_report, run_main, usage_text
 from modmimic.wire import PROTOCOL, WireError, pack, unpack
 
 PROG = "modmimic.serve"
@@ -382,12 +382,9 @@ def server_from_checkpoint(checkpoint: str, host: str = "127.0.0.1", port: int =
 
 
 def usage() -> str:
-    width = max(len(k) for k in ARGS)
-    lines = "\n".join(f"  {k.ljust(width)}  {h}" + (f" (default {d})" if d is not None else "")
-                      for k, (_, d, h) in ARGS.items())
-    return (f"usage: python -m {PROG} checkpoint=<path.pth> [host=127.0.0.1] [port=8765] [key=value ...]\n\n"
-            "Serve a trained policy over websockets + msgpack (modmimic.client.RemotePolicy is the client).\n\n"
-            f"arguments:\n{lines}\n\nExit status: 0 stopped, 1 failure, 2 bad input, 130 interrupted.")
+    return usage_text(PROG, "checkpoint=<path.pth> [host=127.0.0.1] [port=8765] [key=value ...]",
+                      "Serve a trained policy over websockets + msgpack (modmimic.client.RemotePolicy is the client).",
+                      ARGS, "0 stopped, 1 failure, 2 bad input, 130 interrupted.")
 
 
 def report(e: BaseException) -> int:
