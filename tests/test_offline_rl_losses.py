@@ -281,7 +281,9 @@ def test_expectile_weights_and_value_loss():
     out = iql.expectile_value(batch, v, quantile=0.7)
     e = v(batch) - batch["q_data_min"]
     assert torch.allclose(out["loss"], (torch.where(e > 0, 0.3, 0.7) * e ** 2).mean())
-    assert "value_pred" not in batch.keys()  # V(s) for the actor is its own prepare step
+    assert "value_pred" not in out and "value_pred" not in batch.keys()
+    kept = iql.expectile_value(batch, v, quantile=0.7, keep_value="value_pred")["value_pred"]  # V(s) for the actor
+    assert torch.equal(kept, v(batch)) and not kept.requires_grad
     assert torch.equal(iql.value_prediction(batch, v)["value_pred"], v(batch))
 
 

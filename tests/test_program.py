@@ -40,15 +40,13 @@ def test_every_shipped_recipe_compiles_with_its_keys_checked(recipe, tiny):
 
 
 def test_a_loss_reading_an_unproduced_key_fails_at_build_time(tmp_path, tiny):
-    # IQL without the prepare step that keeps V(s) for the actor (what used to crash at step 1 with a TypeError)
+    # IQL whose value loss no longer keeps V(s) for the actor (what used to crash at step 1 with a TypeError)
     r = write(tmp_path / "iql_no_value.yaml", """\
         defaults: [iql, _self_]
         recipe_name: iql_no_value
-        prepare:
-          - fn: modmimic.components.losses.critic.value_target
-            nets: {value: vf}
-          - fn: modmimic.components.losses.iql.min_target_q
-            nets: {critic: critic_target}
+        losses:
+          vf:
+            keep_value: null
         """)
     with pytest.raises(ConfigError) as e:
         build(str(r), *tiny("iql"))
@@ -66,6 +64,9 @@ def test_a_key_produced_too_late_names_its_producer(tmp_path, tiny):
         prepare:
           - fn: modmimic.components.losses.critic.value_target
             nets: {value: vf}
+        losses:
+          vf:
+            keep_value: null
         updates:
           - name: critic
             losses: {critic: 1.0}
@@ -95,6 +96,9 @@ def test_a_key_produced_too_late_names_its_producer(tmp_path, tiny):
             nets: {value: vf}
           - fn: modmimic.components.losses.iql.value_prediction
             nets: {value: vf}
+        losses:
+          vf:
+            keep_value: null
         updates:
           - name: critic
             losses: {critic: 1.0}
@@ -159,9 +163,9 @@ def test_explain_lists_the_steps_in_update_order():
     from modmimic.recipe import explain
 
     text = explain("iql")
-    order = [text.index(s) for s in ("value_prediction", "value_target", "min_target_q", "update 'critic'",
-                                     "update 'vf'", "update 'actor'", "polyak critic_target")]
-    assert order[:6] == sorted(order[:6]) and text.index("update 'critic'") < order[6] < text.index("update 'vf'")
+    order = [text.index(s) for s in ("value_target", "min_target_q", "update 'critic'", "update 'vf'",
+                                     "update 'actor'", "polyak critic_target")]
+    assert order[:5] == sorted(order[:5]) and text.index("update 'critic'") < order[5] < text.index("update 'vf'")
     assert "reads action, q_data_min, value_pred" in text and "acting: Direct(net=actor)" in text
     hbc = explain("hbc")
     assert hbc.index("[planner] update") < hbc.index("prepare (no grad)  actor_subgoals") < hbc.index("[actor] update")

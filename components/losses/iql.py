@@ -5,8 +5,9 @@ Shared quantities of one step, computed once before the updates (recipe ``prepar
 * ``q_target``   = ``r + (1 - done) * gamma * V(s')`` (:func:`~modmimic.components.losses.critic.value_target`);
 * ``q_data_min`` = ``min_i Q'_i(s, a)`` of the target critics (:func:`min_target_q`).
 
-:func:`value_prediction` (a prepare step too) keeps ``V(s)`` (``value_pred``) for :func:`awr_actor`, so the actor's
-advantage uses ``V`` from before the value step, as in robomimic (which computes every loss first).
+:func:`awr_actor` reads ``V(s)`` from before the value step, as in robomimic (which computes every loss first): the
+value loss keeps the ``V(s)`` it computes (``expectile_value(keep_value="value_pred")``, detached), or a prepare step
+computes it (:func:`value_prediction`, one more forward pass).
 """
 from __future__ import annotations
 
@@ -36,13 +37,17 @@ def value_prediction(batch, value) -> dict:
     return {VALUE_PRED: value(batch)}
 
 
-@declare(reads=["{q_key}"])
-def expectile_value(batch, value, quantile: float = 0.9, q_key: str = Q_DATA_MIN) -> dict:
-    """Expectile regression of ``V(s)`` onto ``q_key``: ``mean(w * (V - q)^2)``."""
+@declare(reads=["{q_key}"], writes=["{keep_value}"])
+def expectile_value(batch, value, quantile: float = 0.9, q_key: str = Q_DATA_MIN, keep_value: str | None = None) -> dict:
+    """Expectile regression of ``V(s)`` onto ``q_key``: ``mean(w * (V - q)^2)``. ``keep_value`` also returns the
+    detached ``V(s)`` under that key (a declared write), for the actor's advantage."""
     v = value(batch)
     err = v - batch.get(q_key)
     loss = (expectile_weights(err, quantile) * err.pow(2)).mean()
-    return {"loss": loss, "v_pred": v.detach().mean()}
+    out = {"loss": loss, "v_pred": v.detach().mean()}
+    if keep_value is not None:
+        out[keep_value] = v.detach()
+    return out
 
 
 def awr_weights(adv: torch.Tensor, beta: float = 1.0, clip_adv_value: float | None = None,
