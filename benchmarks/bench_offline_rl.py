@@ -12,6 +12,8 @@ eager), ``threads``.
   optimizers, targets and polyak (``_foreach_lerp_``), and one ``.item()``.
 * ``modmimic+compile/<name>``: the same recipe with ``train.compile=true`` (each loss, target and optimizer step
   compiled by ``torch.compile``); its ratio is against the bare *eager* step.
+* ``modmimic+fused/<name>`` (``--fused``): the same recipe with ``train.fused_optimizer=true`` (torch's fused Adam
+  kernel; the bare step keeps torch's default Adam, as a hand-written loop would).
 
 Workloads (robomimic defaults): IQL (300,400) nets, batch 100; TD3-BC (256,256), batch 256 (actor every 2nd step);
 CQL (300,400), batch 1024, 10 random + 10 + 10 policy candidates. Steps run interleaved (A B A B ...) over
@@ -19,7 +21,7 @@ CQL (300,400), batch 1024, 10 random + 10 + 10 policy candidates. Steps run inte
 with Lift-like low-dim keys (19 obs dims, 7-D actions), random rewards and dones.
 
 Usage: ``python benchmarks/bench_offline_rl.py [--threads 1] [--repeats 7] [--steps 20] [--only iql,td3_bc,cql]
-[--compile] [--profile N]``. ``--profile N`` then profiles ``N`` steps of each eager variant with
+[--compile] [--fused] [--profile N]``. ``--profile N`` then profiles ``N`` steps of each eager variant with
 ``torch.profiler`` and prints, per variant, the ops taking the most self CPU time (where the time goes).
 """
 from __future__ import annotations
@@ -256,6 +258,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--only", default="iql,td3_bc,cql")
     p.add_argument("--compile", action="store_true", help="also measure train.compile=true")
+    p.add_argument("--fused", action="store_true", help="also measure train.fused_optimizer=true")
     p.add_argument("--profile", type=int, default=0, help="profile this many steps of each eager variant")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -272,12 +275,16 @@ def main(argv=None):
             if args.compile:
                 torch.manual_seed(0)
                 variants.append(("modmimic+compile", modmimic_setup(store, recipe, B, [*extra, "train.compile=true"])[0]))
+            if args.fused:
+                torch.manual_seed(0)
+                fused = modmimic_setup(store, recipe, B, [*extra, "train.fused_optimizer=true"])[0]
+                variants.append(("modmimic+fused", fused))
             torch.manual_seed(0)
             variants.append(("torch", bare_fn(BareData(store, B))))
             if args.repeats:
                 compare(name, variants, steps, args.repeats, args.threads)
             if args.profile:
-                profile(name, [v for v in variants if "compile" not in v[0]],
+                profile(name, [v for v in variants if "+" not in v[0]],
                         max(1, args.profile // 10) if recipe == "cql" else args.profile)
 
 

@@ -57,14 +57,17 @@ def check_kwargs(fn, kwargs: dict, what: str) -> None:
 
 # --- optimizers (robomimic optim_params) --------------------------------------------------------------------
 
-def optimizer_from_params(params, optim_params: dict) -> torch.optim.Optimizer:
+def optimizer_from_params(params, optim_params: dict, fused: bool = False) -> torch.optim.Optimizer:
+    """robomimic's optimizer of ``optim_params``; ``fused`` (``train.fused_optimizer``): torch's fused kernel, the
+    same update up to float rounding."""
     kind = optim_params.get("optimizer_type", "adam")
     lr = optim_params["learning_rate"]["initial"]
     wd = (optim_params.get("regularization") or {}).get("L2", 0.0)
+    kw = {"fused": True} if fused else {}
     if kind == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, **kw)
     if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **kw)
     raise ConfigError(f"optimizer_type must be 'adam' or 'adamw', got {kind!r}")
 
 
@@ -334,6 +337,10 @@ class Builder:
 
     def _build_optimizers(self, config, scope) -> None:
         p = self.program
+        fused = bool(config.train.get("fused_optimizer", False))
+        if fused and config.train.get("compile", False):
+            raise ConfigError("train.fused_optimizer=true and train.compile=true: choose one (compile already "
+                              "compiles every optimizer step)")
         for name, op in to_plain(config.algo.get("optim_params") or {}).items():
             path = _join(scope, name)
             if path in p.targets or path in p.disabled:
@@ -342,7 +349,7 @@ class Builder:
                 net = p.net(path)
             except AttributeError:
                 continue
-            opt = optimizer_from_params(net.parameters(), op)
+            opt = optimizer_from_params(net.parameters(), op, fused)
             p.optimizers[path] = opt
             p.schedulers[path] = scheduler_from_params(
                 opt, op, op.get("num_epochs", config.train.num_epochs),

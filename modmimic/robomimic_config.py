@@ -56,7 +56,7 @@ MODMIMIC_ONLY = {
     "recipe_name": _ANY, "preset": _ANY, "device": _ANY, "resume": _ANY, "resume_dir": _ANY,
     "experiment.rollout.at_end": False,
     "train.hdf5_memmap_dir": None, "train.compile": False, "train.compile_backend": _ANY, "train.cuda_graphs": False,
-    "train.amp": None, "train.store_on_device": _ANY, "train.stop_after_epoch": None,
+    "train.fused_optimizer": False, "train.amp": None, "train.store_on_device": _ANY, "train.stop_after_epoch": None,
     "*.share_net_from": {}, "*.backbone_kwargs.use_group_norm": False,
     "algo.adv.filter_type": "exp",
 }

@@ -54,3 +54,23 @@ def test_inductor_step_equals_eager(recipe, reach_hdf5, tiny):
     eager = train_steps(recipe, reach_hdf5, tiny)
     compiled = train_steps(recipe, reach_hdf5, tiny, "train.compile=true")
     assert_same_run(eager, compiled, 1e-4)
+
+
+@pytest.mark.parametrize("recipe", ["iql", "cql", "diffusion_policy"])
+def test_fused_optimizer_step_equals_the_default_one(recipe, reach_hdf5, tiny):
+    # train.fused_optimizer: torch's fused Adam/AdamW kernel, the same update up to float rounding (CQL: Scalar
+    # parameters too; Diffusion Policy: AdamW)
+    default = train_steps(recipe, reach_hdf5, tiny)
+    fused = train_steps(recipe, reach_hdf5, tiny, "train.fused_optimizer=true")
+    assert_same_run(default, fused, 1e-5)
+    cfg = compose(recipe, [*tiny(recipe), "train.fused_optimizer=true"])
+    store = load_episode_store(str(reach_hdf5), all_obs_keys(cfg), load_next_obs=True)
+    algo = algo_factory(cfg.algo_name, cfg, store.obs_shapes(), store.ac_dim)
+    assert algo.program.optimizers and all(o.defaults["fused"] for o in algo.program.optimizers.values())
+
+
+def test_fused_optimizer_and_compile_are_one_choice(reach_hdf5, tiny):
+    from modmimic.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.fused_optimizer=true and train.compile=true"):
+        train_steps("bc", reach_hdf5, tiny, "train.fused_optimizer=true", "train.compile=true")
