@@ -140,3 +140,26 @@ def test_generate_with_cameras_equals_states_to_obs(tmp_path):
         for d in a["data"]:
             for c in CAMS:
                 assert np.array_equal(a[f"data/{d}/obs/{c}_image"][()], b[f"data/{d}/obs/{c}_image"][()])
+
+
+def test_a_step_renders_each_camera_once_and_observes_its_state():
+    """robosuite's own step renders the cameras for observations the adapter then recomputes after ``sim.forward``:
+    the adapter switches them off for that call, so each camera renders once per step (it rendered twice: half the
+    image-rollout and image-generation speed), and the observation is the one ``reset_to`` gives for the same
+    state."""
+    env = demos.make_env("Lift", camera_names=CAMS, camera_height=SIZE, camera_width=SIZE)
+    try:
+        env.reset(seed=0)
+        sim, calls = env.base_env.sim, []
+        real = sim.render
+        sim.render = lambda *a, **k: (calls.append(k.get("camera_name")), real(*a, **k))[1]
+        obs, _, _, _ = env.step(np.full(env.action_dimension, 0.3))
+        obs2, _, _, _ = env.step(np.full(env.action_dimension, -0.2))
+        assert sorted(calls) == sorted(CAMS * 2)
+        again = env.reset_to(env.get_state(include_model=False))
+        assert set(again) == set(obs2) and {f"{c}_image" for c in CAMS} <= set(obs2)
+        for k in obs2:
+            assert np.array_equal(obs2[k], again[k]), k
+        assert not np.array_equal(obs["agentview_image"], obs2["agentview_image"])
+    finally:
+        env.close()

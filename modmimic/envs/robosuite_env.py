@@ -225,9 +225,20 @@ class RobosuiteEnv:
         if action.shape[0] != self.action_dimension:
             raise EnvError(f"{self.name}: action has {action.shape[0]} dims, the environment takes "
                            f"{self.action_dimension}")
-        _, reward, done, info = self.env.step(action)
+        cameras = self._camera_observables()
+        for o in cameras:  # robosuite's step would render each camera once more, for observations _obs() replaces
+            o.set_enabled(False)
+        try:
+            _, reward, done, info = self.env.step(action)
+        finally:
+            for o in cameras:
+                o.set_enabled(True)
         self.env.sim.forward()  # positions of bodies and sites for the final joint positions (mj_step leaves stale ones)
         return self._obs(), float(reward), bool(done), info
+
+    def _camera_observables(self) -> list:
+        """The enabled camera observables (rendered by :meth:`_obs`, once per step)."""
+        return [o for o in self.env._observables.values() if o.modality == "image" and o.is_enabled()]
 
     def is_success(self) -> dict:
         return {"task": bool(self.env._check_success())}
