@@ -68,8 +68,9 @@ def horizon_window(batch, obs_horizon: int, prediction_horizon: int, frame_stack
                          "train.frame_stack = algo.horizon.observation_horizon and train.seq_length = "
                          "algo.horizon.prediction_horizon")
     out = {K.OBS: batch.get(K.OBS)[:, :obs_horizon], K.ACTION: batch.get(K.ACTION)[:, :prediction_horizon]}
-    if K.GOAL in batch.keys():
-        out[K.GOAL] = batch.get(K.GOAL)[:, :obs_horizon]
+    for k in (K.GOAL, K.TASK):  # goals; the task of multi-task runs (modmimic.tasks)
+        if k in batch.keys():
+            out[k] = batch.get(k)[:, :obs_horizon]
     return TensorDict(out, batch_size=[B], device=batch.device)
 
 

@@ -147,8 +147,8 @@ def test_missing_tasks_are_a_clear_error(three, tiny):
     with pytest.raises(ConfigError, match="task.conditioning must be null, onehot or language"):
         compose("bc", ["task.conditioning=words", *tiny("bc")])
     from modmimic.algo import algo_factory
-    cfg = compose("diffusion_policy", ["task.conditioning=onehot", *tiny("diffusion_policy")])
-    with pytest.raises(ConfigError, match="recipe 'diffusion_policy' has networks without a task input"):
+    cfg = compose("vq_bet", ["task.conditioning=onehot", *tiny("vq_bet")])
+    with pytest.raises(ConfigError, match="recipe 'vq_bet' has networks without a task input"):
         algo_factory(cfg.algo_name, cfg, {"pos": (2,), "goal_pos": (2,), "vel": (2,)}, 2, task_dim=3)
     cfg = compose("td3_bc", ["task.conditioning=onehot", *tiny("td3_bc")])  # its actor would take it, its critics not
     with pytest.raises(ConfigError, match=r"without a task input \(task_dim\): critic"):
@@ -429,6 +429,35 @@ def test_context_and_recurrent_acting_paths_carry_the_task(recipe, tiny):
     for _ in range(3):
         a = policy(ob, batched_ob=True, tasks=["a", "b"])
     assert a.shape == (2, 2) and not np.allclose(a[0], a[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("recipe,fuse", [("diffusion_policy", "film"), ("flow_policy", "concat"), ("act", "film"),
+                                         ("act", "concat")])
+def test_chunking_policies_take_the_task(three, tiny, tmp_path, recipe, fuse):
+    """Diffusion Policy, the flow policy and ACT train on co-training batches that carry each row's task (their
+    window / chunk batch functions keep it) and act with it from a checkpoint: the same observation and noise give
+    another chunk for another task, the same chunk for the same task."""
+    cfg = compose(recipe, [task_list(three[:2], ["reach-v3", "push-v3"]), "task.conditioning=onehot",
+                           f"task.fuse={fuse}", f"train.output_dir={tmp_path}", "train.num_epochs=1",
+                           "experiment.epoch_every_n_steps=3", "experiment.logging.log_tb=false", *tiny(recipe)])
+    out = train(cfg, rollout_fn=None, progress=False)
+    policy, _ = policy_from_checkpoint(ckpt_path=os.path.join(out["run_dir"], "models", "last.pth"))
+    assert policy.multi_task and policy.policy.task_dim == 2
+    with torch.no_grad():  # a task FiLM / token that certainly matters (three steps barely move it); Diffusion
+        torch.manual_seed(0)  # Policy and the flow policy act with the EMA copy of the network
+        for name, p in policy.policy.nets.named_parameters():
+            if "film" in name or "task_proj" in name:
+                p.normal_()
+    ob = {k: np.full((2, 2), 0.3, np.float32) for k in ("pos", "goal_pos", "vel")}
+
+    def act(tasks):
+        policy.start_episode(2)
+        torch.manual_seed(1)
+        return policy(ob, batched_ob=True, tasks=tasks)
+
+    reach, push = act(["reach-v3", "reach-v3"]), act(["push-v3", "push-v3"])
+    assert reach.shape == (2, 2) and not np.allclose(reach, push, atol=1e-4)
+    assert np.array_equal(act(["reach-v3", "push-v3"]), np.stack([reach[0], push[1]]))
 
 
 def test_evaluate_takes_the_task_and_reports_it(tmp_path, tiny):

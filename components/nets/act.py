@@ -35,6 +35,7 @@ from torch import nn
 
 from modmimic import keys as K
 from modmimic.components.nets.core import ObsEncoder, group_inputs
+from modmimic.components.nets.film import FUSE_MODES, FiLM
 from modmimic.components.nets.transformer import sinusoidal_table
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -92,12 +93,18 @@ class ACT(nn.Module):
       "logvar": [B, latent]}``; ``z`` is a reparameterised posterior sample in training mode, the posterior mean in
       eval mode.
     * ``predict_chunk(td)``: ``[B, chunk_size, A]`` decoded with the prior mean ``z = 0`` (the acting path).
+    * ``task_dim`` (multi-task runs): the task embedding ``td[("task", "embedding")]`` ``[B, task_dim]`` is one more
+      token of the posterior encoder, and conditions the decoder's observation tokens: ``task_fuse="film"`` modulates
+      every observation token (FiLM over the embedding dim), ``"concat"`` adds it as one more token.
     """
 
     def __init__(self, inputs, ac_dim: int, chunk_size: int = 100, embed_dim: int = 512, num_heads: int = 8,
                  hidden_dim: int = 3200, num_layers: int = 4, decoder_layers: int = 1, vae_layers: int = 4,
-                 latent_dim: int = 32, dropout: float = 0.1, activation: str = "relu", encoder: dict | None = None):
+                 latent_dim: int = 32, dropout: float = 0.1, activation: str = "relu", encoder: dict | None = None,
+                 task_dim: int | None = None, task_fuse: str = "film"):
         super().__init__()
+        if task_dim and task_fuse not in FUSE_MODES:
+            raise ValueError(f"task fuse mode {task_fuse!r}: expected one of {FUSE_MODES}")
         if chunk_size < 1:
             raise ValueError(f"algo.act.chunk_size must be >= 1, got {chunk_size}")
         if embed_dim % num_heads != 0:
@@ -123,7 +130,9 @@ class ACT(nn.Module):
         self.vae_cls = nn.Embedding(1, embed_dim)
         self.vae_obs_proj = nn.Linear(self.obs_concat.output_dim, embed_dim) if low_dim else None
         self.vae_action_proj = nn.Linear(ac_dim, embed_dim)
-        self.register_buffer("vae_pos", sinusoidal_table(2 + chunk_size, embed_dim), persistent=False)
+        self.task_dim, self.task_fuse = int(task_dim or 0), task_fuse
+        n_task = 1 if self.task_dim else 0
+        self.register_buffer("vae_pos", sinusoidal_table(2 + n_task + chunk_size, embed_dim), persistent=False)
         self.vae_encoder = nn.ModuleList(layer() for _ in range(vae_layers))
         self.vae_latent = nn.Linear(embed_dim, 2 * latent_dim)
 
@@ -131,13 +140,18 @@ class ACT(nn.Module):
         self.latent_proj = nn.Linear(latent_dim, embed_dim)
         self.obs_proj = nn.ModuleList(nn.Linear(dim, embed_dim) for _, dim in self.token_shapes)
         self.n_obs_tokens = sum(n for n, _ in self.token_shapes)
-        self.token_pos = nn.Embedding(1 + self.n_obs_tokens, embed_dim)
+        n_task_tokens = 1 if self.task_dim and task_fuse == "concat" else 0
+        self.token_pos = nn.Embedding(1 + self.n_obs_tokens + n_task_tokens, embed_dim)
         self.encoder = nn.ModuleList(layer() for _ in range(num_layers))
         self.query_pos = nn.Embedding(chunk_size, embed_dim)
         self.decoder = nn.ModuleList(DecoderLayer(embed_dim, num_heads, hidden_dim, dropout, activation)
                                      for _ in range(decoder_layers))
         self.decoder_norm = nn.LayerNorm(embed_dim)
         self.action_head = nn.Linear(embed_dim, ac_dim)
+        if self.task_dim:  # built last: a single-task ACT draws its weights as before
+            self.vae_task_proj = nn.Linear(self.task_dim, embed_dim)
+            self.task_proj = nn.Linear(self.task_dim, embed_dim) if task_fuse == "concat" else None
+            self.task_film = FiLM(embed_dim, self.task_dim) if task_fuse == "film" else None
         for name, p in self.named_parameters():  # DETR / ACT: xavier-uniform transformer weights
             if p.dim() > 1 and name.startswith(("vae_encoder", "encoder", "decoder")):
                 nn.init.xavier_uniform_(p)
@@ -150,6 +164,8 @@ class ACT(nn.Module):
         prefix = [self.vae_cls.weight.expand(B, 1, -1)]
         if self.obs_concat is not None:
             prefix.append(self.vae_obs_proj(self.obs_concat(td)).unsqueeze(1))
+        if self.task_dim:
+            prefix.append(self.vae_task_proj(self.task_embedding(td)).unsqueeze(1))
         tokens = torch.cat([*prefix, self.vae_action_proj(actions)], dim=1)
         pad = None
         if mask is not None:
@@ -162,7 +178,8 @@ class ACT(nn.Module):
 
     def obs_tokens(self, td) -> torch.Tensor:
         """``[B, n_obs_tokens, embed_dim]``: one token per low-dim observation (goal) key, one per image key with a
-        flat core, ``H' * W'`` per image key whose core outputs a ``[C, H', W']`` feature map (module docstring)."""
+        flat core, ``H' * W'`` per image key whose core outputs a ``[C, H', W']`` feature map (module docstring); a
+        multi-task ACT's task FiLMs them (or is one more token)."""
         enc, parts = self.obs_encoder, []
         for proj, k, name, (n, dim) in zip(self.obs_proj, enc.in_keys, enc._names, self.token_shapes):
             x = td.get(k)
@@ -171,7 +188,24 @@ class ACT(nn.Module):
                 continue
             f = enc.key_encoders[name](x)  # [B, n * dim]: a flat feature or a [dim, n] feature map
             parts.append(proj(f.reshape(f.shape[0], dim, n).transpose(1, 2)) if n > 1 else proj(f).unsqueeze(1))
-        return torch.cat(parts, dim=1)
+        tokens = torch.cat(parts, dim=1)
+        if not self.task_dim:
+            return tokens
+        c = self.task_embedding(td)
+        if self.task_film is not None:
+            return self.task_film(tokens, c)
+        return torch.cat([tokens, self.task_proj(c).unsqueeze(1)], dim=1)
+
+    def task_embedding(self, td) -> torch.Tensor:
+        """The batch's task embedding ``[B, task_dim]`` (a multi-task ACT)."""
+        try:
+            c = td.get(K.TASK_EMB)
+        except KeyError:
+            raise KeyError(f"this policy is task-conditioned: the batch needs the task embedding {K.TASK_EMB} "
+                           f"([B, {self.task_dim}])") from None
+        if c.shape[-1] != self.task_dim:
+            raise ValueError(f"task embedding of size {c.shape[-1]}, the policy was built for {self.task_dim}")
+        return c.to(self.latent_proj.weight.dtype)
 
     def decode(self, td, z: torch.Tensor) -> torch.Tensor:
         """``[B, chunk_size, A]`` actions for latent ``z`` ``[B, latent_dim]``."""
@@ -220,7 +254,8 @@ def _token_shape(key, enc: ObsEncoder, name) -> tuple:
 def act_policy(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, chunk_size: int = 100,
                embed_dim: int = 512, num_heads: int = 8, hidden_dim: int = 3200, num_layers: int = 4,
                decoder: dict | None = None, vae: dict | None = None, dropout: float = 0.1,
-               activation: str = "relu", encoder: dict | None = None) -> ACT:
+               activation: str = "relu", encoder: dict | None = None, task_dim: int | None = None,
+               task_fuse: str = "film") -> ACT:
     """Builder the ``act`` recipe names: ``decoder = {num_layers}``, ``vae = {num_layers, latent_dim}`` are the
     recipe's ``algo.act.decoder`` / ``algo.act.vae`` sections; ``encoder`` the observation encoder spec (filled in
     from the recipe's ``observation`` section: image keys become tokens, see the module docstring)."""
@@ -232,4 +267,4 @@ def act_policy(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, c
     return ACT(inputs, ac_dim, chunk_size=chunk_size, embed_dim=embed_dim, num_heads=num_heads, hidden_dim=hidden_dim,
                num_layers=num_layers, decoder_layers=int(decoder.get("num_layers", 1)),
                vae_layers=int(vae.get("num_layers", 4)), latent_dim=int(vae.get("latent_dim", 32)), dropout=dropout,
-               activation=activation, encoder=encoder)
+               activation=activation, encoder=encoder, task_dim=task_dim, task_fuse=task_fuse)

@@ -26,6 +26,7 @@ from torch import nn
 
 from modmimic.components.nets.core import ObsEncoder, group_inputs
 from modmimic.components.nets.diffusion_schedule import schedule_from_config
+from modmimic.components.nets.film import TaskConditionedEncoder
 
 
 class SinusoidalStepEmbedding(nn.Module):
@@ -282,7 +283,8 @@ class DiffusionPolicy(nn.Module):
 def diffusion_policy(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, denoiser: str = "unet",
                      horizon: dict | None = None, unet: dict | None = None, transformer: dict | None = None,
                      ddpm: dict | None = None, ddim: dict | None = None,
-                     encoder: dict | None = None) -> DiffusionPolicy:
+                     encoder: dict | None = None, task_dim: int | None = None,
+                     task_fuse: str = "film") -> DiffusionPolicy:
     """Build a :class:`DiffusionPolicy` from robomimic's sections: ``horizon`` (observation/prediction horizons),
     ``unet`` (``diffusion_step_embed_dim``, ``down_dims``, ``kernel_size``, ``n_groups``), ``transformer`` (``n_layer``,
     ``n_head``, ``n_emb``, ``p_drop_emb``, ``p_drop_attn``, ``causal_attn``, ``n_cond_layers``), ``ddpm`` / ``ddim``.
@@ -293,22 +295,27 @@ def diffusion_policy(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = N
     ``ObservationGroupEncoder`` with its ReLU feature activation); the ``[B, To]`` window is encoded in one call per
     key on ``[B * To, ...]`` (time folded into the batch, robomimic's ``time_distributed``), each step's features
     concatenated over keys. The recipe's default ResNet uses GroupNorm (``use_group_norm``), as robomimic's
-    ``replace_bn_with_gn``."""
+    ``replace_bn_with_gn``. ``task_dim``: a multi-task policy, each step's features conditioned on the task
+    embedding (``task_fuse``: FiLM or concatenation, :class:`~modmimic.components.nets.film.TaskConditionedEncoder`)
+    before they condition the denoiser."""
     enc, net, To, Tp = observation_encoder_and_denoiser(obs_shapes, ac_dim, goal_shapes, denoiser, horizon, unet,
-                                                        transformer, encoder)
+                                                        transformer, encoder, task_dim, task_fuse)
     return DiffusionPolicy(enc, net, schedule_from_config(ddpm, ddim), To, Tp, ac_dim)
 
 
 def observation_encoder_and_denoiser(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None,
                                      denoiser: str = "unet", horizon: dict | None = None, unet: dict | None = None,
-                                     transformer: dict | None = None, encoder: dict | None = None):
+                                     transformer: dict | None = None, encoder: dict | None = None,
+                                     task_dim: int | None = None, task_fuse: str = "film"):
     """``(ObsEncoder, denoiser, To, Tp)`` from the recipe's sections (shared by Diffusion Policy and the flow policy,
-    :func:`~modmimic.components.nets.flow.flow_policy`)."""
+    :func:`~modmimic.components.nets.flow.flow_policy`); with ``task_dim`` the encoder is task-conditioned."""
     h = dict(horizon or {})
     To, Tp = int(h.get("observation_horizon", 2)), int(h.get("prediction_horizon", 16))
     if To < 1 or Tp < 1:
         raise ValueError(f"observation_horizon ({To}) and prediction_horizon ({Tp}) must be >= 1")
     enc = ObsEncoder(group_inputs(obs_shapes, goal_shapes), encoder)
+    if task_dim:
+        enc = TaskConditionedEncoder(enc, task_dim, task_fuse)
     if denoiser == "unet":
         u = {k: v for k, v in dict(unet or {}).items() if k != "enabled"}
         net = ConditionalUnet1D(ac_dim, To * enc.output_dim, **u)

@@ -77,10 +77,12 @@ class FlowSchedule(nn.Module):
 
 def flow_policy(obs_shapes: dict, ac_dim: int, goal_shapes: dict | None = None, denoiser: str = "unet",
                 horizon: dict | None = None, unet: dict | None = None, transformer: dict | None = None,
-                flow: dict | None = None, encoder: dict | None = None) -> DiffusionPolicy:
+                flow: dict | None = None, encoder: dict | None = None, task_dim: int | None = None,
+                task_fuse: str = "film") -> DiffusionPolicy:
     """Diffusion Policy's network (:func:`~modmimic.components.nets.diffusion.diffusion_policy`: the same
     ``horizon``, ``unet`` / ``transformer`` and ``encoder`` sections) sampling with a :class:`FlowSchedule` built from
-    ``flow`` (``steps``, ``time_scale``, ``clip_sample``, ``clip_sample_range``)."""
+    ``flow`` (``steps``, ``time_scale``, ``clip_sample``, ``clip_sample_range``); ``task_dim``, ``task_fuse``: a
+    multi-task policy, as Diffusion Policy's."""
     enc, net, To, Tp = observation_encoder_and_denoiser(obs_shapes, ac_dim, goal_shapes, denoiser, horizon, unet,
-                                                        transformer, encoder)
+                                                        transformer, encoder, task_dim, task_fuse)
     return DiffusionPolicy(enc, net, FlowSchedule(**dict(flow or {})), To, Tp, ac_dim)
