@@ -152,6 +152,7 @@ class StopSignals:
     def __init__(self):
         self.graceful = False
         self.signum = None
+        self.raised = None  # the signal that ended the run at once (before graceful)
         self._old = {}
 
     def __enter__(self):
@@ -175,6 +176,7 @@ class StopSignals:
 
     def _handle(self, signum, frame):
         if not self.graceful:
+            self.raised = signum
             raise RunStopped(signum)
         self.signum = signum
 

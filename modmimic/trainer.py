@@ -345,13 +345,21 @@ def train(cfg: DictConfig, rollout_fn="auto", progress=None) -> dict:
     with StopSignals() as signals:
         try:
             return _train(cfg, rollout_fn, progress, locks, signals)
-        except KeyboardInterrupt as e:  # Ctrl-C or a stop signal before the loop's own handler was in place
+        except BaseException as e:  # Ctrl-C or a stop signal before the loop's own handler was in place
+            if not isinstance(e, KeyboardInterrupt):
+                if signals.raised is None:
+                    raise
+                # the signal interrupted library code whose clean-up raised something else (omegaconf: an
+                # AttributeError from a half-updated node): the run still ended by the signal
+                stop = RunStopped(signals.raised)
+                stop.__cause__ = e
+                e = stop
             new = [lock.run_dir for lock in locks if getattr(lock, "created", False)]
             if new and not getattr(e, "modmimic_discarded_run_dir", None) and \
                     not os.path.exists(os.path.join(new[0], RUN_MARKER)):
                 shutil.rmtree(new[0], ignore_errors=True)
                 e.modmimic_discarded_run_dir = new[0]
-            raise
+            raise e
         finally:
             for lock in locks:
                 lock.release()

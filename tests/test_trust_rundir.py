@@ -431,3 +431,30 @@ def test_stored_resolver_refused_by_every_entry_point(finished, reach_hdf5, tmp_
     line = one_line(capsys.readouterr().err)
     assert code == 2 and "oc.env" in line and "hunter2" not in line, line
     assert sha(last) == before
+
+
+def test_a_signal_whose_interrupted_clean_up_raises_still_stops_the_run(monkeypatch):
+    """SIGTERM before the first checkpoint raises in whatever code runs; when that code's own clean-up raises
+    something else (omegaconf composing a config: an AttributeError from a half-updated node, seen under load),
+    the run still ends as stopped by the signal (exit 143), not as a training failure."""
+    import modmimic.trainer as trainer
+    from modmimic.rundir import RunStopped
+
+    def interrupted(cfg, rollout_fn, progress, locks, signals):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            raise AttributeError("'NoneType' object has no attribute '_invalidate_flags_cache'")
+
+    monkeypatch.setattr(trainer, "_train", interrupted)
+    with pytest.raises(RunStopped) as e:
+        trainer.train(None)
+    assert e.value.exit_code == 128 + signal.SIGTERM and isinstance(e.value.__cause__, AttributeError)
+
+    def failing(cfg, rollout_fn, progress, locks, signals):  # no signal: a failure stays a failure
+        raise AttributeError("a real bug")
+
+    monkeypatch.setattr(trainer, "_train", failing)
+    with pytest.raises(AttributeError, match="a real bug"):
+        trainer.train(None)
