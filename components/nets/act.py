@@ -35,7 +35,7 @@ from torch import nn
 
 from modmimic import keys as K
 from modmimic.components.nets.core import ObsEncoder, group_inputs
-from modmimic.components.nets.film import FUSE_MODES, FiLM
+from modmimic.components.nets.film import FUSE_MODES, FiLM, task_embedding
 from modmimic.components.nets.transformer import sinusoidal_table
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -198,14 +198,7 @@ class ACT(nn.Module):
 
     def task_embedding(self, td) -> torch.Tensor:
         """The batch's task embedding ``[B, task_dim]`` (a multi-task ACT)."""
-        try:
-            c = td.get(K.TASK_EMB)
-        except KeyError:
-            raise KeyError(f"this policy is task-conditioned: the batch needs the task embedding {K.TASK_EMB} "
-                           f"([B, {self.task_dim}])") from None
-        if c.shape[-1] != self.task_dim:
-            raise ValueError(f"task embedding of size {c.shape[-1]}, the policy was built for {self.task_dim}")
-        return c.to(self.latent_proj.weight.dtype)
+        return task_embedding(td, self.task_dim).to(self.latent_proj.weight.dtype)
 
     def decode(self, td, z: torch.Tensor) -> torch.Tensor:
         """``[B, chunk_size, A]`` actions for latent ``z`` ``[B, latent_dim]``."""

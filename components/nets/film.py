@@ -51,6 +51,18 @@ def _like(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return c.expand(*x.shape[:-1], c.shape[-1])
 
 
+def task_embedding(td, task_dim: int, task_key=K.TASK_EMB) -> torch.Tensor:
+    """``td[task_key]`` ``[..., task_dim]``, or a one-line error naming what a task-conditioned network needs."""
+    try:
+        c = td.get(task_key)
+    except KeyError:
+        raise KeyError(f"this policy is task-conditioned: the batch needs the task embedding {task_key} "
+                       f"([..., {task_dim}])") from None
+    if c.shape[-1] != task_dim:
+        raise ValueError(f"task embedding of size {c.shape[-1]}, the policy was built for {task_dim}")
+    return c
+
+
 class TaskConditionedEncoder(nn.Module):
     """``encoder`` (an :class:`~modmimic.components.nets.core.ObsEncoder`) conditioned on the task embedding
     ``td[task_key]`` (``[..., task_dim]``): FiLM over its features, or the embedding concatenated to them."""
@@ -68,14 +80,7 @@ class TaskConditionedEncoder(nn.Module):
 
     def forward(self, td) -> torch.Tensor:
         x = self.encoder(td)
-        try:
-            c = td.get(self.task_key)
-        except KeyError:
-            raise KeyError(f"this policy is task-conditioned: the batch needs the task embedding {self.task_key} "
-                           f"([..., {self.task_dim}])") from None
-        if c.shape[-1] != self.task_dim:
-            raise ValueError(f"task embedding of size {c.shape[-1]}, the policy was built for {self.task_dim}")
-        c = c.to(x.dtype)
+        c = task_embedding(td, self.task_dim, self.task_key).to(x.dtype)
         if self.film is not None:
             return self.film(x, c)
         return torch.cat([x, _like(c, x)], dim=-1)
