@@ -243,6 +243,14 @@ def test_cql_penalty_scores_every_candidate_at_s_with_lagrange_and_fixed_weights
     fixed = cql.cql_penalty(batch, q, FakePolicy(), lambda: logw, num_random_actions=N, min_q_weight=1.5,
                             target_q_gap=None, cql_weight=3.0)
     assert torch.allclose(fixed["loss"], 3.0 * gaps.sum(), atol=1e-5)
+    # without importance sampling (CQL(H) over the candidates' values alone): log p(a_j) = 0 for every candidate
+    torch.manual_seed(0)
+    plain = cql.cql_penalty(batch, q, FakePolicy(), lambda: logw, num_random_actions=N, min_q_weight=1.5,
+                            target_q_gap=None, cql_weight=3.0, importance_sampling=False)
+    plain_gaps = torch.stack([1.5 * (torch.logsumexp(w * cand[..., 0] + s, 1).mean() - (w * 0.3 + s[:, 0]).mean())
+                              for w in (1.0, 2.0)])
+    assert torch.allclose(plain["loss"], 3.0 * plain_gaps.sum(), atol=1e-5)
+    assert torch.allclose(plain["gap"], plain_gaps.mean(), atol=1e-5)
 
 
 def test_sac_actor_and_entropy_temperature():

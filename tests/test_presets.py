@@ -129,13 +129,24 @@ def test_resuming_under_another_preset_is_refused(tmp_path, reach_hdf5, tiny):
     assert main([*args, "resume=true", "preset=robomimic", "train.num_epochs=2"]) == 0
 
 
-def test_a_preset_without_an_entry_for_the_recipe_says_so_at_start_up():
+def test_a_preset_without_an_entry_for_the_recipe_says_so_at_start_up(tmp_path):
     from modmimic.trainer import preset_note
 
-    note = preset_note(compose("cql", ["preset=fast"]))
-    assert "preset 'fast' has no entry for recipe 'cql'" in note and "2000 epochs x 100 steps at batch 1024" in note
-    assert preset_note(compose("cql", ["preset=fast", "train.num_epochs=3"])).count("3 epochs") == 1
-    assert preset_note(compose("cql")) is None  # robomimic: no recipe entries at all, nothing to say
+    orphan = tmp_path / "orphan.yaml"  # a user's recipe that extends no shipped one: no entry of the fast preset
+    cql = open(os.path.join(os.path.dirname(__file__), "..", "recipes", "cql.yaml")).read()
+    orphan.write_text(cql.replace("recipe_name: cql\n", "recipe_name: orphan\n"))
+    note = preset_note(compose(str(orphan), ["preset=fast"]))
+    assert "preset 'fast' has no entry for recipe 'orphan'" in note and "2000 epochs x 100 steps at batch 1024" in note
+    assert preset_note(compose(str(orphan), ["preset=fast", "train.num_epochs=3"])).count("3 epochs") == 1
+    assert preset_note(compose(str(orphan))) is None  # robomimic: no recipe entries at all, nothing to say
     assert preset_note(compose("bc_rnn_gmm", ["preset=fast"])) is None  # bc_rnn's entry applies
-    for r in ("rebrac", "cal_ql", "flow_policy"):
+    for r in ("rebrac", "cal_ql", "flow_policy", "cql"):
         assert preset_note(compose(r, ["preset=fast"])) is None
+
+
+def test_every_shipped_recipe_has_a_fast_entry_or_inherits_one():
+    shipped = sorted(p[:-5] for p in os.listdir(os.path.join(os.path.dirname(__file__), "..", "recipes"))
+                     if p.endswith(".yaml"))
+    assert len(shipped) >= 27 and "cql" in shipped and "gl_vae" in shipped
+    assert [r for r in shipped if preset_family("fast", r) is None] == []
+    assert preset_family("fast", "gl_vae") == "gl" and preset_family("fast", "bc_gaussian") == "bc"

@@ -93,7 +93,7 @@ def calibrate(q_candidates: torch.Tensor, lower_bound: torch.Tensor, num_random_
          needs={"policy": ("rsample_with_log_prob",)})
 def cql_penalty(batch, critic, policy, log_weight, num_random_actions: int = 10, min_q_weight: float = 1.0,
                 target_q_gap: float | None = 5.0, cql_weight: float = 1.0, pred_key: str | None = None,
-                lower_bound_key: str | None = None) -> dict:
+                lower_bound_key: str | None = None, importance_sampling: bool = True) -> dict:
     """Sum over critics of ``w * (gap_i - target_q_gap)``.
 
     * Lagrange (``target_q_gap >= 0``): ``w = clamp(exp(log_weight), 0, 1e6)``; the loss also carries the weight's
@@ -103,7 +103,9 @@ def cql_penalty(batch, critic, policy, log_weight, num_random_actions: int = 10,
     ``pred_key`` names the data-action predictions ``[B, N, 1]`` a TD loss of the same update kept
     (``td_loss(keep_pred=...)``); without it they are computed here. ``lower_bound_key`` (Cal-QL): the policy
     candidates' Q values are bounded below by ``batch[lower_bound_key]`` (:func:`calibrate`) before the
-    log-sum-exp, so the penalty stops pushing them under the data's return."""
+    log-sum-exp, so the penalty stops pushing them under the data's return. ``importance_sampling=False`` drops the
+    log-density correction (the paper's CQL(H) over the candidates' values alone, ``log p(a_j) = 0``), so a narrow
+    policy's own samples are pushed down as much as the uniform ones."""
     actions, log_density = cql_candidates(batch, policy, num_random_actions)
     q_cand = critic(batch, actions)[..., 0]  # [N, B, 3n]
     bounded = None
@@ -112,6 +114,8 @@ def cql_penalty(batch, critic, policy, log_weight, num_random_actions: int = 10,
         bounded = (q_cand[..., num_random_actions:] < bound).float().mean().detach()
         q_cand = calibrate(q_cand, bound, num_random_actions)
     q_data = batch.get(pred_key).movedim(1, 0) if pred_key is not None else critic(batch, batch.get(K.ACTION))
+    if not importance_sampling:
+        log_density = torch.zeros_like(log_density)
     gap = cql_gap(q_cand, log_density, q_data, min_q_weight)
     lagrange = target_q_gap is not None and target_q_gap >= 0
     if lagrange:
