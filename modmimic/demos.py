@@ -31,8 +31,9 @@ OSC_POSE controller (7-D action: position delta x 0.05 m, world-frame axis-angle
   the peg and the gripper 4 cm from its centre, which holding the handle is: demos end while lowering.
   ``style=alt`` is a second Square demonstrator that differs on purpose (:data:`SQUARE_STYLES`): it grasps the
   handle nearer its outer end (6.8 cm out), hovers 10 cm above it, approaches at a slower pace (gain 10 instead of
-  12, the descent at half speed), closes for 16 steps, turns the nut while lifting it to z = 1.07, stops the nut's centre just above the peg's top (z = 0.99) to
-  centre it there, then seats it at a lower speed.
+  12, the descent at half speed), holds still for 30 steps while closing (1.5 s: a slow, careful grip), turns the
+  nut while lifting it to z = 1.07, stops the nut's centre just above the peg's top (z = 0.99) to centre it there,
+  then seats it at a lower speed.
 
 Episode ``i`` (counting failed tries) starts from ``seed + i``. Only successful episodes are kept; each ends
 ``extra_steps`` (5) steps after the first success. Datasets hold ``env_args`` (robosuite 1.5 composite controller
@@ -281,9 +282,9 @@ SQUARE_STYLES = {
     # carry it over the peg and lower it straight down the peg
     "default": SquareStyle(),
     # another hand: nearer the handle's outer end (6.8 cm out), a higher and slower approach (10 cm, gain 10, the
-    # descent at half speed), a longer close (16 steps), lifted higher (1.07) while turning, then lowered until the
-    # nut's centre is just above the peg's top (z = 0.99), centred there and seated slowly
-    "alt": SquareStyle(reach=0.068, hover=0.10, gain=10.0, descend_speed=0.5, close_steps=16, carry_z=1.07,
+    # descent at half speed), a long close (30 steps, 1.5 s), lifted higher (1.07) while turning, then lowered until
+    # the nut's centre is just above the peg's top (z = 0.99), centred there and seated slowly
+    "alt": SquareStyle(reach=0.068, hover=0.10, gain=10.0, descend_speed=0.5, close_steps=30, carry_z=1.07,
                        turn_in_place=False, pre_insert=0.99, lower_speed=0.25),
 }
 
@@ -875,8 +876,8 @@ expert:   the scripted expert's own success rate.
 style:    Square's expert has two styles that differ on purpose (a second demonstrator): default grasps the handle
           6 cm out from the nut's centre after hovering 8 cm above it, closes 10 steps, lifts to 1.02 m, turns the
           nut in place and lowers it straight down the peg; alt grasps it 6.8 cm out, approaches from 10 cm at a
-          slower pace, closes 16 steps, turns the nut while lifting it to 1.07 m, stops it just above
-          the peg to centre it and seats it slowly.
+          slower pace, holds still 30 steps while closing, turns the nut while lifting it to 1.07 m, stops it just
+          above the peg to centre it and seats it slowly.
 record:   roll any policy out (a callable taking one observation, returning one action) and write its episodes as
           a robomimic HDF5 dataset (obs/next_obs by key, actions, rewards, dones, states when the env gives them,
           env_args, per-demo seeds, mask/train, mask/valid, mask/success). The policy's module is imported only
