@@ -55,8 +55,10 @@ def test_without_idle_rebuilds_the_store_from_the_kept_rows(tmp_path):
     np.testing.assert_allclose(out.flat[:6, aa].tolist(), [0.1, 0.1, 0.1, 0.0, 0.1, 0.1], atol=1e-6)
     # statistics of the kept rows
     kept_pos = out.flat[:, a:b].double().numpy()
-    st = out.obs_normalization_stats()["pos"]
-    np.testing.assert_allclose(np.asarray(st["mean"]).reshape(-1), kept_pos.mean(0), atol=1e-6)
+    m = out.obs_moments["pos"]
+    assert m["n"] == 12
+    np.testing.assert_allclose(np.asarray(m["mean"]).reshape(-1), kept_pos.mean(0), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(m["max"]).reshape(-1), [1.4], atol=1e-6)
     assert out.action_moments["actions"]["n"] == 12
     # nothing still: the same store back
     same, zero = without_idle(out, ["pos"], tolerance=1e-9, keep=1)
@@ -69,7 +71,7 @@ def test_idle_steps_config_is_checked_and_reaches_training(tmp_path, capsys):
     path = str(tmp_path / "pause.hdf5")
     write_robomimic_hdf5(path, pause_demos())
     common = ["recipe=bc_rnn", f"dataset={path}", f"train.output_dir={tmp_path}", "train.num_epochs=1",
-              "experiment.epoch_every_n_steps=2", "train.batch_size=4", "train.seq_length=3",
+              "experiment.epoch_every_n_steps=2", "train.batch_size=4", "train.seq_length=3", "algo.rnn.horizon=3",
               "algo.rnn.hidden_dim=8", "algo.actor_layer_dims=[]", "observation.modalities.obs.low_dim=[pos,grip]",
               "experiment.rollout.enabled=false", "experiment.render_video=false", "experiment.logging.log_tb=false"]
     assert main(common + ["train.idle_steps.tolerance=0"]) == 2
