@@ -466,6 +466,12 @@ def check_values(cfg: DictConfig, where: str = "") -> None:
     _need(v is None or (_is_int(v) and 1 <= v <= t.num_epochs), "train.stop_after_epoch", v,
           f"null or an int in [1, train.num_epochs={t.num_epochs}]",
           "a later epoch would never be reached (raise train.num_epochs to train longer)")
+    idle = t.get("idle_steps") or {}
+    if "tolerance" in idle:
+        _need(_is_num(idle.tolerance) and idle.tolerance > 0, "train.idle_steps.tolerance", idle.tolerance,
+              "a positive number", "a step is still when every observation dimension moves less than it x its std")
+    if "keep" in idle:
+        _need(_is_int(idle.keep) and idle.keep >= 0, "train.idle_steps.keep", idle.keep, "an int >= 0")
     v = t.get("num_data_workers")
     _need(v is None or (_is_int(v) and v >= 0), "train.num_data_workers", v, "an int >= 0")
     _check_optim_params(cfg.algo, f"algo.{where}")

@@ -29,6 +29,11 @@ OSC_POSE controller (7-D action: position delta x 0.05 m, world-frame axis-angle
   least of all clockwise: :func:`square_plan`), carry the nut's centre over the peg and lower it down the peg (both
   closed loop on the nut's observed position), open, move up. robosuite counts the nut seated once it is low on
   the peg and the gripper 4 cm from its centre, which holding the handle is: demos end while lowering.
+  ``style=alt`` is a second Square demonstrator that differs on purpose (:data:`SQUARE_STYLES`): it grasps the
+  handle nearer its outer end (6.8 cm out), hovers 10 cm above it, approaches at a slower pace (gain 10 instead of
+  12, the descent at half speed), holds still for 30 steps while closing (1.5 s: a slow, careful grip), turns the
+  nut while lifting it to z = 1.07, stops the nut's centre just above the peg's top (z = 0.99) to centre it there,
+  then seats it at a lower speed.
 
 Episode ``i`` (counting failed tries) starts from ``seed + i``. Only successful episodes are kept; each ends
 ``extra_steps`` (5) steps after the first success. Datasets hold ``env_args`` (robosuite 1.5 composite controller
@@ -54,6 +59,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -257,11 +263,43 @@ def square_plan(nut_yaw: float, home_yaw: float) -> tuple[float, float]:
     return grasp, seat
 
 
+@dataclass(frozen=True)
+class SquareStyle:
+    """How a Square expert moves (:class:`SquareExpert`); :data:`SQUARE_STYLES` names two that differ on purpose."""
+    reach: float = HANDLE_REACH    # m along the handle from the nut's centre to the grasp point
+    hover: float = 0.08            # m above the grasp point before descending
+    gain: float = 12.0             # proportional gain on the position error (pace of every approach)
+    descend_speed: float = 1.0     # cap on the commanded position delta while descending onto the handle
+    close_steps: int = 10          # steps holding still while the fingers close
+    carry_z: float = 1.02          # height of the gripper while carrying the nut
+    turn_in_place: bool = True     # turn the nut square to the peg after lifting it (else while lifting)
+    pre_insert: float | None = None  # lower the nut's centre to this height first, centre it over the peg, then seat
+    lower_speed: float = 0.4       # cap on the commanded position delta while lowering onto the peg
+
+
+SQUARE_STYLES = {
+    # hover 8 cm over a grasp point 6 cm out along the handle, close 10 steps, lift to 1.02, turn the nut in place,
+    # carry it over the peg and lower it straight down the peg
+    "default": SquareStyle(),
+    # another hand: nearer the handle's outer end (6.8 cm out), a higher and slower approach (10 cm, gain 10, the
+    # descent at half speed), a long close (30 steps, 1.5 s), lifted higher (1.07) while turning, then lowered until
+    # the nut's centre is just above the peg's top (z = 0.99), centred there and seated slowly
+    "alt": SquareStyle(reach=0.068, hover=0.10, gain=10.0, descend_speed=0.5, close_steps=30, carry_z=1.07,
+                       turn_in_place=False, pre_insert=0.99, lower_speed=0.25),
+}
+
+
 class SquareExpert(Expert):
     """Hover over the nut's handle with the gripper along it, descend, close, lift the nut above the peg, turn it
     square to the peg and carry its centre over the peg (closed loop on the nut's observed position), lower it
-    down the peg, open, retreat."""
-    HOVER, CARRY_Z, SEATED_Z = 0.08, 1.02, 0.845
+    down the peg, open, retreat; distances, heights, pace and the order of the motions come from ``style``
+    (:class:`SquareStyle`, or a name in :data:`SQUARE_STYLES`)."""
+    SEATED_Z = 0.845
+
+    def __init__(self, style: SquareStyle | str = "default"):
+        super().__init__()
+        self.style = SQUARE_STYLES[style] if isinstance(style, str) else style
+        self.servo = PoseServo(pos_gain=self.style.gain)
 
     def reset(self, env, obs: dict) -> None:
         base = env.base_env
@@ -276,48 +314,63 @@ class SquareExpert(Expert):
         """The gripper xy that puts the nut's centre over the peg (the held nut moves with the gripper)."""
         return eef[:2] + self.peg_xy - obs["SquareNut_pos"][:2]
 
+    def turned(self, obs: dict) -> np.ndarray:
+        """The gripper orientation that turns the held nut to its seated yaw."""
+        turn = wrap(self.seat_yaw - yaw_of(quat_to_mat(obs["SquareNut_quat"])), 2 * math.pi)
+        return rot_z(turn) @ quat_to_mat(obs["robot0_eef_quat"])
+
     def act(self, obs: dict) -> np.ndarray:
         self.t += 1
+        st = self.style
         eef, q, nut = obs["robot0_eef_pos"], obs["robot0_eef_quat"], obs["SquareNut_pos"]
         act = self.servo.action
+        rot_err = np.linalg.norm(mat_to_rotvec(self.rot @ quat_to_mat(q).T))
         if self.phase in ("hover", "descend"):
-            grasp = handle_grasp_point(nut, yaw_of(quat_to_mat(obs["SquareNut_quat"])))
+            grasp = handle_grasp_point(nut, yaw_of(quat_to_mat(obs["SquareNut_quat"])), st.reach)
             if self.phase == "hover":
-                target = grasp + [0, 0, self.HOVER]
+                target = grasp + [0, 0, st.hover]
                 err = target - eef
-                rot_err = np.linalg.norm(mat_to_rotvec(self.rot @ quat_to_mat(q).T))
                 if (np.linalg.norm(err[:2]) < 0.005 and abs(err[2]) < 0.02 and rot_err < 0.05) or self.t > 80:
                     self.goto("descend")
                 return act(eef, q, target, self.rot, -1.0)
             if np.linalg.norm(grasp - eef) < 0.006 or self.t > 50:
                 self.hold = eef.copy()
                 self.goto("close")
-            return act(eef, q, grasp, self.rot, -1.0)
+            return act(eef, q, grasp, self.rot, -1.0, max_pos=st.descend_speed)
         if self.phase == "close":
-            if self.t >= 10:
+            if self.t >= st.close_steps:
+                if not st.turn_in_place:
+                    self.rot = self.turned(obs)
                 self.goto("lift")
             return act(eef, q, self.hold, self.rot, 1.0)
         if self.phase == "lift":
-            if eef[2] >= self.CARRY_Z - 0.01 or self.t > 60:
-                turn = wrap(self.seat_yaw - yaw_of(quat_to_mat(obs["SquareNut_quat"])), 2 * math.pi)
-                self.rot = rot_z(turn) @ quat_to_mat(q)  # the held nut turns square to the peg
+            lifted = eef[2] >= st.carry_z - 0.01
+            if st.turn_in_place and (lifted or self.t > 60):
+                self.rot = self.turned(obs)  # the held nut turns square to the peg
                 self.goto("turn")
-            return act(eef, q, np.array([*self.hold[:2], self.CARRY_Z]), self.rot, 1.0, max_pos=0.5)
-        if self.phase == "turn":  # in place: turning while carrying swings the arm off course
-            if np.linalg.norm(mat_to_rotvec(self.rot @ quat_to_mat(q).T)) < 0.05 or self.t > 40:
+            elif not st.turn_in_place and ((lifted and rot_err < 0.05) or self.t > 80):
                 self.goto("carry")
-            return act(eef, q, np.array([*self.hold[:2], self.CARRY_Z]), self.rot, 1.0)
+            return act(eef, q, np.array([*self.hold[:2], st.carry_z]), self.rot, 1.0, max_pos=0.5)
+        if self.phase == "turn":  # in place: turning while carrying swings the arm off course
+            if rot_err < 0.05 or self.t > 40:
+                self.goto("carry")
+            return act(eef, q, np.array([*self.hold[:2], st.carry_z]), self.rot, 1.0)
         if self.phase == "carry":
-            target = np.array([*self.nut_to_peg(obs, eef), self.CARRY_Z])
-            rot_err = np.linalg.norm(mat_to_rotvec(self.rot @ quat_to_mat(q).T))
+            target = np.array([*self.nut_to_peg(obs, eef), st.carry_z])
             if (np.linalg.norm(self.peg_xy - nut[:2]) < 0.004 and rot_err < 0.05) or self.t > 150:
-                self.goto("lower")
+                self.goto("lower" if st.pre_insert is None else "pre_insert")
             return act(eef, q, target, self.rot, 1.0, max_pos=0.6)
+        if self.phase == "pre_insert":  # the nut's centre just above the peg's top, centred over it
+            target = np.array([*self.nut_to_peg(obs, eef), eef[2] + st.pre_insert - nut[2]])
+            if (np.linalg.norm(self.peg_xy - nut[:2]) < 0.004 and abs(nut[2] - st.pre_insert) < 0.015) \
+                    or self.t > 50:
+                self.goto("lower")
+            return act(eef, q, target, self.rot, 1.0, max_pos=0.5)
         if self.phase == "lower":
             target = np.array([*self.nut_to_peg(obs, eef), eef[2] + self.SEATED_Z - nut[2]])
             if nut[2] < self.SEATED_Z + 0.005 or self.t > 100:
                 self.goto("open")
-            return act(eef, q, target, self.rot, 1.0, max_pos=0.4)
+            return act(eef, q, target, self.rot, 1.0, max_pos=st.lower_speed)
         if self.phase == "open":
             if self.t >= 6:
                 self.goto("retreat")
@@ -640,10 +693,24 @@ def named_task_env(name: str):
     return (make_env(name), is_metaworld(name)) if is_metaworld(name) or name in TASKS else None
 
 
+def square_style(task: str, style: str | None) -> str | None:
+    """``style`` checked against the task: Square's scripted expert has the styles of :data:`SQUARE_STYLES`
+    (``None`` = ``default``); other tasks have one expert and take no style."""
+    if style is None:
+        return None
+    if env_name_of(task) != "NutAssemblySquare":
+        raise ArgumentError(f"style= is for Square's expert (styles {', '.join(SQUARE_STYLES)}), not {task}")
+    if style not in SQUARE_STYLES:
+        raise ArgumentError(f"unknown Square expert style {style!r}; styles: {', '.join(SQUARE_STYLES)}")
+    return style
+
+
 def task_setup(task: str, camera_names=(), camera_height: int = 84, camera_width: int = 84, depth: bool = False,
-               goals: str = "benchmark", benchmark_seed: int = 0):
-    """``(environment, expert, default max steps, observation keys)`` of a task."""
+               goals: str = "benchmark", benchmark_seed: int = 0, style: str | None = None):
+    """``(environment, expert, default max steps, observation keys)`` of a task; ``style``: Square's expert style
+    (:data:`SQUARE_STYLES`)."""
     name = env_name_of(task)
+    style = square_style(task, style)
     env = make_env(task, camera_names, camera_height, camera_width, depth, goals, benchmark_seed)
     if is_pusht(task):
         from modmimic.pusht_expert import PushTExpert
@@ -656,30 +723,34 @@ def task_setup(task: str, camera_names=(), camera_height: int = 84, camera_width
                 list(ALOHA_OBS_KEYS))
     if is_metaworld(task):
         return env, MetaWorldExpert(), env.env.max_path_length, ["flat"] + (["task_id"] if len(env.names) > 1 else [])
-    return env, EXPERTS[name](), MAX_STEPS[name], list(OBS_KEYS)
+    expert = EXPERTS[name]() if style is None else SquareExpert(style)
+    return env, expert, MAX_STEPS[name], list(OBS_KEYS)
 
 
 def generate(task: str, n: int, out: str, seed: int = 0, max_tries: int | None = None, obs_dtype: str = "float32",
              valid_fraction: float = 0.1, compress: bool = True, next_obs: bool = True, obs_keys=None,
              max_steps: int | None = None, compress_model: bool = False, camera_names=(), camera_height: int = 84,
              camera_width: int = 84, depth: bool = False, quality: str = "expert", goals: str = "random",
-             benchmark_seed: int = 0, progress=print) -> dict:
+             benchmark_seed: int = 0, style: str | None = None, progress=print) -> dict:
     """Write ``n`` successful scripted demos of ``task`` to ``out``; returns generation statistics. ``camera_names``:
     also record ``<camera>_image`` (uint8 ``[T, H, W, 3]``, upright) and with ``depth`` ``<camera>_depth``.
     ``quality="mixed"``: ``n`` episodes of the kinds of :data:`MIX` instead, every one kept (see
-    :func:`generate_mixed`). ``goals``, ``benchmark_seed``: Meta-World's placements (see the module's docstring)."""
+    :func:`generate_mixed`). ``goals``, ``benchmark_seed``: Meta-World's placements (see the module's docstring).
+    ``style``: Square's expert style (:data:`SQUARE_STYLES`; kept in ``data.attrs["expert_style"]``)."""
     from modmimic.rollout import DatasetWriter, split_masks
     from modmimic.states_to_obs import camera_keys
 
     if quality not in QUALITIES:
         raise ValueError(f"quality must be one of {', '.join(QUALITIES)}, got {quality!r}")
     name = env_name_of(task)
+    if square_style(task, style) is not None and quality == "mixed":
+        raise ArgumentError("style= is for quality=expert (the mixed variants wrap the default expert)")
     if quality == "mixed" and name not in LET_GO_WHEN:
         raise ArgumentError(f"quality=mixed is defined for {', '.join(t for t, n in TASKS.items() if n in LET_GO_WHEN and t not in ALIASES)}, "
                          f"not {task} (its failing variants are task-specific)")
     camera_names = [c for c in ([camera_names] if isinstance(camera_names, str) else list(camera_names or [])) if c]
     env, expert, default_steps, default_keys = task_setup(task, camera_names, camera_height, camera_width, depth,
-                                                          goals, benchmark_seed)
+                                                          goals, benchmark_seed, style)
     max_steps = max_steps or default_steps
     max_tries = max_tries or max(2 * n, n + 20)
     keys = list(default_keys if obs_keys is None else obs_keys) + camera_keys(camera_names, depth)
@@ -689,6 +760,8 @@ def generate(task: str, n: int, out: str, seed: int = 0, max_tries: int | None =
     writer = DatasetWriter(out, env_args, obs_keys=keys, obs_dtype=None if obs_dtype == "float64" else
                            np.dtype(obs_dtype), compression="gzip" if compress else None, next_obs=next_obs,
                            model_file="gzip" if compress_model else "attr")
+    if style is not None:
+        writer.data.attrs["expert_style"] = style
     if quality == "mixed":
         try:
             return generate_mixed(env, writer, name, n, seed, max_steps, valid_fraction, progress)
@@ -761,13 +834,14 @@ def generate_mixed(env, writer, name: str, n: int, seed: int, max_steps: int, va
 
 
 def expert_success(task: str, episodes: int = 50, seed: int = 1000, max_steps: int | None = None,
-                   goals: str = "benchmark", benchmark_seed: int = 0) -> dict:
+                   goals: str = "benchmark", benchmark_seed: int = 0, style: str | None = None) -> dict:
     """The scripted expert's own success rate over ``episodes`` fresh initial states (Meta-World: by default the
-    benchmark's placements, every one of the 50 per task once in 50 T episodes)."""
+    benchmark's placements, every one of the 50 per task once in 50 T episodes); ``style``: Square's expert style.
+    Also the length of every successful episode (``lengths``)."""
     from modmimic.rollout import wilson_interval
 
     name = env_name_of(task)
-    env, expert, default_steps, _ = task_setup(task, goals=goals, benchmark_seed=benchmark_seed)
+    env, expert, default_steps, _ = task_setup(task, goals=goals, benchmark_seed=benchmark_seed, style=style)
     t0 = time.perf_counter()
     results = [expert_episode(env, expert, seed + i, max_steps or default_steps, record=False)[1:]
                for i in range(episodes)]
@@ -776,7 +850,7 @@ def expert_success(task: str, episodes: int = 50, seed: int = 1000, max_steps: i
     lo, hi = wilson_interval(k, episodes)
     return {"task": name, "episodes": episodes, "successes": k, "success_rate": k / episodes, "ci95": [lo, hi],
             "mean_length": float(np.mean([T for ok, T in results if ok])) if k else float("nan"),
-            "wall_seconds": time.perf_counter() - t0}
+            "lengths": [T for ok, T in results if ok], "wall_seconds": time.perf_counter() - t0}
 
 
 # --- command line -----------------------------------------------------------------------------------------------
@@ -787,8 +861,9 @@ USAGE = f"""usage:
                    [max_tries=2n] [obs_dtype=float32] [valid_fraction=0.1] [compress=true] [next_obs=true]
                    [max_steps=<task default>] [compress_model=false] [camera_names=agentview,robot0_eye_in_hand]
                    [camera_height=84] [camera_width=84] [depth=false] [quality=expert|mixed]
-                   [goals=random|benchmark] [benchmark_seed=0]
+                   [goals=random|benchmark] [benchmark_seed=0] [style=default|alt]
   python -m {PROG} expert task=<task> [episodes=50] [seed=1000] [goals=benchmark|random] [benchmark_seed=0]
+                   [style=default|alt]
   python -m {PROG} record env=<gymnasium id | robosuite task | Meta-World task> policy=<module:callable>
                    episodes=<n> out=<path.hdf5> [only_success=false] [seed=0] [max_steps=1000]
                    [max_tries=2n+20] [valid_fraction=0.1] [trusted_modules=<module>,...]
@@ -798,6 +873,11 @@ generate: write n successful scripted demonstrations as a robomimic HDF5 dataset
           right after grasping it, 10 % grasp beside it, 10 % stop short above it (filter keys expert, noisy,
           let_go, beside, short, failed, success, train, valid).
 expert:   the scripted expert's own success rate.
+style:    Square's expert has two styles that differ on purpose (a second demonstrator): default grasps the handle
+          6 cm out from the nut's centre after hovering 8 cm above it, closes 10 steps, lifts to 1.02 m, turns the
+          nut in place and lowers it straight down the peg; alt grasps it 6.8 cm out, approaches from 10 cm at a
+          slower pace, holds still 30 steps while closing, turns the nut while lifting it to 1.07 m, stops it just
+          above the peg to centre it and seats it slowly.
 record:   roll any policy out (a callable taking one observation, returning one action) and write its episodes as
           a robomimic HDF5 dataset (obs/next_obs by key, actions, rewards, dones, states when the env gives them,
           env_args, per-demo seeds, mask/train, mask/valid, mask/success). The policy's module is imported only
@@ -816,8 +896,9 @@ ARGS = {"generate": {"task": str, "n": int, "out": str, "seed": int, "max_tries"
                      "valid_fraction": float, "compress": bool, "next_obs": bool, "max_steps": int,
                      "compress_model": bool, "camera_names": lambda v: [c for c in v.split(",") if c],
                      "camera_height": int, "camera_width": int, "depth": bool, "quality": str, "goals": str,
-                     "benchmark_seed": int},
-        "expert": {"task": str, "episodes": int, "seed": int, "max_steps": int, "goals": str, "benchmark_seed": int},
+                     "benchmark_seed": int, "style": str},
+        "expert": {"task": str, "episodes": int, "seed": int, "max_steps": int, "goals": str, "benchmark_seed": int,
+                   "style": str},
         "record": {"env": str, "policy": str, "episodes": int, "out": str, "only_success": bool, "seed": int,
                    "max_steps": int, "max_tries": int, "valid_fraction": float,
                    "trusted_modules": lambda v: [m for m in v.split(",") if m]}}
@@ -870,6 +951,7 @@ def parse(argv: list[str]) -> tuple[str, dict]:
             env_name_of(out["task"])
         except ValueError as e:
             raise ArgumentError(str(e)) from None
+        square_style(out["task"], out.get("style"))
     return cmd, out
 
 

@@ -57,6 +57,7 @@ MODMIMIC_ONLY = {
     "experiment.rollout.at_end": False,
     "train.hdf5_memmap_dir": None, "train.compile": False, "train.compile_backend": _ANY, "train.cuda_graphs": False,
     "train.fused_optimizer": False, "train.amp": None, "train.store_on_device": _ANY, "train.stop_after_epoch": None,
+    "train.idle_steps.drop": False, "train.idle_steps.*": _ANY,
     "*.share_net_from": {}, "*.backbone_kwargs.use_group_norm": False,
     "algo.adv.filter_type": "exp",
 }

@@ -77,6 +77,7 @@ common overrides:
   device=cpu|cuda                         where to train
   resume=true [resume_dir=<run dir>]      continue a run (default: the newest under train.output_dir/experiment.name)
   train.stop_after_epoch=<n>              end this invocation after epoch n; resume later
+  train.idle_steps.drop=true              leave the demos' still stretches out of training (demos that pause)
 
 hydra: -m/--multirun sweeps (-m train.seed=0,1,2), --cfg job prints the composed config, --hydra-help.
 Exit status: 0 success, 1 training failure, 2 bad input (config, dataset, checkpoint), 130 interrupted.

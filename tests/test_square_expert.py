@@ -133,3 +133,92 @@ def test_a_policy_trained_on_square_demos_is_evaluated_in_square(square_demos, t
     s = evaluate(ckpt, episodes=1, horizon=3)
     assert s["env_name"] == "NutAssemblySquare" and s["horizon"] == 3
     assert [e["length"] for e in s["episodes"]] == [3]
+
+
+# --- the second Square demonstrator (style=alt) ---------------------------------------------------------------------
+
+def test_square_styles_are_selectable_and_differ_on_purpose():
+    from modmimic.cli import ArgumentError
+    from modmimic.demos import SQUARE_STYLES, SquareExpert, SquareStyle
+
+    assert SquareExpert().style == SQUARE_STYLES["default"] == SquareStyle()
+    alt = SquareExpert("alt").style
+    assert alt == SQUARE_STYLES["alt"]
+    d = SQUARE_STYLES["default"]
+    # another grasp point along the handle, a higher approach, a longer close, other carry and insertion motions
+    assert 0.029 < alt.reach < 0.079 and alt.reach != d.reach and alt.hover > d.hover and alt.gain < d.gain
+    assert alt.close_steps > d.close_steps and alt.carry_z > d.carry_z
+    assert d.turn_in_place and not alt.turn_in_place and d.pre_insert is None and alt.pre_insert is not None
+    for cmd in (["expert", "task=Square", "style=alt"], ["generate", "task=Square", "n=2", "out=x.hdf5", "style=alt"]):
+        assert parse(cmd)[1]["style"] == "alt"
+    with pytest.raises(ArgumentError, match="styles: default, alt"):
+        parse(["expert", "task=Square", "style=fancy"])
+    with pytest.raises(ArgumentError, match="not Lift"):
+        parse(["generate", "task=Lift", "n=2", "out=x.hdf5", "style=alt"])
+
+
+def test_alt_square_expert_hovers_over_its_own_grasp_point_and_records_robomimic_layout(tmp_path):
+    """From the same start, each style hovers over its own point of the handle (its reach out from the nut's
+    centre, its hover height above it) before descending; the alt expert's first steps, written by the dataset
+    writer, are a robomimic-layout demo that training's structural checks accept."""
+    pytest.importorskip("robosuite")
+    from modmimic.data.check import check_demos
+    from modmimic.demos import OBS_KEYS, SquareExpert, expert_episode, make_env, quat_to_mat, yaw_of
+    from modmimic.rollout import DatasetWriter
+
+    env = make_env("Square")
+    try:
+        for style in ("default", "alt"):
+            expert = SquareExpert(style)
+            obs = env.reset(seed=1001)
+            expert.reset(env, obs)
+            for _ in range(80):
+                a = expert.act(obs)
+                if expert.phase == "descend":
+                    break
+                obs = env.step(a)[0]
+            assert expert.phase == "descend", style
+            st = expert.style
+            nut, yaw = obs["SquareNut_pos"], yaw_of(quat_to_mat(obs["SquareNut_quat"]))
+            target = handle_grasp_point(nut, yaw, st.reach) + [0, 0, st.hover]
+            assert np.linalg.norm(obs["robot0_eef_pos"][:2] - target[:2]) < 0.006, style
+            assert abs(obs["robot0_eef_pos"][2] - target[2]) < 0.02, style
+        traj, ok, T = expert_episode(env, SquareExpert("alt"), seed=1001, max_steps=12)
+        assert not ok and T == 12
+        path = str(tmp_path / "alt.hdf5")
+        w = DatasetWriter(path, env.serialize(), obs_keys=OBS_KEYS, obs_dtype=np.float32)
+        w.add(traj)
+        w.close({"train": ["demo_0"]})
+    finally:
+        env.close()
+    with h5py.File(path) as f:
+        d = f["data/demo_0"]
+        assert d.attrs["num_samples"] == 12 and d["actions"].shape == (12, 7) and d["dones"][-1] == 1
+        assert sorted(d["obs"]) == sorted(OBS_KEYS) and d["obs/object"].shape == (12, 14)
+        np.testing.assert_array_equal(d["next_obs/object"][:-1], d["obs/object"][1:])
+        assert d["states"].shape[0] == 12 and "model_file" in d.attrs
+        assert json.loads(f["data"].attrs["env_args"])["env_name"] == "NutAssemblySquare"
+        problems, _ = check_demos(f, ["demo_0"], path)
+        assert problems == []
+
+
+@pytest.mark.slow
+def test_alt_square_expert_generates_seated_demos(tmp_path):
+    """``generate(style="alt")``: two demos that robosuite finds seated at their last step, the style kept in the
+    file."""
+    from modmimic.demos import generate
+    from modmimic.envs import env_from_metadata
+
+    path = str(tmp_path / "alt.hdf5")
+    s = generate("Square", 2, path, seed=1000, max_tries=3, style="alt", progress=None)
+    assert s["demos"] == 2
+    with h5py.File(path) as f:
+        assert f["data"].attrs["expert_style"] == "alt"
+        env = env_from_metadata(json.loads(f["data"].attrs["env_args"]))
+        try:
+            for name in ("demo_0", "demo_1"):
+                d = f[f"data/{name}"]
+                env.reset_to({"model": d.attrs["model_file"], "states": d["states"][-1]})
+                assert env.base_env._check_success() and d["rewards"][-1] == 1
+        finally:
+            env.close()

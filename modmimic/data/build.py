@@ -106,6 +106,19 @@ def with_required_returns(cfg: DictConfig, store):
     return with_mc_returns(store, float(cfg.algo.discount))
 
 
+def with_idle_dropped(cfg: DictConfig, store, keys: list[str]):
+    """``store`` without its demos' still stretches when ``train.idle_steps.drop`` (:mod:`modmimic.data.idle`)."""
+    idle = cfg.train.get("idle_steps") or {}
+    if store is None or not idle.get("drop", False):
+        return store
+    from modmimic.data.idle import without_idle
+
+    out, dropped = without_idle(store, keys, float(idle.get("tolerance", 0.01)), int(idle.get("keep", 1)))
+    print(f"modmimic.train: train.idle_steps.drop: {dropped} of {store.num_samples} steps of {store.path} dropped "
+          f"(still beyond the first {int(idle.get('keep', 1))} of each still stretch)", flush=True)
+    return out
+
+
 def build_data(cfg: DictConfig, device="cpu") -> TrainData:
     """Episode stores and window samplers of the train (and validation) split of ``train.data``."""
     t = cfg.train
@@ -130,6 +143,8 @@ def build_data(cfg: DictConfig, device="cpu") -> TrainData:
     train_store = load(entry.get("filter_key") or t.hdf5_filter_key, "train")
     check_requirements(cfg, train_store)  # offline RL: rewards, dones, next observations
     valid_store = load(t.hdf5_validation_filter_key, "valid") if cfg.experiment.validate else None
+    train_store, valid_store = (with_idle_dropped(cfg, train_store, keys),
+                                with_idle_dropped(cfg, valid_store, keys))
     train_store, valid_store = with_required_returns(cfg, train_store), with_required_returns(cfg, valid_store)
     if valid_store is not None:
         check_disjoint(path, train_store, valid_store, f"train.hdf5_filter_key={t.hdf5_filter_key}",
@@ -240,8 +255,8 @@ def build_meta_data(cfg: DictConfig, entries: list[dict], device="cpu") -> Train
             check_disjoint(path, train_stores[-1], valid_stores[-1], f"filter key {train_key}",
                            f"validation filter key {valid_key}")
     check_same_layout(train_stores + valid_stores)
-    train_stores = [with_required_returns(cfg, st) for st in train_stores]
-    valid_stores = [with_required_returns(cfg, st) for st in valid_stores]
+    train_stores = [with_required_returns(cfg, with_idle_dropped(cfg, st, keys)) for st in train_stores]
+    valid_stores = [with_required_returns(cfg, with_idle_dropped(cfg, st, keys)) for st in valid_stores]
     obs_stats = merged_obs_stats(train_stores) if t.hdf5_normalize_obs else None
     try:
         action_stats = merged_action_stats(train_stores, action_config)
