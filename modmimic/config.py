@@ -472,6 +472,10 @@ def check_values(cfg: DictConfig, where: str = "") -> None:
               "a positive number", "a step is still when every observation dimension moves less than it x its std")
     if "keep" in idle:
         _need(_is_int(idle.keep) and idle.keep >= 0, "train.idle_steps.keep", idle.keep, "an int >= 0")
+    if idle.get("drop", False) and "rewards" in list(cfg.get("requires") or []):
+        raise ConfigError(f"train.idle_steps.drop=true with recipe {cfg.get('recipe_name')!r}: dropping steps breaks "
+                          "the n-step targets and returns of a recipe that learns from rewards; it is for behaviour "
+                          "cloning recipes")
     v = t.get("num_data_workers")
     _need(v is None or (_is_int(v) and v >= 0), "train.num_data_workers", v, "an int >= 0")
     _check_optim_params(cfg.algo, f"algo.{where}")

@@ -1,6 +1,8 @@
 """``train.idle_steps``: still stretches of demos (no low-dim observation moves) found and dropped exactly, the
 store's rows, lengths, offsets and normalization statistics rebuilt from the kept rows, and the option wired through
 the training config."""
+import os
+
 import numpy as np
 
 from modmimic import keys as K
@@ -78,3 +80,15 @@ def test_idle_steps_config_is_checked_and_reaches_training(tmp_path, capsys):
     assert "train.idle_steps.tolerance" in capsys.readouterr().err
     assert main(common + ["train.idle_steps.drop=true"]) == 0
     assert "train.idle_steps.drop: 8 of 20 steps" in capsys.readouterr().out
+
+
+def test_idle_drop_is_refused_for_recipes_that_learn_from_rewards(tmp_path, capsys):
+    from modmimic.train import main
+
+    path = str(tmp_path / "pause.hdf5")
+    write_robomimic_hdf5(path, pause_demos())
+    assert main(["recipe=iql", f"dataset={path}", f"train.output_dir={tmp_path}", "train.idle_steps.drop=true",
+                 "observation.modalities.obs.low_dim=[pos,grip]", "experiment.rollout.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert "train.idle_steps.drop=true with recipe 'iql'" in err and len(err.strip().splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["pause.hdf5"]  # no run directory
