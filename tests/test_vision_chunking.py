@@ -57,7 +57,7 @@ def convs(net):
 def conv_weights(net):
     """The 4 conv kernels of the ShallowConv (its last conv's bias gets no gradient: a per-map constant before the
     spatial softmax cancels)."""
-    return [p.detach().clone() for n, p in convs(net)[0].named_parameters() if n.endswith("weight")]
+    return [m.weight.detach().clone() for m in convs(net)[0].modules() if isinstance(m, torch.nn.Conv2d)]
 
 
 def image(store, t):

@@ -140,16 +140,24 @@ class ResNet18Conv(nn.Module):
 
 
 class ShallowConv(nn.Module):
-    """robomimic ``ShallowConv``: conv7x7/2 (64) - ReLU - conv1x1 (32) - ReLU - conv3x3/2 (32) - ReLU - conv3x3 (32)."""
+    """robomimic ``ShallowConv``: conv7x7/2 (64) - ReLU - conv1x1 (32) - ReLU - conv3x3/2 (32) - ReLU - conv3x3 (32).
 
-    def __init__(self, input_shape: Sequence[int], output_channel: int = 32):
+    ``use_group_norm`` (modmimic) puts ``GroupNorm(C // 16, C)`` before each of the first three ReLUs. Without it the
+    trunk's default initialisation shrinks [0, 1] pixels to features of std ~0.06, which leaves a following
+    ``SpatialSoftmax`` nearly uniform over its map (docs/sim_figures.md, "Pixels")."""
+
+    def __init__(self, input_shape: Sequence[int], output_channel: int = 32, use_group_norm: bool = False):
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
         self.output_channel = int(output_channel)
+
+        def act(c):
+            return [nn.GroupNorm(max(1, c // 16), c), nn.ReLU()] if use_group_norm else [nn.ReLU()]
+
         self.nets = nn.Sequential(
-            nn.Conv2d(self.input_shape[0], 64, 7, 2, 3), nn.ReLU(),
-            nn.Conv2d(64, 32, 1), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(),
+            nn.Conv2d(self.input_shape[0], 64, 7, 2, 3), *act(64),
+            nn.Conv2d(64, 32, 1), *act(32),
+            nn.Conv2d(32, 32, 3, 2, 1), *act(32),
             nn.Conv2d(32, self.output_channel, 3, 1, 1))
 
     def output_shape(self, input_shape=None) -> tuple:
