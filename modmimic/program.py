@@ -19,6 +19,7 @@ produced by the data or an earlier step.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -198,7 +199,7 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
             info[f"{s.prefix}{lname}/loss"] = term.detach()
             for k, v in out.items():  # metrics come detached (the loss contract)
                 info[f"{s.prefix}{lname}/{k}"] = v.detach() if torch.is_tensor(v) and v.requires_grad else v
-        if check_finite and not bool(torch.isfinite(loss)):
+        if check_finite and not math.isfinite(loss.item()):  # one host read; cheaper than isfinite + bool
             _check_finite(terms, epoch, step)
         terms.clear()
         d = loss.detach()

@@ -196,8 +196,14 @@ class WindowSampler:
         B, T = len(w), self.T
         if self._idx_dev is not None:
             w = w.to(self._idx_dev)
-        raw = self.starts[w].unsqueeze(1) + self.rel
-        rows = torch.maximum(torch.minimum(raw, self.hi[w].unsqueeze(1)), self.lo[w].unsqueeze(1))
+        episode = self.episode[w]
+        if T == 1:  # single-step windows: the start row itself, always inside its demo (no clamping, no padding)
+            rows = self.starts[w].unsqueeze(1)
+            real = torch.ones((B, 1), dtype=torch.bool, device=rows.device)
+        else:
+            raw = self.starts[w].unsqueeze(1) + self.rel
+            rows = torch.maximum(torch.minimum(raw, self.hi[w].unsqueeze(1)), self.lo[w].unsqueeze(1))
+            real = raw == rows
         block = self._flat[rows.reshape(-1)].to(self.device, non_blocking=True)
         if self._affine is not None:
             block.sub_(self._affine[0]).mul_(self._affine[1])
@@ -232,17 +238,17 @@ class WindowSampler:
         if K.MC_RETURN in cols:  # Monte-Carlo returns-to-go (modmimic.data.returns)
             a, b, _ = cols[K.MC_RETURN]
             out[K.MC_RETURN] = block[..., a:b]
-        out[K.MASK[0]] = {K.MASK[1]: (raw == rows).to(self.device)}
-        out[K.IS_INIT] = (rows == self._offsets[self.episode[w]].unsqueeze(1)).to(self.device)
+        out[K.MASK[0]] = {K.MASK[1]: real.to(self.device)}
+        out[K.IS_INIT] = (rows == self._offsets[episode].unsqueeze(1)).to(self.device)
         out[K.INDEX] = w.to(self.device).unsqueeze(1).expand(B, T)
-        out[K.EPISODE] = self.episode[w].to(self.device).unsqueeze(1).expand(B, T)
+        out[K.EPISODE] = episode.to(self.device).unsqueeze(1).expand(B, T)
         if self.task_ids is not None:
-            tid = self.task_ids[self.episode[w]].to(self.device)
+            tid = self.task_ids[episode].to(self.device)
             emb = self.task_table[tid]
             out[K.TASK] = {"id": tid.unsqueeze(1).expand(B, T),
                            "embedding": emb.unsqueeze(1).expand(B, T, emb.shape[-1])}
         if self.goal_mode == "last":
-            grow = self.goal_row[self.episode[w]]
+            grow = self.goal_row[episode]
             gblock = self._flat[grow].to(self.device)
             if self._affine is not None:
                 gblock.sub_(self._affine[0]).mul_(self._affine[1])
