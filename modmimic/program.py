@@ -142,10 +142,6 @@ class Program:
 
 # --- running a step ------------------------------------------------------------------------------------------------
 
-def _part(batch, scope: tuple):
-    return batch.get(scope) if scope else batch
-
-
 def _declared(key, writes) -> bool:
     """``key`` is one of ``writes`` or inside one of them (a declared group: ``("actor", "subgoal")``)."""
     if key in writes:
@@ -172,37 +168,33 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
     for every loss term, ``"<prefix><update>/grad_norm"`` when clipping, ``"<prefix>Loss"`` per component and
     ``"Loss"`` for the whole step. ``check_finite``: before an update steps anything, a NaN/Inf among its loss terms
     raises :class:`NonFiniteLossError` naming the term (one host sync per update; logging never syncs)."""
-    info, totals, terms = {}, {}, []
-    autocast = program.autocast or contextlib.nullcontext
+    info, totals = {}, {}
     for s in program.steps:
-        part = _part(batch, s.scope)
+        part = batch.get(s.scope) if s.scope else batch
         if isinstance(s, Prepare):
-            with torch.no_grad(), autocast():
+            with torch.no_grad(), _autocast(program):
                 for c in s.calls:
                     _write(part, c, c(part, epoch, step))
             continue
         if not s.active(epoch, step):
             continue
-        loss = None
+        loss, terms = None, []
         for lname, call, weight in s.losses:
-            if program.autocast is None:
+            with _autocast(program):
                 out = call(part, epoch, step)
-            else:
-                with autocast():
-                    out = call(part, epoch, step)
             term = out.pop("loss")
             if call.writes:
                 _write(part, call, {k: out.pop(k) for k in list(out) if K.as_key(k) in call.writes})
-            terms.append((f"{s.prefix}{lname}", s.name, term))
+            terms.append(term)
             weighted = term if weight == 1.0 else weight * term
             loss = weighted if loss is None else loss + weighted
-            info[f"{s.prefix}{lname}/loss"] = term.detach()
+            info[f"{s.prefix}{lname}/loss"] = d = term.detach()
             for k, v in out.items():  # metrics come detached (the loss contract)
                 info[f"{s.prefix}{lname}/{k}"] = v.detach() if torch.is_tensor(v) and v.requires_grad else v
-        if check_finite and not math.isfinite(loss.item()):  # one host read; cheaper than isfinite + bool
-            _check_finite(terms, epoch, step)
-        terms.clear()
-        d = loss.detach()
+        if check_finite and not math.isfinite(loss.item()):  # one host read per update
+            _check_finite(s, terms, epoch, step)
+        if len(terms) > 1 or weight != 1.0:  # the detached sum (a lone unweighted term is its own, detached above)
+            d = loss.detach()
         totals[s.prefix] = d if s.prefix not in totals else totals[s.prefix] + d
         if not validate and s.optimizers:
             _backward_and_step(program, s, loss, info, step)
@@ -224,14 +216,22 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
     return info
 
 
-def _check_finite(terms, epoch, step) -> None:
-    """An update's weighted sum is not finite: name the first non-finite term (or the sum, when it overflowed)."""
-    for name, update, t in terms:
+def _autocast(program: Program):
+    return _NO_AUTOCAST if program.autocast is None else program.autocast()
+
+
+_NO_AUTOCAST = contextlib.nullcontext()  # stateless, so one instance serves every step
+
+
+def _check_finite(u: Update, terms: list, epoch, step) -> None:
+    """Update ``u``'s weighted sum of ``terms`` (its losses' values, in order) is not finite: name the first
+    non-finite term (or the sum, when it overflowed)."""
+    names = [f"{u.prefix}{lname}" for lname, _, _ in u.losses]
+    for name, t in zip(names, terms):
         if not bool(torch.isfinite(t)):
-            raise NonFiniteLossError(f"loss {name!r} (update {update!r}) is {t.item()} at epoch {epoch}, step {step}")
-    names = ", ".join(repr(n) for n, _, _ in terms)
-    raise NonFiniteLossError(f"the weighted sum of losses {names} (update {terms[0][1]!r}) overflowed at epoch "
-                             f"{epoch}, step {step}")
+            raise NonFiniteLossError(f"loss {name!r} (update {u.name!r}) is {t.item()} at epoch {epoch}, step {step}")
+    raise NonFiniteLossError(f"the weighted sum of losses {', '.join(repr(n) for n in names)} (update {u.name!r}) "
+                             f"overflowed at epoch {epoch}, step {step}")
 
 
 def _backward_and_step(program: Program, u: Update, loss, info: dict, step: int = 0) -> None:

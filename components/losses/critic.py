@@ -123,8 +123,8 @@ def td_loss(batch, critic, target_key: str = Q_TARGET, use_huber: bool = False, 
     out = {"loss": per_member.sum(), "q_pred": q.detach().mean(), "q_target": y.detach().mean()}
     if keep_pred is not None:
         out[keep_pred] = q.movedim(0, 1)
-    for i in range(per_member.shape[0]):
-        out[f"critic{i + 1}_loss"] = per_member[i].detach()
+    for i, member_loss in enumerate(per_member.detach().unbind(0)):
+        out[f"critic{i + 1}_loss"] = member_loss
     return out
 
 

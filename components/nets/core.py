@@ -208,16 +208,33 @@ class ObsEncoder(nn.Module):
         self.output_dim = sum(dims)
 
     def forward(self, td) -> torch.Tensor:
-        parts = []
-        for k, name in zip(self.in_keys, self._names):
-            x = td.get(k)
-            parts.append(x if name is None else self.key_encoders[name](x))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return self.encode([td.get(k) for k in self.in_keys])
 
     def encode(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """The same from tensors given in ``in_keys`` order."""
         parts = [x if name is None else self.key_encoders[name](x) for x, name in zip(tensors, self._names)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        if len(parts) == 1:
+            return parts[0]
+        joined = join_adjacent(parts)
+        return torch.cat(parts, dim=-1) if joined is None else joined
+
+
+def join_adjacent(parts: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """``torch.cat(parts, -1)`` as a view, when the parts are side-by-side column ranges of one tensor (the low-dim
+    keys of a sampled batch are views of one gathered block): views of the same base with the same leading shape and
+    strides, unit last stride, each starting where the one before ends. None otherwise, or when a part needs its
+    gradient (a view of the first part would not carry the others' graph)."""
+    x0 = parts[0]
+    base, stride, lead = x0._base, x0.stride(), x0.shape[:-1]
+    if base is None or stride[-1] != 1:
+        return None
+    end = x0.storage_offset()
+    for x in parts:
+        if x._base is not base or x.requires_grad or x.storage_offset() != end or x.stride() != stride or \
+                x.shape[:-1] != lead:
+            return None
+        end += x.shape[-1]
+    return x0.as_strided((*lead, end - x0.storage_offset()), stride)
 
 
 def _name(key) -> str:

@@ -39,6 +39,13 @@ def window_starts(lengths: torch.Tensor, offsets: torch.Tensor, seq_length: int,
     return offsets[episode] + t, episode
 
 
+def _columns(block: torch.Tensor, column: tuple, B: int, T: int) -> torch.Tensor:
+    """The ``[B, T, *shape]`` view of one key's columns ``(a, b, shape)`` of a gathered ``[B, T, width]`` block."""
+    a, b, shape = column
+    x = block[..., a:b]
+    return x if len(shape) == 1 else x.view(B, T, *shape)
+
+
 class WindowSampler:
     """Samples ``[B, T]`` windows (``T = frame_stack - 1 + seq_length``) from an :class:`EpisodeStore`.
 
@@ -212,15 +219,13 @@ class WindowSampler:
         out = {}
         obs = {}
         for key in self._obs_keys:
-            a, b, shape = cols[key]
-            obs[key[1]] = block[..., a:b].view(B, T, *shape)
+            obs[key[1]] = _columns(block, cols[key], B, T)
         out[K.OBS] = obs
         nxt = {}
         if self._next_keys:
             nobs = {}
             for key in self._next_keys:
-                a, b, shape = cols[key]
-                nobs[key[2]] = block[..., a:b].view(B, T, *shape)
+                nobs[key[2]] = _columns(block, cols[key], B, T)
             nxt[K.OBS] = nobs
         for key, tensor in self.store.uint8.items():
             g = take_rows(tensor, rows.reshape(-1).cpu()).to(self.device, non_blocking=True).view(B, T, *tensor.shape[1:])
