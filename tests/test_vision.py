@@ -239,28 +239,6 @@ def test_uint8_to_float_is_exact():
     assert torch.equal(process_obs(d, "depth"), d.permute(0, 3, 1, 2))
 
 
-def test_low_dim_keys_side_by_side_are_joined_without_a_copy():
-    """Low-dim keys that are consecutive column ranges of one block (a sampled batch) come out as one view of it,
-    equal to their concatenation; anything else (another order, a gap, a key with a gradient) is concatenated."""
-    block = torch.randn(4, 3, 9)
-    enc = ObsEncoder(group_inputs({"a": (2,), "b": (3,), "c": (1,)}))  # keys in sorted order: a, b, c
-
-    def td(cols, grad=False):
-        obs = {k: block[..., i:j] for k, (i, j) in cols.items()}
-        if grad:
-            obs["b"] = obs["b"].clone().requires_grad_()
-        return TensorDict({K.OBS: obs}, [4, 3])
-
-    side_by_side = td({"a": (1, 3), "b": (3, 6), "c": (6, 7)})
-    out = enc(side_by_side)
-    assert out._base is block and torch.equal(out, block[..., 1:7])
-    for other in (td({"a": (3, 5), "b": (5, 8), "c": (0, 1)}), td({"a": (0, 2), "b": (3, 6), "c": (6, 7)}),
-                  td({"a": (1, 3), "b": (3, 6), "c": (6, 7)}, grad=True)):
-        out = enc(other)
-        assert out._base is None
-        assert torch.equal(out, torch.cat([other[K.obs(k)] for k in "abc"], -1))
-
-
 def test_obs_encoder_by_modality_and_share_net_from():
     spec = _rgb_spec()
     enc = ObsEncoder(group_inputs({"pos": (2,), "image": (16, 16, 3), "wrist": (16, 16, 3)},

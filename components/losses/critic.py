@@ -38,13 +38,13 @@ def mix_ensemble(qs: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
 
 def bootstrap(batch, next_value: torch.Tensor, discount: float | None = None) -> torch.Tensor:
     """``r + (1 - done) * gamma * next_value`` (all ``[B, 1]``)."""
-    gamma = batch.get(DISCOUNT, None)
+    nxt = batch.get(K.NEXT)
+    gamma = nxt.get(DISCOUNT[1], None)
     if gamma is None:
         if discount is None:
             raise ValueError("the batch has no ('next', 'discount') (use the n_step_transition batch) and no "
                              "discount was given")
         gamma = discount
-    nxt = batch.get(K.NEXT)
     not_done = 1.0 - nxt.get("done").to(next_value.dtype)
     return nxt.get("reward") + not_done * gamma * next_value
 

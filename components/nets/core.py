@@ -9,6 +9,7 @@ import math
 from typing import Sequence
 
 import torch
+from tensordict import TensorDictBase
 from torch import nn
 
 from modmimic import keys as K
@@ -206,35 +207,20 @@ class ObsEncoder(nn.Module):
             self._names.append(_name(k))
             dims.append(ke.output_dim)
         self.output_dim = sum(dims)
+        groups = {k[0] if isinstance(k, tuple) and len(k) == 2 else None for k in self.in_keys}
+        self._group = groups.pop() if len(groups) == 1 else None  # e.g. every key is ("observation", name)
+        self._leaves = [k[-1] for k in self.in_keys] if self._group is not None else None
 
     def forward(self, td) -> torch.Tensor:
+        if self._group is not None and isinstance(td, TensorDictBase):  # one group: look it up once
+            group = td.get(self._group)
+            return self.encode([group.get(k) for k in self._leaves])
         return self.encode([td.get(k) for k in self.in_keys])
 
     def encode(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """The same from tensors given in ``in_keys`` order."""
         parts = [x if name is None else self.key_encoders[name](x) for x, name in zip(tensors, self._names)]
-        if len(parts) == 1:
-            return parts[0]
-        joined = join_adjacent(parts)
-        return torch.cat(parts, dim=-1) if joined is None else joined
-
-
-def join_adjacent(parts: Sequence[torch.Tensor]) -> torch.Tensor | None:
-    """``torch.cat(parts, -1)`` as a view, when the parts are side-by-side column ranges of one tensor (the low-dim
-    keys of a sampled batch are views of one gathered block): views of the same base with the same leading shape and
-    strides, unit last stride, each starting where the one before ends. None otherwise, or when a part needs its
-    gradient (a view of the first part would not carry the others' graph)."""
-    x0 = parts[0]
-    base, stride, lead = x0._base, x0.stride(), x0.shape[:-1]
-    if base is None or stride[-1] != 1:
-        return None
-    end = x0.storage_offset()
-    for x in parts:
-        if x._base is not base or x.requires_grad or x.storage_offset() != end or x.stride() != stride or \
-                x.shape[:-1] != lead:
-            return None
-        end += x.shape[-1]
-    return x0.as_strided((*lead, end - x0.storage_offset()), stride)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 def _name(key) -> str:

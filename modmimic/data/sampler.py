@@ -46,6 +46,11 @@ def _columns(block: torch.Tensor, column: tuple, B: int, T: int) -> torch.Tensor
     return x if len(shape) == 1 else x.view(B, T, *shape)
 
 
+def _over_time(x: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """A per-window ``[B]`` value as ``[B, T]`` (a view; no expand for single-step windows)."""
+    return x.unsqueeze(1) if T == 1 else x.unsqueeze(1).expand(B, T)
+
+
 class WindowSampler:
     """Samples ``[B, T]`` windows (``T = frame_stack - 1 + seq_length``) from an :class:`EpisodeStore`.
 
@@ -177,7 +182,7 @@ class WindowSampler:
         if not self.shuffle:
             w = torch.randint(len(self.starts), (B,), generator=self.generator)[lo:lo + b]
             return w if self._idx_dev is None else w.to(self._idx_dev)
-        if self._perm is None or self._cursor + B > len(self._perm):
+        if self._perm is None or self._cursor + B > self._perm.shape[0]:
             n = len(self.starts)
             reps = -(-B // n)  # tiny datasets: concatenate permutations so one batch always fits
             self._perm = torch.cat([torch.randperm(n, generator=self.generator) for _ in range(reps)])
@@ -245,8 +250,8 @@ class WindowSampler:
             out[K.MC_RETURN] = block[..., a:b]
         out[K.MASK[0]] = {K.MASK[1]: real.to(self.device)}
         out[K.IS_INIT] = (rows == self._offsets[episode].unsqueeze(1)).to(self.device)
-        out[K.INDEX] = w.to(self.device).unsqueeze(1).expand(B, T)
-        out[K.EPISODE] = episode.to(self.device).unsqueeze(1).expand(B, T)
+        out[K.INDEX] = _over_time(w.to(self.device), B, T)
+        out[K.EPISODE] = _over_time(episode.to(self.device), B, T)
         if self.task_ids is not None:
             tid = self.task_ids[episode].to(self.device)
             emb = self.task_table[tid]
