@@ -87,6 +87,7 @@ class WindowSampler:
                              "and padding is off")
         self.lo = store.offsets[self.episode]
         self.hi = self.lo + store.lengths[self.episode] - 1
+        self._first = self.starts == self.lo  # the window starts at its demo's first step (single-step is_init)
         self.goal_row = store.offsets + store.lengths - 1 - (0 if pad_seq_length else seq_length - 1)
         self.rel = torch.arange(-(frame_stack - 1), seq_length)
         self.shuffle = shuffle
@@ -162,7 +163,8 @@ class WindowSampler:
         d = self.device
         self._flat = self.store.flat.to(d)
         self._offsets = self.store.offsets.to(d)
-        self.starts, self.episode, self.lo, self.hi = (t.to(d) for t in (self.starts, self.episode, self.lo, self.hi))
+        self.starts, self.episode, self.lo, self.hi, self._first = (
+            t.to(d) for t in (self.starts, self.episode, self.lo, self.hi, self._first))
         self.goal_row, self.rel = self.goal_row.to(d), self.rel.to(d)
         if self.task_ids is not None:
             self.task_ids, self.task_table = self.task_ids.to(d), self.task_table.to(d)
@@ -210,13 +212,16 @@ class WindowSampler:
             w = w.to(self._idx_dev)
         episode = self.episode[w]
         if T == 1:  # single-step windows: the start row itself, always inside its demo (no clamping, no padding)
-            rows = self.starts[w].unsqueeze(1)
-            real = torch.ones((B, 1), dtype=torch.bool, device=rows.device)
+            flat_rows = self.starts[w]
+            real = torch.ones((B, 1), dtype=torch.bool, device=flat_rows.device)
+            first = self._first[w].unsqueeze(1)
         else:
             raw = self.starts[w].unsqueeze(1) + self.rel
             rows = torch.maximum(torch.minimum(raw, self.hi[w].unsqueeze(1)), self.lo[w].unsqueeze(1))
+            flat_rows = rows.reshape(-1)
             real = raw == rows
-        block = self._flat[rows.reshape(-1)].to(self.device, non_blocking=True)
+            first = rows == self._offsets[episode].unsqueeze(1)
+        block = self._flat[flat_rows].to(self.device, non_blocking=True)
         if self._affine is not None:
             block.sub_(self._affine[0]).mul_(self._affine[1])
         block = block.view(B, T, -1)
@@ -233,7 +238,7 @@ class WindowSampler:
                 nobs[key[2]] = _columns(block, cols[key], B, T)
             nxt[K.OBS] = nobs
         for key, tensor in self.store.uint8.items():
-            g = take_rows(tensor, rows.reshape(-1).cpu()).to(self.device, non_blocking=True).view(B, T, *tensor.shape[1:])
+            g = take_rows(tensor, flat_rows.cpu()).to(self.device, non_blocking=True).view(B, T, *tensor.shape[1:])
             (obs if key[0] == K.OBS else nxt[K.OBS])[key[-1]] = g
         a, b, _ = cols[K.ACTION]
         out[K.ACTION] = block[..., a:b]
@@ -249,7 +254,7 @@ class WindowSampler:
             a, b, _ = cols[K.MC_RETURN]
             out[K.MC_RETURN] = block[..., a:b]
         out[K.MASK[0]] = {K.MASK[1]: real.to(self.device)}
-        out[K.IS_INIT] = (rows == self._offsets[episode].unsqueeze(1)).to(self.device)
+        out[K.IS_INIT] = first.to(self.device)
         out[K.INDEX] = _over_time(w.to(self.device), B, T)
         out[K.EPISODE] = _over_time(episode.to(self.device), B, T)
         if self.task_ids is not None:
