@@ -72,7 +72,9 @@ class Prepare:
 
 @dataclass
 class Update:
-    """One optimizer step: ``sum_i weight_i * loss_i`` -> backward -> clip -> step every optimizer -> polyak.
+    """One optimizer step: ``sum_i weight_i * loss_i`` -> backward -> clip -> step every optimizer -> polyak. The
+    losses are differentiated only with respect to the parameters the update steps (a critic inside an actor's loss
+    passes gradients to the actions but computes none for itself).
 
     ``optimizers``: network paths (robomimic's per-network optimizers; several when one loss trains a network and,
     e.g., its learnable weight). ``max_grad_norm`` clips the first of them, each ensemble member separately with
@@ -121,6 +123,7 @@ class Program:
     grad_sync: object = None  # grad_sync(program, update) after each backward (data-parallel: modmimic.distributed)
     autocast: object = None  # context factory around prepare and loss calls (train.amp=bf16); backward outside it
     _polyak: dict = field(default_factory=dict)
+    _frozen: dict = field(default_factory=dict)  # id(update) -> parameters its losses reach but it does not step
 
     def net(self, path: str) -> nn.Module:
         return self.nets.get_submodule(str(path))
@@ -178,23 +181,18 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
             continue
         if not s.active(epoch, step):
             continue
-        loss, terms = None, []
-        for lname, call, weight in s.losses:
-            with _autocast(program):
-                out = call(part, epoch, step)
-            term = out.pop("loss")
-            if call.writes:
-                _write(part, call, {k: out.pop(k) for k in list(out) if K.as_key(k) in call.writes})
-            terms.append(term)
-            weighted = term if weight == 1.0 else weight * term
-            loss = weighted if loss is None else loss + weighted
-            info[f"{s.prefix}{lname}/loss"] = d = term.detach()
-            for k, v in out.items():  # metrics come detached (the loss contract)
-                info[f"{s.prefix}{lname}/{k}"] = v.detach() if torch.is_tensor(v) and v.requires_grad else v
+        frozen = () if validate else _frozen(program, s)
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            loss, terms = _losses(program, s, part, epoch, step, info)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
         if check_finite and not math.isfinite(loss.item()):  # one host read per update
             _check_finite(s, terms, epoch, step)
-        if len(terms) > 1 or weight != 1.0:  # the detached sum (a lone unweighted term is its own, detached above)
-            d = loss.detach()
+        # the detached sum, or a lone unweighted term's value (detached once already, in info)
+        d = loss.detach() if len(terms) > 1 or s.losses[0][2] != 1.0 else info[f"{s.prefix}{s.losses[0][0]}/loss"]
         totals[s.prefix] = d if s.prefix not in totals else totals[s.prefix] + d
         if not validate and s.optimizers:
             _backward_and_step(program, s, loss, info, step)
@@ -214,6 +212,37 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
             if sch is not None and program.per_batch.get(path):
                 sch.step()
     return info
+
+
+def _losses(program: Program, u: Update, part, epoch: int, step: int, info: dict):
+    """Update ``u``'s weighted sum of losses and its terms in order; every term and metric goes into ``info``."""
+    loss, terms = None, []
+    for lname, call, weight in u.losses:
+        with _autocast(program):
+            out = call(part, epoch, step)
+        term = out.pop("loss")
+        if call.writes:
+            _write(part, call, {k: out.pop(k) for k in list(out) if K.as_key(k) in call.writes})
+        terms.append(term)
+        weighted = term if weight == 1.0 else weight * term
+        loss = weighted if loss is None else loss + weighted
+        info[f"{u.prefix}{lname}/loss"] = term.detach()
+        for k, v in out.items():  # metrics come detached (the loss contract)
+            info[f"{u.prefix}{lname}/{k}"] = v.detach() if torch.is_tensor(v) and v.requires_grad else v
+    return loss, terms
+
+
+def _frozen(program: Program, u: Update) -> list:
+    """The trainable parameters that update ``u``'s losses reach but ``u`` does not step (a critic inside an actor's
+    loss). Their gradients would be cleared unread by the update that steps them (every update clears its own
+    first), so ``u`` builds its graph without them: the same updates, without the wasted gradient."""
+    params = program._frozen.get(id(u))
+    if params is None:
+        stepped = {id(p) for o in u.optimizers for g in program.optimizers[o].param_groups for p in g["params"]}
+        params = {id(p): p for _, call, _ in u.losses for net in call.nets.values() if isinstance(net, nn.Module)
+                  for p in net.parameters() if p.requires_grad and id(p) not in stepped}
+        params = program._frozen[id(u)] = list(params.values())
+    return params
 
 
 def _autocast(program: Program):
