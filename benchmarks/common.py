@@ -22,7 +22,8 @@ def compare(name: str, variants: list, steps: int, repeats: int, threads: int) -
     """``variants``: ``[(workload, step fn), ...]`` with the bare eager PyTorch step last. Rounds interleave the
     variants (A B C A B C ...); a round's ratio is bare time / variant time in that round, and the reported ratio
     is the median over rounds (pairing neighbouring measurements cancels most of the drift of a shared machine's
-    load; 1.0 = no framework tax, > 1 = faster than bare eager). Prints and returns one record per variant."""
+    load; 1.0 = no framework tax, > 1 = faster than bare eager), ``ratio_range`` the lowest and highest round's.
+    Prints and returns one record per variant."""
     for _, s in variants:  # warm-up
         for _ in range(3):
             s()
@@ -34,9 +35,10 @@ def compare(name: str, variants: list, steps: int, repeats: int, threads: int) -
     out = []
     for w, _ in variants:
         t = statistics.median(times[w])
-        ratio = statistics.median(b / v for b, v in zip(bare, times[w]))
+        ratios = [b / v for b, v in zip(bare, times[w])]
         rec = {"workload": f"{w}/{name}", "steps_per_s": round(1 / t, 2), "ms_per_step": round(t * 1e3, 3),
-               "ratio_vs_torch": round(ratio, 4), "rounds": repeats, "threads": threads}
+               "ratio_vs_torch": round(statistics.median(ratios), 4),
+               "ratio_range": [round(min(ratios), 4), round(max(ratios), 4)], "rounds": repeats, "threads": threads}
         print(json.dumps(rec), flush=True)
         out.append(rec)
     return out

@@ -125,9 +125,10 @@ def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_h
     if T < n_step:
         raise ValueError(f"windows have {T} steps but n_step={n_step}: set train.seq_length >= algo.n_step")
     nxt = batch.get(K.NEXT)
-    if "reward" not in nxt.keys():
+    r = nxt.get("reward", None)
+    if r is None:
         raise ValueError("the batch has no ('next', 'reward'): this recipe needs a dataset with rewards and dones")
-    r, d = nxt.get("reward"), nxt.get("done")
+    d = nxt.get("done")
     if n_step == 1:
         reward, done = r[:, 0], d[:, 0]
         gamma = torch.full_like(reward, discount)
@@ -147,8 +148,9 @@ def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_h
     next_obs = {k: v[:, n_step - 1] for k, v in nxt.get(K.OBS).items()}
     out_next = {K.OBS: next_obs, "reward": reward, "done": done, "terminated": done, "discount": gamma}
     out = {K.OBS: obs, K.ACTION: batch.get(K.ACTION)[:, 0], K.NEXT: out_next}
-    if K.GOAL in batch.keys():
-        goal = {k: v[:, 0] for k, v in batch.get(K.GOAL).items()}
+    goals = batch.get(K.GOAL, None)
+    if goals is not None:
+        goal = {k: v[:, 0] for k, v in goals.items()}
         out[K.GOAL] = goal
         out_next[K.GOAL] = goal
     td = TensorDict._new_unsafe(out, batch_size=torch.Size([B]), device=batch.device)

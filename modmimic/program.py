@@ -19,6 +19,7 @@ produced by the data or an earlier step.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -71,7 +72,9 @@ class Prepare:
 
 @dataclass
 class Update:
-    """One optimizer step: ``sum_i weight_i * loss_i`` -> backward -> clip -> step every optimizer -> polyak.
+    """One optimizer step: ``sum_i weight_i * loss_i`` -> backward -> clip -> step every optimizer -> polyak. The
+    losses are differentiated only with respect to the parameters the update steps (a critic inside an actor's loss
+    passes gradients to the actions but computes none for itself).
 
     ``optimizers``: network paths (robomimic's per-network optimizers; several when one loss trains a network and,
     e.g., its learnable weight). ``max_grad_norm`` clips the first of them, each ensemble member separately with
@@ -120,6 +123,7 @@ class Program:
     grad_sync: object = None  # grad_sync(program, update) after each backward (data-parallel: modmimic.distributed)
     autocast: object = None  # context factory around prepare and loss calls (train.amp=bf16); backward outside it
     _polyak: dict = field(default_factory=dict)
+    _frozen: dict = field(default_factory=dict)  # id(update) -> parameters its losses reach but it does not step
 
     def net(self, path: str) -> nn.Module:
         return self.nets.get_submodule(str(path))
@@ -140,10 +144,6 @@ class Program:
 
 
 # --- running a step ------------------------------------------------------------------------------------------------
-
-def _part(batch, scope: tuple):
-    return batch.get(scope) if scope else batch
-
 
 def _declared(key, writes) -> bool:
     """``key`` is one of ``writes`` or inside one of them (a declared group: ``("actor", "subgoal")``)."""
@@ -171,37 +171,28 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
     for every loss term, ``"<prefix><update>/grad_norm"`` when clipping, ``"<prefix>Loss"`` per component and
     ``"Loss"`` for the whole step. ``check_finite``: before an update steps anything, a NaN/Inf among its loss terms
     raises :class:`NonFiniteLossError` naming the term (one host sync per update; logging never syncs)."""
-    info, totals, terms = {}, {}, []
-    autocast = program.autocast or contextlib.nullcontext
+    info, totals = {}, {}
     for s in program.steps:
-        part = _part(batch, s.scope)
+        part = batch.get(s.scope) if s.scope else batch
         if isinstance(s, Prepare):
-            with torch.no_grad(), autocast():
+            with torch.no_grad(), _autocast(program):
                 for c in s.calls:
                     _write(part, c, c(part, epoch, step))
             continue
         if not s.active(epoch, step):
             continue
-        loss = None
-        for lname, call, weight in s.losses:
-            if program.autocast is None:
-                out = call(part, epoch, step)
-            else:
-                with autocast():
-                    out = call(part, epoch, step)
-            term = out.pop("loss")
-            if call.writes:
-                _write(part, call, {k: out.pop(k) for k in list(out) if K.as_key(k) in call.writes})
-            terms.append((f"{s.prefix}{lname}", s.name, term))
-            weighted = term if weight == 1.0 else weight * term
-            loss = weighted if loss is None else loss + weighted
-            info[f"{s.prefix}{lname}/loss"] = term.detach()
-            for k, v in out.items():  # metrics come detached (the loss contract)
-                info[f"{s.prefix}{lname}/{k}"] = v.detach() if torch.is_tensor(v) and v.requires_grad else v
-        if check_finite and not bool(torch.isfinite(loss)):
-            _check_finite(terms, epoch, step)
-        terms.clear()
-        d = loss.detach()
+        frozen = () if validate else _frozen(program, s)
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            loss, terms = _losses(program, s, part, epoch, step, info)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        if check_finite and not math.isfinite(loss.item()):  # one host read per update
+            _check_finite(s, terms, epoch, step)
+        # the detached sum, or a lone unweighted term's value (detached once already, in info)
+        d = loss.detach() if len(terms) > 1 or s.losses[0][2] != 1.0 else info[f"{s.prefix}{s.losses[0][0]}/loss"]
         totals[s.prefix] = d if s.prefix not in totals else totals[s.prefix] + d
         if not validate and s.optimizers:
             _backward_and_step(program, s, loss, info, step)
@@ -223,20 +214,61 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
     return info
 
 
-def _check_finite(terms, epoch, step) -> None:
-    """An update's weighted sum is not finite: name the first non-finite term (or the sum, when it overflowed)."""
-    for name, update, t in terms:
+def _losses(program: Program, u: Update, part, epoch: int, step: int, info: dict):
+    """Update ``u``'s weighted sum of losses and its terms in order; every term and metric goes into ``info``."""
+    loss, terms = None, []
+    for lname, call, weight in u.losses:
+        with _autocast(program):
+            out = call(part, epoch, step)
+        term = out.pop("loss")
+        if call.writes:
+            _write(part, call, {k: out.pop(k) for k in list(out) if K.as_key(k) in call.writes})
+        terms.append(term)
+        weighted = term if weight == 1.0 else weight * term
+        loss = weighted if loss is None else loss + weighted
+        info[f"{u.prefix}{lname}/loss"] = term.detach()
+        for k, v in out.items():  # metrics come detached (the loss contract)
+            info[f"{u.prefix}{lname}/{k}"] = v.detach() if torch.is_tensor(v) and v.requires_grad else v
+    return loss, terms
+
+
+def _frozen(program: Program, u: Update) -> list:
+    """The trainable parameters that update ``u``'s losses reach but ``u`` does not step (a critic inside an actor's
+    loss). Their gradients would be cleared unread by the update that steps them (every update clears its own
+    first), so ``u`` builds its graph without them: the same updates, without the wasted gradient."""
+    params = program._frozen.get(id(u))
+    if params is None:
+        stepped = {id(p) for o in u.optimizers for g in program.optimizers[o].param_groups for p in g["params"]}
+        params = {id(p): p for _, call, _ in u.losses for net in call.nets.values() if isinstance(net, nn.Module)
+                  for p in net.parameters() if p.requires_grad and id(p) not in stepped}
+        params = program._frozen[id(u)] = list(params.values())
+    return params
+
+
+def _autocast(program: Program):
+    return _NO_AUTOCAST if program.autocast is None else program.autocast()
+
+
+_NO_AUTOCAST = contextlib.nullcontext()  # stateless, so one instance serves every step
+
+
+def _check_finite(u: Update, terms: list, epoch, step) -> None:
+    """Update ``u``'s weighted sum of ``terms`` (its losses' values, in order) is not finite: name the first
+    non-finite term (or the sum, when it overflowed)."""
+    names = [f"{u.prefix}{lname}" for lname, _, _ in u.losses]
+    for name, t in zip(names, terms):
         if not bool(torch.isfinite(t)):
-            raise NonFiniteLossError(f"loss {name!r} (update {update!r}) is {t.item()} at epoch {epoch}, step {step}")
-    names = ", ".join(repr(n) for n, _, _ in terms)
-    raise NonFiniteLossError(f"the weighted sum of losses {names} (update {terms[0][1]!r}) overflowed at epoch "
-                             f"{epoch}, step {step}")
+            raise NonFiniteLossError(f"loss {name!r} (update {u.name!r}) is {t.item()} at epoch {epoch}, step {step}")
+    raise NonFiniteLossError(f"the weighted sum of losses {', '.join(repr(n) for n in names)} (update {u.name!r}) "
+                             f"overflowed at epoch {epoch}, step {step}")
 
 
 def _backward_and_step(program: Program, u: Update, loss, info: dict, step: int = 0) -> None:
     opts = [program.optimizers[o] for o in u.optimizers]
-    for opt in opts:
-        opt.zero_grad(set_to_none=True)
+    for opt in opts:  # zero_grad(set_to_none=True) without its per-call profiler scope
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.grad = None
     loss.backward()
     if program.grad_sync is not None:  # average the gradients over the ranks before clipping and stepping
         program.grad_sync(program, u)

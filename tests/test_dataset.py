@@ -91,6 +91,19 @@ def test_windows_match_robomimic(tiny, fs, seq, pad_fs, pad_seq):
         assert int(b[K.EPISODE][i, 0]) == d
 
 
+def test_single_step_windows_equal_first_step_of_longer_ones(tiny):
+    """Single-step windows take a shortcut (no window arithmetic): every entry equals step 0 of the same windows
+    drawn two steps long (the same start rows), goals included."""
+    for goal in (None, "last"):
+        _, s1, b1 = windows(tiny, 1, 1, goal=goal)
+        _, s2, b2 = windows(tiny, 1, 2, goal=goal)
+        assert torch.equal(s1.starts, s2.starts)
+        first = b2[:, :1]
+        assert set(b1.keys(True, True)) == set(first.keys(True, True))
+        for k in b1.keys(True, True):
+            assert torch.equal(b1[k], first[k]), k
+
+
 def test_goal_last(tiny):
     for pad_seq in (True, False):
         store, s, b = windows(tiny, 1, 2, True, pad_seq, goal="last")

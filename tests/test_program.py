@@ -250,3 +250,38 @@ def test_sync_free_step_info_stays_on_device(reach_hdf5, tiny):
     logged = algo.log_info(info)
     assert isinstance(logged["Loss"], float) and logged["Loss"] == pytest.approx(float(info["Loss"]))
     assert {"critic/loss", "vf/loss", "actor/loss", "Optimizer/critic0_lr"} <= set(logged)
+
+
+def test_an_update_does_not_differentiate_the_networks_it_does_not_step(reach_hdf5, tiny):
+    """TD3-BC's actor loss runs through the critic; the actor update steps only the actor, so it builds its graph
+    without the critic's parameters: the same parameters and losses as differentiating everything, and the critic's
+    gradients stay those of its own update."""
+    from modmimic.config import all_obs_keys
+    from modmimic.data.hdf5 import load_episode_store
+    from modmimic.data.sampler import WindowSampler
+
+    cfg = compose("td3_bc", [*tiny("td3_bc"), "observation.modalities.obs.low_dim=[pos,goal_pos,vel]"])
+    store = load_episode_store(str(reach_hdf5), all_obs_keys(cfg), load_next_obs=True)
+    runs = []
+    for freeze in (True, False):
+        torch.manual_seed(0)
+        algo = algo_factory("td3_bc", cfg, store.obs_shapes(), store.ac_dim)
+        algo.set_train()
+        actor_update = next(s for s in algo.program.steps if isinstance(s, Update) and s.name == "actor")
+        if not freeze:  # the reference: every parameter the losses reach gets its gradient
+            algo.program._frozen = {id(s): [] for s in algo.program.steps}
+        sampler, infos = WindowSampler(store, 8, seed=0), []
+        for _ in range(4):
+            infos.append(algo.train_on_batch(algo.process_batch_for_training(sampler.sample()), 1))
+        critic = algo.program.net("critic")
+        runs.append((algo, infos, [p.grad.clone() for p in critic.parameters()]))
+        if freeze:
+            assert {id(p) for p in algo.program._frozen[id(actor_update)]} == {id(p) for p in critic.parameters()}
+    (a, infos_a, grads_a), (b, infos_b, grads_b) = runs
+    for (k, p), q in zip(a.nets.state_dict().items(), b.nets.state_dict().values()):
+        assert torch.equal(p, q), k
+    for x, y in zip(infos_a, infos_b):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    # step 4 ran the actor update after the critic's: with everything differentiated, it added to the critic's grads
+    assert not all(torch.equal(g, h) for g, h in zip(grads_a, grads_b))
+    assert all(p.requires_grad for p in a.program.net("critic").parameters())  # unfrozen after the update

@@ -38,13 +38,13 @@ def mix_ensemble(qs: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
 
 def bootstrap(batch, next_value: torch.Tensor, discount: float | None = None) -> torch.Tensor:
     """``r + (1 - done) * gamma * next_value`` (all ``[B, 1]``)."""
-    gamma = batch.get(DISCOUNT, None)
+    nxt = batch.get(K.NEXT)
+    gamma = nxt.get(DISCOUNT[1], None)
     if gamma is None:
         if discount is None:
             raise ValueError("the batch has no ('next', 'discount') (use the n_step_transition batch) and no "
                              "discount was given")
         gamma = discount
-    nxt = batch.get(K.NEXT)
     not_done = 1.0 - nxt.get("done").to(next_value.dtype)
     return nxt.get("reward") + not_done * gamma * next_value
 
@@ -123,8 +123,8 @@ def td_loss(batch, critic, target_key: str = Q_TARGET, use_huber: bool = False, 
     out = {"loss": per_member.sum(), "q_pred": q.detach().mean(), "q_target": y.detach().mean()}
     if keep_pred is not None:
         out[keep_pred] = q.movedim(0, 1)
-    for i in range(per_member.shape[0]):
-        out[f"critic{i + 1}_loss"] = per_member[i].detach()
+    for i, member_loss in enumerate(per_member.detach().unbind(0)):
+        out[f"critic{i + 1}_loss"] = member_loss
     return out
 
 

@@ -9,6 +9,7 @@ import math
 from typing import Sequence
 
 import torch
+from tensordict import TensorDictBase
 from torch import nn
 
 from modmimic import keys as K
@@ -206,13 +207,18 @@ class ObsEncoder(nn.Module):
             self._names.append(_name(k))
             dims.append(ke.output_dim)
         self.output_dim = sum(dims)
+        groups = {k[0] if isinstance(k, tuple) and len(k) == 2 else None for k in self.in_keys}
+        self._group = groups.pop() if len(groups) == 1 else None  # e.g. every key is ("observation", name)
+        self._leaves = [k[-1] for k in self.in_keys] if self._group is not None else None
+        self._low_dim = len(self.in_keys) > 1 and all(n is None for n in self._names)
 
     def forward(self, td) -> torch.Tensor:
-        parts = []
-        for k, name in zip(self.in_keys, self._names):
-            x = td.get(k)
-            parts.append(x if name is None else self.key_encoders[name](x))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        if self._group is not None and isinstance(td, TensorDictBase):  # one group: look it up once
+            group = td.get(self._group)
+            if self._low_dim:  # nothing to encode: the keys side by side
+                return torch.cat([group.get(k) for k in self._leaves], dim=-1)
+            return self.encode([group.get(k) for k in self._leaves])
+        return self.encode([td.get(k) for k in self.in_keys])
 
     def encode(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """The same from tensors given in ``in_keys`` order."""

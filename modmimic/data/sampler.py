@@ -39,6 +39,18 @@ def window_starts(lengths: torch.Tensor, offsets: torch.Tensor, seq_length: int,
     return offsets[episode] + t, episode
 
 
+def _columns(block: torch.Tensor, column: tuple, B: int, T: int) -> torch.Tensor:
+    """The ``[B, T, *shape]`` view of one key's columns ``(a, b, shape)`` of a gathered ``[B, T, width]`` block."""
+    a, b, shape = column
+    x = block[..., a:b]
+    return x if len(shape) == 1 else x.view(B, T, *shape)
+
+
+def _over_time(x: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """A per-window ``[B]`` value as ``[B, T]`` (a view; no expand for single-step windows)."""
+    return x.unsqueeze(1) if T == 1 else x.unsqueeze(1).expand(B, T)
+
+
 class WindowSampler:
     """Samples ``[B, T]`` windows (``T = frame_stack - 1 + seq_length``) from an :class:`EpisodeStore`.
 
@@ -75,6 +87,7 @@ class WindowSampler:
                              "and padding is off")
         self.lo = store.offsets[self.episode]
         self.hi = self.lo + store.lengths[self.episode] - 1
+        self._first = self.starts == self.lo  # the window starts at its demo's first step (single-step is_init)
         self.goal_row = store.offsets + store.lengths - 1 - (0 if pad_seq_length else seq_length - 1)
         self.rel = torch.arange(-(frame_stack - 1), seq_length)
         self.shuffle = shuffle
@@ -150,7 +163,8 @@ class WindowSampler:
         d = self.device
         self._flat = self.store.flat.to(d)
         self._offsets = self.store.offsets.to(d)
-        self.starts, self.episode, self.lo, self.hi = (t.to(d) for t in (self.starts, self.episode, self.lo, self.hi))
+        self.starts, self.episode, self.lo, self.hi, self._first = (
+            t.to(d) for t in (self.starts, self.episode, self.lo, self.hi, self._first))
         self.goal_row, self.rel = self.goal_row.to(d), self.rel.to(d)
         if self.task_ids is not None:
             self.task_ids, self.task_table = self.task_ids.to(d), self.task_table.to(d)
@@ -170,7 +184,7 @@ class WindowSampler:
         if not self.shuffle:
             w = torch.randint(len(self.starts), (B,), generator=self.generator)[lo:lo + b]
             return w if self._idx_dev is None else w.to(self._idx_dev)
-        if self._perm is None or self._cursor + B > len(self._perm):
+        if self._perm is None or self._cursor + B > self._perm.shape[0]:
             n = len(self.starts)
             reps = -(-B // n)  # tiny datasets: concatenate permutations so one batch always fits
             self._perm = torch.cat([torch.randperm(n, generator=self.generator) for _ in range(reps)])
@@ -196,9 +210,18 @@ class WindowSampler:
         B, T = len(w), self.T
         if self._idx_dev is not None:
             w = w.to(self._idx_dev)
-        raw = self.starts[w].unsqueeze(1) + self.rel
-        rows = torch.maximum(torch.minimum(raw, self.hi[w].unsqueeze(1)), self.lo[w].unsqueeze(1))
-        block = self._flat[rows.reshape(-1)].to(self.device, non_blocking=True)
+        episode = self.episode[w]
+        if T == 1:  # single-step windows: the start row itself, always inside its demo (no clamping, no padding)
+            flat_rows = self.starts[w]
+            real = torch.ones((B, 1), dtype=torch.bool, device=flat_rows.device)
+            first = self._first[w].unsqueeze(1)
+        else:
+            raw = self.starts[w].unsqueeze(1) + self.rel
+            rows = torch.maximum(torch.minimum(raw, self.hi[w].unsqueeze(1)), self.lo[w].unsqueeze(1))
+            flat_rows = rows.reshape(-1)
+            real = raw == rows
+            first = rows == self._offsets[episode].unsqueeze(1)
+        block = self._flat[flat_rows].to(self.device, non_blocking=True)
         if self._affine is not None:
             block.sub_(self._affine[0]).mul_(self._affine[1])
         block = block.view(B, T, -1)
@@ -206,18 +229,16 @@ class WindowSampler:
         out = {}
         obs = {}
         for key in self._obs_keys:
-            a, b, shape = cols[key]
-            obs[key[1]] = block[..., a:b].view(B, T, *shape)
+            obs[key[1]] = _columns(block, cols[key], B, T)
         out[K.OBS] = obs
         nxt = {}
         if self._next_keys:
             nobs = {}
             for key in self._next_keys:
-                a, b, shape = cols[key]
-                nobs[key[2]] = block[..., a:b].view(B, T, *shape)
+                nobs[key[2]] = _columns(block, cols[key], B, T)
             nxt[K.OBS] = nobs
         for key, tensor in self.store.uint8.items():
-            g = take_rows(tensor, rows.reshape(-1).cpu()).to(self.device, non_blocking=True).view(B, T, *tensor.shape[1:])
+            g = take_rows(tensor, flat_rows.cpu()).to(self.device, non_blocking=True).view(B, T, *tensor.shape[1:])
             (obs if key[0] == K.OBS else nxt[K.OBS])[key[-1]] = g
         a, b, _ = cols[K.ACTION]
         out[K.ACTION] = block[..., a:b]
@@ -232,17 +253,17 @@ class WindowSampler:
         if K.MC_RETURN in cols:  # Monte-Carlo returns-to-go (modmimic.data.returns)
             a, b, _ = cols[K.MC_RETURN]
             out[K.MC_RETURN] = block[..., a:b]
-        out[K.MASK[0]] = {K.MASK[1]: (raw == rows).to(self.device)}
-        out[K.IS_INIT] = (rows == self._offsets[self.episode[w]].unsqueeze(1)).to(self.device)
-        out[K.INDEX] = w.to(self.device).unsqueeze(1).expand(B, T)
-        out[K.EPISODE] = self.episode[w].to(self.device).unsqueeze(1).expand(B, T)
+        out[K.MASK[0]] = {K.MASK[1]: real.to(self.device)}
+        out[K.IS_INIT] = first.to(self.device)
+        out[K.INDEX] = _over_time(w.to(self.device), B, T)
+        out[K.EPISODE] = _over_time(episode.to(self.device), B, T)
         if self.task_ids is not None:
-            tid = self.task_ids[self.episode[w]].to(self.device)
+            tid = self.task_ids[episode].to(self.device)
             emb = self.task_table[tid]
             out[K.TASK] = {"id": tid.unsqueeze(1).expand(B, T),
                            "embedding": emb.unsqueeze(1).expand(B, T, emb.shape[-1])}
         if self.goal_mode == "last":
-            grow = self.goal_row[self.episode[w]]
+            grow = self.goal_row[episode]
             gblock = self._flat[grow].to(self.device)
             if self._affine is not None:
                 gblock.sub_(self._affine[0]).mul_(self._affine[1])
