@@ -100,7 +100,8 @@ DISCOUNT = (K.NEXT, "discount")  # [B, 1] float: the bootstrap discount of each 
 @declare(reads=[K.ACTION, K.REWARD, K.DONE, (K.NEXT, K.OBS)],
          writes=[DISCOUNT, "{next_action_key}", "{mc_return_key}"])
 def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_horizon: bool = False,
-                      next_action_key: str | None = None, mc_return_key: str | None = None):
+                      next_action_key: str | None = None, mc_return_key: str | None = None,
+                      reward_scale: float = 1.0, reward_shift: float = 0.0):
     """Windows ``[B, T]`` -> n-step transitions ``[B]`` (robomimic BCQ/CQL/TD3-BC ``process_batch_for_training``).
 
     * ``observation``, ``action``, ``goal``: step 0; ``("next", "observation")``: step ``n_step - 1``.
@@ -112,6 +113,9 @@ def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_h
       ``n_step`` of the window (``train.seq_length >= n_step + 1``; at a demo's end the last action, repeated).
     * ``mc_return_key`` (``"mc_return"``, Cal-QL): the Monte-Carlo return-to-go of step 0, from windows that carry it
       (recipes that require ``mc_returns``; :mod:`modmimic.data.returns`).
+    * ``reward_scale`` / ``reward_shift``: every step's reward becomes ``reward_scale * r + reward_shift`` before
+      the sum (the CQL paper's sparse-task setting ``r - 1``: 0 at success, -1 per step before it). Refused with
+      ``mc_return_key``: the stored returns-to-go are of the untransformed rewards.
 
     With ``n_step = 1`` this is exactly robomimic's (and IQL's ``[:, 0]``) batch. For ``n_step > 1`` robomimic sums
     the rewards of every step of the window, including the steps that padding repeats at the end of a demo (the
@@ -129,6 +133,11 @@ def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_h
     if r is None:
         raise ValueError("the batch has no ('next', 'reward'): this recipe needs a dataset with rewards and dones")
     d = nxt.get("done")
+    if reward_scale != 1.0 or reward_shift != 0.0:
+        if mc_return_key is not None:
+            raise ValueError("reward_scale / reward_shift with Monte-Carlo returns: the stored returns-to-go are of "
+                             "the untransformed rewards")
+        r = r * reward_scale + reward_shift
     if n_step == 1:
         reward, done = r[:, 0], d[:, 0]
         gamma = torch.full_like(reward, discount)

@@ -63,6 +63,14 @@ def test_n_step_transition_closed_form():
     assert torch.allclose(inf[K.NEXT, "reward"][0], expected[0])
     with pytest.raises(ValueError, match="seq_length >= algo.n_step"):
         n_step_transition(w, n_step=5)
+    # every step's reward transformed before the sum: sum_i g^i (2 r_i - 1) over the live steps
+    shifted = n_step_transition(w, n_step=3, discount=g, reward_scale=2.0, reward_shift=-1.0)
+    assert torch.allclose(shifted[K.NEXT, "reward"], 2 * expected - torch.tensor([[1 + g + g * g], [1 + g], [1 + g]]))
+    assert torch.equal(shifted[DISCOUNT], out[DISCOUNT]) and torch.equal(shifted[K.NEXT, "done"], out[K.NEXT, "done"])
+    one = n_step_transition(w, n_step=1, discount=g, reward_shift=-1.0)
+    assert torch.equal(one[K.NEXT, "reward"], w[K.NEXT, "reward"][:, 0] - 1.0)
+    with pytest.raises(ValueError, match="returns-to-go are of the untransformed rewards"):
+        n_step_transition(w, n_step=1, reward_shift=-1.0, mc_return_key="mc_return")
 
 
 def test_goal_is_part_of_the_next_state():
