@@ -478,6 +478,10 @@ def check_values(cfg: DictConfig, where: str = "") -> None:
                           "cloning recipes")
     v = t.get("num_data_workers")
     _need(v is None or (_is_int(v) and v >= 0), "train.num_data_workers", v, "an int >= 0")
+    b = cfg.get("batch") or {}
+    if b.get("mc_return_key") and (b.get("reward_scale", 1.0) != 1.0 or b.get("reward_shift", 0.0) != 0.0):
+        raise ConfigError(f"batch.reward_scale / batch.reward_shift with recipe {cfg.get('recipe_name')!r}: its "
+                          "Monte-Carlo returns-to-go are computed from the untransformed rewards")
     _check_optim_params(cfg.algo, f"algo.{where}")
 
 

@@ -73,6 +73,14 @@ def test_n_step_transition_closed_form():
         n_step_transition(w, n_step=1, reward_shift=-1.0, mc_return_key="mc_return")
 
 
+def test_a_reward_transform_with_monte_carlo_returns_is_a_config_error():
+    from modmimic.config import ConfigError, compose
+
+    assert compose("cql", ["batch.reward_shift=-1.0"]).batch.reward_shift == -1.0
+    with pytest.raises(ConfigError, match="Monte-Carlo returns-to-go are computed from the untransformed rewards"):
+        compose("cal_ql", ["batch.reward_shift=-1.0"])
+
+
 def test_goal_is_part_of_the_next_state():
     w = windows([[0.0]], [[0]])
     w[K.GOAL] = TensorDict({"g": torch.ones(1, 1, 3)}, [1, 1])
