@@ -210,13 +210,10 @@ class ObsEncoder(nn.Module):
         groups = {k[0] if isinstance(k, tuple) and len(k) == 2 else None for k in self.in_keys}
         self._group = groups.pop() if len(groups) == 1 else None  # e.g. every key is ("observation", name)
         self._leaves = [k[-1] for k in self.in_keys] if self._group is not None else None
-        self._low_dim = len(self.in_keys) > 1 and all(n is None for n in self._names)
 
     def forward(self, td) -> torch.Tensor:
         if self._group is not None and isinstance(td, TensorDictBase):  # one group: look it up once
             group = td.get(self._group)
-            if self._low_dim:  # nothing to encode: the keys side by side
-                return torch.cat([group.get(k) for k in self._leaves], dim=-1)
             return self.encode([group.get(k) for k in self._leaves])
         return self.encode([td.get(k) for k in self.in_keys])
 

@@ -113,9 +113,9 @@ def with_idle_dropped(cfg: DictConfig, store, keys: list[str]):
         return store
     from modmimic.data.idle import without_idle
 
-    out, dropped = without_idle(store, keys, float(idle.get("tolerance", 0.01)), int(idle.get("keep", 1)))
+    out, dropped = without_idle(store, keys, float(idle.tolerance), int(idle.keep))  # base.yaml's section
     print(f"modmimic.train: train.idle_steps.drop: {dropped} of {store.num_samples} steps of {store.path} dropped "
-          f"(still beyond the first {int(idle.get('keep', 1))} of each still stretch)", flush=True)
+          f"(still beyond the first {int(idle.keep)} of each still stretch)", flush=True)
     return out
 
 
