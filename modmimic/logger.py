@@ -232,44 +232,46 @@ class RunLogger:
         cols = min(n, 3)
         rows = (n + cols - 1) // cols
         fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
-        for ax, (title, series) in zip(axes.flat, panels.items()):
-            success = title == "rollout success rate"
-            positive = True
-            terms = sorted({label.split(" ", 1)[-1] for label in series})  # train and valid of a term: one colour
-            for label, pts in series.items():
-                xs = [p[0] for p in pts]
-                ys = [p[1] for p in pts]
-                marker = "o" if len(pts) < 30 else None
-                style = "--" if label.startswith("valid") else "-"
-                if success and len(pts[0]) == 4:
-                    # Wilson bounds at a rate of 0 or 1 can sit a rounding error inside the rate: never below zero
-                    err = [[max(0.0, y - p[2]) for y, p in zip(ys, pts)], [max(0.0, p[3] - y) for y, p in zip(ys, pts)]]
-                    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=f"{label} (95% CI)")
-                    if len(pts) > 1:
-                        ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], alpha=0.15)
-                else:
-                    ax.plot(xs, ys, style, marker=marker, label=label,
-                            color=f"C{terms.index(label.split(' ', 1)[-1]) % 10}")
-                positive &= all(y > 0 for y in ys)
-            if success:
-                ax.set_ylim(-0.02, 1.02)
-                ax.set_ylabel("success rate")
-            elif positive and series:
-                ax.set_yscale("log")
-            ax.set_title(title)
-            ax.set_xlabel("epoch")
-            ax.set_xlim(lo - 0.5, hi + 0.5)  # every panel on the run's epochs, even with one point
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
-        for ax in list(axes.flat)[n:]:
-            ax.set_visible(False)
-        fig.tight_layout()
-        from modmimic.io import _atomic_write_bytes
+        try:
+            for ax, (title, series) in zip(axes.flat, panels.items()):
+                success = title == "rollout success rate"
+                positive = True
+                terms = sorted({label.split(" ", 1)[-1] for label in series})  # train and valid of a term: one colour
+                for label, pts in series.items():
+                    xs = [p[0] for p in pts]
+                    ys = [p[1] for p in pts]
+                    marker = "o" if len(pts) < 30 else None
+                    style = "--" if label.startswith("valid") else "-"
+                    if success and len(pts[0]) == 4:
+                        # Wilson bounds at a rate of 0 or 1 can sit a rounding error inside the rate: never below zero
+                        err = [[max(0.0, y - p[2]) for y, p in zip(ys, pts)], [max(0.0, p[3] - y) for y, p in zip(ys, pts)]]
+                        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=f"{label} (95% CI)")
+                        if len(pts) > 1:
+                            ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], alpha=0.15)
+                    else:
+                        ax.plot(xs, ys, style, marker=marker, label=label,
+                                color=f"C{terms.index(label.split(' ', 1)[-1]) % 10}")
+                    positive &= all(y > 0 for y in ys)
+                if success:
+                    ax.set_ylim(-0.02, 1.02)
+                    ax.set_ylabel("success rate")
+                elif positive and series:
+                    ax.set_yscale("log")
+                ax.set_title(title)
+                ax.set_xlabel("epoch")
+                ax.set_xlim(lo - 0.5, hi + 0.5)  # every panel on the run's epochs, even with one point
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.grid(True, alpha=0.3)
+                ax.legend(fontsize=7)
+            for ax in list(axes.flat)[n:]:
+                ax.set_visible(False)
+            fig.tight_layout()
+            from modmimic.io import _atomic_write_bytes
 
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-        plt.close(fig)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+        finally:  # an interrupted drawing (Ctrl-C, a stop signal) leaves no figure open behind it
+            plt.close(fig)
         _atomic_write_bytes(self.png_path, lambda f: f.write(buf.getbuffer()))
         self._plot_cost = time.monotonic() - t0
         self._last_plot, self._plot_pending = time.monotonic(), False

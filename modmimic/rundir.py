@@ -181,7 +181,14 @@ class StopSignals:
         self.signum = signum
 
     def requested(self) -> bool:
-        return self.signum is not None
+        """A signal came: noted (graceful), or raised at once. The second counts too, so a :class:`RunStopped`
+        that library code swallowed (a broad ``except`` around a callback) still ends the run at the next check."""
+        return self.signum is not None or self.raised is not None
+
+    def check_raised(self) -> None:
+        """Raise the :class:`RunStopped` of a signal that was to end the run at once, if one came and was lost."""
+        if self.raised is not None:
+            raise RunStopped(self.raised)
 
     def stopped(self, last_path: str, epoch: int, steps: int, n_steps: int) -> RunStopped:
         where = (f"after epoch {epoch}" if steps >= n_steps else f"in epoch {epoch} after step {steps} of {n_steps}")

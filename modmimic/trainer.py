@@ -507,6 +507,7 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
                 steps = int(train_m.pop("Steps_Done"))
                 global_step += steps
                 if skip + steps < n_train:  # a stop signal came mid-epoch: save where it stands, then stop
+                    signals.check_raised()  # unless it came before the first checkpoint: nothing to save then
                     save(["last.pth"], epoch - 1, global_step, skip + steps)
                     raise signals.stopped(last_path, epoch, skip + steps, n_train)
                 epoch_seconds = {"train": 60 * train_m["Time_Epoch"], "valid": 0.0, "rollout": 0.0}
@@ -557,6 +558,7 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
                 result.update(epoch=epoch, global_step=global_step, best_valid_loss=best["valid_loss"],
                               best_success_rate=best["success_rate"], metrics=scalars)
                 if signals.requested():  # came during validation, rollouts or the checkpoint: it is saved
+                    signals.check_raised()
                     raise signals.stopped(last_path, epoch, n_train, n_train)
             best_paths = {what: os.path.join(models_dir, name) for what, name in
                           (("best validation checkpoint", "best_validation.pth"),
