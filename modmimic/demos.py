@@ -21,6 +21,7 @@ OSC_POSE controller (7-D action: position delta x 0.05 m, world-frame axis-angle
 
 * Lift: turn the gripper about the vertical so its fingers face the cube's sides (the cube is 4-fold symmetric,
   so at most 45 degrees), hover 8 cm above the cube, descend to its centre, close for 8 steps, lift 20 cm.
+  ``style=look`` turns only once it hovers above the cube (where the wrist camera sees the turn left to make).
 * Can: hover 10 cm above the can (a cylinder: no turning), descend, close, lift to z = 1.05, carry to the can's
   quadrant of the target bin, lower to 10 cm above the bin floor, open for 6 steps, move up.
 * Square (``NutAssemblySquare``): turn the gripper along the nut's handle, hover 8 cm above the handle (6 cm out
@@ -141,26 +142,42 @@ class Expert:
 
 
 class LiftExpert(Expert):
+    """Hover above the cube, descend, close, lift. The gripper turns onto the cube's nearest pair of faces (a turn of
+    up to +-45 degrees): in style ``default`` from the first step, on the way to the cube; in style ``look`` only
+    once it hovers above the cube, holding still until the turn is done, so the turn left is what the wrist camera
+    sees (the cube's edges against the fingers) rather than the cube's yaw read off the first frame."""
     HOVER, GRASP_DEPTH, LIFT = 0.08, -0.005, 0.20
+    TURN_RATE = 0.25  # style look: the largest rotation action while turning above the cube
+
+    def __init__(self, style: str = "default"):
+        super().__init__()
+        if style not in LIFT_STYLES:
+            raise ValueError(f"unknown Lift expert style {style!r}; styles: {', '.join(LIFT_STYLES)}")
+        self.style = style
 
     def reset(self, env, obs: dict) -> None:
         R0 = quat_to_mat(obs["robot0_eef_quat"])
         cube_yaw = yaw_of(quat_to_mat(obs["cube_quat"]))
         turn = wrap(cube_yaw - yaw_of(R0), math.pi / 2)  # fingers onto the nearest pair of cube faces
         self.rot = rot_z(turn) @ R0
+        self.hover_rot = R0 if self.style == "look" else self.rot
         self.grasp_pos = None
         self.goto("hover")
 
     def act(self, obs: dict) -> np.ndarray:
         self.t += 1
         eef, q, cube = obs["robot0_eef_pos"], obs["robot0_eef_quat"], obs["cube_pos"]
-        if self.phase == "hover":
+        if self.phase in ("hover", "turn"):
             target = cube + [0, 0, self.HOVER]
             err = target - eef
-            rot_err = np.linalg.norm(mat_to_rotvec(self.rot @ quat_to_mat(q).T))
+            rot = self.hover_rot if self.phase == "hover" else self.rot
+            rot_err = np.linalg.norm(mat_to_rotvec(rot @ quat_to_mat(q).T))
             if (np.linalg.norm(err[:2]) < 0.01 and abs(err[2]) < 0.02 and rot_err < 0.05) or self.t > 60:
-                self.goto("descend")
-            return self.servo.action(eef, q, target, self.rot, -1.0)
+                self.goto("turn" if self.phase == "hover" and self.hover_rot is not self.rot else "descend")
+            a = self.servo.action(eef, q, target, rot, -1.0)
+            if self.phase == "turn":  # slowly: a fast turn of the wrist drags the gripper off the cube
+                a[3:6] = np.clip(a[3:6], -self.TURN_RATE, self.TURN_RATE)
+            return a
         if self.phase == "descend":
             target = cube + [0, 0, self.GRASP_DEPTH]
             if np.linalg.norm(target - eef) < 0.008 or self.t > 40:
@@ -172,6 +189,9 @@ class LiftExpert(Expert):
                 self.goto("lift")
             return self.servo.action(eef, q, self.grasp_pos, self.rot, 1.0)
         return self.servo.action(eef, q, self.grasp_pos + [0, 0, self.LIFT], self.rot, 1.0)
+
+
+LIFT_STYLES = ("default", "look")
 
 
 class CanExpert(Expert):
@@ -379,6 +399,7 @@ class SquareExpert(Expert):
 
 
 EXPERTS = {"Lift": LiftExpert, "PickPlaceCan": CanExpert, "NutAssemblySquare": SquareExpert}
+EXPERT_STYLES = {"Lift": LIFT_STYLES, "NutAssemblySquare": tuple(SQUARE_STYLES)}  # experts that take style=
 
 
 # --- suboptimal variants (quality=mixed): the expert with one thing wrong -----------------------------------------
@@ -693,24 +714,25 @@ def named_task_env(name: str):
     return (make_env(name), is_metaworld(name)) if is_metaworld(name) or name in TASKS else None
 
 
-def square_style(task: str, style: str | None) -> str | None:
-    """``style`` checked against the task: Square's scripted expert has the styles of :data:`SQUARE_STYLES`
-    (``None`` = ``default``); other tasks have one expert and take no style."""
+def expert_style(task: str, style: str | None) -> str | None:
+    """``style`` checked against the task: Square's scripted expert has the styles of :data:`SQUARE_STYLES`, Lift's
+    those of :data:`LIFT_STYLES` (``None`` = ``default``); other tasks have one expert and take no style."""
     if style is None:
         return None
-    if env_name_of(task) != "NutAssemblySquare":
-        raise ArgumentError(f"style= is for Square's expert (styles {', '.join(SQUARE_STYLES)}), not {task}")
-    if style not in SQUARE_STYLES:
-        raise ArgumentError(f"unknown Square expert style {style!r}; styles: {', '.join(SQUARE_STYLES)}")
+    styles = EXPERT_STYLES.get(env_name_of(task))
+    if styles is None:
+        raise ArgumentError(f"style= is for the Lift and Square experts, not {task}")
+    if style not in styles:
+        raise ArgumentError(f"unknown {task} expert style {style!r}; styles: {', '.join(styles)}")
     return style
 
 
 def task_setup(task: str, camera_names=(), camera_height: int = 84, camera_width: int = 84, depth: bool = False,
                goals: str = "benchmark", benchmark_seed: int = 0, style: str | None = None):
-    """``(environment, expert, default max steps, observation keys)`` of a task; ``style``: Square's expert style
-    (:data:`SQUARE_STYLES`)."""
+    """``(environment, expert, default max steps, observation keys)`` of a task; ``style``: the Square or Lift expert's
+    style (:data:`SQUARE_STYLES`, :data:`LIFT_STYLES`)."""
     name = env_name_of(task)
-    style = square_style(task, style)
+    style = expert_style(task, style)
     env = make_env(task, camera_names, camera_height, camera_width, depth, goals, benchmark_seed)
     if is_pusht(task):
         from modmimic.pusht_expert import PushTExpert
@@ -723,7 +745,7 @@ def task_setup(task: str, camera_names=(), camera_height: int = 84, camera_width
                 list(ALOHA_OBS_KEYS))
     if is_metaworld(task):
         return env, MetaWorldExpert(), env.env.max_path_length, ["flat"] + (["task_id"] if len(env.names) > 1 else [])
-    expert = EXPERTS[name]() if style is None else SquareExpert(style)
+    expert = EXPERTS[name]() if style is None else EXPERTS[name](style)
     return env, expert, MAX_STEPS[name], list(OBS_KEYS)
 
 
@@ -736,14 +758,14 @@ def generate(task: str, n: int, out: str, seed: int = 0, max_tries: int | None =
     also record ``<camera>_image`` (uint8 ``[T, H, W, 3]``, upright) and with ``depth`` ``<camera>_depth``.
     ``quality="mixed"``: ``n`` episodes of the kinds of :data:`MIX` instead, every one kept (see
     :func:`generate_mixed`). ``goals``, ``benchmark_seed``: Meta-World's placements (see the module's docstring).
-    ``style``: Square's expert style (:data:`SQUARE_STYLES`; kept in ``data.attrs["expert_style"]``)."""
+    ``style``: the Square or Lift expert's style (kept in ``data.attrs["expert_style"]``)."""
     from modmimic.rollout import DatasetWriter, split_masks
     from modmimic.states_to_obs import camera_keys
 
     if quality not in QUALITIES:
         raise ValueError(f"quality must be one of {', '.join(QUALITIES)}, got {quality!r}")
     name = env_name_of(task)
-    if square_style(task, style) is not None and quality == "mixed":
+    if expert_style(task, style) is not None and quality == "mixed":
         raise ArgumentError("style= is for quality=expert (the mixed variants wrap the default expert)")
     if quality == "mixed" and name not in LET_GO_WHEN:
         raise ArgumentError(f"quality=mixed is defined for {', '.join(t for t, n in TASKS.items() if n in LET_GO_WHEN and t not in ALIASES)}, "
@@ -836,7 +858,7 @@ def generate_mixed(env, writer, name: str, n: int, seed: int, max_steps: int, va
 def expert_success(task: str, episodes: int = 50, seed: int = 1000, max_steps: int | None = None,
                    goals: str = "benchmark", benchmark_seed: int = 0, style: str | None = None) -> dict:
     """The scripted expert's own success rate over ``episodes`` fresh initial states (Meta-World: by default the
-    benchmark's placements, every one of the 50 per task once in 50 T episodes); ``style``: Square's expert style.
+    benchmark's placements, every one of the 50 per task once in 50 T episodes); ``style``: the expert's style.
     Also the length of every successful episode (``lengths``)."""
     from modmimic.rollout import wilson_interval
 
@@ -861,9 +883,9 @@ USAGE = f"""usage:
                    [max_tries=2n] [obs_dtype=float32] [valid_fraction=0.1] [compress=true] [next_obs=true]
                    [max_steps=<task default>] [compress_model=false] [camera_names=agentview,robot0_eye_in_hand]
                    [camera_height=84] [camera_width=84] [depth=false] [quality=expert|mixed]
-                   [goals=random|benchmark] [benchmark_seed=0] [style=default|alt]
+                   [goals=random|benchmark] [benchmark_seed=0] [style=<Square: default|alt; Lift: default|look>]
   python -m {PROG} expert task=<task> [episodes=50] [seed=1000] [goals=benchmark|random] [benchmark_seed=0]
-                   [style=default|alt]
+                   [style=<Square: default|alt; Lift: default|look>]
   python -m {PROG} record env=<gymnasium id | robosuite task | Meta-World task> policy=<module:callable>
                    episodes=<n> out=<path.hdf5> [only_success=false] [seed=0] [max_steps=1000]
                    [max_tries=2n+20] [valid_fraction=0.1] [trusted_modules=<module>,...]
@@ -877,7 +899,9 @@ style:    Square's expert has two styles that differ on purpose (a second demons
           6 cm out from the nut's centre after hovering 8 cm above it, closes 10 steps, lifts to 1.02 m, turns the
           nut in place and lowers it straight down the peg; alt grasps it 6.8 cm out, approaches from 10 cm at a
           slower pace, holds still 30 steps while closing, turns the nut while lifting it to 1.07 m, stops it just
-          above the peg to centre it and seats it slowly.
+          above the peg to centre it and seats it slowly. Lift's expert: default turns the gripper onto the cube's
+          faces on its way to the cube; look hovers above the cube first, then turns there, in the wrist camera's
+          view, before descending (for policies from images).
 record:   roll any policy out (a callable taking one observation, returning one action) and write its episodes as
           a robomimic HDF5 dataset (obs/next_obs by key, actions, rewards, dones, states when the env gives them,
           env_args, per-demo seeds, mask/train, mask/valid, mask/success). The policy's module is imported only
@@ -951,7 +975,7 @@ def parse(argv: list[str]) -> tuple[str, dict]:
             env_name_of(out["task"])
         except ValueError as e:
             raise ArgumentError(str(e)) from None
-        square_style(out["task"], out.get("style"))
+        expert_style(out["task"], out.get("style"))
     return cmd, out
 
 

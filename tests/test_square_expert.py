@@ -153,8 +153,57 @@ def test_square_styles_are_selectable_and_differ_on_purpose():
         assert parse(cmd)[1]["style"] == "alt"
     with pytest.raises(ArgumentError, match="styles: default, alt"):
         parse(["expert", "task=Square", "style=fancy"])
-    with pytest.raises(ArgumentError, match="not Lift"):
+    with pytest.raises(ArgumentError, match="unknown Lift expert style 'alt'; styles: default, look"):
         parse(["generate", "task=Lift", "n=2", "out=x.hdf5", "style=alt"])
+    with pytest.raises(ArgumentError, match="not Can"):
+        parse(["generate", "task=Can", "n=2", "out=x.hdf5", "style=look"])
+    assert parse(["generate", "task=Lift", "n=2", "out=x.hdf5", "style=look"])[1]["style"] == "look"
+
+
+def test_lift_look_style_turns_only_above_the_cube():
+    """Lift's ``look`` expert keeps the start orientation until it hovers above the cube, turns there (in the wrist
+    camera's view) and only then descends; the default expert turns from its first step. Both lift the cube."""
+    pytest.importorskip("robosuite")
+    from modmimic.demos import LiftExpert, expert_episode, make_env, quat_to_mat, yaw_of
+
+    env = make_env("Lift")
+    try:
+        seed = next(s for s in range(100, 200) if abs(turn_of(env, s)) > 0.4)  # a large turn to make
+        phases, yaws = [], []
+        expert = LiftExpert("look")
+        obs = env.reset(seed=seed)
+        expert.reset(env, obs)
+        yaw0 = yaw_of(quat_to_mat(obs["robot0_eef_quat"]))
+        while expert.phase != "close":
+            a = expert.act(obs)
+            phases.append(expert.phase)
+            if expert.phase == "turn":
+                assert np.linalg.norm(obs["robot0_eef_pos"][:2] - obs["cube_pos"][:2]) < 0.015  # over the cube (4 cm wide)
+            obs = env.step(a)[0]
+            yaws.append(yaw_of(quat_to_mat(obs["robot0_eef_quat"])) - yaw0)
+        hover = [abs(y) for y, ph in zip(yaws, phases) if ph == "hover"]
+        assert max(hover) < 0.05 and "turn" in phases and phases.index("turn") < phases.index("descend")
+        turned = abs(yaws[phases.index("descend")])
+        assert abs(turned - abs(turn_of(env, seed))) < 0.06
+        _, ok_look, n_look = expert_episode(env, LiftExpert("look"), seed, 150, record=False)
+        default = LiftExpert()
+        obs = env.reset(seed=seed)
+        default.reset(env, obs)
+        assert abs(default.act(obs)[5]) > 0.3  # the default expert starts turning at once
+        _, ok_default, n_default = expert_episode(env, LiftExpert(), seed, 150, record=False)
+        assert ok_look and ok_default and n_look > n_default
+    finally:
+        env.close()
+
+
+def turn_of(env, seed):
+    """The turn (rad) from the start orientation onto the cube's nearest faces in the episode of ``seed``."""
+    import math
+
+    from modmimic.demos import quat_to_mat, wrap, yaw_of
+
+    obs = env.reset(seed=seed)
+    return wrap(yaw_of(quat_to_mat(obs["cube_quat"])) - yaw_of(quat_to_mat(obs["robot0_eef_quat"])), math.pi / 2)
 
 
 def test_alt_square_expert_hovers_over_its_own_grasp_point_and_records_robomimic_layout(tmp_path):
