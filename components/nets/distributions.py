@@ -26,11 +26,11 @@ Which head offers what (``distribution_ops``):
   ``gaussian``; a categorical latent or a mixture prior's component is drawn discretely). The density of a
   decoded action is intractable: no log_prob, mode or *_with_log_prob.
 
-Every distribution here is built with ``validate_args=False``: torch's argument checks (finite means, positive
-standard deviations, finite actions in ``log_prob``) only raise and compute nothing, and cost several small ops and a
-host read each time a head builds its distribution (a device sync on a GPU, in every training step). The heads
-clamp their standard deviations into ``[min_std, max_std]``, and a non-finite mean, std or data action makes the
-loss that uses it non-finite, which the training step's finite check reports, naming that loss.
+Every distribution here is built with ``validate_args=False``: torch's argument checks (no NaN among the means,
+logits and the actions given to ``log_prob``; positive standard deviations) only raise and compute nothing, and cost
+several small ops and a host read each time a head builds its distribution (a device sync on a GPU, in every
+training step). The heads keep their standard deviations positive (``min_std``), and a NaN mean, logit or data
+action makes the loss that uses it NaN, which the training step's finite check reports, naming that loss.
 """
 from __future__ import annotations
 
