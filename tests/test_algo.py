@@ -188,6 +188,21 @@ def test_bad_inputs(reach, tmp_path):
         load_checkpoint(str(tmp_path / "robomimic.pth"))
 
 
+@pytest.mark.parametrize("recipe", ["bc_gaussian", "bc_gmm"])
+@pytest.mark.parametrize("bad", [K.obs("pos"), K.ACTION])
+def test_nan_under_a_likelihood_head_is_reported_as_the_named_loss(recipe, bad, reach):
+    """The heads' distributions skip torch's argument checks: a NaN observation (-> NaN mean / logits) or data action
+    reaches the loss, and the step's finite check names it, before anything is stepped."""
+    _, sampler, algo = build(small(recipe), reach)
+    algo.set_train()
+    before = {k: v.clone() for k, v in algo.nets.state_dict().items()}
+    b = algo.process_batch_for_training(sampler.sample())
+    b[bad][0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="loss 'nll'"):
+        algo.train_on_batch(b, epoch=1)
+    assert all(torch.equal(v, before[k]) for k, v in algo.nets.state_dict().items())
+
+
 def test_process_batch_accepts_robomimic_dicts(reach):
     cfg = small("bc_rnn")
     store, sampler, algo = build(cfg, reach)

@@ -224,6 +224,18 @@ def _rgb_spec(**block):
     return encoder_spec(base)
 
 
+def test_low_dim_encoder_concatenates_in_key_order_and_names_a_missing_key():
+    enc = ObsEncoder(group_inputs({"vel": (2,), "pos": (3,)}))
+    pos, vel = torch.randn(4, 3), torch.randn(4, 2)
+    td = TensorDict({K.OBS: {"vel": vel, "pos": pos}}, [4])
+    assert torch.equal(enc(td), torch.cat([pos, vel], -1))  # robomimic's order: keys sorted
+    del td[K.obs("vel")]
+    with pytest.raises(KeyError, match="vel"):
+        enc(td)
+    with pytest.raises(KeyError, match="observation"):
+        enc(TensorDict({"goal": {"pos": pos}}, [4]))
+
+
 def test_chained_randomizers_run_in_order():
     seen = []
     spec = _rgb_spec(obs_randomizer_class=["GaussianNoiseRandomizer", "CropRandomizer"],
