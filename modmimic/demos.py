@@ -173,7 +173,7 @@ class LiftExpert(Expert):
             rot = self.hover_rot if self.phase == "hover" else self.rot
             rot_err = np.linalg.norm(mat_to_rotvec(rot @ quat_to_mat(q).T))
             if (np.linalg.norm(err[:2]) < 0.01 and abs(err[2]) < 0.02 and rot_err < 0.05) or self.t > 60:
-                self.goto("turn" if self.phase == "hover" and self.hover_rot is not self.rot else "descend")
+                self.goto("turn" if self.phase == "hover" and self.style == "look" else "descend")
             a = self.servo.action(eef, q, target, rot, -1.0)
             if self.phase == "turn":  # slowly: a fast turn of the wrist drags the gripper off the cube
                 a[3:6] = np.clip(a[3:6], -self.TURN_RATE, self.TURN_RATE)
