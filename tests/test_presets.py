@@ -35,18 +35,26 @@ def test_fast_preset_is_the_readme_override_list():
     assert plain(compose("bc_rnn", ["preset=fast"])) == plain(compose("bc_rnn", readme_list))
 
 
+IMAGE_SETTINGS = ["train.hdf5_normalize_obs=true", "experiment.render_video=false",
+                  "observation.modalities.obs.low_dim=[robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos]",
+                  "observation.modalities.obs.rgb=[agentview_image,robot0_eye_in_hand_image]",
+                  "observation.encoder.rgb.core_kwargs.backbone_class=ShallowConv",
+                  "observation.encoder.rgb.core_kwargs.pool_class=null",
+                  "observation.encoder.rgb.core_kwargs.backbone_kwargs.use_group_norm=false",
+                  "observation.encoder.rgb.obs_randomizer_class=CropRandomizer", "train.batch_size=64"]
+
+
 def test_fast_image_preset_is_the_measured_pixel_command_line():
-    """``recipe=diffusion_policy preset=fast_image`` composes exactly the override list measured on Lift from
-    pixels (docs/sim_figures.md): robomimic's image keys, ShallowConv with flattened features, 76x76 crops,
-    normalized low-dim keys, batch 64, To = 1, the fast UNet and DDIM, 60 epochs; robomimic's encoder stays
-    available as its JSON configures it (the recipe alone keeps ResNet18Conv + SpatialSoftmax)."""
-    measured = ["train.hdf5_normalize_obs=true", "experiment.render_video=false", "experiment.rollout.rate=60",
-                "observation.modalities.obs.low_dim=[robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos]",
-                "observation.modalities.obs.rgb=[agentview_image,robot0_eye_in_hand_image]",
-                "observation.encoder.rgb.core_kwargs.backbone_class=ShallowConv",
-                "observation.encoder.rgb.core_kwargs.pool_class=null",
-                "observation.encoder.rgb.core_kwargs.backbone_kwargs.use_group_norm=false",
-                "observation.encoder.rgb.obs_randomizer_class=CropRandomizer", "train.batch_size=64",
+    """``preset=fast_image`` composes exactly the override lists measured on Lift from pixels
+    (docs/sim_figures.md): robomimic's image keys, ShallowConv with flattened features, 76x76 crops, normalized
+    low-dim keys, batch 64; for ACT the small transformer with chunks of 10 (40 epochs), for Diffusion Policy To = 1,
+    the fast UNet and DDIM (60 epochs); robomimic's encoder stays available as its JSON configures it (the recipe
+    alone keeps ResNet18Conv + SpatialSoftmax)."""
+    act = [*IMAGE_SETTINGS, "experiment.rollout.rate=40", "train.num_epochs=40", "algo.act.embed_dim=64",
+           "algo.act.num_heads=4", "algo.act.hidden_dim=256", "algo.act.num_layers=1", "algo.act.chunk_size=10",
+           "algo.act.vae.num_layers=1", "algo.optim_params.policy.learning_rate.initial=3e-4"]
+    assert plain(compose("act", ["preset=fast_image"])) == plain(compose("act", act))
+    measured = [*IMAGE_SETTINGS, "experiment.rollout.rate=60",
                 "algo.horizon.observation_horizon=1", "train.num_epochs=60", "algo.unet.down_dims=[32,64]",
                 "algo.unet.diffusion_step_embed_dim=32", "algo.ddpm.enabled=false", "algo.ddim.enabled=true",
                 "algo.optim_params.policy.learning_rate.initial=1e-3",
