@@ -30,7 +30,6 @@ import math
 
 import numpy as np
 
-MEET = np.array([0.0, 0.5, 0.25])
 
 
 def quat_mul(a, b) -> np.ndarray:
@@ -41,9 +40,20 @@ def quat_mul(a, b) -> np.ndarray:
                      w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2])
 
 
-def about_y(degrees: float) -> np.ndarray:
+def quat_conj(q) -> np.ndarray:
+    return np.array([q[0], -q[1], -q[2], -q[3]])
+
+
+def about(axis: int, degrees: float) -> np.ndarray:
+    """The rotation of ``degrees`` about axis ``axis`` (0 x, 1 y, 2 z) as a quaternion."""
     h = math.radians(degrees) / 2
-    return np.array([math.cos(h), 0.0, math.sin(h), 0.0])
+    q = np.array([math.cos(h), 0.0, 0.0, 0.0])
+    q[1 + axis] = math.sin(h)
+    return q
+
+
+def about_y(degrees: float) -> np.ndarray:
+    return about(1, degrees)
 
 
 def interpolate(waypoints: list, t: int) -> np.ndarray:
@@ -65,38 +75,57 @@ def quat_to_mat(q) -> np.ndarray:
                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
+def fingers_axis(q) -> np.ndarray:
+    """The direction a gripper's fingers point in (its link's x axis) for tool orientation ``q``."""
+    return quat_to_mat(q)[:, 0]
+
+
+CUBE_REST_Z = 0.02  # the cube's centre on the table (gym-aloha places it 3 cm higher, and it drops)
+MEET = np.array([0.0, 0.5, 0.25])  # where the right arm holds the cube for the handover
+PICK_PITCH = 30.0  # degrees down, the right gripper picking the cube
+MEET_PITCH = 30.0  # degrees down, the right gripper at the meeting point
+RIGHT_DEPTH = 0.04  # the cube's centre ahead of the right tool point along its fingers (their tips just clear the table)
+LEFT_PITCH = 0.0  # degrees down, the left gripper (rolled 90 degrees: its fingers close on the cube's top and bottom)
+LEFT_ROLL = 90.0
+LEFT_DEPTH = 0.03  # the cube's centre ahead of the left tool point along its fingers when it grasps
+HANDOVER = 260  # from this step on, the left arm's waypoints follow the cube (planning run)
+LEFT_CLOSE = 340  # the left gripper closes (the cube followed until then)
+RIGHT_OPEN = 355  # the right gripper opens
+WELD_SOLIMP = (0.9, 0.95, 0.001)  # the scene's welds (0.25, 0.25) let the grippers sag and turn away from their targets
+CORRECTION_GAIN = 0.1  # per step, of the tool point's error added to its mocap target
+MAX_CORRECTION = 0.05  # m, per axis
+
+
 def transfer_cube_waypoints(box_xyz, left0, right0) -> tuple[list, list]:
-    """Waypoints of both arms' finger centres (tool points) from the cube's position and the tool points' start
-    poses (``[xyz, quat]``); the left arm's grasp is planned later, from where the cube hangs
-    (:func:`handover_waypoints`)."""
+    """Waypoints of both arms' finger centres (tool points, orientation of the gripper links) from the cube's
+    position and the tool points' start poses (``[xyz, quat]``); the left arm's are its staging pose, its grasp
+    follows the cube (:func:`handover_waypoints`)."""
     left_q, right_q = left0[3:7], right0[3:7]
-    pick_q = quat_mul(right_q, about_y(-60))
-    meet_q = quat_mul(left_q, about_y(LEFT_PITCH))
+    pick_q = quat_mul(right_q, about_y(PICK_PITCH))
+    meet_q = quat_mul(right_q, about_y(MEET_PITCH))
+    grasp = np.array([box_xyz[0], box_xyz[1], CUBE_REST_Z]) - RIGHT_DEPTH * fingers_axis(pick_q)
+    held = MEET - RIGHT_DEPTH * fingers_axis(meet_q)
+    away = held - 0.12 * fingers_axis(meet_q) + [0, 0, 0.03]
     lp, rp = np.asarray(left0[:3]), np.asarray(right0[:3])
-    left = [(0, lp, left_q, 0.0), (100, MEET + [-0.12, 0, -0.04], meet_q, 1.0), (HANDOVER, MEET + [-0.12, 0, -0.04],
-                                                                                  meet_q, 1.0)]
-    right = [(0, rp, right_q, 0.0), (90, box_xyz + [0, 0, 0.06], pick_q, 1.0),
-             (130, box_xyz + [0, 0, 0.0], pick_q, 1.0), (160, box_xyz + [0, 0, 0.0], pick_q, 0.0),
-             (220, MEET + [0.03, 0, 0.0], pick_q, 0.0), (330, MEET + [0.03, 0, 0.0], pick_q, 0.0),
-             (350, MEET + [0.03, 0, 0.0], pick_q, 1.0), (390, MEET + [0.15, 0, 0.03], pick_q, 1.0),
-             (400, MEET + [0.15, 0, 0.03], pick_q, 1.0)]
+    stage_q = quat_mul(left_q, quat_mul(about_y(LEFT_PITCH), about(0, LEFT_ROLL)))
+    staged = MEET - (LEFT_DEPTH + 0.2) * fingers_axis(stage_q)
+    left = [(0, lp, left_q, 0.0), (100, staged, stage_q, 1.0), (HANDOVER, staged, stage_q, 1.0)]
+    right = [(0, rp, right_q, 0.0), (90, grasp + [0, 0, 0.08], pick_q, 1.0), (130, grasp, pick_q, 1.0),
+             (150, grasp, pick_q, 0.0), (180, grasp + [0, 0, 0.05], pick_q, 0.0), (240, held, meet_q, 0.0),
+             (RIGHT_OPEN, held, meet_q, 0.0), (RIGHT_OPEN + 15, held, meet_q, 1.0), (RIGHT_OPEN + 45, away, meet_q, 1.0)]
     return left, right
 
 
-HANDOVER = 240  # the step the left arm's grasp is planned at, from where the cube hangs then
-LEFT_PITCH = 30.0  # degrees; the welds cannot pitch the left gripper much further there (90 is asked, ~50 reached)
-GRASP_OFFSET = np.array([0.0, 0.0, 0.0])  # the left arm's tool point relative to the cube when it closes
-
-
 def handover_waypoints(left: list, box_xyz) -> list:
-    """The left arm's waypoints from :data:`HANDOVER` on: in front of the held cube along -x, around it, close, pull
-    away holding it."""
+    """The left arm's waypoints from :data:`HANDOVER` on for the cube at ``box_xyz``: in front of it along its
+    fingers, around it, close, pull away holding it."""
     _, p, q, _ = left[-1]
     box = np.asarray(box_xyz, dtype=np.float64)
-    grasp = box + GRASP_OFFSET
-    return left[:-1] + [(HANDOVER, p, q, 1.0), (270, grasp + [-0.08, 0, 0], q, 1.0), (300, grasp, q, 1.0),
-                        (330, grasp, q, 0.0), (380, box + [-0.12, 0, 0.02], q, 0.0),
-                        (400, box + [-0.12, 0, 0.02], q, 0.0)]
+    ax = fingers_axis(q)
+    grasp = box - LEFT_DEPTH * ax
+    return left[:-1] + [(HANDOVER, p, q, 1.0), (HANDOVER + 40, grasp - 0.06 * ax, q, 1.0),
+                        (LEFT_CLOSE - 15, grasp, q, 1.0), (LEFT_CLOSE, grasp, q, 0.0),
+                        (RIGHT_OPEN + 15, grasp, q, 0.0), (RIGHT_OPEN + 45, grasp - 0.1 * ax, q, 0.0)]
 
 
 def joint_trajectory(env, object_poses: np.ndarray, steps: int) -> np.ndarray:
@@ -113,6 +142,7 @@ def joint_trajectory(env, object_poses: np.ndarray, steps: int) -> np.ndarray:
     # it the link follows its target's position (the welds keep their orientation offset, rel_q)
     physics.model.eq_data[:, 3:6] = 0.0
     rel_q = [physics.model.eq_data[i, 6:10].copy() for i in range(2)]
+    physics.model.eq_solimp[:, :3] = WELD_SOLIMP
     task = ee.TransferCubeEndEffectorTask()
     with physics.reset_context():
         task.initialize_robots(physics)
@@ -126,19 +156,28 @@ def joint_trajectory(env, object_poses: np.ndarray, steps: int) -> np.ndarray:
     for k in range(2):
         mid = physics.data.geom_xpos[fingers[k]].mean(axis=0)
         tool.append(physics.named.data.xmat[links[k]].reshape(3, 3).T @ (mid - physics.named.data.xpos[links[k]]))
-    starts = [np.concatenate([physics.data.mocap_pos[k] + quat_to_mat(quat_mul(physics.data.mocap_quat[k], rel_q[k]))
-                              @ tool[k], physics.data.mocap_quat[k]]) for k in range(2)]
+    starts = []  # tool points and gripper link orientations the mocap start poses ask for
+    for k in range(2):
+        q = quat_mul(physics.data.mocap_quat[k], rel_q[k])
+        starts.append(np.concatenate([physics.data.mocap_pos[k] + quat_to_mat(q) @ tool[k], q]))
     left, right = transfer_cube_waypoints(np.asarray(object_poses[:3], dtype=np.float64), *starts)
+    plan_left, correction = left, np.zeros((2, 3))
     out, planned_stage = np.zeros((steps, 14)), 0
     for t in range(steps):
-        if t == HANDOVER:
-            left = handover_waypoints(left, physics.data.qpos[16:19].copy())
-        a = [interpolate(left, t), interpolate(right, t)]
-        for k in range(2):  # tool point -> the gripper link's target
-            a[k][:3] = a[k][:3] - quat_to_mat(quat_mul(a[k][3:7], rel_q[k])) @ tool[k]
+        if HANDOVER <= t <= LEFT_CLOSE:  # the left arm's grasp follows the cube until it closes
+            plan_left = handover_waypoints(left, physics.data.qpos[16:19].copy())
+        a = [interpolate(plan_left, t), interpolate(right, t)]
+        wanted = [a[k][:3].copy() for k in range(2)]
+        for k in range(2):  # tool point and link orientation -> the gripper link's mocap target
+            a[k][:3] = a[k][:3] + correction[k] - quat_to_mat(a[k][3:7]) @ tool[k]
+            a[k][3:7] = quat_mul(a[k][3:7], quat_conj(rel_q[k]))
         task.before_step(np.concatenate(a), physics)
         for _ in range(n_sub):
             physics.step()
+        for k in range(2):  # the soft welds sag: steer the targets by the integrated tool point error
+            reached = physics.data.geom_xpos[fingers[k]].mean(axis=0)
+            correction[k] = np.clip(correction[k] + CORRECTION_GAIN * (wanted[k] - reached), -MAX_CORRECTION,
+                                    MAX_CORRECTION)
         planned_stage = max(planned_stage, task.get_reward(physics))
         q = physics.data.qpos
         out[t] = np.concatenate([q[:6], [a[0][7]], q[8:14], [a[1][7]]])
