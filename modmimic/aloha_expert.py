@@ -52,10 +52,6 @@ def about(axis: int, degrees: float) -> np.ndarray:
     return q
 
 
-def about_y(degrees: float) -> np.ndarray:
-    return about(1, degrees)
-
-
 def interpolate(waypoints: list, t: int) -> np.ndarray:
     """``[xyz, quat, gripper]`` (8) at step ``t`` of waypoints ``(step, xyz, quat, gripper)``."""
     for (t0, p0, q0, g0), (t1, p1, q1, g1) in zip(waypoints, waypoints[1:]):
@@ -82,49 +78,46 @@ def fingers_axis(q) -> np.ndarray:
 
 CUBE_REST_Z = 0.02  # the cube's centre on the table (gym-aloha places it 3 cm higher, and it drops)
 MEET = np.array([0.0, 0.5, 0.25])  # where the right arm holds the cube for the handover
-PICK_PITCH = 30.0  # degrees down, the right gripper picking the cube
-MEET_PITCH = 30.0  # degrees down, the right gripper at the meeting point
-RIGHT_DEPTH = 0.04  # the cube's centre ahead of the right tool point along its fingers (their tips just clear the table)
-LEFT_PITCH = 0.0  # degrees down, the left gripper (rolled 90 degrees: its fingers close on the cube's top and bottom)
-LEFT_ROLL = 90.0
+RIGHT_PITCH = 30.0  # degrees down, the right gripper (steeper, its fingertips would stop on the table short of the cube)
+RIGHT_DEPTH = 0.04  # the cube's centre ahead of the right tool point along its fingers (their tips clear the table)
+LEFT_ROLL = 90.0  # degrees about its fingers: the left gripper closes on the cube's top and bottom faces
 LEFT_DEPTH = 0.03  # the cube's centre ahead of the left tool point along its fingers when it grasps
-HANDOVER = 260  # from this step on, the left arm's waypoints follow the cube (planning run)
-LEFT_CLOSE = 340  # the left gripper closes (the cube followed until then)
-RIGHT_OPEN = 355  # the right gripper opens
+HANDOVER = 200  # from this step on the left arm's grasp follows the cube (planning run) ...
+LEFT_CLOSE = 262  # ... until its gripper has closed
+RIGHT_OPEN = 275  # the right gripper starts opening
+FOLLOW = 0.05  # m per axis: how far from the meeting point the left arm's grasp follows the cube
 WELD_SOLIMP = (0.9, 0.95, 0.001)  # the scene's welds (0.25, 0.25) let the grippers sag and turn away from their targets
-CORRECTION_GAIN = 0.1  # per step, of the tool point's error added to its mocap target
-MAX_CORRECTION = 0.05  # m, per axis
+CORRECTION_GAIN = 0.1  # per step, of the tool point's remaining error added to its mocap target
+MAX_CORRECTION = 0.05  # m per axis
 
 
 def transfer_cube_waypoints(box_xyz, left0, right0) -> tuple[list, list]:
-    """Waypoints of both arms' finger centres (tool points, orientation of the gripper links) from the cube's
-    position and the tool points' start poses (``[xyz, quat]``); the left arm's are its staging pose, its grasp
-    follows the cube (:func:`handover_waypoints`)."""
+    """Waypoints of both arms' tool points (position, gripper link orientation, opening) from the cube's position
+    and the tool points' start poses (``[xyz, quat]``); the left arm's end at its staging pose, its grasp follows the
+    cube (:func:`handover_waypoints`)."""
     left_q, right_q = left0[3:7], right0[3:7]
-    pick_q = quat_mul(right_q, about_y(PICK_PITCH))
-    meet_q = quat_mul(right_q, about_y(MEET_PITCH))
-    grasp = np.array([box_xyz[0], box_xyz[1], CUBE_REST_Z]) - RIGHT_DEPTH * fingers_axis(pick_q)
-    held = MEET - RIGHT_DEPTH * fingers_axis(meet_q)
-    away = held - 0.12 * fingers_axis(meet_q) + [0, 0, 0.03]
-    lp, rp = np.asarray(left0[:3]), np.asarray(right0[:3])
-    stage_q = quat_mul(left_q, quat_mul(about_y(LEFT_PITCH), about(0, LEFT_ROLL)))
+    pick_q = quat_mul(right_q, about(1, RIGHT_PITCH))
+    ax = fingers_axis(pick_q)
+    grasp = np.array([box_xyz[0], box_xyz[1], CUBE_REST_Z]) - RIGHT_DEPTH * ax
+    held = MEET - RIGHT_DEPTH * ax
+    stage_q = quat_mul(left_q, about(0, LEFT_ROLL))
     staged = MEET - (LEFT_DEPTH + 0.2) * fingers_axis(stage_q)
-    left = [(0, lp, left_q, 0.0), (100, staged, stage_q, 1.0), (HANDOVER, staged, stage_q, 1.0)]
-    right = [(0, rp, right_q, 0.0), (90, grasp + [0, 0, 0.08], pick_q, 1.0), (130, grasp, pick_q, 1.0),
-             (150, grasp, pick_q, 0.0), (180, grasp + [0, 0, 0.05], pick_q, 0.0), (240, held, meet_q, 0.0),
-             (RIGHT_OPEN, held, meet_q, 0.0), (RIGHT_OPEN + 15, held, meet_q, 1.0), (RIGHT_OPEN + 45, away, meet_q, 1.0)]
+    left = [(0, np.asarray(left0[:3]), left_q, 0.0), (100, staged, stage_q, 1.0), (HANDOVER, staged, stage_q, 1.0)]
+    right = [(0, np.asarray(right0[:3]), right_q, 0.0), (70, grasp + [0, 0, 0.08], pick_q, 1.0),
+             (100, grasp, pick_q, 1.0), (115, grasp, pick_q, 0.0), (135, grasp + [0, 0, 0.05], pick_q, 0.0),
+             (185, held, pick_q, 0.0), (RIGHT_OPEN, held, pick_q, 0.0), (RIGHT_OPEN + 15, held, pick_q, 1.0),
+             (RIGHT_OPEN + 45, held - 0.12 * ax + [0, 0, 0.03], pick_q, 1.0)]
     return left, right
 
 
 def handover_waypoints(left: list, box_xyz) -> list:
-    """The left arm's waypoints from :data:`HANDOVER` on for the cube at ``box_xyz``: in front of it along its
-    fingers, around it, close, pull away holding it."""
+    """The left arm's waypoints from :data:`HANDOVER` on for the cube at ``box_xyz``: 6 cm short of it along its
+    fingers, around it, close, pull away holding it once the right gripper has opened."""
     _, p, q, _ = left[-1]
-    box = np.asarray(box_xyz, dtype=np.float64)
     ax = fingers_axis(q)
-    grasp = box - LEFT_DEPTH * ax
-    return left[:-1] + [(HANDOVER, p, q, 1.0), (HANDOVER + 40, grasp - 0.06 * ax, q, 1.0),
-                        (LEFT_CLOSE - 15, grasp, q, 1.0), (LEFT_CLOSE, grasp, q, 0.0),
+    grasp = np.asarray(box_xyz, dtype=np.float64) - LEFT_DEPTH * ax
+    return left[:-1] + [(HANDOVER, p, q, 1.0), (HANDOVER + 30, grasp - 0.06 * ax, q, 1.0),
+                        (LEFT_CLOSE - 12, grasp, q, 1.0), (LEFT_CLOSE, grasp, q, 0.0),
                         (RIGHT_OPEN + 15, grasp, q, 0.0), (RIGHT_OPEN + 45, grasp - 0.1 * ax, q, 0.0)]
 
 
@@ -164,8 +157,8 @@ def joint_trajectory(env, object_poses: np.ndarray, steps: int) -> np.ndarray:
     plan_left, correction = left, np.zeros((2, 3))
     out, planned_stage = np.zeros((steps, 14)), 0
     for t in range(steps):
-        if HANDOVER <= t <= LEFT_CLOSE:  # the left arm's grasp follows the cube until it closes
-            plan_left = handover_waypoints(left, physics.data.qpos[16:19].copy())
+        if HANDOVER <= t <= LEFT_CLOSE:  # the left arm's grasp follows the cube (near the meeting point) until it closes
+            plan_left = handover_waypoints(left, MEET + np.clip(physics.data.qpos[16:19] - MEET, -FOLLOW, FOLLOW))
         a = [interpolate(plan_left, t), interpolate(right, t)]
         wanted = [a[k][:3].copy() for k in range(2)]
         for k in range(2):  # tool point and link orientation -> the gripper link's mocap target
