@@ -6,23 +6,30 @@ the scene (``bimanual_viperx_end_effector_*.xml``, where welds pull each gripper
 record the arms' joint positions, and replay those as the joint-position actions of the real task.
 
 Waypoints are for each gripper's tool point (the centre of its two fingers, measured in the gripper link's frame at
-the start) at 50 Hz, with linear interpolation of position, quaternion and gripper opening between them; the
-gripper command is replayed as given, the arm joints as the mocap run reached them:
+the start) and its link's orientation at 50 Hz, with linear interpolation of position, quaternion and gripper opening
+between them; the gripper command is replayed as given, the arm joints as the mocap run reached them:
 
-* right arm: 6 cm over the cube, pitched 60 degrees down, open (step 90), down to the cube (130), close (160), lift
-  to beside the meeting point ``(0, 0.5, 0.25)`` (220), hold, open once the left gripper has closed (330-350), away
-  along +x;
-* left arm: pitched 30 degrees, open, 12 cm left of and 4 cm below the meeting point (100); at step 240 its grasp is
-  planned from where the cube then hangs in the planning run: 8 cm in front of it along -x (270), around it (300),
-  close (330), pull away along -x holding it (380).
+* right arm: pitched 30 degrees down, open, 8 cm over its grasp (step 70), down (100) so that the cube's centre is
+  4 cm ahead of the tool point along the fingers (centred between the finger pads; the fingertips clear the table),
+  close (115), lift 5 cm (135), to where the cube is at the meeting point ``(0, 0.5, 0.25)`` (185), hold, open once
+  the left gripper has closed (275-290), back along its fingers (320);
+* left arm: rolled 90 degrees about its fingers (they close on the cube's top and bottom faces while the right
+  fingers hold its sides), open, 23 cm short of the meeting point along -x (100); from step 200 its grasp follows
+  where the cube is in the planning run (within 5 cm of the meeting point): 6 cm short of its grasp (230), the cube's
+  centre 3 cm ahead of the tool point (250), close (262), pull away along -x holding the cube (290-320).
 
-With MuJoCo 3.3.7 each weld holds a 13 cm position offset (computed from the reference pose qpos0) that the scene's
-mocap start poses (the gripper links' own positions) do not expect; the planner drops that offset (the link follows
-its target's position, the weld keeps its orientation offset) and steers tool points instead. The left
-gripper cannot pitch as far as the ACT script's 90 degrees there (~50 reached), hence 30.
+gym-aloha samples the cube's centre at z = 0.05; it drops to 0.02 on the table, where the right arm picks it (planned
+from 0.05, the cube hung from the fingertips). With MuJoCo 3.3.7 each weld holds a 13 cm position
+offset (computed from the reference pose qpos0) that the scene's mocap start poses (the gripper links' own positions)
+do not expect; the planner drops that offset (the link follows its target's position, the weld keeps its orientation
+offset) and steers tool points instead. The scene's soft welds (solimp 0.25) leave the grippers centimetres and tens of
+degrees away from their targets (the left gripper reached ~50 of 90 degrees of pitch); the planning run stiffens
+them (:data:`WELD_SOLIMP`) and adds each tool point's integrated remaining error to its target (a few mm remain).
 
-Measured (``modmimic.demos expert``): 26/50 transferred cubes on seeds 0-49; ``generate`` keeps only the successful
-episodes. The failures are mostly handovers: the cube hangs from the right fingertips and sways.
+Measured (``modmimic.demos expert``, 2026-12-07): 50/50 transferred cubes on seeds 0-49 and on 1000-1049, 300/300 on
+2000-2299, every planning run and every replay succeeding; the cube changes hands at step ~261 (episodes end 5 steps
+later), within gym-aloha's registered 300-step episodes. The earlier version of this expert (right gripper pitched
+60 degrees, left fingers opening sideways, soft welds) transferred 26/50 on seeds 0-49.
 """
 from __future__ import annotations
 
@@ -78,7 +85,7 @@ def fingers_axis(q) -> np.ndarray:
 
 CUBE_REST_Z = 0.02  # the cube's centre on the table (gym-aloha places it 3 cm higher, and it drops)
 MEET = np.array([0.0, 0.5, 0.25])  # where the right arm holds the cube for the handover
-RIGHT_PITCH = 30.0  # degrees down, the right gripper (steeper, its fingertips would stop on the table short of the cube)
+RIGHT_PITCH = 30.0  # degrees down, the right gripper (steeper, its fingertips would stop on the table above the cube)
 RIGHT_DEPTH = 0.04  # the cube's centre ahead of the right tool point along its fingers (their tips clear the table)
 LEFT_ROLL = 90.0  # degrees about its fingers: the left gripper closes on the cube's top and bottom faces
 LEFT_DEPTH = 0.03  # the cube's centre ahead of the left tool point along its fingers when it grasps
@@ -135,7 +142,7 @@ def joint_trajectory(env, object_poses: np.ndarray, steps: int) -> np.ndarray:
     # it the link follows its target's position (the welds keep their orientation offset, rel_q)
     physics.model.eq_data[:, 3:6] = 0.0
     rel_q = [physics.model.eq_data[i, 6:10].copy() for i in range(2)]
-    physics.model.eq_solimp[:, :3] = WELD_SOLIMP
+    physics.model.eq_solimp[:, :3] = WELD_SOLIMP  # stiffer welds: the grippers reach their targets' poses
     task = ee.TransferCubeEndEffectorTask()
     with physics.reset_context():
         task.initialize_robots(physics)
@@ -157,7 +164,7 @@ def joint_trajectory(env, object_poses: np.ndarray, steps: int) -> np.ndarray:
     plan_left, correction = left, np.zeros((2, 3))
     out, planned_stage = np.zeros((steps, 14)), 0
     for t in range(steps):
-        if HANDOVER <= t <= LEFT_CLOSE:  # the left arm's grasp follows the cube (near the meeting point) until it closes
+        if HANDOVER <= t <= LEFT_CLOSE:  # the left arm's grasp follows the cube (near the meeting point) until closed
             plan_left = handover_waypoints(left, MEET + np.clip(physics.data.qpos[16:19] - MEET, -FOLLOW, FOLLOW))
         a = [interpolate(plan_left, t), interpolate(right, t)]
         wanted = [a[k][:3].copy() for k in range(2)]
@@ -167,7 +174,7 @@ def joint_trajectory(env, object_poses: np.ndarray, steps: int) -> np.ndarray:
         task.before_step(np.concatenate(a), physics)
         for _ in range(n_sub):
             physics.step()
-        for k in range(2):  # the soft welds sag: steer the targets by the integrated tool point error
+        for k in range(2):  # the welds still lag a little: steer the targets by the integrated tool point error
             reached = physics.data.geom_xpos[fingers[k]].mean(axis=0)
             correction[k] = np.clip(correction[k] + CORRECTION_GAIN * (wanted[k] - reached), -MAX_CORRECTION,
                                     MAX_CORRECTION)
