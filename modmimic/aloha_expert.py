@@ -38,7 +38,6 @@ import math
 import numpy as np
 
 
-
 def quat_mul(a, b) -> np.ndarray:
     """Hamilton product of MuJoCo quaternions ``[w, x, y, z]``."""
     w1, x1, y1, z1 = a
