@@ -44,9 +44,11 @@ def outcome(can: np.ndarray, eef: np.ndarray, actions: np.ndarray, rewards: np.n
 def profile(path: str, horizon: int) -> Counter:
     import h5py
 
+    from modmimic.data.hdf5 import list_demos
+
     counts = Counter()
     with h5py.File(path, "r") as f:
-        for name in sorted(f["data"], key=lambda k: int(k.split("_")[-1])):
+        for name in list_demos(f, path=path):
             d = f["data"][name]
             o = d["obs"]
             kind = outcome(o["Can_pos"][()], o["robot0_eef_pos"][()], d["actions"][()], d["rewards"][()], horizon)

@@ -43,3 +43,17 @@ def test_a_rewarded_episode_is_a_success_at_the_horizon():
     can, eef, actions, rewards = episode(lambda t: [0.0, 0.3, 0.1], lambda t: -1.0)
     rewards[-1] = 1.0
     assert can_profile.outcome(can, eef, actions, rewards, horizon=H) == "success"
+
+
+def test_profile_counts_a_recorded_file(tmp_path):
+    import h5py
+
+    path = str(tmp_path / "rollouts.hdf5")
+    cases = {"demo_2": episode(lambda t: [0.0, 0.3, 0.1], lambda t: -1.0),                 # never reaches
+             "demo_10": episode(lambda t: [0.0, 0.3, 0.1], lambda t: -1.0, length=120)}    # ended by success
+    with h5py.File(path, "w") as f:
+        for name, (can, eef, actions, rewards) in cases.items():
+            g = f.create_group(f"data/{name}")
+            g["obs/Can_pos"], g["obs/robot0_eef_pos"], g["actions"], g["rewards"] = can, eef, actions, rewards
+    counts = can_profile.profile(path, horizon=H)
+    assert counts == {"never_reach": 1, "success": 1}
