@@ -127,45 +127,53 @@ def handover_waypoints(left: list, box_xyz) -> list:
                         (RIGHT_OPEN + 15, grasp, q, 0.0), (RIGHT_OPEN + 45, grasp - 0.1 * ax, q, 0.0)]
 
 
-def joint_trajectory(env, object_poses: np.ndarray, steps: int) -> np.ndarray:
-    """``[steps, 14]`` joint-position actions: the mocap scene driven through the waypoints, its arm joints after
-    each step and the gripper commands."""
+def mocap_scene(scene: str, task, object_poses: np.ndarray):
+    """gym-aloha's mocap version of ``scene`` (``bimanual_viperx_end_effector_<scene>.xml``) at its start pose with the
+    objects at ``object_poses`` (``env_state``), its welds fixed and stiffened; returns ``(physics, rel_q, tool,
+    fingers, starts)``: each weld's orientation offset, each gripper's tool point in its link's frame, its two finger
+    geoms, and the tool points and link orientations (``[xyz, quat]``) the mocap start poses ask for."""
     from dm_control import mujoco
-    from dm_control.rl import control
     from gym_aloha import constants
-    from gym_aloha.tasks import sim_end_effector as ee
 
-    physics = mujoco.Physics.from_xml_path(str(constants.ASSETS_DIR / "bimanual_viperx_end_effector_transfer_cube.xml"))
+    physics = mujoco.Physics.from_xml_path(str(constants.ASSETS_DIR / f"bimanual_viperx_end_effector_{scene}.xml"))
     # the welds pull each gripper link onto its mocap target: MuJoCo 3 stores, from the reference pose qpos0, a 13 cm
     # offset between the two that the scene's mocap start poses (the links' own positions) do not expect; without
     # it the link follows its target's position (the welds keep their orientation offset, rel_q)
     physics.model.eq_data[:, 3:6] = 0.0
     rel_q = [physics.model.eq_data[i, 6:10].copy() for i in range(2)]
     physics.model.eq_solimp[:, :3] = WELD_SOLIMP  # stiffer welds: the grippers reach their targets' poses
-    task = ee.TransferCubeEndEffectorTask()
     with physics.reset_context():
         task.initialize_robots(physics)
-        start = physics.model.name2id("red_box_joint", "joint")
-        physics.data.qpos[16 + (start - 16) * 7: 16 + (start - 16) * 7 + 7] = object_poses[:7]
-    n_sub = control.compute_n_steps(constants.DT, physics.timestep())
-    links = ["vx300s_left/gripper_link", "vx300s_right/gripper_link"]
+        physics.data.qpos[16:] = object_poses  # the objects' free joints follow the arms' 16 joints
     fingers = [[physics.model.name2id(f"vx300s_{arm}/10_{side}_gripper_finger", "geom") for side in ("left", "right")]
                for arm in ("left", "right")]
-    tool = []  # each finger centre in its gripper link's frame (fingers closed, as they start)
-    for k in range(2):
+    tool, starts = [], []  # each finger centre in its gripper link's frame (fingers closed, as they start)
+    for k, arm in enumerate(("left", "right")):
+        link = f"vx300s_{arm}/gripper_link"
         mid = physics.data.geom_xpos[fingers[k]].mean(axis=0)
-        tool.append(physics.named.data.xmat[links[k]].reshape(3, 3).T @ (mid - physics.named.data.xpos[links[k]]))
-    starts = []  # tool points and gripper link orientations the mocap start poses ask for
-    for k in range(2):
+        tool.append(physics.named.data.xmat[link].reshape(3, 3).T @ (mid - physics.named.data.xpos[link]))
         q = quat_mul(physics.data.mocap_quat[k], rel_q[k])
         starts.append(np.concatenate([physics.data.mocap_pos[k] + quat_to_mat(q) @ tool[k], q]))
-    left, right = transfer_cube_waypoints(np.asarray(object_poses[:3], dtype=np.float64), *starts)
-    plan_left, correction = left, np.zeros((2, 3))
-    out, planned_stage = np.zeros((steps, 14)), 0
+    return physics, rel_q, tool, fingers, starts
+
+
+def tool_points(physics, fingers) -> list:
+    """Where each gripper's tool point (its fingers' centre) is now."""
+    return [physics.data.geom_xpos[f].mean(axis=0) for f in fingers]
+
+
+def drive(physics, task, rel_q, tool, fingers, targets, steps: int) -> tuple[np.ndarray, int]:
+    """``([steps, 14] joint-position actions, the run's highest reward stage)``: the mocap scene driven to the tool
+    point targets ``targets(t, physics)`` (per arm ``[xyz, link quat, gripper]``), its arm joints after each step and
+    the gripper commands."""
+    from dm_control.rl import control
+    from gym_aloha import constants
+
+    n_sub = control.compute_n_steps(constants.DT, physics.timestep())
+    correction = np.zeros((2, 3))
+    out, stage = np.zeros((steps, 14)), 0
     for t in range(steps):
-        if HANDOVER <= t <= LEFT_CLOSE:  # the left arm's grasp follows the cube (near the meeting point) until closed
-            plan_left = handover_waypoints(left, MEET + np.clip(physics.data.qpos[16:19] - MEET, -FOLLOW, FOLLOW))
-        a = [interpolate(plan_left, t), interpolate(right, t)]
+        a = [np.array(x, dtype=np.float64) for x in targets(t, physics)]
         wanted = [a[k][:3].copy() for k in range(2)]
         for k in range(2):  # tool point and link orientation -> the gripper link's mocap target
             a[k][:3] = a[k][:3] + correction[k] - quat_to_mat(a[k][3:7]) @ tool[k]
@@ -173,24 +181,45 @@ def joint_trajectory(env, object_poses: np.ndarray, steps: int) -> np.ndarray:
         task.before_step(np.concatenate(a), physics)
         for _ in range(n_sub):
             physics.step()
+        reached = tool_points(physics, fingers)
         for k in range(2):  # the welds still lag a little: steer the targets by the integrated tool point error
-            reached = physics.data.geom_xpos[fingers[k]].mean(axis=0)
-            correction[k] = np.clip(correction[k] + CORRECTION_GAIN * (wanted[k] - reached), -MAX_CORRECTION,
+            correction[k] = np.clip(correction[k] + CORRECTION_GAIN * (wanted[k] - reached[k]), -MAX_CORRECTION,
                                     MAX_CORRECTION)
-        planned_stage = max(planned_stage, task.get_reward(physics))
+        stage = max(stage, int(task.get_reward(physics)))
         q = physics.data.qpos
         out[t] = np.concatenate([q[:6], [a[0][7]], q[8:14], [a[1][7]]])
-    physics.free()
-    joint_trajectory.planned_stage = planned_stage  # the mocap run's highest reward stage (diagnostics)
-    return out
+    return out, stage
+
+
+def transfer_cube_trajectory(object_poses: np.ndarray, steps: int) -> tuple[np.ndarray, int]:
+    """The transfer cube's ``[steps, 14]`` joint-position plan for the cube at ``object_poses`` (7) and the planning
+    run's highest stage."""
+    from gym_aloha.tasks import sim_end_effector as ee
+
+    task = ee.TransferCubeEndEffectorTask()
+    physics, rel_q, tool, fingers, starts = mocap_scene("transfer_cube", task, object_poses)
+    left, right = transfer_cube_waypoints(np.asarray(object_poses[:3], dtype=np.float64), *starts)
+    plan = {"left": left}
+
+    def targets(t, physics):
+        if HANDOVER <= t <= LEFT_CLOSE:  # the left arm's grasp follows the cube (near the meeting point) until closed
+            plan["left"] = handover_waypoints(left, MEET + np.clip(physics.data.qpos[16:19] - MEET, -FOLLOW, FOLLOW))
+        return interpolate(plan["left"], t), interpolate(right, t)
+
+    try:
+        return drive(physics, task, rel_q, tool, fingers, targets, steps)
+    finally:
+        physics.free()
 
 
 class AlohaTransferCubeExpert:
-    """``reset(env, obs)`` plans the episode's joint trajectory from the cube's pose; ``act`` replays it."""
+    """``reset(env, obs)`` plans the episode's joint trajectory from the objects' poses; ``act`` replays it."""
+
+    trajectory = staticmethod(transfer_cube_trajectory)
 
     def reset(self, env, obs: dict) -> None:
-        self.plan = joint_trajectory(env, np.asarray(obs["env_state"], dtype=np.float64),
-                                     env.serialize()["env_kwargs"]["max_episode_steps"])
+        self.plan, self.planned_stage = self.trajectory(np.asarray(obs["env_state"], dtype=np.float64),
+                                                        env.serialize()["env_kwargs"]["max_episode_steps"])
         self.t = 0
 
     def act(self, obs: dict) -> np.ndarray:
