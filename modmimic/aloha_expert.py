@@ -77,6 +77,21 @@ def quat_to_mat(q) -> np.ndarray:
                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
+def quat_from_rotvec(v) -> np.ndarray:
+    """The rotation of ``|v|`` radians about ``v`` as a quaternion."""
+    angle = float(np.linalg.norm(v))
+    if angle < 1e-12:
+        return np.array([1.0, 0.0, 0.0, 0.0])
+    return np.concatenate([[math.cos(angle / 2)], np.asarray(v, dtype=np.float64) / angle * math.sin(angle / 2)])
+
+
+def rotvec_between(a, b) -> np.ndarray:
+    """The shortest rotation (axis times angle) that turns direction ``a`` into direction ``b``."""
+    axis = np.cross(a, b)
+    s = float(np.linalg.norm(axis))
+    return np.zeros(3) if s < 1e-12 else axis / s * math.atan2(s, float(np.dot(a, b)))
+
+
 def fingers_axis(q) -> np.ndarray:
     """The direction a gripper's fingers point in (its link's x axis) for tool orientation ``q``."""
     return quat_to_mat(q)[:, 0]
@@ -127,7 +142,7 @@ def handover_waypoints(left: list, box_xyz) -> list:
                         (RIGHT_OPEN + 15, grasp, q, 0.0), (RIGHT_OPEN + 45, grasp - 0.1 * ax, q, 0.0)]
 
 
-def mocap_scene(scene: str, task, object_poses: np.ndarray):
+def mocap_scene(scene: str, task, object_poses: np.ndarray, arm_friction: bool = True):
     """gym-aloha's mocap version of ``scene`` (``bimanual_viperx_end_effector_<scene>.xml``) at its start pose with the
     objects at ``object_poses`` (``env_state``), its welds fixed and stiffened; returns ``(physics, rel_q, tool,
     fingers, starts)``: each weld's orientation offset, each gripper's tool point in its link's frame, its two finger
@@ -142,6 +157,10 @@ def mocap_scene(scene: str, task, object_poses: np.ndarray):
     physics.model.eq_data[:, 3:6] = 0.0
     rel_q = [physics.model.eq_data[i, 6:10].copy() for i in range(2)]
     physics.model.eq_solimp[:, :3] = WELD_SOLIMP  # stiffer welds: the grippers reach their targets' poses
+    if not arm_friction:
+        m = physics.model
+        arm = [i for i in range(16) if "finger" not in m.id2name(m.dof_jntid[i], "joint")]
+        m.dof_frictionloss[arm] = 0.0
     with physics.reset_context():
         task.initialize_robots(physics)
         physics.data.qpos[16:] = object_poses  # the objects' free joints follow the arms' 16 joints
@@ -212,17 +231,111 @@ def transfer_cube_trajectory(object_poses: np.ndarray, steps: int) -> tuple[np.n
         physics.free()
 
 
+
+PEG_REST_Z, SOCKET_REST_Z = 0.01, 0.022  # the objects' centres on the table (gym-aloha places them at 0.05)
+PEG_HALF, PIN_FACE = 0.06, 0.04  # the peg's half length; the pin's face ahead of the socket's centre along its axis
+SOCKET_MOUTH = 0.06  # the socket's open end ahead of its centre (its walls are 12 cm long)
+INS_PITCH = 20.0  # degrees down, both grippers: their fingertips and the finger plates behind them equally low
+GRIP_BACK = 0.015  # the tool points this far in from the objects' near ends (the gripper bar stays clear of them)
+PEG_TOOL_Z, SOCKET_TOOL_Z = 0.031, 0.043  # the tool points' heights when they close (the fingers 3 mm over the table)
+INS_SOCKET = np.array([-0.1, 0.5, 0.2])  # where the left arm holds the socket's centre for the insertion
+INS_GAP = 0.05  # the peg's end this far out of the socket's mouth before it goes in
+INS_DEEP = 0.005  # the peg's end aimed this far past the pin's face
+GRASPED, LIFTED, ALIGNED, TURNED, INSERTED = 130, 155, 205, 220, 255  # steps
+
+
+def insertion_waypoints(peg_xyz, socket_xyz, left0, right0) -> tuple[list, list]:
+    """Tool point waypoints of both arms up to :data:`LIFTED`: the left gripper picks the socket by its side walls,
+    the right one the peg by its sides, both pitched :data:`INS_PITCH` down, and lift them."""
+    arms = []
+    for start, obj, z, side in ((left0, socket_xyz, SOCKET_TOOL_Z, -1), (right0, peg_xyz, PEG_TOOL_Z, 1)):
+        q = quat_mul(start[3:7], about(1, INS_PITCH))
+        at = np.array([obj[0] + side * (PEG_HALF - GRIP_BACK), obj[1], z])
+        arms.append([(0, np.asarray(start[:3]), start[3:7], 0.0), (80, at + [0, 0, 0.08], q, 1.0),
+                     (110, at, q, 1.0), (GRASPED, at, q, 0.0), (LIFTED, at + [0, 0, 0.08], q, 0.0)])
+    return arms[0], arms[1]
+
+
+def object_axis(quat) -> np.ndarray:
+    return quat_to_mat(quat)[:, 0]
+
+
+def insertion_trajectory(object_poses: np.ndarray, steps: int) -> tuple[np.ndarray, int]:
+    """The insertion's ``[steps, 14]`` joint-position plan for the peg and socket at ``object_poses`` (14) and the
+    planning run's highest stage."""
+    from gym_aloha.tasks import sim_end_effector as ee
+
+    task = ee.InsertionEndEffectorTask()
+    physics, rel_q, tool, fingers, starts = mocap_scene("insertion", task, object_poses, arm_friction=False)
+    poses = np.asarray(object_poses, dtype=np.float64)
+    left, right = insertion_waypoints(poses[:3], poses[7:10], *starts)
+    held = {}  # the objects' paths from where they were lifted, and where the tool points hold them
+
+    def targets(t, physics):
+        if t < LIFTED:
+            return interpolate(left, t), interpolate(right, t)
+        q = physics.data.qpos
+        socket, socket_ax, peg_ax = q[23:26], object_axis(q[26:30]), object_axis(q[19:23])
+        end = q[16:19] - PEG_HALF * peg_ax  # the peg's end that goes in
+        if t in (LIFTED, ALIGNED):  # where the grippers hold the objects (fixed after: no chasing a dropped one)
+            tools = tool_points(physics, fingers)
+            held["left"], held["right"] = tools[0] - socket, tools[1] - end
+            held["turn"] = rotvec_between(peg_ax, socket_ax)  # from ALIGNED on: the peg turned parallel to the socket
+        if t == LIFTED:  # the socket to its insertion pose, the peg's end in front of its mouth
+            lq, rq = left[-1][2], right[-1][2]
+            held["socket"] = [(LIFTED, socket.copy(), lq, 0.0), (ALIGNED, INS_SOCKET, lq, 0.0)]
+            held["end"] = [(LIFTED, end.copy(), rq, 0.0),
+                           (ALIGNED, INS_SOCKET + (SOCKET_MOUTH + INS_GAP) * socket_ax, rq, 0.0)]
+        a_left, a_right = interpolate(held["socket"], t), interpolate(held["end"], t)
+        a_left[:3] += held["left"]
+        if t < ALIGNED:
+            a_right[:3] += held["right"]
+            return a_left, a_right
+        # turn the peg about its end, then push it in along the socket's axis, where the socket is now
+        turn = quat_from_rotvec(min(1.0, (t - ALIGNED) / (TURNED - ALIGNED)) * held["turn"])
+        f = min(1.0, max(0.0, (t - TURNED) / (INSERTED - TURNED)))
+        depth = (1 - f) * (SOCKET_MOUTH + INS_GAP) + f * (PIN_FACE - INS_DEEP)
+        a_right[:3] = socket + depth * socket_ax + quat_to_mat(turn) @ held["right"]
+        a_right[3:7] = quat_mul(turn, a_right[3:7])
+        return a_left, a_right
+
+    try:
+        return drive(physics, task, rel_q, tool, fingers, targets, steps)
+    finally:
+        physics.free()
+
+
+ARM_JOINTS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]  # of the 14 joint positions: the arms' (not the grippers)
+REPLAY_GAIN = 0.2  # per step, of an arm joint's lag behind the plan added to its command (the insertion's replay)
+MAX_REPLAY_CORRECTION = 0.1  # rad
+
+
 class AlohaTransferCubeExpert:
-    """``reset(env, obs)`` plans the episode's joint trajectory from the objects' poses; ``act`` replays it."""
+    """``reset(env, obs)`` plans the episode's joint trajectory from the objects' poses; ``act`` replays it, with
+    ``replay_gain``, adding each arm joint's integrated lag behind the plan (``agent_pos`` against the plan's previous
+    step) to its command: gym-aloha's joint servos hold a joint up to friction / stiffness (60 Nm / 1600 Nm/rad at the
+    shoulders) away from its target."""
 
     trajectory = staticmethod(transfer_cube_trajectory)
+    replay_gain = 0.0
 
     def reset(self, env, obs: dict) -> None:
         self.plan, self.planned_stage = self.trajectory(np.asarray(obs["env_state"], dtype=np.float64),
                                                         env.serialize()["env_kwargs"]["max_episode_steps"])
-        self.t = 0
+        self.t, self.correction = 0, np.zeros(len(ARM_JOINTS))
 
     def act(self, obs: dict) -> np.ndarray:
-        a = self.plan[min(self.t, len(self.plan) - 1)]
+        t = min(self.t, len(self.plan) - 1)
+        a = self.plan[t].copy()
+        if self.replay_gain and t > 0:
+            lag = self.plan[t - 1, ARM_JOINTS] - np.asarray(obs["agent_pos"], dtype=np.float64)[ARM_JOINTS]
+            self.correction = np.clip(self.correction + self.replay_gain * lag, -MAX_REPLAY_CORRECTION,
+                                      MAX_REPLAY_CORRECTION)
+            a[ARM_JOINTS] += self.correction
         self.t += 1
-        return a.copy()
+        return a
+
+
+class AlohaInsertionExpert(AlohaTransferCubeExpert):
+    trajectory = staticmethod(insertion_trajectory)
+    replay_gain = REPLAY_GAIN
