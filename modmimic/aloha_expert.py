@@ -92,6 +92,11 @@ def rotvec_between(a, b) -> np.ndarray:
     return np.zeros(3) if s < 1e-12 else axis / s * math.atan2(s, float(np.dot(a, b)))
 
 
+def clip_norm(v, limit: float) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return v if n <= limit else v * (limit / n)
+
+
 def fingers_axis(q) -> np.ndarray:
     """The direction a gripper's fingers point in (its link's x axis) for tool orientation ``q``."""
     return quat_to_mat(q)[:, 0]
@@ -181,17 +186,17 @@ def tool_points(physics, fingers) -> list:
     return [physics.data.geom_xpos[f].mean(axis=0) for f in fingers]
 
 
-def drive(physics, task, rel_q, tool, fingers, targets, steps: int) -> tuple[np.ndarray, int]:
+def drive(physics, task, rel_q, tool, fingers, targets, steps: int, start: int = 0) -> tuple[np.ndarray, int]:
     """``([steps, 14] joint-position actions, the run's highest reward stage)``: the mocap scene driven to the tool
     point targets ``targets(t, physics)`` (per arm ``[xyz, link quat, gripper]``), its arm joints after each step and
-    the gripper commands."""
+    the gripper commands; from step ``start`` on (the rows before it are zeros)."""
     from dm_control.rl import control
     from gym_aloha import constants
 
     n_sub = control.compute_n_steps(constants.DT, physics.timestep())
     correction = np.zeros((2, 3))
     out, stage = np.zeros((steps, 14)), 0
-    for t in range(steps):
+    for t in range(start, steps):
         a = [np.array(x, dtype=np.float64) for x in targets(t, physics)]
         wanted = [a[k][:3].copy() for k in range(2)]
         for k in range(2):  # tool point and link orientation -> the gripper link's mocap target
@@ -236,12 +241,14 @@ PEG_REST_Z, SOCKET_REST_Z = 0.01, 0.022  # the objects' centres on the table (gy
 PEG_HALF, PIN_FACE = 0.06, 0.04  # the peg's half length; the pin's face ahead of the socket's centre along its axis
 SOCKET_MOUTH = 0.06  # the socket's open end ahead of its centre (its walls are 12 cm long)
 INS_PITCH = 20.0  # degrees down, both grippers: their fingertips and the finger plates behind them equally low
-GRIP_BACK = 0.015  # the tool points this far in from the objects' near ends (the gripper bar stays clear of them)
+GRIP_BACK = 0.02  # the tool points this far in from the objects' near ends (the gripper bar stays clear of them)
 PEG_TOOL_Z, SOCKET_TOOL_Z = 0.031, 0.043  # the tool points' heights when they close (the fingers 3 mm over the table)
 INS_SOCKET = np.array([-0.1, 0.5, 0.2])  # where the left arm holds the socket's centre for the insertion
 INS_GAP = 0.05  # the peg's end this far out of the socket's mouth before it goes in
 INS_DEEP = 0.005  # the peg's end aimed this far past the pin's face
-GRASPED, LIFTED, ALIGNED, TURNED, INSERTED = 130, 155, 205, 220, 255  # steps
+TURN_GAIN, MAX_TURN = 0.1, 0.35  # per step, of the angle between the peg's and the socket's axes; rad
+STEER_GAIN, MAX_STEER = 0.1, 0.015  # per step, of the peg end's distance from its path; m
+GRASPED, LIFTED, ALIGNED, INSERTING, INSERTED = 130, 155, 205, 215, 250  # steps
 
 
 def insertion_waypoints(peg_xyz, socket_xyz, left0, right0) -> tuple[list, list]:
@@ -260,6 +267,46 @@ def object_axis(quat) -> np.ndarray:
     return quat_to_mat(quat)[:, 0]
 
 
+class InsertionTargets:
+    """Tool point targets ``(t, physics)`` from step :data:`LIFTED` (or a later step ``synced``, re-planning from the
+    real task's state): from where the objects are at that step, the left arm brings the socket's centre to
+    :data:`INS_SOCKET` (by :data:`ALIGNED`), the right arm the peg's end in front of the socket's mouth (by
+    :data:`ALIGNED`, or 10 steps after ``synced``), then in along the socket's axis, where it is now, over 35 steps
+    (10 steps later). On the way the right gripper turns the peg parallel to the socket and steers its end onto its
+    path, both by the integrated remaining error (bounded: nothing chases a dropped peg)."""
+
+    def __init__(self, physics, fingers, synced: int, orientations):
+        q = physics.data.qpos
+        socket, end = q[23:26].copy(), q[16:19] - PEG_HALF * object_axis(q[19:23])
+        tools = tool_points(physics, fingers)
+        self.held = [tools[0] - socket, tools[1] - end]  # where the grippers hold the objects
+        self.q = orientations  # the grippers' orientations at ``synced``
+        self.synced, self.socket, self.end = synced, socket, end
+        self.aligned = max(ALIGNED, synced + 10)
+        self.inserting = self.aligned + INSERTING - ALIGNED
+        self.inserted = self.inserting + INSERTED - INSERTING
+        self.turn, self.steer, self.wanted = np.zeros(3), np.zeros(3), end
+
+    def __call__(self, t, physics):
+        q = physics.data.qpos
+        socket, socket_ax, peg_ax = q[23:26], object_axis(q[26:30]), object_axis(q[19:23])
+        end = q[16:19] - PEG_HALF * peg_ax
+        if t > self.synced:
+            self.turn = clip_norm(self.turn + TURN_GAIN * rotvec_between(peg_ax, socket_ax), MAX_TURN)
+            if t > self.aligned:
+                self.steer = clip_norm(self.steer + STEER_GAIN * (self.wanted - end), MAX_STEER)
+        g = min(1.0, (t - self.synced) / (self.aligned - self.synced))
+        goal = INS_SOCKET if self.synced < ALIGNED else self.socket
+        a_left = np.concatenate([(1 - g) * self.socket + g * goal + self.held[0], self.q[0], [0.0]])
+        f = min(1.0, max(0.0, (t - self.inserting) / (self.inserted - self.inserting)))
+        mouth = socket + ((1 - f) * (SOCKET_MOUTH + INS_GAP) + f * (PIN_FACE - INS_DEEP)) * socket_ax
+        self.wanted = (1 - g) * self.end + g * mouth
+        turn = quat_from_rotvec(self.turn)
+        a_right = np.concatenate([self.wanted + self.steer + quat_to_mat(turn) @ self.held[1],
+                                  quat_mul(turn, self.q[1]), [0.0]])
+        return a_left, a_right
+
+
 def insertion_trajectory(object_poses: np.ndarray, steps: int) -> tuple[np.ndarray, int]:
     """The insertion's ``[steps, 14]`` joint-position plan for the peg and socket at ``object_poses`` (14) and the
     planning run's highest stage."""
@@ -269,38 +316,40 @@ def insertion_trajectory(object_poses: np.ndarray, steps: int) -> tuple[np.ndarr
     physics, rel_q, tool, fingers, starts = mocap_scene("insertion", task, object_poses, arm_friction=False)
     poses = np.asarray(object_poses, dtype=np.float64)
     left, right = insertion_waypoints(poses[:3], poses[7:10], *starts)
-    held = {}  # the objects' paths from where they were lifted, and where the tool points hold them
+    plan = {}
 
     def targets(t, physics):
         if t < LIFTED:
             return interpolate(left, t), interpolate(right, t)
-        q = physics.data.qpos
-        socket, socket_ax, peg_ax = q[23:26], object_axis(q[26:30]), object_axis(q[19:23])
-        end = q[16:19] - PEG_HALF * peg_ax  # the peg's end that goes in
-        if t in (LIFTED, ALIGNED):  # where the grippers hold the objects (fixed after: no chasing a dropped one)
-            tools = tool_points(physics, fingers)
-            held["left"], held["right"] = tools[0] - socket, tools[1] - end
-            held["turn"] = rotvec_between(peg_ax, socket_ax)  # from ALIGNED on: the peg turned parallel to the socket
-        if t == LIFTED:  # the socket to its insertion pose, the peg's end in front of its mouth
-            lq, rq = left[-1][2], right[-1][2]
-            held["socket"] = [(LIFTED, socket.copy(), lq, 0.0), (ALIGNED, INS_SOCKET, lq, 0.0)]
-            held["end"] = [(LIFTED, end.copy(), rq, 0.0),
-                           (ALIGNED, INS_SOCKET + (SOCKET_MOUTH + INS_GAP) * socket_ax, rq, 0.0)]
-        a_left, a_right = interpolate(held["socket"], t), interpolate(held["end"], t)
-        a_left[:3] += held["left"]
-        if t < ALIGNED:
-            a_right[:3] += held["right"]
-            return a_left, a_right
-        # turn the peg about its end, then push it in along the socket's axis, where the socket is now
-        turn = quat_from_rotvec(min(1.0, (t - ALIGNED) / (TURNED - ALIGNED)) * held["turn"])
-        f = min(1.0, max(0.0, (t - TURNED) / (INSERTED - TURNED)))
-        depth = (1 - f) * (SOCKET_MOUTH + INS_GAP) + f * (PIN_FACE - INS_DEEP)
-        a_right[:3] = socket + depth * socket_ax + quat_to_mat(turn) @ held["right"]
-        a_right[3:7] = quat_mul(turn, a_right[3:7])
-        return a_left, a_right
+        if t == LIFTED:
+            plan["rest"] = InsertionTargets(physics, fingers, LIFTED, [left[-1][2], right[-1][2]])
+        return plan["rest"](t, physics)
 
     try:
         return drive(physics, task, rel_q, tool, fingers, targets, steps)
+    finally:
+        physics.free()
+
+
+def insertion_replan(state: np.ndarray, t: int, steps: int) -> tuple[np.ndarray, int]:
+    """The insertion's joint-position plan from step ``t`` on (rows ``t`` to ``steps``; those before are zeros) for
+    the real task at physics state ``state`` (dm_control's time, qpos, qvel; :meth:`AlohaEnv.get_state` without
+    its controls), the grippers closed."""
+    from gym_aloha.tasks import sim_end_effector as ee
+
+    task = ee.InsertionEndEffectorTask()
+    physics, rel_q, tool, fingers, _ = mocap_scene("insertion", task, np.zeros(14), arm_friction=False)
+    with physics.reset_context():
+        physics.set_state(np.asarray(state, dtype=np.float64)[:physics.get_state().size])
+    links = ["vx300s_left/gripper_link", "vx300s_right/gripper_link"]
+    orientations = [physics.named.data.xquat[link].copy() for link in links]
+    for k in range(2):  # the welds' targets where the grippers are
+        physics.data.mocap_pos[k] = physics.named.data.xpos[links[k]]
+        physics.data.mocap_quat[k] = quat_mul(orientations[k], quat_conj(rel_q[k]))
+    physics.forward()  # dm_control's step starts from the kinematics of the last forward pass (the old targets)
+    targets = InsertionTargets(physics, fingers, t, orientations)
+    try:
+        return drive(physics, task, rel_q, tool, fingers, targets, steps, start=t)
     finally:
         physics.free()
 
@@ -318,14 +367,20 @@ class AlohaTransferCubeExpert:
 
     trajectory = staticmethod(transfer_cube_trajectory)
     replay_gain = 0.0
+    replan = None  # (step, planner): from that step on the plan is re-made from the real task's state
 
     def reset(self, env, obs: dict) -> None:
+        self.env = env
         self.plan, self.planned_stage = self.trajectory(np.asarray(obs["env_state"], dtype=np.float64),
                                                         env.serialize()["env_kwargs"]["max_episode_steps"])
         self.t, self.correction = 0, np.zeros(len(ARM_JOINTS))
 
     def act(self, obs: dict) -> np.ndarray:
         t = min(self.t, len(self.plan) - 1)
+        if self.replan is not None and t == self.replan[0]:
+            rest, _ = self.replan[1](self.env.get_state()["states"], t, len(self.plan))
+            self.plan[t:] = rest[t:]
+            self.plan[t - 1, ARM_JOINTS] = np.asarray(obs["agent_pos"], dtype=np.float64)[ARM_JOINTS]
         a = self.plan[t].copy()
         if self.replay_gain and t > 0:
             lag = self.plan[t - 1, ARM_JOINTS] - np.asarray(obs["agent_pos"], dtype=np.float64)[ARM_JOINTS]
@@ -339,3 +394,4 @@ class AlohaTransferCubeExpert:
 class AlohaInsertionExpert(AlohaTransferCubeExpert):
     trajectory = staticmethod(insertion_trajectory)
     replay_gain = REPLAY_GAIN
+    replan = (ALIGNED, insertion_replan)
