@@ -237,7 +237,6 @@ def transfer_cube_trajectory(object_poses: np.ndarray, steps: int) -> tuple[np.n
 
 
 
-PEG_REST_Z, SOCKET_REST_Z = 0.01, 0.022  # the objects' centres on the table (gym-aloha places them at 0.05)
 PEG_HALF, PIN_FACE = 0.06, 0.04  # the peg's half length; the pin's face ahead of the socket's centre along its axis
 SOCKET_MOUTH = 0.06  # the socket's open end ahead of its centre (its walls are 12 cm long)
 INS_PITCH = 20.0  # degrees down, both grippers: their fingertips and the finger plates behind them equally low
@@ -333,14 +332,15 @@ def insertion_trajectory(object_poses: np.ndarray, steps: int) -> tuple[np.ndarr
 
 def insertion_replan(state: np.ndarray, t: int, steps: int) -> tuple[np.ndarray, int]:
     """The insertion's joint-position plan from step ``t`` on (rows ``t`` to ``steps``; those before are zeros) for
-    the real task at physics state ``state`` (dm_control's time, qpos, qvel; :meth:`AlohaEnv.get_state` without
-    its controls), the grippers closed."""
+    the real task at physics state ``state`` (dm_control's qpos and qvel, then anything: the states of
+    :meth:`modmimic.envs.aloha_env.AlohaEnv.get_state`), both grippers holding their objects."""
     from gym_aloha.tasks import sim_end_effector as ee
 
+    state = np.asarray(state, dtype=np.float64)
     task = ee.InsertionEndEffectorTask()
-    physics, rel_q, tool, fingers, _ = mocap_scene("insertion", task, np.zeros(14), arm_friction=False)
-    with physics.reset_context():
-        physics.set_state(np.asarray(state, dtype=np.float64)[:physics.get_state().size])
+    physics, rel_q, tool, fingers, _ = mocap_scene("insertion", task, state[16:30], arm_friction=False)
+    with physics.reset_context():  # the scenes share their joints: the arms' 16, then the peg's and the socket's
+        physics.set_state(state[:physics.get_state().size])
     links = ["vx300s_left/gripper_link", "vx300s_right/gripper_link"]
     orientations = [physics.named.data.xquat[link].copy() for link in links]
     for k in range(2):  # the welds' targets where the grippers are
@@ -359,15 +359,16 @@ REPLAY_GAIN = 0.2  # per step, of an arm joint's lag behind the plan added to it
 MAX_REPLAY_CORRECTION = 0.1  # rad
 
 
-class AlohaTransferCubeExpert:
-    """``reset(env, obs)`` plans the episode's joint trajectory from the objects' poses; ``act`` replays it, with
-    ``replay_gain``, adding each arm joint's integrated lag behind the plan (``agent_pos`` against the plan's previous
-    step) to its command: gym-aloha's joint servos hold a joint up to friction / stiffness (60 Nm / 1600 Nm/rad at the
-    shoulders) away from its target."""
+class AlohaExpert:
+    """``reset(env, obs)`` plans the episode's joint trajectory (``trajectory``) from the objects' poses; ``act``
+    replays it. ``replay_gain``: each arm joint's integrated lag behind the plan (``agent_pos`` against the plan's
+    previous step) is added to its command (gym-aloha's joint servos stop up to friction / stiffness away from their
+    targets: 60 Nm / 1600 Nm/rad at the shoulders). ``replan = (step, planner)``: at that step the rest of the plan
+    is made again from the real task's state (``env.get_state()``)."""
 
-    trajectory = staticmethod(transfer_cube_trajectory)
+    trajectory = None
     replay_gain = 0.0
-    replan = None  # (step, planner): from that step on the plan is re-made from the real task's state
+    replan = None
 
     def reset(self, env, obs: dict) -> None:
         self.env = env
@@ -377,21 +378,24 @@ class AlohaTransferCubeExpert:
 
     def act(self, obs: dict) -> np.ndarray:
         t = min(self.t, len(self.plan) - 1)
-        if self.replan is not None and t == self.replan[0]:
-            rest, _ = self.replan[1](self.env.get_state()["states"], t, len(self.plan))
-            self.plan[t:] = rest[t:]
-            self.plan[t - 1, ARM_JOINTS] = np.asarray(obs["agent_pos"], dtype=np.float64)[ARM_JOINTS]
+        q = np.asarray(obs["agent_pos"], dtype=np.float64)[ARM_JOINTS]
+        if self.replan is not None and self.t == self.replan[0]:
+            self.plan[t:] = self.replan[1](self.env.get_state()["states"], t, len(self.plan))[0][t:]
+            self.plan[t - 1, ARM_JOINTS] = q  # the new plan starts where the arms are
         a = self.plan[t].copy()
         if self.replay_gain and t > 0:
-            lag = self.plan[t - 1, ARM_JOINTS] - np.asarray(obs["agent_pos"], dtype=np.float64)[ARM_JOINTS]
-            self.correction = np.clip(self.correction + self.replay_gain * lag, -MAX_REPLAY_CORRECTION,
-                                      MAX_REPLAY_CORRECTION)
+            self.correction = np.clip(self.correction + self.replay_gain * (self.plan[t - 1, ARM_JOINTS] - q),
+                                      -MAX_REPLAY_CORRECTION, MAX_REPLAY_CORRECTION)
             a[ARM_JOINTS] += self.correction
         self.t += 1
         return a
 
 
-class AlohaInsertionExpert(AlohaTransferCubeExpert):
+class AlohaTransferCubeExpert(AlohaExpert):
+    trajectory = staticmethod(transfer_cube_trajectory)
+
+
+class AlohaInsertionExpert(AlohaExpert):
     trajectory = staticmethod(insertion_trajectory)
     replay_gain = REPLAY_GAIN
     replan = (ALIGNED, insertion_replan)

@@ -564,7 +564,8 @@ def is_pusht(task: str) -> bool:
 
 
 ALOHA_TASKS = {"aloha_transfer_cube": "AlohaTransferCube-v0", "aloha_insertion": "AlohaInsertion-v0"}
-ALOHA_EXPERTS = ("aloha_transfer_cube",)  # tasks with a scripted expert (modmimic.aloha_expert)
+ALOHA_EXPERTS = {"aloha_transfer_cube": "AlohaTransferCubeExpert",  # scripted experts (modmimic.aloha_expert)
+                 "aloha_insertion": "AlohaInsertionExpert"}
 ALOHA_OBS_KEYS = ["agent_pos", "qvel", "env_state"]
 
 
@@ -739,10 +740,10 @@ def task_setup(task: str, camera_names=(), camera_height: int = 84, camera_width
 
         return env, PushTExpert(), env.serialize()["env_kwargs"]["max_episode_steps"], list(PUSHT_OBS_KEYS)
     if is_aloha(task):
-        from modmimic.aloha_expert import AlohaTransferCubeExpert
+        from modmimic import aloha_expert
 
-        return (env, AlohaTransferCubeExpert(), env.serialize()["env_kwargs"]["max_episode_steps"],
-                list(ALOHA_OBS_KEYS))
+        expert = getattr(aloha_expert, ALOHA_EXPERTS[task])()
+        return env, expert, env.serialize()["env_kwargs"]["max_episode_steps"], list(ALOHA_OBS_KEYS)
     if is_metaworld(task):
         return env, MetaWorldExpert(), env.env.max_path_length, ["flat"] + (["task_id"] if len(env.names) > 1 else [])
     expert = EXPERTS[name]() if style is None else EXPERTS[name](style)
@@ -878,7 +879,7 @@ def expert_success(task: str, episodes: int = 50, seed: int = 1000, max_steps: i
 # --- command line -----------------------------------------------------------------------------------------------
 
 USAGE = f"""usage:
-  python -m {PROG} generate task=Lift|Can|Square|<Meta-World task>|MT10|MT50|pusht|aloha_transfer_cube
+  python -m {PROG} generate task=Lift|Can|Square|<Meta-World task>|MT10|MT50|pusht|aloha_transfer_cube|aloha_insertion
                    n=<demos> out=<path.hdf5> [seed=0]
                    [max_tries=2n] [obs_dtype=float32] [valid_fraction=0.1] [compress=true] [next_obs=true]
                    [max_steps=<task default>] [compress_model=false] [camera_names=agentview,robot0_eye_in_hand]
@@ -912,8 +913,9 @@ Meta-World tasks (reach-v3, push-v3, pick-place-v3, ... or the task sets MT10, M
 policies; goals= chooses the placements (random: drawn from each episode's seed; benchmark: the benchmark's 50 per
 task, benchmark_seed= picks them); the dataset's env_args evaluate on the benchmark's.
 pusht: gym-pusht's PushT with modmimic's push-planning expert (modmimic.pusht_expert); camera_names=top records
-its image (camera_height=96 camera_width=96 as gym-pusht's pixels observation). aloha_transfer_cube: gym-aloha's
-transfer cube with modmimic's scripted expert (modmimic.aloha_expert; camera_names=top, 480 x 640 in LeRobot's data).
+its image (camera_height=96 camera_width=96 as gym-pusht's pixels observation). aloha_transfer_cube,
+aloha_insertion: gym-aloha's transfer cube and insertion with modmimic's scripted experts (modmimic.aloha_expert;
+camera_names=top, 480 x 640 in LeRobot's data).
 Needs the simulator extra: pip install 'modmimic[sim]' (Meta-World: pip install 'modmimic[metaworld]' &&
 pip install --no-deps metaworld==3.1.1; PushT: pip install 'modmimic[pusht]'; ALOHA: 'modmimic[aloha]').
 Exit status 0 done, 1 failure, 2 bad input."""
