@@ -269,3 +269,75 @@ def test_aloha_transfer_cube_expert_and_its_demos(aloha, tmp_path):
                      "algo.actor_layer_dims=[8]", "train.hdf5_validation_filter_key=null",
                      f"train.output_dir={tmp_path / 'runs'}", *ONE_STEP])
     assert rc == 0
+
+
+def test_aloha_expert_geometry_helpers():
+    """The insertion expert's rotations: the shortest turn of one direction onto another, as a quaternion."""
+    from modmimic.aloha_expert import quat_from_rotvec, quat_to_mat, rotvec_between
+
+    np.testing.assert_allclose(rotvec_between([1, 0, 0], [0, 1, 0]), [0, 0, math.pi / 2], atol=1e-12)
+    np.testing.assert_allclose(quat_from_rotvec([0, 0, math.pi / 2]), [math.sqrt(0.5), 0, 0, math.sqrt(0.5)],
+                               atol=1e-12)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a, b = (v / np.linalg.norm(v) for v in rng.normal(size=(2, 3)))
+        v = rotvec_between(a, b)
+        assert abs(v @ a) < 1e-12 and abs(v @ b) < 1e-12  # about their common normal
+        np.testing.assert_allclose(quat_to_mat(quat_from_rotvec(v)) @ a, b, atol=1e-12)
+    np.testing.assert_allclose(rotvec_between([0, 0, 1], [0, 0, 1]), 0.0)
+
+
+def test_aloha_insertion_expert_goes_through_the_stages(aloha):
+    """The insertion expert's whole plan replayed on one seed: both objects touched and lifted off the table
+    (stage 2) near step 130, the peg touching the pin in the socket (stage 4) after step 250 (and no stage 3 before
+    it: it goes in without touching the socket's walls), the objects never back on the table (stage 2 or more from
+    there on), and at the end the peg's end inside the socket, between its walls, both held 15 cm over the table."""
+    from modmimic.aloha_expert import PEG_HALF, PIN_FACE, SOCKET_MOUTH, AlohaInsertionExpert, object_axis, quat_to_mat
+
+    env = aloha_env("AlohaInsertion-v0", max_episode_steps=300)
+    obs = env.reset(seed=3)
+    expert = AlohaInsertionExpert()
+    expert.reset(env, obs)
+    stages = []
+    for _ in range(300):
+        obs, _, _, info = env.step(expert.act(obs))
+        stages.append(info["stage"])
+    assert expert.planned_stage == 4
+    lifted, inserted = stages.index(2), stages.index(4)
+    assert 125 <= lifted <= 140 and 250 <= inserted <= 270 and 3 not in stages[:inserted], (lifted, inserted)
+    assert min(stages[lifted:]) >= 2, stages[lifted:]
+    q = env.physics.data.qpos
+    socket, socket_q = q[23:26], q[26:30]
+    end = quat_to_mat(socket_q).T @ (q[16:19] - PEG_HALF * object_axis(q[19:23]) - socket)  # in the socket's frame
+    assert PIN_FACE - 0.005 < end[0] < SOCKET_MOUTH and np.all(np.abs(end[1:]) < 0.008), end
+    assert q[18] > 0.15 and q[25] > 0.15, (q[18], q[25])
+    env.close()
+
+
+def test_aloha_insertion_expert_and_its_demos(aloha, tmp_path):
+    """The scripted insertion expert (50/50 on seeds 0-49 and 1000-1049, docs/benchmarks_envs.md) on seeds 0-2
+    (all succeed, the peg touching the pin at step ~260, within gym-aloha's 300-step episodes), and a demo whose
+    recorded actions, replayed from its first state, insert the peg again."""
+    import h5py
+
+    from modmimic.data.hdf5 import load_episode_store, read_env_meta
+    from modmimic.demos import expert_success, generate
+
+    s = expert_success("aloha_insertion", episodes=3, seed=0, max_steps=300)
+    assert s["successes"] == 3 and all(255 <= T <= 275 for T in s["lengths"]), s
+    path = str(tmp_path / "insertion.hdf5")
+    g = generate("aloha_insertion", 1, path, seed=5, progress=None, valid_fraction=0.0)
+    assert g["demos"] == g["tries"] == 1
+    meta = read_env_meta(path)
+    assert meta["env_name"] == "gym_aloha/AlohaInsertion-v0"
+    store = load_episode_store(path, ["agent_pos", "env_state"])
+    assert store.obs_shapes() == {"agent_pos": (14,), "env_state": (14,)} and store.ac_dim == 14
+    with h5py.File(path, "r") as f:
+        demo = f["data/demo_0"]
+        states, actions = demo["states"][:], demo["actions"][:]
+    env = env_from_metadata(meta)
+    env.reset_to({"states": states[0]})
+    for a in actions:
+        env.step(a)
+    assert env.is_success()["task"]
+    env.close()
