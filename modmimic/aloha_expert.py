@@ -1,14 +1,25 @@
-"""Scripted ALOHA transfer-cube expert (``modmimic.demos generate task=aloha_transfer_cube``).
+"""Scripted ALOHA experts: transfer cube and insertion (``modmimic.demos generate task=aloha_transfer_cube`` /
+``task=aloha_insertion``).
 
-gym-aloha ships no scripted policy. The ACT paper's scripted data came from a two-stage recipe, which this expert
-follows with its own code: plan end-effector waypoints from the object's pose, drive gym-aloha's mocap version of
-the scene (``bimanual_viperx_end_effector_*.xml``, where welds pull each gripper to a mocap target) through them,
-record the arms' joint positions, and replay those as the joint-position actions of the real task.
+gym-aloha ships no scripted policy. The ACT paper's scripted data came from a two-stage recipe, which these experts
+follow with their own code: plan end-effector waypoints from the objects' poses, drive gym-aloha's mocap version of
+the scene (``bimanual_viperx_end_effector_*.xml``, where welds pull each gripper to a mocap target) through them
+(:func:`mocap_scene`, :func:`drive`), record the arms' joint positions, and replay those as the joint-position
+actions of the real task (:class:`AlohaExpert`).
 
 Waypoints are for each gripper's tool point (the centre of its two fingers, measured in the gripper link's frame at
 the start) and its link's orientation at 50 Hz, with linear interpolation of position, quaternion and gripper opening
-between them; the gripper command is replayed as given, the arm joints as the mocap run reached them:
+between them; the gripper command is replayed as given, the arm joints as the mocap run reached them.
 
+With MuJoCo 3.3.7 each weld holds a 13 cm position offset (computed from the reference pose qpos0) that the scene's
+mocap start poses (the gripper links' own positions) do not expect; the planner drops that offset (the link follows
+its target's position, the weld keeps its orientation offset) and steers tool points instead. The scene's soft welds
+(solimp 0.25) leave the grippers centimetres and tens of degrees away from their targets (the left gripper reached ~50
+of 90 degrees of pitch); the planning run stiffens them (:data:`WELD_SOLIMP`) and adds each tool point's integrated
+remaining error to its target (a few mm remain).
+
+Transfer cube
+-------------
 * right arm: pitched 30 degrees down, open, 8 cm over its grasp (step 70), down (100) so that the cube's centre is
   4 cm ahead of the tool point along the fingers (centred between the finger pads; the fingertips clear the table),
   close (115), lift 5 cm (135), to where the cube is at the meeting point ``(0, 0.5, 0.25)`` (185), hold, open once
@@ -19,17 +30,47 @@ between them; the gripper command is replayed as given, the arm joints as the mo
   centre 3 cm ahead of the tool point (250), close (262), pull away along -x holding the cube (290-320).
 
 gym-aloha samples the cube's centre at z = 0.05; it drops to 0.02 on the table, where the right arm picks it (planned
-from 0.05, the cube hung from the fingertips). With MuJoCo 3.3.7 each weld holds a 13 cm position
-offset (computed from the reference pose qpos0) that the scene's mocap start poses (the gripper links' own positions)
-do not expect; the planner drops that offset (the link follows its target's position, the weld keeps its orientation
-offset) and steers tool points instead. The scene's soft welds (solimp 0.25) leave the grippers centimetres and tens of
-degrees away from their targets (the left gripper reached ~50 of 90 degrees of pitch); the planning run stiffens
-them (:data:`WELD_SOLIMP`) and adds each tool point's integrated remaining error to its target (a few mm remain).
+from 0.05, the cube hung from the fingertips).
 
 Measured (``modmimic.demos expert``, 2026-12-07): 50/50 transferred cubes on seeds 0-49 and on 1000-1049, 300/300 on
 2000-2299, every planning run and every replay succeeding; the cube changes hands at step ~261 (episodes end 5 steps
 later), within gym-aloha's registered 300-step episodes. The earlier version of this expert (right gripper pitched
 60 degrees, left fingers opening sideways, soft welds) transferred 26/50 on seeds 0-49.
+
+Insertion
+---------
+gym-aloha's peg (a 12 x 2 x 2 cm bar, centre at z = 0.01 on the table) lies along x on the right, its socket (a 12 cm
+tube, 3.6 cm inside, around a 2 x 2 cm pin whose face is 2 cm inside its +x mouth) on the left; success is the peg
+touching the pin (stage 4). The grippers' fingers are open triangles: only their tips and the plates at their bases
+(in front of the gripper bar) close on anything.
+
+* both arms (:func:`insertion_waypoints`): pitched :data:`INS_PITCH` (20) degrees down, where the fingertips and the
+  plates reach equally low, so that each object is held at two places on either side of its centre of mass (a grasp
+  at the fingertips alone let it swing about the closing axis by ~20 degrees); the tool point 2 cm in from the
+  object's near end (:data:`GRIP_BACK`; the peg's +x end, the socket's -x end: the gripper bar stays clear) and
+  3 mm of finger over the table: open 8 cm over it (80), down (110), close (130), lift 8 cm (155);
+* then (:class:`InsertionTargets`, from where the objects are in the planning run) the left arm brings the socket's
+  centre to :data:`INS_SOCKET` ``(-0.1, 0.5, 0.2)`` (205) and holds it, the right arm the peg's end 5 cm in front of
+  the socket's mouth (205), then in along the socket's axis to 5 mm past the pin's face (215-250). On the way the
+  right gripper turns the peg parallel to the socket and steers its end onto its path by the integrated remaining
+  errors (bounded, 0.35 rad and 1.5 cm: nothing chases a dropped peg).
+
+The planning run's arm joints have no friction loss (``mocap_scene(arm_friction=False)``): against gym-aloha's
+30-60 Nm the welds turned the wrists slowly (a gripper pitched 20 degrees over 80 steps reached 28, and 20 again only
+200 steps later; without it within 0.4 degrees). The replay is closed-loop (``AlohaExpert.replay_gain``): each arm
+joint's integrated lag behind the plan is added to its command (gym-aloha's servos stop up to friction / stiffness
+from their targets, ~0.03 rad at the shoulders, ~1 cm at the gripper against a clearance of 8 mm); and at step 205
+(:data:`ALIGNED`) the rest of the plan is made again from the real task's state (:func:`insertion_replan`; the peg
+turns in its grasp by a few degrees differently in the replay). The peg touches the pin at step ~260 (episodes end
+5 steps later), within gym-aloha's registered 300-step episodes.
+
+Measured (``modmimic.demos expert task=aloha_insertion``, 2026-12-07): 50/50 on seeds 0-49 and 50/50 on 1000-1049
+(mean episode 265.9 and 266.0 steps); 299/300 on 2000-2299, the pin touched at steps 258-262 (one 283). The one
+failure (seed 2193) stopped at stage 3: its peg lies at x = 0.200, the edge of gym-aloha's range, where the right
+forearm meets its shoulder on the way down and the fingers stop on the table (the planning run grasps nothing; the
+re-planned replay grasps the peg but puts its end on the socket's rim). Without the re-plan at step 205, 46/50 on
+seeds 0-49 (4 stop at stage 3, the peg on the rim); without the closed-loop replay, 37/50 (13 at stage 3); with the
+arms' friction in the planning run, 10/50 (the grippers pitch ~30 degrees instead of 20; 38 stop at stage 2, lifted).
 """
 from __future__ import annotations
 
