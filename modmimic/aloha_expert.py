@@ -68,9 +68,12 @@ Measured (``modmimic.demos expert task=aloha_insertion``, 2026-12-07): 50/50 on 
 (mean episode 265.9 and 266.0 steps); 299/300 on 2000-2299, the pin touched at steps 258-262 (one 283). The one
 failure (seed 2193) stopped at stage 3: its peg lies at x = 0.200, the edge of gym-aloha's range, where the right
 forearm meets its shoulder on the way down and the fingers stop on the table (the planning run grasps nothing; the
-re-planned replay grasps the peg but puts its end on the socket's rim). Without the re-plan at step 205, 46/50 on
+re-planned replay grasps the peg but puts its end on the socket's rim). Pegs that near (x >= 0.196, 4 % of
+gym-aloha's placements; the first 30 such seeds from 3000 on): 27/30 (two at stage 3 on the rim, one peg dropped on
+the way, stage 2); sockets as near the left arm (x <= -0.196): 30/30. Without the re-plan at step 205, 46/50 on
 seeds 0-49 (4 stop at stage 3, the peg on the rim); without the closed-loop replay, 37/50 (13 at stage 3); with the
-arms' friction in the planning run, 10/50 (the grippers pitch ~30 degrees instead of 20; 38 stop at stage 2, lifted).
+arms' friction in the planning run, 10/50 (the grippers pitch ~30 degrees instead of 20; 38 stop at stage 2,
+lifted).
 """
 from __future__ import annotations
 
