@@ -101,7 +101,7 @@ DISCOUNT = (K.NEXT, "discount")  # [B, 1] float: the bootstrap discount of each 
          writes=[DISCOUNT, "{next_action_key}", "{mc_return_key}"])
 def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_horizon: bool = False,
                       next_action_key: str | None = None, mc_return_key: str | None = None,
-                      reward_scale: float = 1.0, reward_shift: float = 0.0):
+                      reward_scale: float = 1.0, reward_shift: float = 0.0, terminal_reward: float | None = None):
     """Windows ``[B, T]`` -> n-step transitions ``[B]`` (robomimic BCQ/CQL/TD3-BC ``process_batch_for_training``).
 
     * ``observation``, ``action``, ``goal``: step 0; ``("next", "observation")``: step ``n_step - 1``.
@@ -116,6 +116,10 @@ def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_h
     * ``reward_scale`` / ``reward_shift``: every step's reward becomes ``reward_scale * r + reward_shift`` before
       the sum (the CQL paper's sparse-task setting ``r - 1``: 0 at success, -1 per step before it). Refused with
       ``mc_return_key``: the stored returns-to-go are of the untransformed rewards.
+    * ``terminal_reward``: a step whose (untransformed) reward is at least this ends its episode (``done``), so a
+      success is terminal in the data as it is online with ``experiment.rollout.terminate_on_success`` (scripted and
+      robomimic demos keep a reward of 1 on several steps after the first success: without it their values at a
+      success are ~6 where an online episode's are 1). Refused with ``mc_return_key``.
 
     With ``n_step = 1`` this is exactly robomimic's (and IQL's ``[:, 0]``) batch. For ``n_step > 1`` robomimic sums
     the rewards of every step of the window, including the steps that padding repeats at the end of a demo (the
@@ -133,6 +137,11 @@ def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_h
     if r is None:
         raise ValueError("the batch has no ('next', 'reward'): this recipe needs a dataset with rewards and dones")
     d = nxt.get("done")
+    if terminal_reward is not None:
+        if mc_return_key is not None:
+            raise ValueError("terminal_reward with Monte-Carlo returns: the stored returns-to-go run past the steps it "
+                             "makes terminal")
+        d = d | (r >= terminal_reward)
     if reward_scale != 1.0 or reward_shift != 0.0:
         if mc_return_key is not None:
             raise ValueError("reward_scale / reward_shift with Monte-Carlo returns: the stored returns-to-go are of "

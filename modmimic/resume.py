@@ -86,7 +86,7 @@ _ABSENT = object()
 
 def with_overrides(stored: DictConfig, overrides=()) -> DictConfig:
     """``stored`` (a run's config) with ``key=value`` overrides applied. Keys must exist in the stored config and
-    values keep their types; no recipe file is read (the stored config is the whole tree). Run-selection keys
+    values keep their types, except ``+key=value``, which adds a key (hydra's syntax); no recipe file is read (the stored config is the whole tree). Run-selection keys
     (``recipe``, ``preset``, ``resume``, ``resume_dir``, ``train.output_dir``) and hydra's are ignored."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -106,6 +106,9 @@ def with_overrides(stored: DictConfig, overrides=()) -> DictConfig:
     for o in parsed:
         key = o.key_or_group
         current = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+        if current is _ABSENT and o.is_add():  # hydra's +key=value: a key the stored config does not have
+            OmegaConf.update(cfg, key, o.value(), merge=False, force_add=True)
+            continue
         if current is _ABSENT:
             valid = [p for p, _ in _leaf_paths(cfg)]
             raise ConfigError(f"unknown config key {key!r} for the stored run{closest(key, valid)}")

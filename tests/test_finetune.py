@@ -224,3 +224,40 @@ def test_cal_ql_fine_tunes_with_online_returns(weak, tmp_path):
     rows = load_checkpoint(os.path.join(r["run_dir"], "models", "last.pth"))["trainer_state"]["samplers"]["train"]
     ret, rew = rows["buffer_rows"]["mc_return"].squeeze(-1), rows["buffer_rows"]["next"]["reward"].squeeze(-1)
     assert len(ret) >= 40 and (ret >= rew).all()
+
+
+def test_reward_semantics_warning_when_data_successes_are_not_terminal():
+    """Demos rewarded on several steps after their first success (robomimic's and ``modmimic.demos``' layout) with
+    online episodes that end at their first: a warning naming ``batch.terminal_reward``; none once it is set, none
+    when online episodes run on after a success, none for data rewarded once per demo."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from modmimic import keys as K
+    from modmimic.online import reward_semantics_note, rewarded_after_success
+
+    # demos of 3, 4 and 2 steps: rewarded once at the end, on their last 3 steps, never
+    r = torch.tensor([0, 0, 1, 0, 1, 1, 1, 0, 0.0]).unsqueeze(-1)
+    store = SimpleNamespace(columns={K.REWARD: (0, 1, (1,))}, flat=r, offsets=torch.tensor([0, 3, 7]),
+                            lengths=torch.tensor([3, 4, 2]))
+    assert rewarded_after_success(store) == 1
+    assert rewarded_after_success(SimpleNamespace(columns={}, flat=r)) == 0
+    cfg = OmegaConf.create({"experiment": {"rollout": {"terminate_on_success": True}}, "batch": {"n_step": 1}})
+    assert "+batch.terminal_reward" in reward_semantics_note(cfg, 1)
+    assert reward_semantics_note(cfg, 0) is None
+    cfg.batch.terminal_reward = 1.0
+    assert reward_semantics_note(cfg, 1) is None
+    cfg = OmegaConf.create({"experiment": {"rollout": {"terminate_on_success": False}}, "batch": {}})
+    assert reward_semantics_note(cfg, 1) is None
+
+
+def test_a_plus_override_adds_a_key_the_stored_config_lacks(weak):
+    """``+key=value`` adds a key to the checkpoint's config (hydra's syntax), e.g. a success-terminal batch or a
+    minimum actor std; without ``+`` an unknown key is still an error naming the closest one."""
+    from modmimic.config import ConfigError
+
+    cfg = finetune_cfg(weak["ckpt"], "+batch.terminal_reward=1.0", "+algo.actor.net.gaussian.min_std=0.1")
+    assert cfg.batch.terminal_reward == 1.0 and cfg.algo.actor.net.gaussian.min_std == 0.1
+    with pytest.raises(ConfigError, match="unknown config key 'batch.terminal_rewrd'"):
+        finetune_cfg(weak["ckpt"], "batch.terminal_rewrd=1.0")

@@ -71,6 +71,14 @@ def test_n_step_transition_closed_form():
     assert torch.equal(one[K.NEXT, "reward"], w[K.NEXT, "reward"][:, 0] - 1.0)
     with pytest.raises(ValueError, match="returns-to-go are of the untransformed rewards"):
         n_step_transition(w, n_step=1, reward_shift=-1.0, mc_return_key="mc_return")
+    # terminal_reward: a step rewarded >= 4 ends its episode (row 0's third step, row 1 already ended at its second)
+    term = n_step_transition(w, n_step=3, discount=g, terminal_reward=4.0)
+    assert torch.equal(term[K.NEXT, "done"][:, 0], torch.tensor([True, True, False]))
+    assert torch.allclose(term[K.NEXT, "reward"], expected) and torch.equal(term[DISCOUNT], out[DISCOUNT])
+    term1 = n_step_transition(w, n_step=1, discount=g, terminal_reward=1.0)  # every first step is rewarded 1
+    assert term1[K.NEXT, "done"].all() and not n_step_transition(w, n_step=1, discount=g)[K.NEXT, "done"].any()
+    with pytest.raises(ValueError, match="returns-to-go run past the steps it makes terminal"):
+        n_step_transition(w, n_step=1, terminal_reward=1.0, mc_return_key="mc_return")
 
 
 def test_a_reward_transform_with_monte_carlo_returns_is_a_config_error():
