@@ -261,3 +261,32 @@ def test_a_plus_override_adds_a_key_the_stored_config_lacks(weak):
     assert cfg.batch.terminal_reward == 1.0 and cfg.algo.actor.net.gaussian.min_std == 0.1
     with pytest.raises(ConfigError, match="unknown config key 'batch.terminal_rewrd'"):
         finetune_cfg(weak["ckpt"], "batch.terminal_rewrd=1.0")
+
+
+def test_fine_tuning_warns_about_non_terminal_data_successes(weak, tmp_path):
+    """The warning reaches a real fine-tuning run: the reach demos end at their first success (no warning); the same
+    demos with their success reward repeated on the two steps before it (robomimic's layout) warn once at start-up,
+    and ``+batch.terminal_reward=1.0`` silences it again."""
+    import shutil
+    import warnings
+
+    import h5py
+
+    data = str(tmp_path / "rewarded_after_success.hdf5")
+    shutil.copy(weak["data"], data)
+    with h5py.File(data, "r+") as f:
+        for d in f["data"].values():
+            d["rewards"][-3:] = 1.0
+
+    def warned(*overrides):
+        cfg = finetune_cfg(weak["ckpt"], f"train.output_dir={tmp_path / 'runs'}", "online.env_steps=10",
+                           "experiment.epoch_every_n_steps=10", "experiment.rollout.enabled=false", *overrides)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            train(cfg, progress=False)
+        return [str(x.message) for x in w if "terminal_reward" in str(x.message)]
+
+    assert warned() == []
+    (msg,) = warned(f"train.data={data}")
+    assert msg.startswith("30 demos are rewarded on several steps after their first success")
+    assert warned(f"train.data={data}", "+batch.terminal_reward=1.0") == []
