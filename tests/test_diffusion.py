@@ -180,6 +180,46 @@ def test_unet_keys_reach_the_network(reach_hdf5):
     assert unet.step_encoder[1].in_features == 32 and unet.down[0][0].block1.block[1].num_groups == 4
 
 
+def test_actions_a_clamping_sampler_cannot_reach_are_an_error(reach_hdf5, tmp_path):
+    """Diffusion Policy and the flow policy clamp every sampled action to [-1, 1]: on un-normalized actions outside
+    it (ALOHA's joint targets reach 3.1) training is refused with the fix named; min_max normalization, or a sampler
+    that does not clamp, trains (the latter with robomimic's warning)."""
+    import shutil
+    import warnings
+
+    import h5py
+
+    from modmimic.data.build import build_data
+
+    path = tmp_path / "wide.hdf5"
+    shutil.copy(reach_hdf5, path)
+    with h5py.File(path, "r+") as f:
+        for d in f["data"].values():
+            d["actions"][...] = 3.0 * d["actions"][...]
+    data = f"train.data={path}"
+
+    def flow(*extra):
+        return compose("flow_policy", [f"observation.modalities.obs.low_dim=[{','.join(KEYS)}]", "train.batch_size=8",
+                                       "algo.horizon.prediction_horizon=4", "algo.horizon.action_horizon=2", *extra])
+
+    def dp(*extra):
+        return small("diffusion_policy", *extra)
+
+    for cfg, key in [(dp, "algo.ddpm.clip_sample"), (flow, "algo.flow.clip_sample")]:
+        with pytest.raises(ConfigError, match=rf"outside \[-1, 1\].*clamps every action to \[-1, 1\] \({key}\): "
+                                              r"set train.action_config.actions.normalization=min_max"):
+            build_data(cfg(data))
+        build_data(cfg(data, "train.action_config.actions.normalization=min_max"))
+    with pytest.raises(ConfigError, match=r"algo.ddim.clip_sample"):
+        build_data(small("diffusion_policy", data, "algo.ddpm.enabled=false", "algo.ddim.enabled=true"))
+    with pytest.raises(ConfigError, match=r"algo.ddpm.clip_sample"):
+        build_data(small("diffusion_transformer", data))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        build_data(small("diffusion_policy", data, "algo.ddpm.clip_sample=false"))
+    assert any("outside [-1, 1]" in str(x.message) for x in w)
+
+
 def test_factory_dispatch_and_bad_settings(reach_hdf5):
     store = load_episode_store(str(reach_hdf5), KEYS, load_next_obs=False)
     cfg = small("diffusion_policy", "algo.unet.enabled=false", "algo.transformer.enabled=true")

@@ -303,12 +303,32 @@ def build_meta_data(cfg: DictConfig, entries: list[dict], device="cpu") -> Train
                      valid_sets=dict(zip(names, valid_sampler.samplers)) if validate else {}, task_vocab=vocab)
 
 
+def clamped_samples(cfg: DictConfig) -> str | None:
+    """The config key that makes the recipe's sampler clamp every sampled action to [-1, 1] (Diffusion Policy's
+    ``clip_sample`` under DDPM or DDIM, the flow policy's), or None."""
+    algo = cfg.get("algo") or {}
+    for name in ("ddpm", "ddim"):
+        sec = algo.get(name) or {}
+        if sec.get("enabled") and sec.get("clip_sample"):
+            return f"algo.{name}.clip_sample"
+    flow = algo.get("flow") or {}
+    if cfg.get("algo_name") == "flow_policy" and flow.get("clip_sample"):
+        return "algo.flow.clip_sample"
+    return None
+
+
 def warn_about_data(cfg: DictConfig, store: EpisodeStore, action_config: dict) -> None:
     """Warnings for data that trains but probably not as meant: un-normalized actions outside [-1, 1] (robomimic
-    expects normalized actions), ``train.seq_length`` longer than every demo (each window is mostly padding)."""
+    expects normalized actions), ``train.seq_length`` longer than every demo (each window is mostly padding).
+    A recipe whose sampler clamps its actions to [-1, 1] cannot act outside it: there the range is an error."""
     for k, m in store.action_moments.items():
         if (action_config.get(k) or {}).get("normalization") in (None, "none", "None") and m is not None:
             msg = action_range_warning(store.path, k, float(np.min(m["min"])), float(np.max(m["max"])))
+            clamp = clamped_samples(cfg) if msg else None
+            if clamp:  # measured: Diffusion Policy on ALOHA's joint targets (up to 3.1) never grasped
+                raise ConfigError(msg.replace("policies with tanh outputs cannot reach these",
+                                              f"this recipe's sampler clamps every action to [-1, 1] ({clamp})")
+                                  .replace(" (or gaussian)", ""))  # z-scores leave [-1, 1] too
             if msg:
                 warnings.warn(msg, stacklevel=2)
     longest = int(store.lengths.max())
