@@ -227,6 +227,29 @@ def test_aloha_reset_to_and_cameras(aloha):
         env.step(np.zeros(7))
 
 
+def test_aloha_unstable_simulation_ends_the_episode_not_the_evaluation(aloha):
+    """A diverged simulation (dm_control's PhysicsError; seen in an evaluation of Diffusion Policy on the transfer
+    cube) ends its episode as a failure with a warning and the last valid observation; the next step asks for a
+    reset, after which the environment steps again."""
+    import warnings
+
+    env = aloha_env()
+    obs = env.reset(seed=1)
+    env.physics.data.qvel[:] = 1e12  # MuJoCo flags velocities this large as invalid (mjWARN_BADQVEL)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        o, r, done, info = env.step(obs["agent_pos"])
+    assert done and r == 0.0 and info == {"is_success": False, "stage": 0, "physics_error": True}
+    assert any("became unstable at step 1" in str(x.message) for x in w)
+    np.testing.assert_array_equal(o["agent_pos"], obs["agent_pos"])
+    assert env.is_success() == {"task": False, "stage": 0.0}
+    with pytest.raises(EnvError, match="unstable in this episode; reset first"):
+        env.step(obs["agent_pos"])
+    obs = env.reset(seed=1)
+    assert not env.step(obs["agent_pos"])[2]
+    env.close()
+
+
 def test_aloha_expert_completes_the_handover(aloha):
     """Replayed past the first success (the left gripper touching the lifted cube), the expert's whole plan hands
     the cube over: at the last step the left gripper holds it in the air and the right gripper has let go."""

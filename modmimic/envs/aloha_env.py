@@ -17,6 +17,9 @@ camera is rendered only when an observation or a video needs it.
   insertion: both touched, both lifted, peg touches socket, peg touches pin). Success is the top stage, 4 (gym-aloha's
   ``is_success``); :meth:`AlohaEnv.is_success` gives ``{"task": bool, "stage": float}``, so rollouts also report each
   episode's highest stage (``Max_Stage``; LeRobot's "max reward").
+* A step whose simulation diverges (dm_control's ``PhysicsError``, e.g. ``mjWARN_BADQACC`` from a policy's joint
+  targets) ends the episode as a failure at the stage reached, with ``info["physics_error"]`` and a warning, so one
+  unstable episode does not end an evaluation; the observation returned is the last valid one.
 * Done after ``max_episode_steps`` (default 400, the ACT paper's episode length at 50 Hz; gym-aloha registers 300).
 * State (``get_state``/``reset_to``): dm_control's physics state (time, qpos, qvel) and the actuators' controls, so
   ``reset_to(states[t])`` gives ``obs[t]``; ``ep_meta`` names the task and the seed.
@@ -112,7 +115,7 @@ class AlohaEnv:
         self.physics = mujoco.Physics.from_xml_path(str(xml))
         self._task = (sim.TransferCubeTask if self.task == "transfer_cube" else sim.InsertionTask)()
         self.n_sub_steps = control.compute_n_steps(constants.DT, self.physics.timestep())
-        self.t, self.seed, self._stage = 0, None, 0
+        self.t, self.seed, self._stage, self._unstable = 0, None, 0, False
         self.reset(0)
 
     @property
@@ -143,8 +146,9 @@ class AlohaEnv:
         self._sim.BOX_POSE[0] = self.initial_object_poses(self.seed)  # gym-aloha's tasks read it at reset
         with self.physics.reset_context():
             self._task.initialize_episode(self.physics)
-        self.t, self._stage = 0, 0
-        return self._obs()
+        self.t, self._stage, self._unstable = 0, 0, False
+        self._last_obs = self._obs()
+        return self._last_obs
 
     def step(self, action):
         a = np.asarray(action, dtype=np.float64).reshape(-1)
@@ -155,14 +159,26 @@ class AlohaEnv:
         if self.t >= self._kwargs["max_episode_steps"]:
             raise EnvError(f"{self.name}: stepped past max_episode_steps={self._kwargs['max_episode_steps']}; "
                            "reset first")
+        if self._unstable:
+            raise EnvError(f"{self.name}: the simulation became unstable in this episode; reset first")
+        from dm_control.rl.control import PhysicsError
+
         self._task.before_step(a, self.physics)
-        for _ in range(self.n_sub_steps):
-            self.physics.step()
+        try:
+            for _ in range(self.n_sub_steps):
+                self.physics.step()
+        except PhysicsError as e:  # a diverged simulation ends its episode (a failure), not the evaluation
+            self._unstable = True
+            warnings.warn(f"{self.name}: the simulation became unstable at step {self.t + 1} (dm_control: "
+                          f"{str(e).splitlines()[0]}); the episode ends there as a failure", stacklevel=2)
+            return self._last_obs, float(self._stage), True, {"is_success": False, "stage": self._stage,
+                                                             "physics_error": True}
         self._task.after_step(self.physics)
         self.t += 1
         self._stage = int(self._task.get_reward(self.physics))
         done = self.t >= self._kwargs["max_episode_steps"]
-        return self._obs(), float(self._stage), done, {"is_success": self._stage == MAX_STAGE, "stage": self._stage}
+        self._last_obs = self._obs()
+        return self._last_obs, float(self._stage), done, {"is_success": self._stage == MAX_STAGE, "stage": self._stage}
 
     def is_success(self) -> dict:
         return {"task": self._stage == MAX_STAGE, "stage": float(self._stage)}
@@ -182,9 +198,10 @@ class AlohaEnv:
         with p.reset_context():
             p.set_state(s[:n_state])
             p.data.ctrl[:] = s[n_state:]
-        self.t, self.seed = 0, None
+        self.t, self.seed, self._unstable = 0, None, False
         self._stage = int(self._task.get_reward(p))
-        return self._obs()
+        self._last_obs = self._obs()
+        return self._last_obs
 
     def render(self, height: int = 256, width: int = 256, camera_name: str | None = None) -> np.ndarray:
         camera = camera_name or "top"
