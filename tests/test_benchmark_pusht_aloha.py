@@ -203,7 +203,8 @@ def test_aloha_resets_and_steps_are_gym_alohas_own(aloha, task):
         obs, r, done, info = env.step(a)
         ref_obs, ref_r, *_ = ref.step(a)
         np.testing.assert_allclose(obs["agent_pos"], ref_obs["agent_pos"], atol=1e-9)
-        assert r == ref_r == 0 and not done and env.is_success() == {"task": False, "stage": 0.0}
+        assert r == ref_r == 0 and not done
+        assert env.is_success() == {"task": False, "stage": 0.0, "unstable": 0.0}
     ref.close()
     env.close()
 
@@ -242,7 +243,7 @@ def test_aloha_unstable_simulation_ends_the_episode_not_the_evaluation(aloha):
     assert done and r == 0.0 and info == {"is_success": False, "stage": 0, "physics_error": True}
     assert any("became unstable at step 1" in str(x.message) for x in w)
     np.testing.assert_array_equal(o["agent_pos"], obs["agent_pos"])
-    assert env.is_success() == {"task": False, "stage": 0.0}
+    assert env.is_success() == {"task": False, "stage": 0.0, "unstable": 1.0}  # rollouts: Max_Unstable
     with pytest.raises(EnvError, match="unstable in this episode; reset first"):
         env.step(obs["agent_pos"])
     obs = env.reset(seed=1)

@@ -15,8 +15,9 @@ camera is rendered only when an observation or a video needs it.
   ``right_pillar``), ``camera_heights``/``camera_widths`` (default 480 x 640)).
 * Reward: gym-aloha's stage, 0..4 (transfer cube: touched, lifted, touched by the other gripper, transferred;
   insertion: both touched, both lifted, peg touches socket, peg touches pin). Success is the top stage, 4 (gym-aloha's
-  ``is_success``); :meth:`AlohaEnv.is_success` gives ``{"task": bool, "stage": float}``, so rollouts also report each
-  episode's highest stage (``Max_Stage``; LeRobot's "max reward").
+  ``is_success``); :meth:`AlohaEnv.is_success` gives ``{"task": bool, "stage": float, "unstable": float}``, so
+  rollouts also report each episode's highest stage (``Max_Stage``; LeRobot's "max reward") and the share of
+  episodes whose simulation diverged (``Max_Unstable``, below).
 * A step whose simulation diverges (dm_control's ``PhysicsError``, e.g. ``mjWARN_BADQACC`` from a policy's joint
   targets) ends the episode as a failure at the stage reached, with ``info["physics_error"]`` and a warning, so one
   unstable episode does not end an evaluation; the observation returned is the last valid one.
@@ -181,7 +182,7 @@ class AlohaEnv:
         return self._last_obs, float(self._stage), done, {"is_success": self._stage == MAX_STAGE, "stage": self._stage}
 
     def is_success(self) -> dict:
-        return {"task": self._stage == MAX_STAGE, "stage": float(self._stage)}
+        return {"task": self._stage == MAX_STAGE, "stage": float(self._stage), "unstable": float(self._unstable)}
 
     def get_state(self, include_model: bool = True) -> dict:
         p = self.physics
