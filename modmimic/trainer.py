@@ -47,7 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 from modmimic import distributed
 from modmimic.algo import Algo, NonFiniteLossError, algo_factory
 from modmimic.config import ConfigError, save_config_yaml
-from modmimic.data.build import TrainData, action_settings, build_data, sampler_seed  # noqa: F401  (re-exported)
+from modmimic.data.build import TrainData, action_settings, build_data, check_action_bounds, sampler_seed  # noqa: F401
 from modmimic.data.default import default_dataset_path
 from modmimic.data.hdf5 import DatasetError
 from modmimic.data.sampler import WindowSampler
@@ -394,6 +394,8 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
     # a resumed run's config was read back from its run directory: its callables resolve only in trusted modules
     with trusting(stored_config_modules() if resume else None):
         algo = algo_factory(cfg.algo_name, cfg, data.obs_shapes, data.ac_dim, device, task_dim=data.task_dim)
+    for store in data.train_stores or [data.train_store]:
+        check_action_bounds(algo.nets, store, action_settings(cfg.train)[1])
     if cfg.get("online") is not None:  # offline-to-online fine-tuning: batches mix in environment interaction
         from modmimic.online import attach
 

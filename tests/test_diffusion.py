@@ -181,43 +181,41 @@ def test_unet_keys_reach_the_network(reach_hdf5):
 
 
 def test_actions_a_clamping_sampler_cannot_reach_are_an_error(reach_hdf5, tmp_path):
-    """Diffusion Policy and the flow policy clamp every sampled action to [-1, 1]: on un-normalized actions outside
-    it (ALOHA's joint targets reach 3.1) training is refused with the fix named; min_max normalization, or a sampler
-    that does not clamp, trains (the latter with robomimic's warning)."""
+    """Diffusion Policy and the flow policy clamp every sampled action to [-1, 1] (their network's ``action_bound``):
+    on un-normalized actions outside it (ALOHA's joint targets reach 3.1) training is refused before the run
+    directory exists, naming the fix; min_max normalization, or a sampler that does not clamp, trains."""
     import shutil
-    import warnings
 
     import h5py
 
-    from modmimic.data.build import build_data
+    from modmimic.trainer import train
 
     path = tmp_path / "wide.hdf5"
     shutil.copy(reach_hdf5, path)
     with h5py.File(path, "r+") as f:
         for d in f["data"].values():
             d["actions"][...] = 3.0 * d["actions"][...]
-    data = f"train.data={path}"
+    one_step = [f"train.data={path}", f"train.output_dir={tmp_path / 'runs'}", "train.num_epochs=1",
+                "experiment.epoch_every_n_steps=1", "experiment.validation_epoch_every_n_steps=1",
+                "experiment.rollout.enabled=false", "experiment.logging.log_tb=false"]
 
     def flow(*extra):
         return compose("flow_policy", [f"observation.modalities.obs.low_dim=[{','.join(KEYS)}]", "train.batch_size=8",
-                                       "algo.horizon.prediction_horizon=4", "algo.horizon.action_horizon=2", *extra])
+                                       "algo.horizon.prediction_horizon=4", "algo.horizon.action_horizon=2",
+                                       *one_step, *extra])
 
     def dp(*extra):
-        return small("diffusion_policy", *extra)
+        return small("diffusion_policy", *one_step, *extra)
 
-    for cfg, key in [(dp, "algo.ddpm.clip_sample"), (flow, "algo.flow.clip_sample")]:
-        with pytest.raises(ConfigError, match=rf"outside \[-1, 1\].*clamps every action to \[-1, 1\] \({key}\): "
-                                              r"set train.action_config.actions.normalization=min_max"):
-            build_data(cfg(data))
-        build_data(cfg(data, "train.action_config.actions.normalization=min_max"))
-    with pytest.raises(ConfigError, match=r"algo.ddim.clip_sample"):
-        build_data(small("diffusion_policy", data, "algo.ddpm.enabled=false", "algo.ddim.enabled=true"))
-    with pytest.raises(ConfigError, match=r"algo.ddpm.clip_sample"):
-        build_data(small("diffusion_transformer", data))
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        build_data(small("diffusion_policy", data, "algo.ddpm.clip_sample=false"))
-    assert any("outside [-1, 1]" in str(x.message) for x in w)
+    for cfg in (dp, flow, lambda *e: dp("algo.ddpm.enabled=false", "algo.ddim.enabled=true", *e)):
+        with pytest.raises(ConfigError, match=r"actions span \[-3, 3\], but network 'policy' samples actions "
+                                              r"clamped to \[-1, 1\]: set train.action_config.actions"
+                                              r".normalization=min_max"):
+            train(cfg(), progress=False)
+        assert not (tmp_path / "runs").exists()
+        assert train(cfg("train.action_config.actions.normalization=min_max"), progress=False)["epoch"] == 1
+        shutil.rmtree(tmp_path / "runs")
+    assert train(dp("algo.ddpm.clip_sample=false"), progress=False)["epoch"] == 1
 
 
 def test_factory_dispatch_and_bad_settings(reach_hdf5):

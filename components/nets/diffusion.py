@@ -229,6 +229,13 @@ class DiffusionPolicy(nn.Module):
             raise ValueError(f"expected an observation window of To={self.obs_horizon} steps, got {f.shape[1]}")
         return f
 
+    @property
+    def action_bound(self) -> float | None:
+        """Every sampled action lies in ``[-action_bound, action_bound]`` (the schedule's ``clip_sample``), None when
+        the sampler does not clamp; training refuses un-normalized actions it cannot reach."""
+        s = self.schedule
+        return float(s.clip_sample_range) if s.clip_sample else None
+
     def denoise(self, x_t: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
         return self.denoiser(x_t, t, cond)
 

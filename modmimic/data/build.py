@@ -13,7 +13,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from modmimic.config import ConfigError, all_obs_keys, to_plain
-from modmimic.data.check import action_range_warning
+from modmimic.data.check import action_range_warning, min_max_override
 from modmimic.data.default import default_dataset_path
 from modmimic.data.hdf5 import DatasetError, EpisodeStore, load_episode_store
 from modmimic.data.meta import (MetaSampler, check_same_layout, dataset_names, dataset_probabilities,
@@ -303,34 +303,31 @@ def build_meta_data(cfg: DictConfig, entries: list[dict], device="cpu") -> Train
                      valid_sets=dict(zip(names, valid_sampler.samplers)) if validate else {}, task_vocab=vocab)
 
 
-def clamped_samples(cfg: DictConfig) -> str | None:
-    """The config key that makes the recipe's sampler clamp every sampled action to [-1, 1] (Diffusion Policy's
-    ``clip_sample`` under DDPM or DDIM, the flow policy's), or None."""
-    algo = cfg.get("algo") or {}
-    for name in ("ddpm", "ddim"):
-        sec = algo.get(name) or {}
-        if sec.get("enabled") and sec.get("clip_sample"):
-            return f"algo.{name}.clip_sample"
-    flow = algo.get("flow") or {}
-    if cfg.get("algo_name") == "flow_policy" and flow.get("clip_sample"):
-        return "algo.flow.clip_sample"
-    return None
+def unnormalized_action_ranges(store: EpisodeStore, action_config: dict) -> dict:
+    """``{action key: (min, max)}`` over the keys that train without ``train.action_config`` normalization."""
+    return {k: (float(np.min(m["min"])), float(np.max(m["max"]))) for k, m in store.action_moments.items()
+            if m is not None and (action_config.get(k) or {}).get("normalization") in (None, "none", "None")}
+
+
+def check_action_bounds(nets, store: EpisodeStore, action_config: dict) -> None:
+    """Refuse data a network cannot act on: a network with an ``action_bound`` (Diffusion Policy's and the flow
+    policy's samplers clamp every action to [-1, 1]) and un-normalized actions beyond it (measured: Diffusion Policy
+    on ALOHA's joint targets, up to 3.1, never grasped)."""
+    for name, net in nets.items():
+        bound = getattr(net, "action_bound", None)
+        for k, (lo, hi) in unnormalized_action_ranges(store, action_config).items() if bound is not None else ():
+            if lo < -bound or hi > bound:
+                raise ConfigError(f"{store.path}: {k} span [{lo:.4g}, {hi:.4g}], but network {name!r} samples actions "
+                                  f"clamped to [{-bound:g}, {bound:g}]: set {min_max_override(k)}")
 
 
 def warn_about_data(cfg: DictConfig, store: EpisodeStore, action_config: dict) -> None:
     """Warnings for data that trains but probably not as meant: un-normalized actions outside [-1, 1] (robomimic
-    expects normalized actions), ``train.seq_length`` longer than every demo (each window is mostly padding).
-    A recipe whose sampler clamps its actions to [-1, 1] cannot act outside it: there the range is an error."""
-    for k, m in store.action_moments.items():
-        if (action_config.get(k) or {}).get("normalization") in (None, "none", "None") and m is not None:
-            msg = action_range_warning(store.path, k, float(np.min(m["min"])), float(np.max(m["max"])))
-            clamp = clamped_samples(cfg) if msg else None
-            if clamp:  # measured: Diffusion Policy on ALOHA's joint targets (up to 3.1) never grasped
-                raise ConfigError(msg.replace("policies with tanh outputs cannot reach these",
-                                              f"this recipe's sampler clamps every action to [-1, 1] ({clamp})")
-                                  .replace(" (or gaussian)", ""))  # z-scores leave [-1, 1] too
-            if msg:
-                warnings.warn(msg, stacklevel=2)
+    expects normalized actions), ``train.seq_length`` longer than every demo (each window is mostly padding)."""
+    for k, m in unnormalized_action_ranges(store, action_config).items():
+        msg = action_range_warning(store.path, k, *m)
+        if msg:
+            warnings.warn(msg, stacklevel=2)
     longest = int(store.lengths.max())
     t = cfg.train
     if t.seq_length > longest:

@@ -123,11 +123,15 @@ def action_range_warning(path: str, key: str, lo: float, hi: float) -> str | Non
     """robomimic expects normalized actions: a message when ``[lo, hi]`` leaves [-1, 1] (None when it does not)."""
     if lo >= -1.0 and hi <= 1.0:
         return None
-    # hydra's override keys cannot hold '/': action_dict/<k> entries are added as a dict
-    fix = (f"+train.action_config={{{key}:{{normalization:min_max}}}}" if "/" in key
-           else f"train.action_config.{key}.normalization=min_max")
     return (f"{path}: {key} span [{lo:.4g}, {hi:.4g}], outside [-1, 1]; robomimic expects normalized actions and "
-            f"policies with tanh outputs cannot reach these: set {fix} (or gaussian)")
+            f"policies with tanh outputs cannot reach these: set {min_max_override(key)} (or gaussian)")
+
+
+def min_max_override(key: str) -> str:
+    """The command-line override that min-max normalizes action key ``key``."""
+    # hydra's override keys cannot hold '/': action_dict/<k> entries are added as a dict
+    return (f"+train.action_config={{{key}:{{normalization:min_max}}}}" if "/" in key
+            else f"train.action_config.{key}.normalization=min_max")
 
 
 def walk_datasets(group: h5py.Group, prefix: str = ""):
