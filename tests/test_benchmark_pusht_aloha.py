@@ -240,7 +240,7 @@ def test_aloha_unstable_simulation_ends_the_episode_not_the_evaluation(aloha):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         o, r, done, info = env.step(obs["agent_pos"])
-    assert done and r == 0.0 and info == {"is_success": False, "stage": 0, "physics_error": True}
+    assert done and r == 0.0 and info == {"is_success": False, "stage": 0, "unstable": True}
     assert any("became unstable at step 1" in str(x.message) for x in w)
     np.testing.assert_array_equal(o["agent_pos"], obs["agent_pos"])
     assert env.is_success() == {"task": False, "stage": 0.0, "unstable": 1.0}  # rollouts: Max_Unstable

@@ -19,7 +19,7 @@ camera is rendered only when an observation or a video needs it.
   rollouts also report each episode's highest stage (``Max_Stage``; LeRobot's "max reward") and the share of
   episodes whose simulation diverged (``Max_Unstable``, below).
 * A step whose simulation diverges (dm_control's ``PhysicsError``, e.g. ``mjWARN_BADQACC`` from a policy's joint
-  targets) ends the episode as a failure at the stage reached, with ``info["physics_error"]`` and a warning, so one
+  targets) ends the episode as a failure at the stage reached, with ``info["unstable"]`` and a warning, so one
   unstable episode does not end an evaluation; the observation returned is the last valid one.
 * Done after ``max_episode_steps`` (default 400, the ACT paper's episode length at 50 Hz; gym-aloha registers 300).
 * State (``get_state``/``reset_to``): dm_control's physics state (time, qpos, qvel) and the actuators' controls, so
@@ -173,7 +173,7 @@ class AlohaEnv:
             warnings.warn(f"{self.name}: the simulation became unstable at step {self.t + 1} (dm_control: "
                           f"{str(e).splitlines()[0]}); the episode ends there as a failure", stacklevel=2)
             return self._last_obs, float(self._stage), True, {"is_success": False, "stage": self._stage,
-                                                             "physics_error": True}
+                                                             "unstable": True}
         self._task.after_step(self.physics)
         self.t += 1
         self._stage = int(self._task.get_reward(self.physics))
