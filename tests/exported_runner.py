@@ -34,7 +34,10 @@ def run(folder, src, dst):
     if manifest["format"] == "onnx":
         import onnxruntime as ort
 
-        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()  # one thread, no spin-waiting: on 2 shared cores ORT's pool once spun for minutes
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         got = sess.run(None, {i.name: feed[n] for i, n in zip(sess.get_inputs(), names_in)})
     else:
         import torch
