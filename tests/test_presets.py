@@ -48,9 +48,9 @@ def test_fast_image_preset_is_the_measured_pixel_command_line():
     """``preset=fast_image`` composes exactly the override lists measured on Lift from pixels
     (docs/sim_figures.md): robomimic's image keys, ShallowConv with flattened features, 76x76 crops, normalized
     low-dim keys, batch 64; for ACT the small transformer with chunks of 10 (40 epochs), for Diffusion Policy To = 1,
-    the fast UNet and DDIM (60 epochs); for BC-RNN
-    (and BC-RNN-GMM, along its defaults chain) batches of 8 windows of 10 steps, LSTM 128, 50 epochs; robomimic's encoder stays available as its JSON configures it (the recipe
-    alone keeps ResNet18Conv + SpatialSoftmax)."""
+    the fast UNet and DDIM (60 epochs); for BC-RNN (and BC-RNN-GMM, along its defaults chain) batches of 8 windows of
+    10 steps, LSTM 128, 50 epochs; robomimic's encoder stays available as its JSON configures it (the recipe alone
+    keeps ResNet18Conv + SpatialSoftmax)."""
     act = [*IMAGE_SETTINGS, "experiment.rollout.rate=40", "train.num_epochs=40", "algo.act.embed_dim=64",
            "algo.act.num_heads=4", "algo.act.hidden_dim=256", "algo.act.num_layers=1", "algo.act.chunk_size=10",
            "algo.act.vae.num_layers=1", "algo.optim_params.policy.learning_rate.initial=3e-4"]
