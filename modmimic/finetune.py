@@ -15,6 +15,9 @@ and online transitions (:mod:`modmimic.online`):
     online.warmup_steps          transitions collected before the first update that uses online rows (0: the first
                                  finished episode)
     online.horizon               steps before an episode is cut (null: experiment.rollout.horizon)
+    online.explore_std           null: explore with a sample of the actor's distribution; a number: with the actor's
+                                 evaluation action plus Gaussian noise of this std (action units), so exploration
+                                 does not follow the actor's learned std
 
 ``train.num_epochs`` defaults to what spends the budget: ``ceil(env_steps / env_steps_per_update /
 experiment.epoch_every_n_steps)``. Any other key of the checkpoint's config can be overridden (``train.seed=1``,

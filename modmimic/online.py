@@ -7,8 +7,8 @@
   (counted over all slots, in the order they start) starts from ``seed + i``. ``terminated``: the environment's
   done flag, or a success with ``terminate_on_success``; ``truncated``: ``horizon`` steps without termination.
 * :class:`OnlineSampler` — a drop-in for the trainer's window sampler: each :meth:`~OnlineSampler.sample` first steps
-  the environments with the exploring policy (a sample of the actor, clipped to the range of the dataset's actions;
-  its share of ``online.env_steps_per_update`` transitions per gradient
+  the environments with the exploring policy (a sample of the actor or, with ``online.explore_std``, the actor's
+  evaluation action plus Gaussian noise of that std; clipped to the range of the dataset's actions; its share of ``online.env_steps_per_update`` transitions per gradient
   step, until the budget ``online.env_steps`` is spent), puts finished episodes into a torchrl
   ``TensorDictReplayBuffer`` (``LazyTensorStorage``), then returns ``[B, 1]`` windows: ``B - round(ratio * B)`` rows
   from the offline data, ``round(ratio * B)`` from the buffer (RLPD's symmetric sampling at ``ratio = 0.5``),
@@ -255,8 +255,9 @@ class OnlineSampler:
     def __init__(self, offline, env: TorchRLEnv, policy, *, ratio: float = 0.5, env_steps: int = 10_000,
                  env_steps_per_update: float = 1.0, buffer_size: int | None = None, warmup_steps: int = 0,
                  discount: float = 0.99, seed: int = 0, obs_stats=None, action_stats=None, action_keys=("actions",),
-                 with_mc_return: bool = False, action_range: tuple | None = None):
+                 with_mc_return: bool = False, action_range: tuple | None = None, explore_std: float | None = None):
         self.offline, self.env, self.policy = offline, env, policy
+        self.explore_std = explore_std  # None: the policy samples; else its action + N(0, explore_std^2) per dimension
         self.batch_size = int(offline.batch_size)
         self.n_online = int(round(float(ratio) * self.batch_size))
         self.budget, self.rate = int(env_steps), float(env_steps_per_update)
@@ -286,6 +287,9 @@ class OnlineSampler:
         t0 = time.perf_counter()
         with torch.no_grad():
             td = self.policy(self.carry.clone(False))
+            if self.explore_std:
+                a = td.get(K.ACTION)
+                td.set(K.ACTION, a + self.explore_std * torch.randn(a.shape, generator=self.generator, dtype=a.dtype))
             if self.action_range is not None:  # a Gaussian's samples leave the range the data (and simulator) act in
                 td.set(K.ACTION, torch.maximum(torch.minimum(td.get(K.ACTION), self.action_range[1]),
                                                self.action_range[0]))
@@ -415,6 +419,9 @@ def online_settings(cfg) -> dict:
         raise ConfigError(f"online.warmup_steps must be an int >= 0, got {o['warmup_steps']!r}")
     if not isinstance(o["ratio"], (int, float)) or isinstance(o["ratio"], bool) or not 0 <= o["ratio"] <= 1:
         raise ConfigError(f"online.ratio (the share of online rows in a batch) must be in [0, 1], got {o['ratio']!r}")
+    e = o["explore_std"]
+    if e is not None and (not isinstance(e, (int, float)) or isinstance(e, bool) or not 0 <= e < math.inf):
+        raise ConfigError(f"online.explore_std must be a number >= 0 or null (sample the actor), got {e!r}")
     r = o["env_steps_per_update"]
     if not isinstance(r, (int, float)) or isinstance(r, bool) or not r > 0 or not math.isfinite(r):
         raise ConfigError(f"online.env_steps_per_update must be a number > 0, got {r!r}")
@@ -426,7 +433,7 @@ def online_settings(cfg) -> dict:
 
 
 ONLINE_DEFAULTS = {"env_steps": 10_000, "ratio": 0.5, "num_envs": 1, "env_steps_per_update": 1.0,
-                   "buffer_size": None, "warmup_steps": 0, "horizon": None}
+                   "buffer_size": None, "warmup_steps": 0, "horizon": None, "explore_std": None}
 
 
 def data_action_range(store) -> tuple:
@@ -498,12 +505,13 @@ def attach(data, algo, cfg, group=None):
                            seed=ONLINE_SEED + int(cfg.train.seed), terminate_on_success=bool(r.terminate_on_success),
                            env_name=cfg.experiment.env or None)
     rp = RolloutPolicy(algo, data.obs_normalization_stats, action_stats, action_keys, action_config)
-    policy = as_tensordict_module(rp, explore=True)
+    policy = as_tensordict_module(rp, explore=o["explore_std"] is None)  # fixed noise: around the evaluation action
     data.train_sampler = OnlineSampler(
         data.train_sampler, env, policy, ratio=float(o["ratio"]), env_steps=o["env_steps"],
         env_steps_per_update=float(o["env_steps_per_update"]), buffer_size=o["buffer_size"],
         warmup_steps=o["warmup_steps"], discount=float(cfg.algo.get("discount", 0.99)),
         seed=sampler_seed(int(cfg.train.seed), 9), obs_stats=data.obs_normalization_stats,
         action_stats=action_stats, action_keys=action_keys,
-        with_mc_return=K.MC_RETURN in data.train_store.columns, action_range=data_action_range(data.train_store))
+        with_mc_return=K.MC_RETURN in data.train_store.columns, action_range=data_action_range(data.train_store),
+        explore_std=None if o["explore_std"] is None else float(o["explore_std"]))
     return data

@@ -290,3 +290,39 @@ def test_fine_tuning_warns_about_non_terminal_data_successes(weak, tmp_path):
     (msg,) = warned(f"train.data={data}")
     assert msg.startswith("30 demos are rewarded on several steps after their first success")
     assert warned(f"train.data={data}", "+batch.terminal_reward=1.0") == []
+
+
+def test_fixed_exploration_noise_is_added_to_the_evaluation_action(weak, tmp_path):
+    """``online.explore_std=s``: every online action is the actor's evaluation action plus N(0, s^2) per dimension
+    (clipped to the data's action range), not a sample of the actor's own distribution. With the actor frozen (lr 0),
+    s = 0 stores the evaluation actions (to float rounding); s = 0.05 stores them plus noise whose per-dimension std is 0.05
+    within 10 % and whose mean is 0 within 4 standard errors."""
+    from modmimic import finetune
+    from modmimic.policy import load_checkpoint, policy_from_checkpoint
+
+    rp, _ = policy_from_checkpoint(ckpt_path=weak["ckpt"])
+
+    def online_rows(std, out):
+        argv = [f"checkpoint={weak['ckpt']}", "online.env_steps=600", "experiment.epoch_every_n_steps=100",
+                "experiment.rollout.enabled=false", "experiment.render_video=false", f"online.explore_std={std}",
+                "algo.optim_params.actor.learning_rate.initial=0.0", f"train.output_dir={out}"]
+        assert finetune.main(argv) == 0
+        (run,) = [os.path.join(r, d) for r, ds, _ in os.walk(out) for d in ds if d.isdigit()]
+        rows = load_checkpoint(os.path.join(run, "models", "last.pth"))["trainer_state"]["samplers"]["train"]
+        rows = rows["buffer_rows"]
+        obs = {k: rows["observation"][k].numpy() for k in KEYS}
+        return rows["action"].numpy(), rp(obs, batched_ob=True)
+
+    import h5py
+
+    with h5py.File(weak["data"], "r") as f:
+        data = np.concatenate([f["data"][d]["actions"][:] for d in f["data"]])
+    lo, hi = data.min(0), data.max(0)
+    taken, evaluation = online_rows(0, tmp_path / "a")
+    assert len(taken) >= 500 and np.allclose(taken, np.clip(evaluation, lo, hi), rtol=0, atol=1e-6)
+    taken, evaluation = online_rows(0.05, tmp_path / "b")
+    inside = ((evaluation > lo + 0.25) & (evaluation < hi - 0.25)).all(1)  # 5 std from the clipping range
+    noise = (taken - evaluation)[inside]
+    assert len(noise) >= 300
+    assert np.allclose(noise.std(0), 0.05, rtol=0.1), noise.std(0)
+    assert np.all(np.abs(noise.mean(0)) < 4 * 0.05 / np.sqrt(len(noise))), noise.mean(0)
