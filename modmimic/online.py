@@ -8,8 +8,9 @@
   done flag, or a success with ``terminate_on_success``; ``truncated``: ``horizon`` steps without termination.
 * :class:`OnlineSampler` — a drop-in for the trainer's window sampler: each :meth:`~OnlineSampler.sample` first steps
   the environments with the exploring policy (a sample of the actor or, with ``online.explore_std``, the actor's
-  evaluation action plus Gaussian noise of that std; clipped to the range of the dataset's actions; its share of ``online.env_steps_per_update`` transitions per gradient
-  step, until the budget ``online.env_steps`` is spent), puts finished episodes into a torchrl
+  evaluation action plus Gaussian noise of that std; clipped to the range of the dataset's actions; its share of
+  ``online.env_steps_per_update`` transitions per gradient step, until the budget ``online.env_steps`` is spent),
+  puts finished episodes into a torchrl
   ``TensorDictReplayBuffer`` (``LazyTensorStorage``), then returns ``[B, 1]`` windows: ``B - round(ratio * B)`` rows
   from the offline data, ``round(ratio * B)`` from the buffer (RLPD's symmetric sampling at ``ratio = 0.5``),
   normalized with the offline statistics. The training loop, evaluation, logging and checkpoints are

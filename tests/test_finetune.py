@@ -294,9 +294,9 @@ def test_fine_tuning_warns_about_non_terminal_data_successes(weak, tmp_path):
 
 def test_fixed_exploration_noise_is_added_to_the_evaluation_action(weak, tmp_path):
     """``online.explore_std=s``: every online action is the actor's evaluation action plus N(0, s^2) per dimension
-    (clipped to the data's action range), not a sample of the actor's own distribution. With the actor frozen (lr 0),
-    s = 0 stores the evaluation actions (to float rounding); s = 0.05 stores them plus noise whose per-dimension std is 0.05
-    within 10 % and whose mean is 0 within 4 standard errors."""
+    (clipped to the data's action range), not a sample of the actor's own distribution. With the actor frozen
+    (lr 0), s = 0 stores the evaluation actions (to float rounding); s = 0.05 stores them plus noise whose
+    per-dimension std is 0.05 within 10 % and whose mean is 0 within 4 standard errors."""
     from modmimic import finetune
     from modmimic.policy import load_checkpoint, policy_from_checkpoint
 
