@@ -115,6 +115,7 @@ def test_bad_input_is_one_line_exit_2(weak, tmp_path, capsys):
     cases = [([f"checkpoint={os.path.join(bc['run_dir'], 'models', 'last.pth')}"], "not an offline-RL one"),
              ([f"checkpoint={weak['ckpt']}", "online.env_stepz=5"], "online.env_stepz"),
              ([f"checkpoint={weak['ckpt']}", "online.ratio=1.5"], "online.ratio"),
+             ([f"checkpoint={weak['ckpt']}", "online.explore_std=-0.1"], "online.explore_std"),
              ([f"checkpoint={weak['ckpt']}", "train.seq_length=3"], "train.seq_length"),
              ([f"checkpoint={tmp_path / 'none.pth'}"], "checkpoint not found"),
              (["online.env_steps=5"], "checkpoint=<path.pth> is required"),
