@@ -83,13 +83,16 @@ def _equal(a, b, where=""):
         assert a == b or (isinstance(a, float) and where.endswith(("env_seconds",))), (where, a, b)
 
 
-def test_resume_equals_uninterrupted_run(weak, tmp_path):
+@pytest.mark.parametrize("explore", ["sampled", "fixed_noise"])
+def test_resume_equals_uninterrupted_run(weak, tmp_path, explore):
     """Stopped after epoch 2 of 4 (an episode under way) and resumed: networks, optimizers, the replay buffer's rows,
-    its sampling generator and the counters equal those of the run that was never stopped."""
+    its sampling generator and the counters equal those of the run that was never stopped; with the actor's samples
+    and with fixed exploration noise (``online.explore_std``, drawn from the sampler's generator)."""
     from modmimic import finetune
 
     common = [f"checkpoint={weak['ckpt']}", "online.env_steps=200", "online.env_steps_per_update=2",
-              "experiment.epoch_every_n_steps=25", "experiment.rollout.enabled=false", "experiment.render_video=false"]
+              "experiment.epoch_every_n_steps=25", "experiment.rollout.enabled=false", "experiment.render_video=false",
+              *(["online.explore_std=0.1"] if explore == "fixed_noise" else [])]
     assert finetune.main(common + [f"train.output_dir={tmp_path / 'a'}"]) == 0
     assert finetune.main(common + [f"train.output_dir={tmp_path / 'b'}", "train.stop_after_epoch=2"]) == 0
     (run_a,) = [os.path.join(r, d) for r, ds, _ in os.walk(tmp_path / "a") for d in ds if d.isdigit()]
