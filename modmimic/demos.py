@@ -50,9 +50,12 @@ expert: 50 % ``let_go`` (the expert until it has closed its fingers on the objec
 off: in Lift before lifting, in Can 8 steps into the carry), 10 % ``beside`` (aims 5 cm beside the object) and 10 %
 ``short`` (stops 4 cm above it). ``let_go`` episodes visit the expert's states up to the grasp and outnumber the
 expert's there, so BC on everything is pulled toward letting go; only the reward tells them apart. Filter keys:
-each kind, ``failed`` (the three failing kinds), ``success`` (episodes that did the task) and ``train``/``valid``;
+each kind, ``failed`` (the failing kinds), ``success`` (episodes that did the task) and ``train``/``valid``;
 ``data.attrs["mix"]`` (JSON, shown by ``python -m modmimic.dataset info``) holds each kind's fraction, demos and
-successes.
+successes. ``mix=hard`` (Lift) is a second mix with fewer experts and decoys closer to them: 10 % ``expert``, 10 %
+``noisy``, 40 % ``let_go``, 30 % ``near`` (aims 3.5 cm beside the cube, a finger lands on its edge, closes beside it and
+lifts nothing) and 10 %
+``short``.
 """
 from __future__ import annotations
 
@@ -498,11 +501,18 @@ LET_GO_WHEN = {"Lift": lift_let_go_when, "PickPlaceCan": can_let_go_when}
 MISPLACED_STEPS = {"Lift": 70, "PickPlaceCan": 200}
 NOISE_STD = 0.3
 BESIDE, SHORT = 0.05, 0.04  # m: grasp beside the object (horizontal offset) / stop this far above it
+# m: the `near` decoy aims this far beside the object: a finger lands on its edge, the descent times out, and it
+# closes 3-4.5 cm from the object's centre and lifts without it (100 steps). Measured on Lift (12 starts each):
+# 2.5 cm beside lifts the cube 9/12, 3 cm 1/12, 3.5 and 4 cm 0/12. Defined for Lift only.
+NEAR, NEAR_STEPS = {"Lift": 0.035}, {"Lift": 100}
 # quality=mixed: the kinds of episodes and their fractions. Half the episodes let go of the object right after
 # grasping it: up to that step they are the expert (the same states), so plain BC on everything learns to let go
 # there, and only the reward tells the two apart.
 MIX = {"expert": 0.2, "noisy": 0.1, "let_go": 0.5, "beside": 0.1, "short": 0.1}
-FAILED = ("let_go", "beside", "short")
+# mix=hard, a second mix: half the expert episodes, and the decoys that aim 5 cm beside replaced by three times as
+# many that close their fingers just beside the cube and lift, nearer the expert's states.
+MIXES = {"default": MIX, "hard": {"expert": 0.1, "noisy": 0.1, "let_go": 0.4, "near": 0.3, "short": 0.1}}
+FAILED = ("let_go", "beside", "near", "short")
 
 
 def variant_expert(name: str, kind: str, rng: np.random.Generator):
@@ -516,9 +526,23 @@ def variant_expert(name: str, kind: str, rng: np.random.Generator):
         return LetGo(expert, LET_GO_WHEN[name], rng)
     if kind == "beside":
         return Misplaced(expert, OBJECT_POS[name], [0.0, BESIDE, 0.0], MISPLACED_STEPS[name])
+    if kind == "near" and name in NEAR:
+        return Misplaced(expert, OBJECT_POS[name], [0.0, NEAR[name], 0.0], NEAR_STEPS[name])
     if kind == "short":
         return Misplaced(expert, OBJECT_POS[name], [0.0, 0.0, SHORT], MISPLACED_STEPS[name])
-    raise ValueError(f"unknown episode kind {kind!r}; kinds: {', '.join(MIX)}")
+    raise ValueError(f"unknown episode kind {kind!r} for {name}; kinds: {', '.join(dict.fromkeys(k for m in MIXES.values() for k in m))}")
+
+
+def check_mix(task: str, quality: str, mix: str) -> None:
+    """``mix=`` names one of :data:`MIXES`, goes with ``quality=mixed``, and every kind of it is defined for
+    ``task``; else an :class:`ArgumentError`."""
+    if mix not in MIXES:
+        raise ArgumentError(f"mix must be one of {', '.join(MIXES)}, got {mix!r}")
+    if mix != "default" and quality != "mixed":
+        raise ArgumentError(f"mix={mix} is for quality=mixed")
+    if quality == "mixed" and "near" in MIXES[mix] and env_name_of(task) not in NEAR:
+        raise ArgumentError(f"mix={mix} is defined for {', '.join(NEAR)}, not {task} (its 'near' decoy's offset "
+                            f"is measured per task)")
 
 
 def mix_counts(n: int, mix: dict) -> dict:
@@ -754,10 +778,10 @@ def generate(task: str, n: int, out: str, seed: int = 0, max_tries: int | None =
              valid_fraction: float = 0.1, compress: bool = True, next_obs: bool = True, obs_keys=None,
              max_steps: int | None = None, compress_model: bool = False, camera_names=(), camera_height: int = 84,
              camera_width: int = 84, depth: bool = False, quality: str = "expert", goals: str = "random",
-             benchmark_seed: int = 0, style: str | None = None, progress=print) -> dict:
+             benchmark_seed: int = 0, style: str | None = None, mix: str = "default", progress=print) -> dict:
     """Write ``n`` successful scripted demos of ``task`` to ``out``; returns generation statistics. ``camera_names``:
     also record ``<camera>_image`` (uint8 ``[T, H, W, 3]``, upright) and with ``depth`` ``<camera>_depth``.
-    ``quality="mixed"``: ``n`` episodes of the kinds of :data:`MIX` instead, every one kept (see
+    ``quality="mixed"``: ``n`` episodes of the kinds of ``MIXES[mix]`` instead, every one kept (see
     :func:`generate_mixed`). ``goals``, ``benchmark_seed``: Meta-World's placements (see the module's docstring).
     ``style``: the Square or Lift expert's style (kept in ``data.attrs["expert_style"]``)."""
     from modmimic.rollout import DatasetWriter, split_masks
@@ -771,6 +795,7 @@ def generate(task: str, n: int, out: str, seed: int = 0, max_tries: int | None =
     if quality == "mixed" and name not in LET_GO_WHEN:
         raise ArgumentError(f"quality=mixed is defined for {', '.join(t for t, n in TASKS.items() if n in LET_GO_WHEN and t not in ALIASES)}, "
                          f"not {task} (its failing variants are task-specific)")
+    check_mix(task, quality, mix)
     camera_names = [c for c in ([camera_names] if isinstance(camera_names, str) else list(camera_names or [])) if c]
     env, expert, default_steps, default_keys = task_setup(task, camera_names, camera_height, camera_width, depth,
                                                           goals, benchmark_seed, style)
@@ -787,7 +812,7 @@ def generate(task: str, n: int, out: str, seed: int = 0, max_tries: int | None =
         writer.data.attrs["expert_style"] = style
     if quality == "mixed":
         try:
-            return generate_mixed(env, writer, name, n, seed, max_steps, valid_fraction, progress)
+            return generate_mixed(env, writer, name, n, seed, max_steps, valid_fraction, progress, MIXES[mix])
         except BaseException:
             writer.abort()
             raise
@@ -883,7 +908,7 @@ USAGE = f"""usage:
                    n=<demos> out=<path.hdf5> [seed=0]
                    [max_tries=2n] [obs_dtype=float32] [valid_fraction=0.1] [compress=true] [next_obs=true]
                    [max_steps=<task default>] [compress_model=false] [camera_names=agentview,robot0_eye_in_hand]
-                   [camera_height=84] [camera_width=84] [depth=false] [quality=expert|mixed]
+                   [camera_height=84] [camera_width=84] [depth=false] [quality=expert|mixed] [mix=default|hard]
                    [goals=random|benchmark] [benchmark_seed=0] [style=<Square: default|alt; Lift: default|look>]
   python -m {PROG} expert task=<task> [episodes=50] [seed=1000] [goals=benchmark|random] [benchmark_seed=0]
                    [style=<Square: default|alt; Lift: default|look>]
@@ -894,7 +919,8 @@ USAGE = f"""usage:
 generate: write n successful scripted demonstrations as a robomimic HDF5 dataset (episode i starts from seed + i).
           quality=mixed: n episodes, every one kept: 20 % expert, 10 % noisy expert, 50 % let go of the object
           right after grasping it, 10 % grasp beside it, 10 % stop short above it (filter keys expert, noisy,
-          let_go, beside, short, failed, success, train, valid).
+          let_go, beside, short, failed, success, train, valid). mix=hard (Lift): 10 % expert, 10 % noisy,
+          40 % let go, 30 % near (closes its fingers 3-4.5 cm beside the cube, lifts nothing), 10 % short.
           next_obs=false leaves out the next_obs groups: half the size of an image dataset (200 Can demos with two
           84x84 cameras: 813 MB with them); recipes that bootstrap from the next state (offline RL) need them.
 expert:   the scripted expert's own success rate.
@@ -924,7 +950,7 @@ ARGS = {"generate": {"task": str, "n": int, "out": str, "seed": int, "max_tries"
                      "valid_fraction": float, "compress": bool, "next_obs": bool, "max_steps": int,
                      "compress_model": bool, "camera_names": lambda v: [c for c in v.split(",") if c],
                      "camera_height": int, "camera_width": int, "depth": bool, "quality": str, "goals": str,
-                     "benchmark_seed": int, "style": str},
+                     "benchmark_seed": int, "style": str, "mix": str},
         "expert": {"task": str, "episodes": int, "seed": int, "max_steps": int, "goals": str, "benchmark_seed": int,
                    "style": str},
         "record": {"env": str, "policy": str, "episodes": int, "out": str, "only_success": bool, "seed": int,
@@ -980,6 +1006,8 @@ def parse(argv: list[str]) -> tuple[str, dict]:
         except ValueError as e:
             raise ArgumentError(str(e)) from None
         expert_style(out["task"], out.get("style"))
+        if cmd == "generate":
+            check_mix(out["task"], out.get("quality", "expert"), out.get("mix", "default"))
     return cmd, out
 
 
@@ -993,7 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "generate":
             print(f"{PROG}: generating {a['n']} scripted {a['task']} demos -> {a['out']}", flush=True)
             s = generate(**a)
-            ok = (f"mix " + ", ".join(f"{k} {m['demos']} ({m['successes']} successful)" for k, m in s["mix"].items())
+            ok = ("mix " + ", ".join(f"{k} {m['demos']} ({m['successes']} successful)" for k, m in s["mix"].items())
                   if "mix" in s else f"expert success {s['demos']}/{s['tries']} = {s['expert_success_rate']:.3f}")
             print(f"{PROG}: wrote {s['demos']} demos ({s['samples']} samples, mean length {s['mean_length']:.1f}) "
                   f"to {s['path']} ({s['bytes'] / 1e6:.1f} MB) in {s['wall_seconds']:.0f} s; {ok}")

@@ -34,6 +34,48 @@ def test_episode_kinds_are_exact_counts_in_a_seeded_order():
     assert D.episode_kinds(N, D.MIX, SEED) == ["expert", "noisy", "let_go", "let_go"]
 
 
+def test_the_hard_mix_has_fewer_experts_and_near_decoys():
+    hard = D.MIXES["hard"]
+    assert D.MIXES["default"] is D.MIX and sum(hard.values()) == pytest.approx(1.0)
+    assert D.mix_counts(200, hard) == {"expert": 20, "noisy": 20, "let_go": 80, "near": 60, "short": 20}
+    assert "near" in D.FAILED and hard["expert"] < D.MIX["expert"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["quality=mixed", "mix=hardest"], "mix must be one of default, hard, got 'hardest'"),
+    (["mix=hard"], "mix=hard is for quality=mixed"),
+    (["quality=mixed", "mix=hard", "task=Can"], "mix=hard is defined for Lift, not Can"),
+])
+def test_bad_mix_is_refused(argv, message, capsys):
+    args = ["generate", "task=Lift", "n=2", "out=x.hdf5"]
+    args = [a for a in args if a.split("=")[0] not in {b.split("=")[0] for b in argv}] + argv
+    with pytest.raises(D.ArgumentError, match=message):
+        D.parse(args)
+    assert D.main(args) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_near_decoy_grasps_beside_the_cube_and_fails():
+    """A `near` episode descends, closes its fingers and lifts like the expert, 3-4.5 cm to the side of the cube,
+    which stays on the table."""
+    env = D.make_env("Lift")
+    try:
+        traj, ok, T = D.expert_episode(env, D.variant_expert("Lift", "near", np.random.default_rng(0)), 3,
+                                       D.MAX_STEPS["Lift"])
+        expert, expert_ok, _ = D.expert_episode(env, D.LiftExpert(), 3, D.MAX_STEPS["Lift"])
+    finally:
+        env.close()
+    assert expert_ok and not ok and T == D.NEAR_STEPS["Lift"]
+    a, eef, cube = traj["actions"], traj["obs"]["robot0_eef_pos"], traj["obs"]["object"][:, :3]
+    closed = np.flatnonzero(a[:, 6] > 0)
+    assert len(closed) > 0 and (a[closed[0]:, 6] > 0).all()  # it closes and keeps holding, like the expert
+    k = closed[0]
+    assert 0.03 < np.linalg.norm(eef[k, :2] - cube[k, :2]) < 0.045
+    assert eef[-1, 2] - eef[k, 2] > 0.15  # it lifts
+    assert cube[:, 2].max() - cube[0, 2] < 0.005  # the cube does not (the finger may tip it over)
+    assert not traj["rewards"].any()
+
+
 def test_mixed_masks():
     names = ["demo_0", "demo_1", "demo_2", "demo_3", "demo_4"]
     kinds = ["let_go", "expert", "beside", "noisy", "let_go"]
