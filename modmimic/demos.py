@@ -530,7 +530,8 @@ def variant_expert(name: str, kind: str, rng: np.random.Generator):
         return Misplaced(expert, OBJECT_POS[name], [0.0, NEAR[name], 0.0], NEAR_STEPS[name])
     if kind == "short":
         return Misplaced(expert, OBJECT_POS[name], [0.0, 0.0, SHORT], MISPLACED_STEPS[name])
-    raise ValueError(f"unknown episode kind {kind!r} for {name}; kinds: {', '.join(dict.fromkeys(k for m in MIXES.values() for k in m))}")
+    kinds = dict.fromkeys(k for m in MIXES.values() for k in m)
+    raise ValueError(f"unknown episode kind {kind!r} for {name}; kinds: {', '.join(kinds)}")
 
 
 def check_mix(task: str, quality: str, mix: str) -> None:

@@ -54,3 +54,15 @@ def test_render_pools_the_last_evaluations(report, tmp_path):
     assert f"144/150 [{lo:.2f}, {hi:.2f}]" in row
     assert "0.96 ± 0.05 (0.98, 0.90, 1.00)" in row and "0.98 ± 0.03 (1.00, 0.94, 1.00)" in row
     assert "| 40 s | 400 s |" in row
+
+
+def test_a_mixed_dataset_is_generated_with_its_mix(report, tmp_path, monkeypatch):
+    """The report's second mixed-quality set is `demos generate ... quality=mixed mix=hard`; the first names no mix."""
+    calls = []
+    monkeypatch.setattr(report.subprocess, "run", lambda cmd, check: calls.append(cmd[3:]))
+    path = report.ensure_dataset(report.DATASETS["lift_hard"], str(tmp_path))
+    assert path == str(tmp_path / "data" / "lift_hard.hdf5")
+    report.ensure_dataset(report.DATASETS["lift_mixed"], str(tmp_path))
+    out = str(tmp_path / "data")
+    assert calls == [["generate", "task=Lift", "n=200", f"out={out}/lift_hard.hdf5", "quality=mixed", "mix=hard"],
+                     ["generate", "task=Lift", "n=200", f"out={out}/lift_mixed.hdf5", "quality=mixed"]]
