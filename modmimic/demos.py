@@ -53,9 +53,8 @@ expert's there, so BC on everything is pulled toward letting go; only the reward
 each kind, ``failed`` (the failing kinds), ``success`` (episodes that did the task) and ``train``/``valid``;
 ``data.attrs["mix"]`` (JSON, shown by ``python -m modmimic.dataset info``) holds each kind's fraction, demos and
 successes. ``mix=hard`` (Lift) is a second mix with fewer experts and decoys closer to them: 10 % ``expert``, 10 %
-``noisy``, 40 % ``let_go``, 30 % ``near`` (aims 3.5 cm beside the cube, a finger lands on its edge, closes beside it and
-lifts nothing) and 10 %
-``short``.
+``noisy``, 40 % ``let_go``, 30 % ``near`` (aims 3.5 cm beside the cube: a finger lands on its edge, it closes beside
+the cube and lifts nothing) and 10 % ``short``.
 """
 from __future__ import annotations
 
