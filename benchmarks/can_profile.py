@@ -1,14 +1,15 @@
 """Where Can (PickPlaceCan) policies fail, from rollouts that ``modmimic.eval ... write_dataset=`` recorded, and how
 far a policy's first action is from the scripted expert's.
 
-    python benchmarks/can_profile.py rollouts.hdf5 [--horizon 300]
+    python benchmarks/can_profile.py rollouts.hdf5 [--horizon 300] [--object-key Can_pos]
     python benchmarks/can_profile.py --first-action model.pth [--seed 100000] [--episodes 50] [--cameras 84]
 
 Outcomes (one per recorded episode, from the can's pose, the gripper's position and the commanded gripper action):
 ``success`` (the episode ended before the horizon, or was rewarded); ``never_reach`` (the gripper never came within
 2 cm of the can in xy and 3 cm in height); ``never_close`` (it did, but was never commanded shut after that);
 ``lift_nothing`` (closed, the can never rose 3 cm); ``dropped`` (lifted, back on a surface at the end);
-``holding`` (still up when the episode timed out).
+``holding`` (still up when the episode timed out). ``--object-key cube_pos`` sorts Lift episodes the same way
+(its first observation has the cube ~1.2 cm above where it settles, so "rose 3 cm" is ~4 cm above the table's cube).
 
 ``--first-action``: for each start (episode ``i`` from ``seed + i``, as ``modmimic.eval`` plays them) the scripted
 expert's first action (``modmimic.demos.CanExpert``, a saturating controller towards 10 cm above the can) against the
@@ -41,7 +42,7 @@ def outcome(can: np.ndarray, eef: np.ndarray, actions: np.ndarray, rewards: np.n
     return "holding" if up[-1] else "dropped"
 
 
-def profile(path: str, horizon: int) -> Counter:
+def profile(path: str, horizon: int, object_key: str = "Can_pos") -> Counter:
     import h5py
 
     from modmimic.data.hdf5 import list_demos
@@ -51,7 +52,7 @@ def profile(path: str, horizon: int) -> Counter:
         for name in list_demos(f, path=path):
             d = f["data"][name]
             o = d["obs"]
-            kind = outcome(o["Can_pos"][()], o["robot0_eef_pos"][()], d["actions"][()], d["rewards"][()], horizon)
+            kind = outcome(o[object_key][()], o["robot0_eef_pos"][()], d["actions"][()], d["rewards"][()], horizon)
             counts[kind] += 1
             print(f"{name}: {kind} ({len(d['actions'])} steps)")
     return counts
@@ -80,6 +81,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("rollouts", nargs="?")
     p.add_argument("--horizon", type=int, default=300)
+    p.add_argument("--object-key", default="Can_pos", help="the object's position observation (Lift: cube_pos)")
     p.add_argument("--first-action", metavar="CHECKPOINT")
     p.add_argument("--seed", type=int, default=100000)
     p.add_argument("--episodes", type=int, default=50)
@@ -91,7 +93,7 @@ def main(argv=None) -> int:
         return 0
     if not a.rollouts:
         p.error("give a rollouts file or --first-action CHECKPOINT")
-    counts = profile(a.rollouts, a.horizon)
+    counts = profile(a.rollouts, a.horizon, a.object_key)
     print(", ".join(f"{k} {counts[k]}" for k in OUTCOMES))
     return 0
 

@@ -45,7 +45,9 @@ def test_a_rewarded_episode_is_a_success_at_the_horizon():
     assert can_profile.outcome(can, eef, actions, rewards, horizon=H) == "success"
 
 
-def test_profile_counts_a_recorded_file(tmp_path):
+@pytest.mark.parametrize("key", ["Can_pos", "cube_pos"])
+def test_profile_counts_a_recorded_file(tmp_path, key):
+    """Can's rollouts by default; Lift's with ``object_key="cube_pos"``."""
     import h5py
 
     path = str(tmp_path / "rollouts.hdf5")
@@ -54,6 +56,9 @@ def test_profile_counts_a_recorded_file(tmp_path):
     with h5py.File(path, "w") as f:
         for name, (can, eef, actions, rewards) in cases.items():
             g = f.create_group(f"data/{name}")
-            g["obs/Can_pos"], g["obs/robot0_eef_pos"], g["actions"], g["rewards"] = can, eef, actions, rewards
-    counts = can_profile.profile(path, horizon=H)
+            g[f"obs/{key}"], g["obs/robot0_eef_pos"], g["actions"], g["rewards"] = can, eef, actions, rewards
+    counts = can_profile.profile(path, horizon=H, object_key=key)
     assert counts == {"never_reach": 1, "success": 1}
+    if key != "Can_pos":
+        with pytest.raises(KeyError):
+            can_profile.profile(path, horizon=H)
