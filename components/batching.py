@@ -104,7 +104,8 @@ def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_h
                       reward_scale: float = 1.0, reward_shift: float = 0.0, terminal_reward: float | None = None):
     """Windows ``[B, T]`` -> n-step transitions ``[B]`` (robomimic BCQ/CQL/TD3-BC ``process_batch_for_training``).
 
-    * ``observation``, ``action``, ``goal``: step 0; ``("next", "observation")``: step ``n_step - 1``.
+    * ``observation``, ``action``, ``goal``, ``index`` (when the windows carry it): step 0; ``("next",
+      "observation")``: step ``n_step - 1``.
     * ``("next", "reward")`` = ``sum_i gamma^i r_i`` over the first ``n_step`` steps; ``("next", "done")`` (and
       ``terminated``) = any done among them; ``("next", "discount")`` = ``gamma^n_step``.
     * ``infinite_horizon``: the reward of done transitions is scaled by ``1 / (1 - gamma^n_step)``.
@@ -172,6 +173,9 @@ def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_h
         out[K.GOAL] = goal
         out_next[K.GOAL] = goal
     td = TensorDict._new_unsafe(out, batch_size=torch.Size([B]), device=batch.device)
+    index = batch.get(K.INDEX, None)
+    if index is not None:  # where each row was sampled (online rows: negative), for updates on offline rows only
+        td.set(K.INDEX, index[:, 0])
     if next_action_key is not None:
         if T < n_step + 1:
             raise ValueError(f"windows have {T} steps but the next action needs n_step + 1 = {n_step + 1}: set "

@@ -374,7 +374,10 @@ class Builder:
                    end_epoch=int(spec.pop("end_epoch", -1)), start_step=int(spec.pop("start_step", -1)),
                    end_step=int(spec.pop("end_step", -1)), max_grad_norm=spec.pop("max_grad_norm", None),
                    clip_per_member=bool(spec.pop("clip_per_member", False)),
-                   targets=[_join(scope, t) for t in (spec.pop("targets", None) or [])])
+                   targets=[_join(scope, t) for t in (spec.pop("targets", None) or [])],
+                   rows=str(spec.pop("rows", "all")))
+        if u.rows not in ROWS:
+            raise ConfigError(f"{w}: rows={u.rows!r}; it is one of {', '.join(ROWS)}")
         if spec:
             raise ConfigError(f"{w}: unknown keys {sorted(spec)}{closest(sorted(spec)[0], UPDATE_KEYS)}; an update "
                               f"has {', '.join(UPDATE_KEYS)}")
@@ -385,6 +388,9 @@ class Builder:
                 raise ConfigError(f"{w}: uses loss {lname!r}, which the recipe does not define"
                                   f"{closest(lname, losses)} (losses: {list(losses)})")
             u.losses.append((lname, losses[lname], float(weight)))
+        if u.rows != "all" and any(c.writes for _, c, _ in u.losses):
+            raise ConfigError(f"{w}: rows={u.rows!r} with a loss that writes into the batch "
+                              f"({[n for n, c, _ in u.losses if c.writes]}): it would write into a copy of some rows")
         for o in u.optimizers:
             if o not in p.optimizers:
                 raise ConfigError(f"{w}: no optimizer for network {o.split('.')[-1]!r}; add "
@@ -453,7 +459,8 @@ class Builder:
 
 
 UPDATE_KEYS = ("name", "losses", "optimizer", "every", "start_epoch", "end_epoch", "start_step", "end_step",
-               "max_grad_norm", "clip_per_member", "targets", "prepare")
+               "max_grad_norm", "clip_per_member", "targets", "prepare", "rows")
+ROWS = ("all", "offline")  # which of a batch's rows an update trains on (modmimic.program.Update.rows)
 
 
 def task_conditioning_dim(config: DictConfig, task_dim: int | None) -> int | None:

@@ -18,6 +18,8 @@ and online transitions (:mod:`modmimic.online`):
     online.explore_std           null: explore with a sample of the actor's distribution; a number: with the actor's
                                  evaluation action plus Gaussian noise of this std (action units), so exploration
                                  does not follow the actor's learned std
+    online.offline_rows          updates of the recipe that train on each batch's offline rows only ([]: none;
+                                 [actor]: IQL's actor fits the data while its critic and value learn from both)
 
 ``train.num_epochs`` defaults to what spends the budget: ``ceil(env_steps / env_steps_per_update /
 experiment.epoch_every_n_steps)``. Any other key of the checkpoint's config can be overridden (``train.seed=1``,

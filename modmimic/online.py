@@ -403,6 +403,8 @@ class OnlineSampler:
 
 def online_settings(cfg) -> dict:
     """The ``online`` section with its defaults filled in and checked (:class:`~modmimic.config.ConfigError`)."""
+    from omegaconf import ListConfig
+
     from modmimic.config import ConfigError
 
     o = dict(cfg.online)
@@ -420,6 +422,18 @@ def online_settings(cfg) -> dict:
         raise ConfigError(f"online.warmup_steps must be an int >= 0, got {o['warmup_steps']!r}")
     if not isinstance(o["ratio"], (int, float)) or isinstance(o["ratio"], bool) or not 0 <= o["ratio"] <= 1:
         raise ConfigError(f"online.ratio (the share of online rows in a batch) must be in [0, 1], got {o['ratio']!r}")
+    rows = o["offline_rows"]
+    rows = list(rows) if isinstance(rows, (list, tuple, ListConfig)) else rows
+    if not isinstance(rows, list) or not all(isinstance(n, str) for n in rows):
+        raise ConfigError(f"online.offline_rows must be a list of update names, got {rows!r}")
+    names = [u.get("name") for u in (cfg.get("updates") or [])]
+    unknown = [n for n in rows if n not in names]
+    if unknown:
+        raise ConfigError(f"online.offline_rows names update {unknown[0]!r}, which the recipe does not have "
+                          f"(updates: {names})")
+    if rows and o["ratio"] >= 1:
+        raise ConfigError(f"online.offline_rows={rows} with online.ratio=1: those updates would have no rows")
+    o["offline_rows"] = rows
     e = o["explore_std"]
     if e is not None and (not isinstance(e, (int, float)) or isinstance(e, bool) or not 0 <= e < math.inf):
         raise ConfigError(f"online.explore_std must be a number >= 0 or null (sample the actor), got {e!r}")
@@ -434,7 +448,7 @@ def online_settings(cfg) -> dict:
 
 
 ONLINE_DEFAULTS = {"env_steps": 10_000, "ratio": 0.5, "num_envs": 1, "env_steps_per_update": 1.0,
-                   "buffer_size": None, "warmup_steps": 0, "horizon": None, "explore_std": None}
+                   "buffer_size": None, "warmup_steps": 0, "horizon": None, "explore_std": None, "offline_rows": []}
 
 
 def data_action_range(store) -> tuple:
@@ -471,6 +485,21 @@ def reward_semantics_note(cfg, n_rewarded_after_success: int) -> str | None:
             "reward> (a rewarded step ends its episode) and fine-tune that (docs/learning.md)")
 
 
+def train_on_offline_rows(program, names) -> None:
+    """Set ``rows = "offline"`` on the program's updates named in ``names`` (``online.offline_rows``)."""
+    from modmimic.config import ConfigError
+    from modmimic.program import Update
+
+    updates = {s.name: s for s in program.steps if isinstance(s, Update)}
+    for n in names:
+        if n not in updates:
+            raise ConfigError(f"online.offline_rows names update {n!r}, which recipe {program.recipe!r} does not have "
+                              f"(updates: {list(updates)})")
+        if any(c.writes for _, c, _ in updates[n].losses):
+            raise ConfigError(f"online.offline_rows: update {n!r} has a loss that writes into the batch")
+        updates[n].rows = "offline"
+
+
 def attach(data, algo, cfg, group=None):
     """Replace ``data.train_sampler`` by an :class:`OnlineSampler` over the dataset's environment (``cfg.online``):
     the exploring policy is ``algo``'s acting path with its networks in training mode (a sample of the actor's
@@ -483,6 +512,7 @@ def attach(data, algo, cfg, group=None):
     from modmimic.policy import RolloutPolicy, as_tensordict_module
 
     o = online_settings(cfg)
+    train_on_offline_rows(algo.program, o["offline_rows"])
     note = reward_semantics_note(cfg, rewarded_after_success(data.train_store))
     if note:
         import warnings

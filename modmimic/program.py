@@ -82,7 +82,10 @@ class Update:
     n-th, 2n-th, ... step (robomimic's TD3 ``actor_update_counter % update_freq == 0`` after the increment);
     ``start_epoch`` / ``end_epoch`` (-1: unbounded) bound the epochs it runs in, ``start_step`` / ``end_step`` (-1:
     unbounded) the training steps (the global step counter, from 0): an update runs on step ``s`` when
-    ``start_step <= s < end_step`` (VQ-BeT trains its VQ-VAE on steps ``[0, n)``, then its prior from ``n`` on)."""
+    ``start_step <= s < end_step`` (VQ-BeT trains its VQ-VAE on steps ``[0, n)``, then its prior from ``n`` on).
+    ``rows = "offline"``: its losses see only the batch's rows from the offline data (non-negative ``index``; online
+    fine-tuning's rows have negative ones, :mod:`modmimic.online`), e.g. an actor fitted to the data while its critic
+    learns from both; its losses may not write into the batch (they would write into the selected copy)."""
     name: str
     losses: list  # [(name, Call, weight)]
     optimizers: list
@@ -96,6 +99,7 @@ class Update:
     max_grad_norm: float | None = None
     clip_per_member: bool = False
     targets: list = field(default_factory=list)
+    rows: str = "all"  # "all" | "offline"
 
     def active(self, epoch: int, step: int) -> bool:
         return ((self.start_epoch < 0 or epoch >= self.start_epoch)
@@ -181,6 +185,8 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
             continue
         if not s.active(epoch, step):
             continue
+        if s.rows == "offline":
+            part = offline_rows(part)
         frozen = () if validate else _frozen(program, s)
         for p in frozen:
             p.requires_grad_(False)
@@ -212,6 +218,17 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
             if sch is not None and program.per_batch.get(path):
                 sch.step()
     return info
+
+
+def offline_rows(part):
+    """The rows of ``part`` drawn from the offline data: those whose ``index`` (``[B]`` or ``[B, T]``, the first step
+    counts) is non-negative; online rows carry ``-1 - <buffer row>``. ``part`` itself when every row is offline."""
+    idx = part.get(K.INDEX, None)
+    if idx is None:
+        raise KeyError("an update with rows: offline needs the batch's 'index' (where each row was sampled), which "
+                       "this batch does not carry")
+    keep = idx.reshape(idx.shape[0], -1)[:, 0] >= 0
+    return part if bool(keep.all()) else part[keep]
 
 
 def _losses(program: Program, u: Update, part, epoch: int, step: int, info: dict):

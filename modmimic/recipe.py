@@ -135,6 +135,8 @@ def explain_text(algo) -> str:
             when.append(f"epochs [{max(s.start_epoch, 0)}, {s.end_epoch if s.end_epoch >= 0 else 'end'})")
         if s.start_step >= 0 or s.end_step >= 0:
             when.append(f"steps [{max(s.start_step, 0)}, {s.end_step if s.end_step >= 0 else 'end'})")
+        if s.rows != "all":
+            when.append(f"{s.rows} rows only")
         lines.append(f"  {i:>2}. {where}update {s.name!r}" + (f" ({', '.join(when)})" if when else ""))
         for lname, c, w in s.losses:
             lines.append(f"        loss {lname} x{w:g} = {_call_text(c)}  {_io(c)}")

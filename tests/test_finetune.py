@@ -119,6 +119,8 @@ def test_bad_input_is_one_line_exit_2(weak, tmp_path, capsys):
              ([f"checkpoint={weak['ckpt']}", "online.env_stepz=5"], "online.env_stepz"),
              ([f"checkpoint={weak['ckpt']}", "online.ratio=1.5"], "online.ratio"),
              ([f"checkpoint={weak['ckpt']}", "online.explore_std=-0.1"], "online.explore_std"),
+             ([f"checkpoint={weak['ckpt']}", "online.offline_rows=[actr]"], "update 'actr'"),
+             ([f"checkpoint={weak['ckpt']}", "online.offline_rows=[actor]", "online.ratio=1"], "would have no rows"),
              ([f"checkpoint={weak['ckpt']}", "train.seq_length=3"], "train.seq_length"),
              ([f"checkpoint={tmp_path / 'none.pth'}"], "checkpoint not found"),
              (["online.env_steps=5"], "checkpoint=<path.pth> is required"),
@@ -330,3 +332,25 @@ def test_fixed_exploration_noise_is_added_to_the_evaluation_action(weak, tmp_pat
     assert len(noise) >= 300
     assert np.allclose(noise.std(0), 0.05, rtol=0.1), noise.std(0)
     assert np.all(np.abs(noise.mean(0)) < 4 * 0.05 / np.sqrt(len(noise))), noise.mean(0)
+
+
+def test_offline_rows_setting_trains_the_actor_on_the_offline_half(weak, tmp_path, monkeypatch):
+    """``online.offline_rows=[actor]``: every actor update of the fine-tuning run sees the batch's offline rows only
+    (half of 64 once the buffer holds an episode), while the critic's and value's updates see all 64."""
+    from modmimic import program
+
+    seen, real = [], program.offline_rows
+
+    def spy(part):
+        out = real(part)
+        seen.append((part.batch_size[0], out.batch_size[0], bool((out.get("index") >= 0).all())))
+        return out
+
+    monkeypatch.setattr(program, "offline_rows", spy)
+    cfg = finetune_cfg(weak["ckpt"], "online.env_steps=200", "experiment.epoch_every_n_steps=50",
+                       "experiment.rollout.enabled=false", "online.offline_rows=[actor]",
+                       f"train.output_dir={tmp_path}")
+    train(cfg, progress=False)
+    assert len(seen) == 200 and all(ok for _, _, ok in seen)
+    mixed = [(n, k) for n, k, _ in seen if k < n]
+    assert len(mixed) > 100 and all(n == 64 and k == 32 for n, k in mixed)

@@ -285,3 +285,41 @@ def test_an_update_does_not_differentiate_the_networks_it_does_not_step(reach_hd
     # step 4 ran the actor update after the critic's: with everything differentiated, it added to the critic's grads
     assert not all(torch.equal(g, h) for g, h in zip(grads_a, grads_b))
     assert all(p.requires_grad for p in a.program.net("critic").parameters())  # unfrozen after the update
+
+
+def test_an_update_on_offline_rows_ignores_the_online_rows(reach_hdf5, tiny):
+    """``rows: offline`` (``online.offline_rows=[actor]`` in fine-tuning): IQL's actor, stepped on a batch of 8 offline
+    rows plus 8 online rows (negative ``index``), ends with exactly the parameters of an actor stepped on the 8
+    offline rows alone; its inputs (Q' and V before their updates) are per row. Without it the online rows change
+    the actor, and the critic learns from all 16 rows either way."""
+    from modmimic.config import all_obs_keys
+    from modmimic.data.hdf5 import load_episode_store
+    from modmimic.data.sampler import WindowSampler
+
+    cfg = compose("iql", [*tiny("iql"), "observation.modalities.obs.low_dim=[pos,goal_pos,vel]"])
+    store = load_episode_store(str(reach_hdf5), all_obs_keys(cfg), load_next_obs=True)
+    off = WindowSampler(store, 8, seed=0).sample()
+    on = WindowSampler(store, 8, seed=1).sample()
+    on.set(K.INDEX, -1 - torch.arange(8).reshape(on.get(K.INDEX).shape[0], -1).expand_as(on.get(K.INDEX)))
+    assert (off.get(K.INDEX) >= 0).all()
+
+    def step(windows, rows):
+        torch.manual_seed(0)
+        algo = algo_factory("iql", cfg, store.obs_shapes(), store.ac_dim)
+        algo.set_train()
+        next(s for s in algo.program.steps if isinstance(s, Update) and s.name == "actor").rows = rows
+        algo.train_on_batch(algo.process_batch_for_training(windows.clone()), 1)
+        return {n: algo.program.net(n).state_dict() for n in ("actor", "critic")}
+
+    alone, masked, mixed = step(off, "all"), step(torch.cat([off, on]), "offline"), step(torch.cat([off, on]), "all")
+    for k, v in alone["actor"].items():
+        assert torch.equal(v, masked["actor"][k]), k
+    assert any(not torch.equal(v, mixed["actor"][k]) for k, v in alone["actor"].items())
+    assert any(not torch.equal(v, masked["critic"][k]) for k, v in alone["critic"].items())
+
+
+def test_update_rows_are_checked_at_build_time(tiny):
+    with pytest.raises(ConfigError, match="rows='online_only'"):
+        build("iql", "+updates.2.rows=online_only", tiny=tiny)
+    with pytest.raises(ConfigError, match="writes into the batch"):
+        build("cql", "+updates.0.rows=offline", tiny=tiny)
