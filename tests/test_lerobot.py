@@ -91,6 +91,23 @@ def test_v30_store_exact(v30, eps):
     check_store(store, eps, where, [4], next_obs=False)
 
 
+def test_video_workers_start_clean_after_this_process_decoded_video(v30):
+    """The store decodes videos in worker processes. Forked from a process that had decoded a video with PyAV (the
+    test before, a playback), a worker inherited FFmpeg's thread pool without its threads and waited forever (av
+    18.1.1; CI timed out): the workers are spawned. In a subprocess, so that a hang is a timeout, not a stuck run."""
+    import subprocess
+    import sys
+
+    root, where = v30
+    code = (f"from lerobot_layout import decode_all; from modmimic.data.hdf5 import load_episode_store\n"
+            f"decode_all({where[('front', 0)][0]!r})\n"
+            f"s = load_episode_store({root!r}, {KEYS!r}, load_next_obs=False)\n"
+            "print(len(s.demos))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(__file__))
+    assert r.returncode == 0 and r.stdout.split()[-1] == "5", r.stderr[-2000:]
+
+
 def test_v21_store_exact(v21, eps):
     root, where = v21
     check_store(load_episode_store(root, KEYS), eps, where, range(5))

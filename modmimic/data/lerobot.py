@@ -445,14 +445,16 @@ def _run(job):
 
 
 def run_jobs(jobs: list, workers: int | None):
-    """Results of ``jobs`` as they finish, in ``workers`` processes (1: here)."""
+    """Results of ``jobs`` as they finish, in ``workers`` processes (1: here). The workers are spawned, not forked:
+    a forked child inherits FFmpeg's thread pools (PyAV's cached frame reformatter) without their threads, and
+    freeing them there waits forever (seen with av 18.1.1 once this process had decoded a video)."""
     workers = DEFAULT_WORKERS if workers is None else int(workers)
     if workers <= 1 or len(jobs) <= 1:
         for j in jobs:
             yield _run(j)
         return
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
-                             mp_context=multiprocessing.get_context("fork")) as pool:
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_run, j) for j in jobs]
         try:
             for f in futures:
