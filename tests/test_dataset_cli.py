@@ -78,7 +78,7 @@ def test_split_is_reproducible_and_touches_nothing_else(data, tmp_path):
     copy = tmp_path / "copy.hdf5"
     shutil.copy(data, copy)
     r = subprocess.run([sys.executable, "-m", "modmimic.dataset", "split", str(data), "--valid-fraction", "0.25",
-                        "--seed", "5", "--overwrite"], capture_output=True, text=True)
+                        "--seed", "5", "--overwrite"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "mask/valid: 3 demos" in r.stdout
     assert contents(data) == before

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    ROOT], check=True, capture_output=True)
+                    ROOT], check=True, capture_output=True, timeout=600)
     (whl,) = [p for p in out.iterdir() if p.suffix == ".whl"]
     return whl
 
@@ -31,7 +31,7 @@ def test_wheel_layout(wheel):
 def test_installed_wheel_runs_a_recipe_outside_the_repo(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, timeout=600)
     script = textwrap.dedent("""
         import modmimic, modmimic.components
         assert modmimic.__file__.startswith(%r), modmimic.__file__
@@ -51,6 +51,7 @@ def test_installed_wheel_runs_a_recipe_outside_the_repo(wheel, tmp_path):
         print(algo.train_on_batch(algo.process_batch_for_training(s.sample()), 1)["Loss"].item())
     """) % (str(target), str(target))
     env = {**os.environ, "PYTHONPATH": str(target)}
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stderr
     assert float(r.stdout.strip().splitlines()[-1]) > 0

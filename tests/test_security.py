@@ -99,7 +99,7 @@ def test_payload_refused_by_eval_cli(tmp_path):
     marker = tmp_path / "pwned"
     bad = payload_checkpoint(tmp_path / "bad.pth", marker)
     r = subprocess.run([sys.executable, "-m", "modmimic.eval", f"checkpoint={bad}", "episodes=1"],
-                       capture_output=True, text=True, env=ENV, cwd=str(tmp_path))
+                       capture_output=True, text=True, env=ENV, cwd=str(tmp_path), timeout=600)
     assert r.returncode == 2, r.stderr
     assert "refused" in r.stderr and "system" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not marker.exists()
@@ -112,7 +112,7 @@ def test_payload_refused_on_resume(run, tmp_path):
     shutil.copytree(run, copy)
     payload_checkpoint(copy / "models" / "last.pth", marker)
     r = subprocess.run([sys.executable, "-m", "modmimic.train", "resume=true", f"resume_dir={copy}"],
-                       capture_output=True, text=True, env=ENV, cwd=str(tmp_path))
+                       capture_output=True, text=True, env=ENV, cwd=str(tmp_path), timeout=600)
     assert r.returncode == 2, r.stderr
     assert "checkpoint error" in r.stderr and "refused" in r.stderr, r.stderr
     assert not marker.exists()

@@ -191,7 +191,8 @@ def test_concurrent_resume_of_a_training_run(reach_hdf5, tmp_path, tiny):
         time.sleep(0.2)
     run = root / os.listdir(root)[0]
     second = subprocess.run([sys.executable, "-m", "modmimic.train", "resume=true", f"resume_dir={run}",
-                             "train.num_epochs=8"], env=ENV, cwd=str(tmp_path), capture_output=True, text=True)
+                             "train.num_epochs=8"], env=ENV, cwd=str(tmp_path), capture_output=True, text=True,
+                            timeout=600)
     first.send_signal(signal.SIGTERM)
     out, err = first.communicate(timeout=300)
     assert second.returncode == 2 and "in use by pid" in second.stderr, second.stderr
