@@ -881,7 +881,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--task", default=None, help="--to lerobot: the task string (default: the env name)")
     c.add_argument("--filter-key", default=None, help="--to lerobot: only the demos of mask/<KEY>")
     c.add_argument("--env-name", default=None, help="D4RL input: the gym environment id for env_args")
-    c.add_argument("--workers", type=int, default=None, help="--to robomimic: video decoding processes (default 2)")
+    c.add_argument("--workers", type=int, default=None, help="--to robomimic: video decoding threads (default 2)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output")
     return ap
 

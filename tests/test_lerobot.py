@@ -91,20 +91,21 @@ def test_v30_store_exact(v30, eps):
     check_store(store, eps, where, [4], next_obs=False)
 
 
-def test_video_workers_start_clean_after_this_process_decoded_video(v30):
-    """The store decodes videos in worker processes. Forked from a process that had decoded a video with PyAV (the
-    test before, a playback), a worker inherited FFmpeg's thread pool without its threads and waited forever (av
-    18.1.1; CI timed out): the workers are spawned. In a subprocess, so that a hang is a timeout, not a stuck run."""
+def test_video_workers_start_clean_after_this_process_decoded_video(v30, tmp_path):
+    """The store decodes videos in worker threads. Workers forked from a process that had decoded a video with PyAV
+    (the test before, a playback) inherited FFmpeg's thread pool without its threads and waited forever (av 18.1.1;
+    CI timed out); spawned ones re-ran the user's script below, which has no ``__main__`` guard, and failed. The
+    script runs in a subprocess, so that a hang is a timeout, not a stuck run."""
     import subprocess
     import sys
 
     root, where = v30
-    code = (f"from lerobot_layout import decode_all; from modmimic.data.hdf5 import load_episode_store\n"
-            f"decode_all({where[('front', 0)][0]!r})\n"
-            f"s = load_episode_store({root!r}, {KEYS!r}, load_next_obs=False)\n"
-            "print(len(s.demos))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       cwd=os.path.dirname(__file__))
+    script = tmp_path / "load.py"
+    script.write_text(f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+                      "from lerobot_layout import decode_all\nfrom modmimic.data.hdf5 import load_episode_store\n"
+                      f"decode_all({where[('front', 0)][0]!r})\n"
+                      f"s = load_episode_store({root!r}, {KEYS!r}, load_next_obs=False)\nprint(len(s.demos))\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.split()[-1] == "5", r.stderr[-2000:]
 
 

@@ -25,7 +25,7 @@ What lands in the store (:class:`modmimic.data.hdf5.EpisodeStore`, the same one 
   are kept (``store.tasks``); a filter key is a split of ``info.json`` (``"a:b"`` or a list of episode indices).
 
 Parquet is read with pyarrow, video decoded with PyAV (any codec FFmpeg decodes: AV1, H.264, HEVC, ...) in worker
-processes, straight into the store (RAM, or the memory-mapped store's row files). Nothing in the folder is executed.
+threads, straight into the store (RAM, or the memory-mapped store's row files). Nothing in the folder is executed.
 """
 from __future__ import annotations
 
@@ -34,9 +34,8 @@ import io
 import json
 import os
 import re
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
-import multiprocessing
 
 import numpy as np
 
@@ -445,16 +444,17 @@ def _run(job):
 
 
 def run_jobs(jobs: list, workers: int | None):
-    """Results of ``jobs`` as they finish, in ``workers`` processes (1: here). The workers are spawned, not forked:
-    a forked child inherits FFmpeg's thread pools (PyAV's cached frame reformatter) without their threads, and
-    freeing them there waits forever (seen with av 18.1.1 once this process had decoded a video)."""
+    """Results of ``jobs`` in order, run by ``workers`` threads (1: here). Not processes: a forked worker inherits
+    FFmpeg's thread pools (PyAV's cached frame reformatter) without their threads and waits forever once this
+    process has decoded a video (av 18.1.1); spawned workers re-run a user's script that lacks a ``__main__`` guard,
+    and loaded 200 Lift episodes (2 x 12 269 frames, h264) in 90 s, against 5.5 s with two threads and 6.0 s in
+    one."""
     workers = DEFAULT_WORKERS if workers is None else int(workers)
     if workers <= 1 or len(jobs) <= 1:
         for j in jobs:
             yield _run(j)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
         futures = [pool.submit(_run, j) for j in jobs]
         try:
             for f in futures:
