@@ -69,7 +69,7 @@ def finetune_config(argv: list[str]):
     from modmimic.dataset import DatasetNotFound, with_data
     from modmimic.data.check import path_problem
     from modmimic.logger import check_dir_creatable
-    from modmimic.online import ONLINE_DEFAULTS, online_settings
+    from modmimic.online import ONLINE_DEFAULTS, mark_offline_rows, online_settings
     from modmimic.policy import CheckpointError, load_checkpoint
     from modmimic.stored import StoredFileError, check_stored_config
     from modmimic.train import quote_paths, rewrite_dataset
@@ -122,7 +122,7 @@ def finetune_config(argv: list[str]):
             cfg.train.num_epochs = max(1, math.ceil(o["env_steps"] / float(o["env_steps_per_update"])
                                                     / int(cfg.experiment.epoch_every_n_steps or 1)))
     cfg = finalize(cfg)
-    online_settings(cfg)
+    mark_offline_rows(cfg)  # checks the online section too
     if not cfg.experiment.epoch_every_n_steps:
         raise ConfigError("fine-tuning needs experiment.epoch_every_n_steps (gradient steps per epoch), not null")
     data = with_data(cfg).train.data

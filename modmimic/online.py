@@ -485,19 +485,17 @@ def reward_semantics_note(cfg, n_rewarded_after_success: int) -> str | None:
             "reward> (a rewarded step ends its episode) and fine-tune that (docs/learning.md)")
 
 
-def train_on_offline_rows(program, names) -> None:
-    """Set ``rows = "offline"`` on the program's updates named in ``names`` (``online.offline_rows``)."""
-    from modmimic.config import ConfigError
-    from modmimic.program import Update
+def mark_offline_rows(cfg) -> None:
+    """``online.offline_rows`` (update names, checked by :func:`online_settings`) written into the recipe's updates as
+    ``rows: offline`` (:class:`modmimic.program.Update`), before the algorithm is built: the builder checks them as
+    any recipe's, and the run's stored config holds them, so a resume trains the same way."""
+    from omegaconf import open_dict
 
-    updates = {s.name: s for s in program.steps if isinstance(s, Update)}
-    for n in names:
-        if n not in updates:
-            raise ConfigError(f"online.offline_rows names update {n!r}, which recipe {program.recipe!r} does not have "
-                              f"(updates: {list(updates)})")
-        if any(c.writes for _, c, _ in updates[n].losses):
-            raise ConfigError(f"online.offline_rows: update {n!r} has a loss that writes into the batch")
-        updates[n].rows = "offline"
+    names = set(online_settings(cfg)["offline_rows"])
+    with open_dict(cfg):
+        for u in cfg.updates:
+            if u.get("name") in names:
+                u.rows = "offline"
 
 
 def attach(data, algo, cfg, group=None):
@@ -512,7 +510,6 @@ def attach(data, algo, cfg, group=None):
     from modmimic.policy import RolloutPolicy, as_tensordict_module
 
     o = online_settings(cfg)
-    train_on_offline_rows(algo.program, o["offline_rows"])
     note = reward_semantics_note(cfg, rewarded_after_success(data.train_store))
     if note:
         import warnings

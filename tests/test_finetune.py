@@ -121,6 +121,7 @@ def test_bad_input_is_one_line_exit_2(weak, tmp_path, capsys):
              ([f"checkpoint={weak['ckpt']}", "online.explore_std=-0.1"], "online.explore_std"),
              ([f"checkpoint={weak['ckpt']}", "online.offline_rows=[actr]"], "update 'actr'"),
              ([f"checkpoint={weak['ckpt']}", "online.offline_rows=[actor]", "online.ratio=1"], "would have no rows"),
+             ([f"checkpoint={weak['ckpt']}", "online.offline_rows=[vf]"], "writes into the batch"),  # V for the actor
              ([f"checkpoint={weak['ckpt']}", "train.seq_length=3"], "train.seq_length"),
              ([f"checkpoint={tmp_path / 'none.pth'}"], "checkpoint not found"),
              (["online.env_steps=5"], "checkpoint=<path.pth> is required"),
