@@ -1,7 +1,7 @@
 """modmimic.rotations: axis-angle / matrix / 6D / Euler XYZ against closed forms, scipy, and round trips."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.spatial.transform import Rotation
 
@@ -83,12 +83,14 @@ def test_axis_angle_matrix_round_trip(u, t):
 
 @settings(max_examples=200, deadline=None)
 @given(arrays(np.float64, 4, elements=st.floats(-1, 1)).filter(lambda q: np.linalg.norm(q) > 1e-2))
+@example(q=np.array([1.0, 2.0551725e-09, 1.0, 0.0]))  # cos b = 2e-9: found by CI, 2e-9 off at the old threshold
 def test_matrix_6d_euler_round_trips(q):
     M = Rotation.from_quat(q).as_matrix()
     np.testing.assert_allclose(R.rot_6d_to_matrix(R.matrix_to_rot_6d(M)), M, atol=1e-14)
     e = R.matrix_to_euler_xyz(M)
-    np.testing.assert_allclose(R.euler_xyz_to_matrix(e), M, atol=1e-9)
-    if abs(M[0, 2]) < 1 - 1e-6:  # away from gimbal lock the angles are unique: scipy's intrinsic 'XYZ'
+    near_lock = abs(M[0, 2]) >= 1 - 1e-6  # cos b < 1.5e-3: a and c are ill-conditioned (error ~1e-16 / cos b)
+    np.testing.assert_allclose(R.euler_xyz_to_matrix(e), M, atol=1e-7 if near_lock else 1e-9)
+    if not near_lock:  # away from gimbal lock the angles are unique: scipy's intrinsic 'XYZ'
         d = e - Rotation.from_matrix(M).as_euler("XYZ")
         np.testing.assert_allclose(np.angle(np.exp(1j * d)), 0, atol=1e-9)  # equal modulo 2 pi (+-pi)
 
