@@ -7,6 +7,13 @@ if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
     os.environ["MUJOCO_GL"] = "egl"
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
+# numpy's OpenBLAS with one thread, set before numpy loads in any test process (xdist workers inherit it): its thread
+# server is never started. A CI run hung 15 minutes in np.linalg.inv (a 3x3, matplotlib's transform, drawing
+# curves.png) inside a worker; OpenBLAS's threaded server has known deadlocks after forks in the same process
+# (OpenBLAS issues 5520, 294), and tiny numpy math on a 2-core machine running two workers gains nothing from threads.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
