@@ -460,7 +460,7 @@ class Builder:
 
 UPDATE_KEYS = ("name", "losses", "optimizer", "every", "start_epoch", "end_epoch", "start_step", "end_step",
                "max_grad_norm", "clip_per_member", "targets", "prepare", "rows")
-ROWS = ("all", "offline")  # which of a batch's rows an update trains on (modmimic.program.Update.rows)
+ROWS = ("all", "offline", "online")  # which of a batch's rows an update trains on (modmimic.program.Update.rows)
 
 
 def task_conditioning_dim(config: DictConfig, task_dim: int | None) -> int | None:

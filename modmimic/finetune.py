@@ -20,6 +20,8 @@ and online transitions (:mod:`modmimic.online`):
                                  does not follow the actor's learned std
     online.offline_rows          updates of the recipe that train on each batch's offline rows only ([]: none;
                                  [actor]: IQL's actor fits the data while its critic and value learn from both)
+    online.online_rows           updates that train on each batch's online rows only ([]: none; [actor]: IQL's actor
+                                 weighs its own transitions by their advantage, not the data's worse modes)
 
 ``train.num_epochs`` defaults to what spends the budget: ``ceil(env_steps / env_steps_per_update /
 experiment.epoch_every_n_steps)``. Any other key of the checkpoint's config can be overridden (``train.seed=1``,
@@ -69,7 +71,7 @@ def finetune_config(argv: list[str]):
     from modmimic.dataset import DatasetNotFound, with_data
     from modmimic.data.check import path_problem
     from modmimic.logger import check_dir_creatable
-    from modmimic.online import ONLINE_DEFAULTS, mark_offline_rows, online_settings
+    from modmimic.online import ONLINE_DEFAULTS, mark_rows, online_settings
     from modmimic.policy import CheckpointError, load_checkpoint
     from modmimic.stored import StoredFileError, check_stored_config
     from modmimic.train import quote_paths, rewrite_dataset
@@ -122,7 +124,7 @@ def finetune_config(argv: list[str]):
             cfg.train.num_epochs = max(1, math.ceil(o["env_steps"] / float(o["env_steps_per_update"])
                                                     / int(cfg.experiment.epoch_every_n_steps or 1)))
     cfg = finalize(cfg)
-    mark_offline_rows(cfg)  # checks the online section too
+    mark_rows(cfg)  # checks the online section too
     if not cfg.experiment.epoch_every_n_steps:
         raise ConfigError("fine-tuning needs experiment.epoch_every_n_steps (gradient steps per epoch), not null")
     data = with_data(cfg).train.data

@@ -422,18 +422,22 @@ def online_settings(cfg) -> dict:
         raise ConfigError(f"online.warmup_steps must be an int >= 0, got {o['warmup_steps']!r}")
     if not isinstance(o["ratio"], (int, float)) or isinstance(o["ratio"], bool) or not 0 <= o["ratio"] <= 1:
         raise ConfigError(f"online.ratio (the share of online rows in a batch) must be in [0, 1], got {o['ratio']!r}")
-    rows = o["offline_rows"]
-    rows = list(rows) if isinstance(rows, (list, tuple, ListConfig)) else rows
-    if not isinstance(rows, list) or not all(isinstance(n, str) for n in rows):
-        raise ConfigError(f"online.offline_rows must be a list of update names, got {rows!r}")
     names = [u.get("name") for u in (cfg.get("updates") or [])]
-    unknown = [n for n in rows if n not in names]
-    if unknown:
-        raise ConfigError(f"online.offline_rows names update {unknown[0]!r}, which the recipe does not have "
-                          f"(updates: {names})")
-    if rows and o["ratio"] >= 1:
-        raise ConfigError(f"online.offline_rows={rows} with online.ratio=1: those updates would have no rows")
-    o["offline_rows"] = rows
+    for key, empty_at in (("offline_rows", 1), ("online_rows", 0)):
+        rows = o[key]
+        rows = list(rows) if isinstance(rows, (list, tuple, ListConfig)) else rows
+        if not isinstance(rows, list) or not all(isinstance(n, str) for n in rows):
+            raise ConfigError(f"online.{key} must be a list of update names, got {rows!r}")
+        unknown = [n for n in rows if n not in names]
+        if unknown:
+            raise ConfigError(f"online.{key} names update {unknown[0]!r}, which the recipe does not have "
+                              f"(updates: {names})")
+        if rows and o["ratio"] == empty_at:
+            raise ConfigError(f"online.{key}={rows} with online.ratio={empty_at}: those updates would have no rows")
+        o[key] = rows
+    both = [n for n in o["offline_rows"] if n in o["online_rows"]]
+    if both:
+        raise ConfigError(f"online.offline_rows and online.online_rows both name update {both[0]!r}")
     e = o["explore_std"]
     if e is not None and (not isinstance(e, (int, float)) or isinstance(e, bool) or not 0 <= e < math.inf):
         raise ConfigError(f"online.explore_std must be a number >= 0 or null (sample the actor), got {e!r}")
@@ -448,7 +452,8 @@ def online_settings(cfg) -> dict:
 
 
 ONLINE_DEFAULTS = {"env_steps": 10_000, "ratio": 0.5, "num_envs": 1, "env_steps_per_update": 1.0,
-                   "buffer_size": None, "warmup_steps": 0, "horizon": None, "explore_std": None, "offline_rows": []}
+                   "buffer_size": None, "warmup_steps": 0, "horizon": None, "explore_std": None, "offline_rows": [],
+                   "online_rows": []}
 
 
 def data_action_range(store) -> tuple:
@@ -485,17 +490,19 @@ def reward_semantics_note(cfg, n_rewarded_after_success: int) -> str | None:
             "reward> (a rewarded step ends its episode) and fine-tune that (docs/learning.md)")
 
 
-def mark_offline_rows(cfg) -> None:
-    """``online.offline_rows`` (update names, checked by :func:`online_settings`) written into the recipe's updates as
-    ``rows: offline`` (:class:`modmimic.program.Update`), before the algorithm is built: the builder checks them as
-    any recipe's, and the run's stored config holds them, so a resume trains the same way."""
+def mark_rows(cfg) -> None:
+    """``online.offline_rows`` and ``online.online_rows`` (update names, checked by :func:`online_settings`) written
+    into the recipe's updates as ``rows: offline`` / ``rows: online`` (:class:`modmimic.program.Update`), before the
+    algorithm is built: the builder checks them as any recipe's, and the run's stored config holds them, so a resume
+    trains the same way."""
     from omegaconf import open_dict
 
-    names = set(online_settings(cfg)["offline_rows"])
+    o = online_settings(cfg)
+    source = {**{n: "offline" for n in o["offline_rows"]}, **{n: "online" for n in o["online_rows"]}}
     with open_dict(cfg):
         for u in cfg.updates:
-            if u.get("name") in names:
-                u.rows = "offline"
+            if u.get("name") in source:
+                u.rows = source[u.get("name")]
 
 
 def attach(data, algo, cfg, group=None):

@@ -85,7 +85,9 @@ class Update:
     ``start_step <= s < end_step`` (VQ-BeT trains its VQ-VAE on steps ``[0, n)``, then its prior from ``n`` on).
     ``rows = "offline"``: its losses see only the batch's rows from the offline data (non-negative ``index``; online
     fine-tuning's rows have negative ones, :mod:`modmimic.online`), e.g. an actor fitted to the data while its critic
-    learns from both; its losses may not write into the batch (they would write into the selected copy)."""
+    learns from both; ``rows = "online"``: only the rows from the online replay buffer (e.g. an actor improved on its
+    own transitions, away from the data's worse modes). Its losses may not write into the batch (they would write
+    into the selected copy)."""
     name: str
     losses: list  # [(name, Call, weight)]
     optimizers: list
@@ -99,7 +101,7 @@ class Update:
     max_grad_norm: float | None = None
     clip_per_member: bool = False
     targets: list = field(default_factory=list)
-    rows: str = "all"  # "all" | "offline"
+    rows: str = "all"  # "all" | "offline" | "online"
 
     def active(self, epoch: int, step: int) -> bool:
         return ((self.start_epoch < 0 or epoch >= self.start_epoch)
@@ -185,8 +187,8 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
             continue
         if not s.active(epoch, step):
             continue
-        if s.rows == "offline":
-            part = offline_rows(part)
+        if s.rows != "all":
+            part = source_rows(part, s.rows)
         frozen = () if validate else _frozen(program, s)
         for p in frozen:
             p.requires_grad_(False)
@@ -220,14 +222,16 @@ def run_step(program: Program, batch, epoch: int, step: int, validate: bool = Fa
     return info
 
 
-def offline_rows(part):
-    """The rows of ``part`` drawn from the offline data: those whose ``index`` (``[B]`` or ``[B, T]``, the first step
-    counts) is non-negative; online rows carry ``-1 - <buffer row>``. ``part`` itself when every row is offline."""
+def source_rows(part, source: str):
+    """The rows of ``part`` drawn from ``source``: ``"offline"``, the data (a non-negative ``index``, ``[B]`` or
+    ``[B, T]``, whose first step counts), or ``"online"``, the replay buffer (``index = -1 - <buffer row>``).
+    ``part`` itself when every row is from ``source``."""
     idx = part.get(K.INDEX, None)
     if idx is None:
-        raise KeyError("an update with rows: offline needs the batch's 'index' (where each row was sampled), which "
+        raise KeyError(f"an update with rows: {source} needs the batch's 'index' (where each row was sampled), which "
                        "this batch does not carry")
-    keep = idx.reshape(idx.shape[0], -1)[:, 0] >= 0
+    offline = idx.reshape(idx.shape[0], -1)[:, 0] >= 0
+    keep = offline if source == "offline" else ~offline
     return part if bool(keep.all()) else part[keep]
 
 

@@ -122,6 +122,9 @@ def test_bad_input_is_one_line_exit_2(weak, tmp_path, capsys):
              ([f"checkpoint={weak['ckpt']}", "online.offline_rows=[actr]"], "update 'actr'"),
              ([f"checkpoint={weak['ckpt']}", "online.offline_rows=[actor]", "online.ratio=1"], "would have no rows"),
              ([f"checkpoint={weak['ckpt']}", "online.offline_rows=[vf]"], "writes into the batch"),  # V for the actor
+             ([f"checkpoint={weak['ckpt']}", "online.online_rows=[actor]", "online.ratio=0"], "would have no rows"),
+             ([f"checkpoint={weak['ckpt']}", "online.online_rows=[actor]", "online.offline_rows=[actor]"],
+              "both name update 'actor'"),
              ([f"checkpoint={weak['ckpt']}", "train.seq_length=3"], "train.seq_length"),
              ([f"checkpoint={tmp_path / 'none.pth'}"], "checkpoint not found"),
              (["online.env_steps=5"], "checkpoint=<path.pth> is required"),
@@ -335,21 +338,25 @@ def test_fixed_exploration_noise_is_added_to_the_evaluation_action(weak, tmp_pat
     assert np.all(np.abs(noise.mean(0)) < 4 * 0.05 / np.sqrt(len(noise))), noise.mean(0)
 
 
-def test_offline_rows_setting_trains_the_actor_on_the_offline_half(weak, tmp_path, monkeypatch):
-    """``online.offline_rows=[actor]``: every actor update of the fine-tuning run sees the batch's offline rows only
-    (half of 64 once the buffer holds an episode), while the critic's and value's updates see all 64."""
+@pytest.mark.parametrize("source", ["offline", "online"])
+def test_rows_setting_trains_the_actor_on_one_half(weak, tmp_path, monkeypatch, source):
+    """``online.offline_rows=[actor]`` (``online.online_rows=[actor]``): every actor update of the fine-tuning run
+    sees the batch's offline (online) rows only, half of 64 once the buffer holds an episode, while the critic's and
+    value's updates see all 64."""
     from modmimic import program
 
-    seen, real = [], program.offline_rows
+    seen, real = [], program.source_rows
 
-    def spy(part):
-        out = real(part)
-        seen.append((part.batch_size[0], out.batch_size[0], bool((out.get("index") >= 0).all())))
+    def spy(part, asked):
+        out = real(part, asked)
+        from_data = out.get("index") >= 0
+        ok = asked == source and bool((from_data == (asked == "offline")).all())
+        seen.append((part.batch_size[0], out.batch_size[0], ok))
         return out
 
-    monkeypatch.setattr(program, "offline_rows", spy)
+    monkeypatch.setattr(program, "source_rows", spy)
     cfg = finetune_cfg(weak["ckpt"], "online.env_steps=200", "experiment.epoch_every_n_steps=50",
-                       "experiment.rollout.enabled=false", "online.offline_rows=[actor]",
+                       "experiment.rollout.enabled=false", f"online.{source}_rows=[actor]",
                        f"train.output_dir={tmp_path}")
     train(cfg, progress=False)
     assert len(seen) == 200 and all(ok for _, _, ok in seen)

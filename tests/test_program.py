@@ -291,7 +291,8 @@ def test_an_update_on_offline_rows_ignores_the_online_rows(reach_hdf5, tiny):
     """``rows: offline`` (``online.offline_rows=[actor]`` in fine-tuning): IQL's actor, stepped on a batch of 8 offline
     rows plus 8 online rows (negative ``index``), ends with exactly the parameters of an actor stepped on the 8
     offline rows alone; its inputs (Q' and V before their updates) are per row. Without it the online rows change
-    the actor, and the critic learns from all 16 rows either way."""
+    the actor, and the critic learns from all 16 rows either way. ``rows: online`` is the mirror image: the actor
+    stepped on the mixed batch equals one stepped on the 8 online rows alone."""
     from modmimic.config import all_obs_keys
     from modmimic.data.hdf5 import load_episode_store
     from modmimic.data.sampler import WindowSampler
@@ -314,6 +315,10 @@ def test_an_update_on_offline_rows_ignores_the_online_rows(reach_hdf5, tiny):
     alone, masked, mixed = step(off, "all"), step(torch.cat([off, on]), "offline"), step(torch.cat([off, on]), "all")
     for k, v in alone["actor"].items():
         assert torch.equal(v, masked["actor"][k]), k
+    on_alone, on_masked = step(on, "all"), step(torch.cat([off, on]), "online")
+    for k, v in on_alone["actor"].items():
+        assert torch.equal(v, on_masked["actor"][k]), k
+    assert any(not torch.equal(v, on_masked["actor"][k]) for k, v in alone["actor"].items())
     assert any(not torch.equal(v, mixed["actor"][k]) for k, v in alone["actor"].items())
     assert any(not torch.equal(v, masked["critic"][k]) for k, v in alone["critic"].items())
 
