@@ -120,7 +120,8 @@ def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_h
     * ``terminal_reward``: a step whose (untransformed) reward is at least this ends its episode (``done``), so a
       success is terminal in the data as it is online with ``experiment.rollout.terminate_on_success`` (scripted and
       robomimic demos keep a reward of 1 on several steps after the first success: without it their values at a
-      success are ~6 where an online episode's are 1). Refused with ``mc_return_key``.
+      success are ~6 where an online episode's are 1). The loader computes Monte-Carlo returns with the same
+      ``terminal_reward`` (:mod:`modmimic.data.returns`).
 
     With ``n_step = 1`` this is exactly robomimic's (and IQL's ``[:, 0]``) batch. For ``n_step > 1`` robomimic sums
     the rewards of every step of the window, including the steps that padding repeats at the end of a demo (the
@@ -139,9 +140,6 @@ def n_step_transition(batch, n_step: int = 1, discount: float = 0.99, infinite_h
         raise ValueError("the batch has no ('next', 'reward'): this recipe needs a dataset with rewards and dones")
     d = nxt.get("done")
     if terminal_reward is not None:
-        if mc_return_key is not None:
-            raise ValueError("terminal_reward with Monte-Carlo returns: the stored returns-to-go run past the steps it "
-                             "makes terminal")
         d = d | (r >= terminal_reward)
     if reward_scale != 1.0 or reward_shift != 0.0:
         if mc_return_key is not None:

@@ -77,8 +77,6 @@ def test_n_step_transition_closed_form():
     assert torch.allclose(term[K.NEXT, "reward"], expected) and torch.equal(term[DISCOUNT], out[DISCOUNT])
     term1 = n_step_transition(w, n_step=1, discount=g, terminal_reward=1.0)  # every first step is rewarded 1
     assert term1[K.NEXT, "done"].all() and not n_step_transition(w, n_step=1, discount=g)[K.NEXT, "done"].any()
-    with pytest.raises(ValueError, match="returns-to-go run past the steps it makes terminal"):
-        n_step_transition(w, n_step=1, terminal_reward=1.0, mc_return_key="mc_return")
 
 
 def test_a_reward_transform_with_monte_carlo_returns_is_a_config_error():

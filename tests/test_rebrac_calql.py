@@ -17,6 +17,7 @@ from modmimic.components.losses.rebrac import rebrac_actor
 from modmimic.components.nets.core import mlp
 from modmimic.components.nets.value import QEnsemble
 from modmimic.config import compose
+from modmimic.data.build import with_required_returns
 from modmimic.data.hdf5 import load_episode_store
 from modmimic.data.requirements import requirements
 from modmimic.data.returns import mc_returns, with_mc_returns
@@ -120,6 +121,10 @@ def test_mc_returns_closed_form():
     assert np.allclose(g, [0.25, 0.5, 1.0, 1.0, 2.0, 1.375, 2.75, 5.5, 1.0])
     # a done inside a demo stops the sum there
     assert np.allclose(mc_returns([1, 1, 1], [0, 1, 0], [3], 0.9), [1.9, 1.0, 1.0])
+    # terminal_reward: a scripted success rewarded on its last 3 steps is worth 1 at its first, as online
+    r, d = [0, 0, 1, 1, 1], [0, 0, 0, 0, 1]
+    assert np.allclose(mc_returns(r, d, [5], 0.5), [0.4375, 0.875, 1.75, 1.5, 1.0])
+    assert np.allclose(mc_returns(r, d, [5], 0.5, terminal_reward=1.0), [0.25, 0.5, 1.0, 1.0, 1.0])
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +148,14 @@ def test_mc_returns_reach_the_transition_batch(small_rl_file):
                                        mc_return_key="mc_return")
     expected = np.concatenate([mc_returns(d["rewards"], d["dones"], [len(d["rewards"])], 0.9) for d in demos])
     assert torch.allclose(batch["mc_return"][:, 0], torch.tensor(expected, dtype=torch.float32), atol=1e-6)
+    # with batch.terminal_reward the loader ends the returns where the transitions end (every step rewarded >= 0.5)
+    cfg = compose("cal_ql", [f"train.data={path}", "+batch.terminal_reward=0.5"])
+    ended = with_required_returns(cfg, load_episode_store(path, ["x"]))
+    rows = ended.flat[:, ended.columns[K.MC_RETURN][0]].numpy()
+    expected = np.concatenate([mc_returns(d["rewards"], d["dones"], [len(d["rewards"])], cfg.algo.discount, 0.5)
+                               for d in demos])
+    assert np.allclose(rows, expected) and not np.allclose(expected, np.concatenate(
+        [mc_returns(d["rewards"], d["dones"], [len(d["rewards"])], cfg.algo.discount) for d in demos]))
     # the original store is untouched; without returns the batch function names the problem
     plain = WindowSampler(load_episode_store(path, ["x"]), 4).sample()
     with pytest.raises(ValueError, match="Monte-Carlo returns"):

@@ -100,10 +100,12 @@ def window_sampler(t, store: EpisodeStore, stream: int, obs_stats, action_stats,
 
 def with_required_returns(cfg: DictConfig, store):
     """``store`` with Monte-Carlo returns-to-go at ``algo.discount`` when the recipe requires ``mc_returns``
-    (Cal-QL), else as is."""
+    (Cal-QL), else as is; with the batch function's ``terminal_reward``, so the returns end where its transitions
+    do."""
     if store is None or "mc_returns" not in requirements(cfg):
         return store
-    return with_mc_returns(store, float(cfg.algo.discount))
+    terminal = (cfg.get("batch") or {}).get("terminal_reward")
+    return with_mc_returns(store, float(cfg.algo.discount), None if terminal is None else float(terminal))
 
 
 def with_idle_dropped(cfg: DictConfig, store, keys: list[str]):
