@@ -1,5 +1,6 @@
 """Offline-to-online fine-tuning (``python -m modmimic.finetune``, :mod:`modmimic.online`) on the PointReach
 environment, and policies as torchrl TensorDict modules (``modmimic.policy.as_tensordict_module``)."""
+import functools
 import os
 
 import numpy as np
@@ -362,3 +363,31 @@ def test_rows_setting_trains_the_actor_on_one_half(weak, tmp_path, monkeypatch, 
     assert len(seen) == 200 and all(ok for _, _, ok in seen)
     mixed = [(n, k) for n, k, _ in seen if k < n]
     assert len(mixed) > 100 and all(n == 64 and k == 32 for n, k in mixed)
+
+
+def test_monte_carlo_advantage_reaches_the_actor_on_both_halves(weak, monkeypatch):
+    """``+batch.mc_return_key=mc_return +losses.actor.q_key=mc_return``: IQL's actor weighs each row by
+    ``exp((G - V(s)) / beta)`` with ``G`` the Monte-Carlo return-to-go, of the data's demos (computed at load, ending
+    where ``batch.terminal_reward`` ends them) and of the online episodes (the replay buffer's rows); the run
+    improves the weak policy as the Q-advantage run does (docs/learning.md: on mixed-quality Lift this setting is
+    the one that climbs)."""
+    from modmimic import keys as K
+    from modmimic.components.losses import iql
+
+    seen, real = [], iql.awr_actor
+
+    @functools.wraps(real)  # keeps the loss's declared keys
+    def spy(batch, policy, **kw):
+        assert kw["q_key"] == K.MC_RETURN
+        idx = batch.get(K.INDEX).reshape(batch.batch_size[0], -1)[:, 0]
+        g = batch.get(K.MC_RETURN)
+        seen.append((int((idx < 0).sum()), bool(((g >= 0) & (g <= 1 + 1e-6)).all())))
+        return real(batch, policy, **kw)
+
+    monkeypatch.setattr(iql, "awr_actor", spy)
+    r = train(finetune_cfg(weak["ckpt"], "online.env_steps=1000", "experiment.rollout.rate=10",
+                           "+batch.terminal_reward=1.0", "+batch.mc_return_key=mc_return",
+                           "+losses.actor.q_key=mc_return"), progress=False)
+    assert len(seen) == 1000 and all(ok for _, ok in seen)  # returns of a 0/1 success reward, success terminal
+    assert sum(n == 32 for n, _ in seen) > 900  # half of each batch online once the buffer holds an episode
+    assert r["metrics"]["Rollout/Success_Rate/PointReach"] >= weak["success"] + 0.3
