@@ -23,6 +23,10 @@ and online transitions (:mod:`modmimic.online`):
     online.online_rows           updates that train on each batch's online rows only ([]: none; [actor]: IQL's actor
                                  weighs its own transitions by their advantage, not the data's worse modes)
 
+IQL's actor weighs rows by ``exp((Q - V) / beta)``; with ``+batch.mc_return_key=mc_return
++losses.actor.q_key=mc_return`` by ``exp((G - V) / beta)``, ``G`` the Monte-Carlo return-to-go of the row's demo or
+online episode (the setting that reached 0.95 on mixed-quality Lift, docs/learning.md).
+
 ``train.num_epochs`` defaults to what spends the budget: ``ceil(env_steps / env_steps_per_update /
 experiment.epoch_every_n_steps)``. Any other key of the checkpoint's config can be overridden (``train.seed=1``,
 ``experiment.rollout.rate=5``, ``dataset=<path>`` when the dataset has moved). The run directory is
