@@ -423,7 +423,9 @@ def online_settings(cfg) -> dict:
     if not isinstance(o["ratio"], (int, float)) or isinstance(o["ratio"], bool) or not 0 <= o["ratio"] <= 1:
         raise ConfigError(f"online.ratio (the share of online rows in a batch) must be in [0, 1], got {o['ratio']!r}")
     names = [u.get("name") for u in (cfg.get("updates") or [])]
-    for key, empty_at in (("offline_rows", 1), ("online_rows", 0)):
+    batch = int(cfg.train.batch_size)
+    n_online = int(round(float(o["ratio"]) * batch))  # as OnlineSampler splits each batch
+    for key, empty in (("offline_rows", n_online == batch), ("online_rows", n_online == 0)):
         rows = o[key]
         rows = list(rows) if isinstance(rows, (list, tuple, ListConfig)) else rows
         if not isinstance(rows, list) or not all(isinstance(n, str) for n in rows):
@@ -432,8 +434,9 @@ def online_settings(cfg) -> dict:
         if unknown:
             raise ConfigError(f"online.{key} names update {unknown[0]!r}, which the recipe does not have "
                               f"(updates: {names})")
-        if rows and o["ratio"] == empty_at:
-            raise ConfigError(f"online.{key}={rows} with online.ratio={empty_at}: those updates would have no rows")
+        if rows and empty:
+            raise ConfigError(f"online.{key}={rows} with online.ratio={o['ratio']} ({n_online} of {batch} rows "
+                              f"online): those updates would have no rows")
         o[key] = rows
     both = [n for n in o["offline_rows"] if n in o["online_rows"]]
     if both:

@@ -124,6 +124,7 @@ def test_bad_input_is_one_line_exit_2(weak, tmp_path, capsys):
              ([f"checkpoint={weak['ckpt']}", "online.offline_rows=[actor]", "online.ratio=1"], "would have no rows"),
              ([f"checkpoint={weak['ckpt']}", "online.offline_rows=[vf]"], "writes into the batch"),  # V for the actor
              ([f"checkpoint={weak['ckpt']}", "online.online_rows=[actor]", "online.ratio=0"], "would have no rows"),
+             ([f"checkpoint={weak['ckpt']}", "online.online_rows=[actor]", "online.ratio=0.001"], "0 of 64 rows"),
              ([f"checkpoint={weak['ckpt']}", "online.online_rows=[actor]", "online.offline_rows=[actor]"],
               "both name update 'actor'"),
              ([f"checkpoint={weak['ckpt']}", "train.seq_length=3"], "train.seq_length"),

@@ -4,8 +4,9 @@
 without a done is treated as ending there: the return of what the data did, a lower bound on the value of acting
 well). With ``terminal_reward`` (``batch.terminal_reward``) a step rewarded at least that much is a done too, as the
 transition batch makes it (:func:`modmimic.components.batching.n_step_transition`): a scripted demo's success is
-worth 1, as an online episode's that ends at its first success, not the sum of the rewards repeated after it. :func:`with_mc_returns` adds them to an episode store as the column ``mc_return`` that the window sampler
-gathers like the rewards.
+worth 1, as an online episode's that ends at its first success, not the sum of the rewards repeated after it.
+:func:`with_mc_returns` adds them to an episode store as the column ``mc_return`` that the window sampler gathers like
+the rewards.
 """
 from __future__ import annotations
 
