@@ -95,6 +95,8 @@ CELLS = [  # evaluations half way and at the end (the fast preset's epochs: bc 2
          note="no fast entry: the recipe's settings, 3 000 steps"),
     # the second mix (mix=hard), on which no setting was tuned: the fast entries as chosen on lift_mixed
     *(Cell("lift_hard", r, eval_every=30) for r in ("bc", "iql", "bcq", "td3_bc", "rebrac", "cal_ql", "awac", "cql")),
+    # CQL's critic with an advantage-weighted actor: chosen on lift_mixed seed 0 (8/20) and lift_hard seed 0 (18/20)
+    *(Cell(d, "cql_awr", eval_every=30) for d in ("lift_mixed", "lift_hard")),
 ]
 
 

@@ -16,7 +16,7 @@ from modmimic.data.synthetic import chain_obs, chain_optimal_q, make_chain_datas
 from modmimic.policy import RolloutPolicy, make_checkpoint, policy_from_checkpoint, save_checkpoint
 from modmimic.data.build import with_required_returns
 
-RL_RECIPES = ["iql", "td3_bc", "cql", "bcq", "bcq_gmm", "bcq_distributional", "rebrac", "cal_ql"]
+RL_RECIPES = ["iql", "td3_bc", "cql", "bcq", "bcq_gmm", "bcq_distributional", "rebrac", "cal_ql", "cql_awr"]
 N_STATES, GAMMA = 5, 0.9
 
 # small networks and fast learning rates for the chain (robomimic's defaults are for robot data)
@@ -33,6 +33,9 @@ SMALL = {
     "cal_ql": ["algo.actor.layer_dims=[64,64]", "algo.target_tau=0.1",
                "algo.optim_params.critic.learning_rate.initial=3e-3",
                "algo.optim_params.actor.learning_rate.initial=3e-3"],
+    "cql_awr": ["algo.actor.layer_dims=[64,64]", "algo.target_tau=0.1",
+                "algo.optim_params.critic.learning_rate.initial=3e-3",
+                "algo.optim_params.actor.learning_rate.initial=3e-3"],
     # the critic's BC penalty moves Q away from Q* by design: the oracle runs without it (its closed form is in
     # tests/test_rebrac_calql.py); the actor's penalty at 0.4 is TD3-BC's alpha 2.5 for a 1-D action
     "rebrac": ["algo.actor.layer_dims=[64,64]", "train.hdf5_normalize_obs=false", "algo.target_tau=0.2",
@@ -187,7 +190,7 @@ def test_value_queries_follow_robomimic(recipe, chain):
         assert v.shape == (len(S), 1)
         if recipe == "iql":
             expected = algo.nets["vf"](td)
-        elif recipe in ("cql", "td3_bc", "rebrac", "cal_ql"):
+        elif recipe in ("cql", "td3_bc", "rebrac", "cal_ql", "cql_awr"):
             expected = algo.nets["critic"].q1(td, algo.nets["actor"].act(td))
         else:  # the value of the best of the same sampled candidates
             torch.manual_seed(5)
@@ -207,9 +210,12 @@ def test_non_value_recipes_say_so(chain):
 CHAIN_FAST = {"iql": (600, 0.05), "td3_bc": (600, 0.08), "cql": (1500, 0.16), "bcq": (600, 0.08),
               "bcq_gmm": (600, 0.05), "bcq_distributional": (600, 0.05), "rebrac": (600, 0.08),
               "cal_ql": (1500, 0.16)}
+# cql_awr's chain oracle is in tests/test_cql_awr.py: at the recipe's penalty (Lagrange, gap 5) the values of its
+# advantage-weighted actor's samples are pushed down and the data's Q drifts with them (3.0 below Q* after 1 500 steps)
+Q_STAR_RECIPES = [r for r in RL_RECIPES if r != "cql_awr"]
 
 
-@pytest.mark.parametrize("recipe", RL_RECIPES)
+@pytest.mark.parametrize("recipe", Q_STAR_RECIPES)
 def test_critic_learns_the_optimal_q_of_a_chain_and_the_policy_goes_right(recipe, chain):
     steps, tol = CHAIN_FAST[recipe]
     cfg = chain_config(recipe)
@@ -224,7 +230,7 @@ def test_critic_learns_the_optimal_q_of_a_chain_and_the_policy_goes_right(recipe
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", RL_RECIPES)
+@pytest.mark.parametrize("recipe", Q_STAR_RECIPES)
 def test_chain_long_training_is_accurate(recipe, chain):
     cfg = chain_config(recipe, "algo.target_tau=0.05")
     _, sampler, algo = build(cfg, chain, seed=1)

@@ -18,7 +18,7 @@ from modmimic.algo import algo_factory  # noqa: E402
 
 # awac: offline RL, sampling prepare steps; diffusion_policy: EMA target; act: chunked batches, a sampled latent
 FAST_RESUME = ["bc", "bc_rnn", "bc_transformer", "hbc", "awac", "diffusion_policy", "act", "flow_policy", "rebrac",
-               "cal_ql", "vq_bet"]  # iris: slow (hbc's engine)
+               "cal_ql", "cql_awr", "vq_bet"]  # iris: slow (hbc's engine)
 
 
 def optim_params_paths(cfg, prefix="algo"):
