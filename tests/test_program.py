@@ -169,6 +169,9 @@ def test_explain_lists_the_steps_in_update_order():
     assert "reads action, q_data_min, value_pred" in text and "acting: Direct(net=actor)" in text
     hbc = explain("hbc")
     assert hbc.index("[planner] update") < hbc.index("prepare (no grad)  actor_subgoals") < hbc.index("[actor] update")
+    for rows in ("offline", "online"):  # fine-tuning's online.offline_rows / online_rows set an update's rows
+        assert f"update 'actor' ({rows} rows only)" in explain("iql", [f"+updates.2.rows={rows}"])
+    assert "rows only" not in text
 
 
 MY_LOSS = """\
