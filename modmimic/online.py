@@ -247,6 +247,11 @@ def normalize(td: TensorDict, obs_stats: dict | None, action_stats: dict | None,
 
 # --- the sampler the trainer draws from -----------------------------------------------------------------------------
 
+def online_share(ratio: float, batch_size: int) -> int:
+    """The online rows of a batch of ``batch_size``: ``round(ratio * batch_size)`` (the rest are offline)."""
+    return int(round(float(ratio) * int(batch_size)))
+
+
 class OnlineSampler:
     """Offline windows mixed with online transitions (see the module docstring). ``offline``: the trainer's window
     sampler (``train.seq_length = train.frame_stack = 1``); ``env``: a :class:`TorchRLEnv`; ``policy``: a
@@ -260,7 +265,7 @@ class OnlineSampler:
         self.offline, self.env, self.policy = offline, env, policy
         self.explore_std = explore_std  # None: the policy samples; else its action + N(0, explore_std^2) per dimension
         self.batch_size = int(offline.batch_size)
-        self.n_online = int(round(float(ratio) * self.batch_size))
+        self.n_online = online_share(ratio, self.batch_size)
         self.budget, self.rate = int(env_steps), float(env_steps_per_update)
         # before the first update that mixes online rows, the buffer must hold a finished episode (or warmup_steps)
         self.warmup = max(int(warmup_steps), 1) if self.n_online else int(warmup_steps)
@@ -424,7 +429,7 @@ def online_settings(cfg) -> dict:
         raise ConfigError(f"online.ratio (the share of online rows in a batch) must be in [0, 1], got {o['ratio']!r}")
     names = [u.get("name") for u in (cfg.get("updates") or [])]
     batch = int(cfg.train.batch_size)
-    n_online = int(round(float(o["ratio"]) * batch))  # as OnlineSampler splits each batch
+    n_online = online_share(o["ratio"], batch)  # as OnlineSampler splits each batch
     for key, empty in (("offline_rows", n_online == batch), ("online_rows", n_online == 0)):
         rows = o[key]
         rows = list(rows) if isinstance(rows, (list, tuple, ListConfig)) else rows
