@@ -7,7 +7,6 @@ import textwrap
 
 import pytest
 import torch
-from tensordict import TensorDict
 
 from modmimic import keys as K
 from modmimic.algo import algo_factory
