@@ -154,6 +154,7 @@ class StopSignals:
         self.signum = None
         self.raised = None  # the signal that ended the run at once (before graceful)
         self._old = {}
+        self._holding, self._pending = False, None  # held(): a signal waits for the block's end
 
     def __enter__(self):
         import signal
@@ -174,7 +175,26 @@ class StopSignals:
         self._old = {}
         return False
 
+    def held(self):
+        """A context in which the stop signals wait: one that comes inside is handled as it ends (creating a run
+        directory and registering it for removal must not be split by a stop)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def holding():
+            self._holding, self._pending = True, None
+            try:
+                yield
+            finally:
+                self._holding = False
+                if self._pending is not None:
+                    self._handle(self._pending, None)
+        return holding()
+
     def _handle(self, signum, frame):
+        if self._holding:
+            self._pending = signum
+            return
         if not self.graceful:
             self.raised = signum
             raise RunStopped(signum)

@@ -422,10 +422,11 @@ def _train(cfg: DictConfig, rollout_fn, progress, locks: list, signals: "StopSig
             check_weights(algo, model.get("nets", model), f"experiment.ckpt_path={init_path}")
             algo.deserialize(model, load_optimizers=False)
             del init
-        run_dir = group.broadcast_object(make_run_dir(cfg) if group.is_main else None)
-        if group.is_main:
-            locks.append(RunLock(run_dir).acquire())
-            locks[-1].created = True  # a stop before the first checkpoint removes it
+        with signals.held():  # a stop between creating the directory and registering it would leave it behind
+            run_dir = group.broadcast_object(make_run_dir(cfg) if group.is_main else None)
+            if group.is_main:
+                locks.append(RunLock(run_dir).acquire())
+                locks[-1].created = True  # a stop before the first checkpoint removes it
         if group.rank > 0:  # every rank its own stream of loss noise (rank 0 keeps the single-process one)
             seed_everything(distributed.rank_seed(int(cfg.train.seed), group.rank))
     distributed.attach(algo, group)  # identical start (rank 0's state), gradients averaged per update

@@ -489,3 +489,18 @@ def test_a_signal_whose_interrupted_clean_up_raises_still_stops_the_run(monkeypa
     monkeypatch.setattr(trainer, "_train", failing)
     with pytest.raises(AttributeError, match="a real bug"):
         trainer.train(None)
+
+
+def test_a_stop_signal_waits_while_the_run_directory_is_made_and_registered():
+    """CI once sent SIGTERM between ``make_run_dir`` and the lock that registers the directory for removal, and the
+    empty directory stayed. Inside ``StopSignals.held()`` the signal waits and is delivered as the block ends."""
+    from modmimic.rundir import RunStopped, StopSignals
+
+    done = []
+    with StopSignals() as signals:
+        with pytest.raises(RunStopped):
+            with signals.held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                done.append("registered")  # reached: the signal did not interrupt the block
+    assert done == ["registered"] and signals.raised == signal.SIGTERM
